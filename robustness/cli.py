@@ -1,0 +1,93 @@
+"""Command line: ``robustness run``, ``robustness list``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from pathlib import Path
+
+from .datasets import DATA_ENV_VAR, DatasetError, load_dataset
+from .distortions import DISTORTIONS
+from .evaluation import evaluate
+from .models import list_models, load_model
+from .report import format_table, plot_accuracy_vs_level, write_results_json
+
+__all__ = ["main", "build_parser"]
+
+
+def _fresh_output_dir(model: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{model}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = Path(f"{base}-{k}")
+    return path
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        dataset = load_dataset(args.data, limit=args.limit)
+    except (DatasetError, ValueError) as error:
+        print(f"robustness run: {error}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model, device=args.device)
+    except (ValueError, ImportError, FileNotFoundError) as error:
+        print(f"robustness run: {error}", file=sys.stderr)
+        return 2
+    output = Path(args.output) if args.output else _fresh_output_dir(args.model)
+    distortions = args.distortion or list(DISTORTIONS)
+    print(f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions)}")
+    results = evaluate(model, dataset, distortions, seed=args.seed, batch_size=args.batch_size,
+                       num_workers=args.workers, device=args.device, progress=not args.no_progress)
+    print(format_table(results))
+    output.mkdir(parents=True, exist_ok=True)
+    write_results_json(results, output / "results.json")
+    plot_accuracy_vs_level(results, output / "accuracy_vs_level.png")
+    print(f"wrote {output / 'results.json'} and {output / 'accuracy_vs_level.png'}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    print("models:")
+    for name in list_models():
+        print(f"  {name}")
+    print("distortions:")
+    for spec in DISTORTIONS.values():
+        levels = ", ".join(f"{v:g}" for v in spec.levels)
+        print(f"  {spec.name:<9} {spec.parameter} ({spec.unit}); paper levels {levels}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robustness", description="How image-quality distortions degrade ImageNet classifiers (Dodge & Karam 2016).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="evaluate a model under the distortions and write results.json + a figure")
+    run.add_argument("--model", default="efficientnet_lite0", help="registered model name (see 'robustness list'); default %(default)s")
+    run.add_argument("--data", default=None, help=f"image folder (<wnid>/<file>); default ${DATA_ENV_VAR} or ../shared/data/imagenet-val-1024")
+    run.add_argument("--distortion", action="append", choices=list(DISTORTIONS), help="distortion to run (repeatable); default all five")
+    run.add_argument("--limit", type=int, default=None, help="use the first N images in file-name order")
+    run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
+    run.add_argument("--seed", type=int, default=0, help="base seed for noise (default 0)")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(2, cpus))")
+    run.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    lister = commands.add_parser("list", help="list registered models and distortions")
+    lister.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``robustness`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
