@@ -25,11 +25,6 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def thorough() -> bool:
-    """True under the ``thorough`` hypothesis profile (more shared images in the slow checks)."""
-    return settings.get_current_profile_name() == "thorough"
-
-
 @pytest.fixture(scope="session")
 def shared_image_paths(pytestconfig: pytest.Config) -> list[Path]:
     """Paths of the shared ImageNet validation JPEGs, sorted; skips the test if they are absent.

@@ -7,6 +7,7 @@ hypothesis would be far too slow); the drawn parameters still shrink to small, r
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from robustness import DISTORTIONS
@@ -59,3 +60,8 @@ def levels(name: str):
 
 
 seeds = st.integers(0, 2**63 - 1)
+
+
+def thorough() -> bool:
+    """True under the ``thorough`` hypothesis profile (more shared images in the slow checks)."""
+    return settings.get_current_profile_name() == "thorough"
