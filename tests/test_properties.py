@@ -162,6 +162,13 @@ def test_noise_never_wraps_at_black_or_white(value, level, seed, size):
 # ------------------------------------------------------------------------------------ blur
 
 
+@pytest.mark.parametrize("sigma", [5e-324, 1e-200, 1e-3, 0.2])
+def test_blur_with_a_tiny_sigma_is_the_identity(sigma):
+    """Below ~0.27 px the neighbours' weights vanish (window +-1): no NaN, no change."""
+    image = make_image(9, 7, "random", seed=3)
+    np.testing.assert_array_equal(distort(image, "blur", sigma), image)
+
+
 @given(
     colour=st.tuples(*[st.integers(0, 255)] * 3),
     size=st.tuples(st.integers(1, 120), st.integers(1, 120)),
