@@ -249,7 +249,7 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 #: Achieved PSNR must land within this many dB of the target (on natural images).
 JPEG2000_PSNR_TOLERANCE_DB = 0.5
-#: Most encodes per resolution count (one ``dB``-mode encode, then ``rates``-mode search steps).
+#: Most encodes per coder configuration (one ``dB``-mode encode, then ``rates``-mode search steps).
 _JPEG2000_ENCODES_PER_CONFIG = 5
 #: Fewest wavelet resolution levels the fallback goes down to.
 _JPEG2000_MIN_RESOLUTIONS = 3
