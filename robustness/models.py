@@ -928,9 +928,6 @@ class VGGCNNS(torch.nn.Module):
     None,
 )
 def _vgg_cnn_s(weights="default") -> torch.nn.Module:
-    net = VGGCNNS()
-    if weights is None:
-        return net
     if weights == "default":
         path = resolve_models_dir() / "vgg_cnn_s.pth"
         if not path.is_file():
@@ -939,4 +936,5 @@ def _vgg_cnn_s(weights="default") -> torch.nn.Module:
                 f"(keys conv1.weight ... fc8.bias) and pass weights=PATH (CLI --weights), or save it as {path}"
             )
         weights = path
-    return _load_into(net, weights, "vgg_cnn_s")
+    net = VGGCNNS()
+    return net if weights is None else _load_into(net, weights, "vgg_cnn_s")
