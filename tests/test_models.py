@@ -450,3 +450,26 @@ def test_user_model_from_conftest_fixture_override(pytester):
     pytester.makefile(".yaml", thresholds="defaults: {images: 2}\nmodels:\n  mynet:\n    clean: {top1: 0.0}\n")
     result = pytester.runpytest_inprocess(f"--robustness-data={DATA}", "--robustness-workers=0", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+@needs_data
+def test_cli_run_user_factory_clean_only_with_dataset_options(tmp_path, monkeypatch):
+    import json
+
+    from robustness.cli import main
+
+    (tmp_path / "cli_models_issue4.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1000))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    status = main(["run", "--model", "cli_models_issue4:build", "--preprocessing", "caffe,crop_size=64,resize_size=72",
+                   "--data", str(DATA), "--subset", "3", "--subset-seed", "1", "--clean-only",
+                   "--workers", "0", "--no-progress", "--output", str(out)])
+    assert status == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["distortion"], r["n"]) for r in records] == [("build", "clean", 3)]
+    assert main(["run", "--model", "cli_models_issue4:build", "--data", str(DATA), "--clean-only",
+                 "--output", str(out)]) == 2  # no preprocessing: a clear error, exit status 2
