@@ -115,7 +115,7 @@ class Preprocessing:
             raise ValueError(f"preprocessing channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         for key in ("resize_size", "crop_size"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not float(value).is_integer():
                 raise ValueError(f"preprocessing {key} must be an integer number of pixels, got {value!r}")
             object.__setattr__(self, key, int(value))
         if not (0 < self.crop_size <= self.resize_size):
@@ -750,9 +750,7 @@ def _torchvision_model(arch: str, enum_name: str, weights) -> tuple[torch.nn.Mod
                 f"{url} failed ({error}); download it elsewhere and put it at {cached}"
             ) from None
         return net, preprocessing
-    if "init_weights" in kwargs:
-        kwargs["init_weights"] = True
-    net = builder(weights=None, **kwargs)
+    net = builder(weights=None, **kwargs)  # random: PyTorch's default initialisation
     if weights is not None:
         _load_into(net, weights, arch)
     return net, preprocessing

