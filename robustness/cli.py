@@ -58,6 +58,10 @@ def _safe_name(name: str) -> str:
 def _load_run_model(args: argparse.Namespace):
     """The model of ``run``: a registered name or any spec load_model takes, with --weights/--arch/
     --preprocessing/--background-class."""
+    if args.models_dir:
+        import os
+        from .models import MODELS_ENV_VAR
+        os.environ[MODELS_ENV_VAR] = args.models_dir
     weights = {None: "default", "random": None}.get(args.weights, args.weights)
     return load_model(args.model, device=args.device, weights=weights,
                       preprocessing=args.preprocessing, arch=args.arch, background_class=args.background_class or None)
@@ -84,6 +88,7 @@ def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--weights", default=None, help="state dict for the model (loaded with weights_only=True); 'random' for random initialisation")
     run.add_argument("--arch", default=None, help="torchvision architecture of a state-dict file given as --model")
     run.add_argument("--preprocessing", default=None, help="how the model was trained: preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields, e.g. 'caffe,crop_size=224'")
+    run.add_argument("--models-dir", default=None, help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)")
     run.add_argument("--background-class", action="store_true", help="the model outputs 1001 logits with a background class at index 0")
     run.add_argument("--manifest", default=None, help="CSV manifest with columns path and label (wnid or class index); paths relative to the CSV")
     run.add_argument("--devkit", default=None, help="ILSVRC2012 devkit folder for a flat validation folder (default: ../shared/data/imagenet-meta or $ROBUSTNESS_DEVKIT)")
