@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -481,3 +483,16 @@ def test_cli_run_user_factory_clean_only_with_dataset_options(tmp_path, monkeypa
     assert [(r["model"], r["distortion"], r["n"]) for r in records] == [("build", "clean", 3)]
     assert main(["run", "--model", "cli_models_issue4:build", "--data", str(DATA), "--clean-only",
                  "--output", str(out)]) == 2  # no preprocessing: a clear error, exit status 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(crop=st.integers(8, 400), extra=st.integers(0, 100), interpolation=st.sampled_from(["bilinear", "bicubic", "nearest", "lanczos"]),
+       mean=st.tuples(*[st.floats(0, 255, allow_nan=False)] * 3), std=st.tuples(*[st.floats(0.01, 255, allow_nan=False)] * 3),
+       order=st.sampled_from(["RGB", "BGR"]))
+def test_preprocessing_string_round_trip(crop, extra, interpolation, mean, std, order):
+    """Every Preprocessing can be written as a CLI --preprocessing string and read back unchanged."""
+    want = Preprocessing(crop + extra, crop, interpolation, mean, std, order)
+    text = (f"resize_size={want.resize_size},crop_size={crop},interpolation={interpolation},"
+            f"mean={'/'.join(map(repr, want.mean))},std={'/'.join(map(repr, want.std))},channel_order={order.lower()}")
+    assert parse_preprocessing(text) == want
+    assert parse_preprocessing(want.to_dict()) == want
