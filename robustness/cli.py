@@ -90,7 +90,7 @@ def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--preprocessing", default=None, help="how the model was trained: preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields, e.g. 'caffe,crop_size=224'")
     run.add_argument("--models-dir", default=None, help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)")
     run.add_argument("--background-class", action="store_true", help="the model outputs 1001 logits with a background class at index 0")
-    run.add_argument("--manifest", default=None, help="CSV manifest with columns path and label (wnid or class index); paths relative to the CSV")
+    run.add_argument("--manifest", default=None, help="CSV manifest with columns path and label (wnid or class index); paths relative to --data when given, else to the CSV")
     run.add_argument("--devkit", default=None, help="ILSVRC2012 devkit folder for a flat validation folder (default: ../shared/data/imagenet-meta or $ROBUSTNESS_DEVKIT)")
     run.add_argument("--per-class", type=int, default=None, help="deterministic subset: N images per class (seeded)")
     run.add_argument("--subset", type=int, default=None, help="deterministic subset: N images in total, spread over classes (seeded)")
