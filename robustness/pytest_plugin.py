@@ -365,5 +365,7 @@ def _write_updates(terminalreporter, config: pytest.Config) -> None:
         for model, measured in models:
             update_thresholds_file(path, model, measured, margin=margin)
         after = Path(path).read_text(encoding="utf-8")
+        if before and not before.endswith("\n"):
+            before += "\n"
         diff = list(difflib.unified_diff(before.splitlines(True), after.splitlines(True), path, path))
         terminalreporter.write("".join(diff) if diff else f"{path}: unchanged\n")
