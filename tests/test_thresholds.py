@@ -173,3 +173,85 @@ def test_update_creates_a_file(tmp_path):
                            metrics=["top1", "top5"], source="fixture")
     t = load_thresholds(path, known_models=[])
     assert t.entries[0].bars() == {"top1": 0.5, "top5": 0.7} and t.sources == {"mine": "fixture"}
+
+
+# ------------------------------------------------------------------------- robustness calibrate (CLI)
+
+TOY = "_toy_calibrate"
+
+
+def _register_toy():
+    import torch
+
+    from robustness import Preprocessing, list_models, register_model
+
+    class Toy(torch.nn.Module):
+        """Predicts the class whose index is the image's mean red level."""
+
+        def forward(self, x):
+            v = x[:, 0].mean(dim=(1, 2)).round()
+            return -(torch.arange(1000, dtype=x.dtype)[None, :] - v[:, None]).abs()
+
+    if TOY not in list_models():
+        register_model(TOY, Preprocessing(8, 8, "nearest", mean=(0, 0, 0), std=(1, 1, 1)))(Toy)
+
+
+def _images(folder, n=10, wrong=2):
+    import numpy as np
+    from PIL import Image
+
+    from robustness.datasets import imagenet_wnids
+
+    for i in range(n):
+        label = i + 1
+        (folder / imagenet_wnids()[label]).mkdir(parents=True, exist_ok=True)
+        array = np.zeros((16, 16, 3), np.uint8)
+        array[..., 0] = label + 50 if i >= n - wrong else label
+        Image.fromarray(array).save(folder / imagenet_wnids()[label] / f"img_{i:03d}.png")
+    return folder
+
+
+def test_calibrate_cli_writes_thresholds_diff_and_baseline(tmp_path, capsys):
+    from robustness.cli import main
+    from robustness.gate import load_baseline
+
+    _register_toy()
+    data = _images(tmp_path / "images")
+    path = write(tmp_path, """\
+        # gate thresholds
+        defaults: {images: 10, seed: 0}
+        models:
+          efficientnet_lite0:
+            clean: {top1: 0.7}   # untouched
+          _toy_calibrate:
+            blur:
+              1: {top1: 0.1}
+              2: {top1_of_clean: 0.5}
+    """)
+    args = ["calibrate", "--model", TOY, "--thresholds", str(path), "--data", str(data), "--margin", "0.1",
+            "--workers", "0", "--no-progress"]
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "-      1: {top1: 0.1}" in out and "+      1: {top1: 0.7}" in out and "dry run" in out
+    assert "0.1}" in path.read_text()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "+    clean: {top1: 0.7}" in out and "+      2: {top1_of_clean: 0.9}" in out
+    text = path.read_text()
+    assert "# gate thresholds" in text and "clean: {top1: 0.7}   # untouched" in text
+    t = load_thresholds(path)
+    assert {e.id: e.bars() for e in t.for_model(TOY)} == {
+        f"{TOY}-blur-s1": {"top1": 0.7}, f"{TOY}-blur-s2": {"top1_of_clean": 0.9}, f"{TOY}-clean": {"top1": 0.7}}
+    baseline = load_baseline(tmp_path / "robustness-baseline", TOY, "blur")
+    assert baseline.levels == [1.0, 2.0] and len(baseline.image_ids) == 10
+    # unchanged model, same margin: no change
+    assert main(args) == 0
+    assert "no change" in capsys.readouterr().out
+
+
+def test_calibrate_cli_refuses_a_broken_file(tmp_path, capsys):
+    from robustness.cli import main
+
+    path = write(tmp_path, "models:\n  efficientnet_lite0:\n    blur: {1: {tpo1: 0.5}}\n")
+    assert main(["calibrate", "--model", "efficientnet_lite0", "--thresholds", str(path)]) == 2
+    assert "thresholds.yaml:3: models.efficientnet_lite0.blur.1.tpo1" in capsys.readouterr().err
