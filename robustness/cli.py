@@ -112,7 +112,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(format_table(results))
     measured = {r.condition: {"top1": r.top1, "top5": r.top5} for r in results}
     old, new = update_thresholds_file(path, args.model, measured, margin=args.margin, metrics=args.metric,
-                                      write=not args.dry_run)
+                                      defaults={"images": images, "seed": seed}, write=not args.dry_run)
+    if existing is not None and existing.images is not None and existing.images != len(dataset):
+        print(f"note: calibrated on {len(dataset)} images, but {path} sets defaults.images: {existing.images}")
     diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{path} (before)", f"{path} (after)"))
     print(diff if diff else f"{path}: no change")
     if args.dry_run:

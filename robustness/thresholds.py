@@ -508,6 +508,7 @@ def update_thresholds_file(
     margin: float = 0.05,
     metrics: Iterable[str] | None = None,
     source: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
     write: bool = True,
 ) -> tuple[str, str]:
     """Write calibrated thresholds for ``model`` into ``path``, keeping everything else.
@@ -525,6 +526,7 @@ def update_thresholds_file(
         margin: subtracted from each measured value (fraction, e.g. 0.05 = 5 points).
         metrics: bar keys for new entries (default ``("top1",)``).
         source: set the model's ``source:`` key (e.g. ``fixture``); ``None`` keeps what is there.
+        defaults: shared settings (``images``, ``seed``) written only when the file has no ``defaults``.
         write: write the file (``False``: only return the texts).
 
     Returns:
@@ -532,6 +534,11 @@ def update_thresholds_file(
     """
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
+
+    def flow(bars: Mapping) -> CommentedMap:
+        m = CommentedMap(bars.items())
+        m.fa.set_flow_style()
+        return m
 
     path = Path(path)
     old_text = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -542,6 +549,8 @@ def update_thresholds_file(
     document = rt.load(old_text) if old_text.strip() else None
     if document is None:
         document = CommentedMap()
+    if defaults and "defaults" not in document:
+        document.insert(0, "defaults", flow({k: v for k, v in defaults.items() if v is not None}))
     if "models" not in document or document["models"] is None:
         document["models"] = CommentedMap()
     models = document["models"]
@@ -552,11 +561,6 @@ def update_thresholds_file(
         entry["source"] = source
     new_keys = tuple(metrics or ("top1",))
     clean = measured.get(Condition(CLEAN, 0))
-
-    def flow(bars: dict) -> CommentedMap:
-        m = CommentedMap(bars.items())
-        m.fa.set_flow_style()
-        return m
 
     def find_level(levels, level):
         for key in levels:
