@@ -406,12 +406,17 @@ class GateSession:
         result = self.result(model, threshold)
         clean = self.measure(model, threshold.model, Condition(CLEAN, 0)) if threshold.relative else None
         paired = self.thresholds.paired
-        baseline = None
+        baseline, note = None, None
         if paired is not None:
             baseline = load_baseline(paired.baseline, threshold.model, threshold.condition.distortion)
             if baseline is not None and baseline.seed != self.thresholds.seed:
-                baseline = None
+                note = (f"paired check skipped: the baseline was measured with seed {baseline.seed}, "
+                        f"this run uses seed {self.thresholds.seed}")
+                baseline, paired = None, None
         source = None
         if self.thresholds.path is not None:
             source = str(self.thresholds.path) + (f":{threshold.line}" if threshold.line else "")
-        return judge(threshold, result, clean=clean, baseline=baseline, paired=paired, source=source)
+        verdict = judge(threshold, result, clean=clean, baseline=baseline, paired=paired, source=source)
+        if note:
+            verdict.notes.append(note)
+        return verdict

@@ -212,6 +212,9 @@ def robustness_model(robustness_threshold, robustness_session):
     Override in conftest.py to gate your own model (return a :class:`robustness.Classifier`; mark
     the model's entry ``source: fixture`` unless the name is registered).
     """
+    if robustness_threshold.source == "fixture":
+        pytest.fail(f"robustness: the thresholds entry for {robustness_threshold.model!r} says 'source: fixture', "
+                    "but no conftest.py overrides the robustness_model fixture", pytrace=False)
     return robustness_session.model(robustness_threshold.model)
 
 

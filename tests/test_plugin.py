@@ -245,3 +245,10 @@ def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
     # the two blur levels ran on the same worker (loadgroup)
     workers = {line.split()[1] for line in parallel.stdout.lines if "toy-blur" in line and "[gw" in line}
     assert len(workers) == 1, parallel.stdout.str()
+
+
+def test_source_fixture_without_override_is_a_clear_error(gate):
+    gate.makeconftest("")
+    result = gate.runpytest()
+    result.assert_outcomes(errors=5)
+    result.stdout.fnmatch_lines(["*'toy' says 'source: fixture', but no conftest.py overrides the robustness_model fixture*"])
