@@ -132,6 +132,9 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     source: str | None = None
 
+    def __repr__(self) -> str:
+        return f"<Verdict {self.threshold.id}: {'pass' if self.passed else 'FAIL'}>"
+
     @property
     def n(self) -> int:
         return self.result.n
@@ -167,6 +170,7 @@ class Verdict:
 
     def check(self) -> None:
         """Raise :class:`ThresholdFailure` (with :meth:`message`) unless the verdict passes."""
+        __tracebackhide__ = True  # pytest: show the test's line, not this one
         if not self.passed:
             raise ThresholdFailure(self.message(), self)
 
@@ -252,6 +256,7 @@ def check_threshold(threshold: Threshold, result: ConditionResult, clean: Condit
     A result equal to the threshold passes. Relative (``*_of_clean``) bars need ``clean``. The
     message gives the measured value, its 95% Wilson interval, each bar and the image count.
     """
+    __tracebackhide__ = True
     judge(threshold, result, clean=clean).check()
 
 

@@ -237,7 +237,7 @@ def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
     # the subprocess must import this checkout's robustness, not another installed copy
     monkeypatch.setenv("PYTHONPATH", str(Path(robustness.__file__).resolve().parents[1]))
     serial = gate.runpytest()
-    parallel = gate.runpytest("-n", "2", "-v")
+    parallel = gate.runpytest("-n", "2", "-v", "-p", "no:benchmark")
     serial.assert_outcomes(passed=2, failed=3)
     parallel.assert_outcomes(passed=2, failed=3)
     rows = lambda r: sorted(line for line in r.stdout.lines if line.startswith("toy  "))

@@ -255,3 +255,18 @@ def test_calibrate_cli_refuses_a_broken_file(tmp_path, capsys):
     path = write(tmp_path, "models:\n  efficientnet_lite0:\n    blur: {1: {tpo1: 0.5}}\n")
     assert main(["calibrate", "--model", "efficientnet_lite0", "--thresholds", str(path)]) == 2
     assert "thresholds.yaml:3: models.efficientnet_lite0.blur.1.tpo1" in capsys.readouterr().err
+
+
+def test_readme_examples_are_valid(tmp_path):
+    """The README's thresholds.yaml examples pass the schema (the docs cannot drift from the code)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("<!-- section: gate (issue 5) -->"):]
+    section = section[:section.index("<!-- section:", 10)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) >= 2
+    for k, block in enumerate(blocks):
+        t = load_thresholds(write(tmp_path, block, f"readme{k}.yaml"), known_models=KNOWN)
+        assert t.entries
