@@ -360,17 +360,20 @@ class GateSession:
         dataset: the images to evaluate.
         thresholds: the parsed thresholds (which levels are evaluated together, the seed, the paired check).
         device, batch_size, num_workers: passed to :func:`robustness.evaluate`.
-        evaluate_options: further keyword arguments for :func:`robustness.evaluate` (e.g. cache settings).
+        cache: the prediction cache, passed to :func:`robustness.evaluate` when not ``None``.
+        evaluate_options: further keyword arguments for :func:`robustness.evaluate`.
     """
 
     def __init__(self, dataset: ImageDataset, thresholds: Thresholds, *, device=None, batch_size: int = 32,
-                 num_workers: int | None = None, evaluate_options: dict | None = None):
+                 num_workers: int | None = None, cache=None, evaluate_options: dict | None = None):
         self.dataset = dataset
         self.thresholds = thresholds
         self.device = device
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.evaluate_options = dict(evaluate_options or {})
+        if cache is not None:
+            self.evaluate_options["cache"] = cache
         self._models: dict[str, Classifier] = {}
         self._results: dict[tuple[str, Condition], ConditionResult] = {}
 

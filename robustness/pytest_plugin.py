@@ -101,13 +101,17 @@ def _thresholds_path(config: pytest.Config) -> Path:
     return path if path.is_absolute() else config.rootpath / path
 
 
-def _load(config: pytest.Config, path: Path) -> Thresholds:
-    """Load (once per run and path) and validate; a bad file fails with every problem's file:line: key."""
+def _load(config: pytest.Config, path: Path, allow_unregistered: bool = True) -> Thresholds:
+    """Load (once per run, path and mode) and validate; a bad file fails with every problem's file:line: key.
+
+    ``allow_unregistered``: accept model names that are not registered (collection sets it when a
+    conftest.py overrides ``robustness_model``; fixtures reuse what collection validated).
+    """
     cache = config.stash[_THRESHOLDS_CACHE]
-    key = str(path)
+    key = (str(path), allow_unregistered)
     if key not in cache:
         try:
-            cache[key] = load_thresholds(path)
+            cache[key] = load_thresholds(path, allow_unregistered=allow_unregistered)
         except ThresholdsError as error:
             cache[key] = error
     value = cache[key]
@@ -116,11 +120,16 @@ def _load(config: pytest.Config, path: Path) -> Thresholds:
     return value
 
 
+def _overridden(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether a conftest.py or test module (not a plugin) defines fixture ``name`` for this test."""
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get(name) or ()
+    return bool(defs) and defs[-1].has_location
+
+
 def _collection_path(metafunc: pytest.Metafunc) -> Path:
     """The thresholds path, honouring a conftest.py override of ``robustness_thresholds_path``."""
-    defs = getattr(metafunc, "_arg2fixturedefs", {}).get("robustness_thresholds_path") or ()
-    if defs and defs[-1].has_location:
-        func = defs[-1].func
+    if _overridden(metafunc, "robustness_thresholds_path"):
+        func = metafunc._arg2fixturedefs["robustness_thresholds_path"][-1].func
         params = set(inspect.signature(func).parameters)
         if params - {"pytestconfig", "request"} or "request" in params:
             pytest.fail("robustness: an overriding robustness_thresholds_path fixture may request only "
@@ -134,7 +143,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "robustness_threshold" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    thresholds = _load(config, _collection_path(metafunc))
+    thresholds = _load(config, _collection_path(metafunc), allow_unregistered=_overridden(metafunc, "robustness_model"))
     group = config.getini("robustness_xdist_loadgroup")
     params = []
     for t in thresholds.entries:

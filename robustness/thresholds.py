@@ -31,7 +31,9 @@ Conventions:
   as numbers (``blur: {3: ...}``, ``contrast: {0.5: ...}``).
 * A model name must be registered (:func:`robustness.register_model`, e.g. in ``conftest.py``)
   unless its entry says ``source: fixture``: then the pytest fixture ``robustness_model`` (overridden
-  in your ``conftest.py``) supplies the model and the name is only a label.
+  in your ``conftest.py``) supplies the model and the name is only a label. Under pytest, a
+  conftest.py that overrides ``robustness_model`` also lifts the check for that directory (the
+  fixture decides which model runs); ``source: fixture`` documents it and keeps the CLI happy.
 
 A wrong file raises :class:`ThresholdsError` listing every problem as ``file:line: key.path: what``
 (unknown keys come with a did-you-mean suggestion).
@@ -120,11 +122,12 @@ def _level_key(level: float) -> str:
     return f"{float(level):g}"
 
 
-def thresholds_schema(known_models: Iterable[str] = ()) -> dict:
+def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: bool = False) -> dict:
     """The JSON Schema (draft 2020-12) of a thresholds document whose mapping keys are strings.
 
     Level keys are compared in canonical ``%g`` form. ``known_models`` are the names accepted without
-    ``source: fixture``.
+    ``source: fixture``; ``allow_unregistered`` accepts any name (the pytest plugin sets it when a
+    conftest.py overrides the ``robustness_model`` fixture).
     """
     bars = {
         "type": "object",
@@ -178,7 +181,7 @@ def thresholds_schema(known_models: Iterable[str] = ()) -> dict:
                 "type": "object",
                 "minProperties": 1,
                 "properties": {name: model for name in known_models},
-                "additionalProperties": unregistered,
+                "additionalProperties": model if allow_unregistered else unregistered,
             },
         },
     }
@@ -280,8 +283,8 @@ def _explain(error: jsonschema.ValidationError, document: _Document, known_model
         registered = ", ".join(known_models) or "none"
         return Problem(document.key_lines.get(path, line), _dotted(path),
                        f"unknown model {name!r}{_suggest(name, known_models)}; registered: {registered}. "
-                       "Register it with robustness.register_model (e.g. in conftest.py), or add "
-                       "'source: fixture' if your conftest.py's robustness_model fixture supplies it")
+                       "Register it with robustness.register_model (e.g. in conftest.py), or supply it "
+                       "from a robustness_model fixture in conftest.py (and mark the entry 'source: fixture')")
     if error.validator in ("minimum", "maximum") and path and path[-1] in _BAR_KEYS:
         value = error.instance
         hint = f" (accuracies are fractions: {value:g}% is {value / 100:g})" if 1 < value <= 100 else ""
@@ -415,7 +418,8 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
                       dataset, paired, sources)
 
 
-def _validate(data: Any, document: _Document, source: str | None, known_models: Iterable[str] | None) -> None:
+def _validate(data: Any, document: _Document, source: str | None, known_models: Iterable[str] | None,
+              allow_unregistered: bool = False) -> None:
     if known_models is None:
         from .models import list_models
 
@@ -425,7 +429,7 @@ def _validate(data: Any, document: _Document, source: str | None, known_models: 
     if not isinstance(data, dict):
         problems.append(Problem(document.line(()), "", "the top level must be a mapping with a 'models' key"))
     else:
-        validator = jsonschema.Draft202012Validator(thresholds_schema(known))
+        validator = jsonschema.Draft202012Validator(thresholds_schema(known, allow_unregistered=allow_unregistered))
         seen = set()
         for error in validator.iter_errors(data):
             problem = _explain(error, document, known)
@@ -438,7 +442,7 @@ def _validate(data: Any, document: _Document, source: str | None, known_models: 
 
 
 def parse_thresholds_text(text: str, source: str | os.PathLike | None = None, *,
-                          known_models: Iterable[str] | None = None) -> Thresholds:
+                          known_models: Iterable[str] | None = None, allow_unregistered: bool = False) -> Thresholds:
     """Parse and validate thresholds YAML text.
 
     Args:
@@ -446,12 +450,13 @@ def parse_thresholds_text(text: str, source: str | os.PathLike | None = None, *,
         source: the file it came from (named in errors; relative ``dataset``/``baseline`` paths
             resolve against its folder).
         known_models: model names accepted without ``source: fixture`` (default: the registry).
+        allow_unregistered: accept any model name (the model comes from elsewhere, e.g. a fixture).
 
     Raises:
         ThresholdsError: every problem, each with line and key path.
     """
     data, document = _compose(text, None if source is None else str(source))
-    _validate(data, document, None if source is None else str(source), known_models)
+    _validate(data, document, None if source is None else str(source), known_models, allow_unregistered)
     return _build(data, document, None if source is None else Path(source))
 
 
@@ -468,7 +473,8 @@ def _plain(data):
     return data
 
 
-def load_thresholds(path: str | os.PathLike, *, known_models: Iterable[str] | None = None) -> Thresholds:
+def load_thresholds(path: str | os.PathLike, *, known_models: Iterable[str] | None = None,
+                    allow_unregistered: bool = False) -> Thresholds:
     """Read and validate a thresholds file (format: this module's docstring).
 
     Raises:
@@ -478,7 +484,8 @@ def load_thresholds(path: str | os.PathLike, *, known_models: Iterable[str] | No
     path = Path(path)
     if not path.is_file():
         raise ThresholdsError(path, f"thresholds file {path} does not exist")
-    return parse_thresholds_text(path.read_text(encoding="utf-8"), path, known_models=known_models)
+    return parse_thresholds_text(path.read_text(encoding="utf-8"), path, known_models=known_models,
+                                 allow_unregistered=allow_unregistered)
 
 
 # ------------------------------------------------------------------------------------ calibration

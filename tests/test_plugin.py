@@ -162,10 +162,15 @@ def test_bad_thresholds_fail_collection_with_file_line_key(gate):
     ])
 
 
-def test_unknown_model_without_source_fails_collection(gate):
+def test_unknown_model_fails_collection_unless_a_fixture_supplies_it(gate):
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("    source: fixture   # the conftest's robustness_model\n", ""))
+    # conftest.py overrides robustness_model: the name is only a label
+    gate.runpytest().assert_outcomes(passed=5)
+    # no override and not registered: collection fails, naming file, line and key
+    gate.makeconftest("")
     result = gate.runpytest()
-    result.stdout.fnmatch_lines(["*thresholds.yaml:5: models.toy: unknown model 'toy'*source: fixture*"])
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*thresholds.yaml:5: models.toy: unknown model 'toy'*register_model*robustness_model fixture*"])
 
 
 def test_thresholds_path_fixture_override(gate):

@@ -98,6 +98,8 @@ def test_unknown_model_needs_source_fixture(tmp_path):
     error = error_for(tmp_path, "models:\n  efficientnet_lite0: {clean: {top1: 0.5}}\n  my_net:\n    clean: {top1: 0.5}\n")
     assert (error.line, error.key) == (3, "models.my_net")
     assert "unknown model 'my_net'" in str(error) and "source: fixture" in str(error)
+    lax = write(tmp_path, "models:\n  my_net:\n    clean: {top1: 0.5}\n", "lax.yaml")
+    assert load_thresholds(lax, known_models=KNOWN, allow_unregistered=True).models() == ["my_net"]
     ok = write(tmp_path, "models:\n  my_net:\n    source: fixture\n    clean: {top1: 0.5}\n", "ok.yaml")
     t = load_thresholds(ok, known_models=KNOWN)
     assert t.sources == {"my_net": "fixture"} and t.entries[0].source == "fixture"
