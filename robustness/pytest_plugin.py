@@ -76,6 +76,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in _MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    if not config.pluginmanager.hasplugin("xdist"):  # gate cases carry xdist_group marks either way
+        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist loadgroup scheduling group")
     config.stash[_THRESHOLDS_CACHE] = {}
     config.stash[_ROWS] = {}
     config.stash[_UPDATES] = {}

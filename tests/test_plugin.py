@@ -120,7 +120,7 @@ def test_passing_gate_ids_markers_and_summary(gate):
 def test_markers_select_distortions(gate):
     result = gate.runpytest("-m", "jpeg or contrast", "-v")
     result.assert_outcomes(passed=2, deselected=3)
-    result = gate.runpytest("-m", "clean")
+    result = gate.runpytest("-m", "clean", "--strict-markers", "-p", "no:xdist")
     result.assert_outcomes(passed=1, deselected=4)
 
 
