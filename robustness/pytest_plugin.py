@@ -133,12 +133,16 @@ def _collection_path(metafunc: pytest.Metafunc) -> Path:
     if _overridden(metafunc, "robustness_thresholds_path"):
         func = metafunc._arg2fixturedefs["robustness_thresholds_path"][-1].func
         params = set(inspect.signature(func).parameters)
-        if params - {"pytestconfig", "request"} or "request" in params:
+        if params - {"pytestconfig"}:
             pytest.fail("robustness: an overriding robustness_thresholds_path fixture may request only "
                         "pytestconfig (it is evaluated at collection time)", pytrace=False)
-        value = Path(func(**({"pytestconfig": metafunc.config} if params else {})))
-        return value if value.is_absolute() else metafunc.config.rootpath / value
+        return _rooted(metafunc.config, func(**({"pytestconfig": metafunc.config} if params else {})))
     return _thresholds_path(metafunc.config)
+
+
+def _rooted(config: pytest.Config, value) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else config.rootpath / path
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -169,7 +173,7 @@ def robustness_thresholds_path(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def robustness_thresholds(pytestconfig: pytest.Config, robustness_thresholds_path) -> Thresholds:
     """The parsed :class:`robustness.thresholds.Thresholds`."""
-    return _load(pytestconfig, Path(robustness_thresholds_path))
+    return _load(pytestconfig, _rooted(pytestconfig, robustness_thresholds_path))
 
 
 @pytest.fixture

@@ -179,7 +179,7 @@ def test_thresholds_path_fixture_override(gate):
     gate.makeconftest(CONFTEST + textwrap.dedent('''
         @pytest.fixture(scope="session")
         def robustness_thresholds_path(pytestconfig):
-            return pytestconfig.rootpath / "gate" / "strict.yaml"
+            return "gate/strict.yaml"   # relative to the rootdir
     '''))
     result = gate.runpytest()
     result.assert_outcomes(passed=4, failed=1)
