@@ -242,6 +242,7 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_m
     props.append(("robustness_level_id", robustness_threshold.condition.id))
     if robustness_session.thresholds.path is not None:
         props.append(("robustness_thresholds_file", str(robustness_session.thresholds.path)))
+    props += [("robustness_note", note) for note in verdict.notes]
     for check in verdict.checks:
         if check.clean is not None:
             props.append((f"robustness_clean_{check.metric}", round(check.clean, 6)))
