@@ -1,6 +1,5 @@
 """Statistics of verdicts: Wilson intervals, McNemar, judge() and stored baselines."""
 
-import math
 
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ import pytest
 
 from robustness.evaluation import Condition
 from robustness.thresholds import (ThresholdsError, calibrated_bars, load_thresholds, parse_thresholds,
-                                   parse_thresholds_text, thresholds_schema, update_thresholds_file)
+                                   thresholds_schema, update_thresholds_file)
 
 KNOWN = ["efficientnet_lite0"]
 
