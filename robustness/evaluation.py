@@ -7,20 +7,27 @@ DataLoader workers. The numbers are therefore the same for any batch size, worke
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .cache import PredictionCache, image_keys, resolve_cache
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS, distort, get_distortion
+from .images import ImageLoadError
 from .models import Classifier, load_model
 
-__all__ = ["Condition", "ConditionResult", "evaluate", "conditions_for", "image_seed", "CLEAN"]
+__all__ = ["Condition", "ConditionResult", "evaluate", "conditions_for", "image_seed", "CLEAN",
+           "SkippedImagesWarning", "default_num_workers"]
 
 CLEAN = "clean"
 
@@ -52,10 +59,11 @@ class ConditionResult:
         model: model name.
         distortion, level: the condition (``"clean"``, 0 for the undistorted images).
         top1, top5: accuracy as fractions in [0, 1].
-        n: number of images.
+        n: number of images (unreadable images excluded).
         image_ids: the images, in dataset order.
         labels: int64 ``(n,)`` true class indices.
         predictions: int64 ``(n, 5)`` top-5 class indices per image, best first.
+        skipped: unreadable images left out of every condition: image id -> error message.
     """
 
     model: str
@@ -67,6 +75,7 @@ class ConditionResult:
     image_ids: list[str] = field(repr=False, default_factory=list)
     labels: np.ndarray = field(repr=False, default=None)
     predictions: np.ndarray = field(repr=False, default=None)
+    skipped: dict[str, str] = field(repr=False, default_factory=dict)
 
     @property
     def condition(self) -> Condition:
@@ -103,30 +112,155 @@ def conditions_for(distortions: Iterable[str] | Mapping[str, Sequence[float]] | 
     return conditions
 
 
-class _WorkItems(Dataset):
-    """Item k = (image k // C, condition k % C): image-major, so a worker decodes each image once."""
+class SkippedImagesWarning(UserWarning):
+    """Some images could not be read; they were left out of every condition (the message lists them)."""
 
-    def __init__(self, dataset: ImageDataset, conditions: Sequence[Condition], preprocessing, seed: int):
+
+class _WorkItems(Dataset):
+    """Item k = ``items[k]`` = (image index, condition index), image-major so a worker decodes each
+    image once for all its conditions.
+
+    ``__getitem__`` returns ``(tensor float32 (3, crop, crop) or None, image index, condition index,
+    error message or None)``; an unreadable image (:class:`ImageLoadError`) yields ``None`` and the
+    message instead of stopping the run.
+    """
+
+    def __init__(self, dataset: ImageDataset, conditions: Sequence[Condition], preprocessing, seed: int,
+                 items: np.ndarray):
         self.dataset = dataset
         self.conditions = list(conditions)
         self.preprocessing = preprocessing
         self.seed = seed
-        self._cached: tuple[int, np.ndarray] | None = None
+        self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
+        self._cached: tuple[int, np.ndarray | None, str | None] | None = None
 
     def __len__(self) -> int:
-        return len(self.dataset) * len(self.conditions)
+        return len(self.items)
+
+    def _image(self, image_index: int) -> tuple[np.ndarray | None, str | None]:
+        if self._cached is None or self._cached[0] != image_index:
+            try:
+                self._cached = (image_index, self.dataset.load(image_index)[0], None)
+            except ImageLoadError as error:
+                self._cached = (image_index, None, str(error))
+        return self._cached[1], self._cached[2]
 
     def __getitem__(self, index: int):
-        image_index, condition_index = divmod(index, len(self.conditions))
-        if self._cached is None or self._cached[0] != image_index:
-            self._cached = (image_index, self.dataset.load(image_index)[0])
-        image = self._cached[1]
+        image_index, condition_index = (int(v) for v in self.items[index])
+        image, error = self._image(image_index)
+        if image is None:
+            return None, image_index, condition_index, error
         condition = self.conditions[condition_index]
         if condition.distortion != CLEAN:
-            sample = self.dataset[image_index]
-            seed = image_seed(self.seed, sample.image_id, condition.distortion, condition.level)
+            seed = image_seed(self.seed, self.dataset[image_index].image_id, condition.distortion, condition.level)
             image = distort(image, condition.distortion, condition.level, seed=seed)
-        return self.preprocessing(image), image_index, condition_index
+        return self.preprocessing(image), image_index, condition_index, None
+
+
+def _collate(batch):
+    """``(float32 (n_ok, 3, crop, crop) or None, int64 (n_ok,) image indices, int64 (n_ok,) condition
+    indices, [(image index, message), ...] for unreadable images)``; in a worker the batch tensor is
+    built in shared memory (``default_collate``)."""
+    ok = [b for b in batch if b[0] is not None]
+    failed = [(b[1], b[3]) for b in batch if b[0] is None]
+    if not ok:
+        return None, torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), failed
+    tensors = default_collate([b[0] for b in ok])
+    return (tensors, torch.tensor([b[1] for b in ok], dtype=torch.int64),
+            torch.tensor([b[2] for b in ok], dtype=torch.int64), failed)
+
+
+def default_num_workers(device: str | torch.device) -> int:
+    """DataLoader workers when none are given: ``min(2, cpus)`` on the CPU (the model's threads need
+    the rest), ``min(8, cpus)`` on an accelerator (distortion is then the bottleneck)."""
+    cpus = os.cpu_count() or 1
+    return min(8 if torch.device(device).type != "cpu" else 2, cpus)
+
+
+class _Run:
+    """One evaluation's state: the prediction table, what is done, and what is not yet on disk."""
+
+    def __init__(self, model: Classifier, dataset: ImageDataset, conditions: list[Condition], seed: int,
+                 device, cache: PredictionCache | None):
+        self.model, self.dataset, self.conditions, self.seed, self.device = model, dataset, conditions, seed, device
+        self.cache = cache
+        size = (len(conditions), len(dataset))
+        self.predictions = np.full(size + (5,), -1, dtype=np.int64)
+        self.done = np.zeros(size, dtype=bool)
+        self.skipped: dict[int, str] = {}
+        self.unflushed: dict[int, list[int]] = {}
+        self.last_flush = time.monotonic()
+        if cache is not None:
+            self.image_keys = image_keys(dataset)
+            self.model_key = cache.model_key(model, device)
+            self.condition_keys = [cache.condition_key(c.distortion, c.level, seed) for c in conditions]
+
+    def fill_from_cache(self, condition_indices: Iterable[int]) -> None:
+        for k in condition_indices:
+            entries = self.cache.load(self.model_key, self.condition_keys[k])
+            if not entries:
+                continue
+            for i, key in enumerate(self.image_keys.tolist()):
+                top5 = entries.get(key)
+                if top5 is not None:
+                    self.predictions[k, i] = top5
+                    self.done[k, i] = True
+
+    def flush(self) -> None:
+        """Write the predictions made since the last flush, one chunk per condition."""
+        if self.cache is not None:
+            for k, indices in self.unflushed.items():
+                if indices:
+                    self.cache.store(self.model_key, self.condition_keys[k], self.image_keys[indices],
+                                     self.predictions[k, indices])
+        self.unflushed = {}
+        self.last_flush = time.monotonic()
+
+    def compute(self, condition_indices: Sequence[int], batch_size: int, num_workers: int, bar) -> None:
+        """Run inference for every (image, condition) of ``condition_indices`` not yet done."""
+        todo = np.zeros_like(self.done)
+        todo[list(condition_indices)] = True
+        todo &= ~self.done
+        # image-major work list: (image index, condition index)
+        items = np.argwhere(todo.T)
+        if len(items) == 0:
+            return
+        items = np.array([(i, k) for i, k in items if i not in self.skipped], dtype=np.int64).reshape(-1, 2)
+        if len(items) == 0:
+            return
+        batches = math.ceil(len(items) / batch_size)
+        num_workers = min(num_workers, batches) if batches > 1 else 0
+        work = _WorkItems(self.dataset, self.conditions, self.model.preprocessing, self.seed, items)
+        on_cuda = torch.device(self.device).type == "cuda"
+        loader = DataLoader(work, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=_collate, pin_memory=on_cuda,
+                            prefetch_factor=4 if num_workers else None)
+        if bar is not None:
+            bar.total = (bar.total or 0) + len(items)
+            bar.refresh()
+        try:
+            with torch.inference_mode():
+                for batch, image_index, condition_index, failed in loader:
+                    for i, message in failed:
+                        self.skipped.setdefault(i, message)
+                    if batch is not None:
+                        logits = self.model(batch.to(self.device, non_blocking=on_cuda))
+                        if logits.ndim != 2 or logits.shape[1] != 1000:
+                            raise ValueError(f"model {self.model.name} returned logits of shape "
+                                             f"{tuple(logits.shape)}, expected (N, 1000)")
+                        top5 = logits.topk(5, dim=1).indices.cpu().numpy()
+                        ks, iis = condition_index.numpy(), image_index.numpy()
+                        self.predictions[ks, iis] = top5
+                        self.done[ks, iis] = True
+                        for k, i in zip(ks.tolist(), iis.tolist()):
+                            self.unflushed.setdefault(k, []).append(i)
+                    if bar is not None:
+                        bar.update(len(failed) + (0 if batch is None else len(batch)))
+                    if self.cache is not None and time.monotonic() - self.last_flush >= self.cache.flush_interval:
+                        self.flush()
+        finally:
+            # Also on KeyboardInterrupt or an error: what was computed is kept, so a re-run resumes.
+            self.flush()
 
 
 def evaluate(
@@ -140,6 +274,7 @@ def evaluate(
     num_workers: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    cache: PredictionCache | str | os.PathLike | bool | None = None,
 ) -> list[ConditionResult]:
     """Top-1 / top-5 accuracy of ``model`` on ``dataset`` under each distortion level, plus clean.
 
@@ -151,18 +286,23 @@ def evaluate(
         clean: also evaluate the undistorted images (ignored when conditions are given explicitly).
         seed: base seed for stochastic distortions.
         batch_size: images per forward pass (does not change the numbers).
-        num_workers: DataLoader worker processes (default: ``min(2, os.cpu_count())``; 0 = in-process).
+        num_workers: DataLoader worker processes (default :func:`default_num_workers`; 0 = in-process).
         device: inference device (default: CUDA when available, else CPU).
         progress: show a tqdm progress bar.
+        cache: per-image prediction cache (:mod:`robustness.cache`): a :class:`PredictionCache`, a
+            folder, ``True`` for the default folder, or ``None``/``False`` (default) for none.
+            Cached (image, condition) pairs are not recomputed; new ones are written as they are
+            computed, so an interrupted run resumes. Results are identical with or without it.
 
     Returns:
-        one :class:`ConditionResult` per condition, in the order given (clean first).
+        one :class:`ConditionResult` per condition, in the order given (clean first). Images that
+        cannot be read (:class:`ImageLoadError`) are left out of every condition, listed in each
+        result's ``skipped`` and reported with a :class:`SkippedImagesWarning`.
 
     Raises:
-        ValueError: unknown distortion or model name, a level outside a distortion's range, an empty dataset.
+        ValueError: unknown distortion or model name, a level outside a distortion's range, an empty
+            dataset, or every image unreadable.
     """
-    import os
-
     if isinstance(model, str):
         model = load_model(model)
     if len(dataset) == 0:
@@ -171,44 +311,90 @@ def evaluate(
         conditions = list(distortions)
     else:
         conditions = conditions_for(distortions, clean=clean)
-    if num_workers is None:
-        num_workers = min(2, os.cpu_count() or 1)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if num_workers is None:
+        num_workers = default_num_workers(device)
     model = model.to(device).eval()
+    cache = resolve_cache(cache)
+    run = _Run(model, dataset, conditions, seed, device, cache)
 
-    items = _WorkItems(dataset, conditions, model.preprocessing, seed)
-    loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        persistent_workers=False, pin_memory=False)
-    predictions = np.zeros((len(conditions), len(dataset), 5), dtype=np.int64)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(items), unit="img", desc=f"{model.name}", dynamic_ncols=True)
-    with torch.inference_mode():
-        for batch, image_index, condition_index in loader:
-            logits = model(batch.to(device))
-            if logits.ndim != 2 or logits.shape[1] != 1000:
-                raise ValueError(f"model {model.name} returned logits of shape {tuple(logits.shape)}, expected (N, 1000)")
-            top5 = logits.topk(5, dim=1).indices.cpu().numpy()
-            predictions[condition_index.numpy(), image_index.numpy()] = top5
-            if bar is not None:
-                bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+        bar = tqdm(total=0, unit="img", desc=f"{model.name}", dynamic_ncols=True)
+    try:
+        if cache is None:
+            run.compute(range(len(conditions)), batch_size, num_workers, bar)
+        else:
+            _compute_with_cache(run, cache, batch_size, num_workers, bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
-    labels = np.asarray([sample.label for sample in dataset], dtype=np.int64)
-    image_ids = [sample.image_id for sample in dataset]
+    keep = np.array([i not in run.skipped for i in range(len(dataset))])
+    if not keep.any():
+        raise ValueError(f"no image of {dataset!r} could be read; first error: {next(iter(run.skipped.values()))}")
+    skipped = {dataset[i].image_id: message for i, message in sorted(run.skipped.items())}
+    if skipped:
+        listing = "; ".join(skipped.values())
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), left out of every condition: {listing}",
+                      SkippedImagesWarning, stacklevel=2)
+    labels = np.asarray([sample.label for sample in dataset], dtype=np.int64)[keep]
+    image_ids = [sample.image_id for sample, k in zip(dataset, keep) if k]
+    assert run.done[:, keep].all(), "internal error: an (image, condition) pair was not evaluated"
     results = []
     for k, condition in enumerate(conditions):
-        correct1 = predictions[k, :, 0] == labels
-        correct5 = (predictions[k] == labels[:, None]).any(axis=1)
+        predictions = run.predictions[k][keep]
+        correct1 = predictions[:, 0] == labels
+        correct5 = (predictions == labels[:, None]).any(axis=1)
         results.append(ConditionResult(
             model=model.name, distortion=condition.distortion, level=condition.level,
-            top1=float(correct1.mean()), top5=float(correct5.mean()), n=len(dataset),
-            image_ids=image_ids, labels=labels, predictions=predictions[k].copy(),
+            top1=float(correct1.mean()), top5=float(correct5.mean()), n=int(keep.sum()),
+            image_ids=image_ids, labels=labels, predictions=predictions.copy(), skipped=dict(skipped),
         ))
     return results
+
+
+def _compute_with_cache(run: _Run, cache: PredictionCache, batch_size: int, num_workers: int, bar) -> None:
+    """Fill ``run`` from the cache and compute the rest, sharing work with concurrent processes.
+
+    Conditions whose lock is free are locked, read, computed and released first; conditions another
+    process is computing are waited for afterwards (locks taken in key order while holding none of
+    the first group, so no deadlock), then read, and only what is still missing is computed.
+    """
+    by_key: dict[str, list[int]] = {}
+    for k, key in enumerate(run.condition_keys):
+        by_key.setdefault(key, []).append(k)
+    keys = sorted(by_key)
+    busy: list[str] = []
+    with contextlib.ExitStack() as held:
+        mine = []
+        for key in keys:
+            if held.enter_context(cache.lock(run.model_key, key, blocking=False)):
+                mine.append(key)
+            else:
+                busy.append(key)
+        _fill_compute_compact(run, cache, [k for key in mine for k in by_key[key]], mine, batch_size, num_workers, bar)
+    if busy:
+        with contextlib.ExitStack() as held:
+            for key in busy:
+                held.enter_context(cache.lock(run.model_key, key, blocking=True))
+            _fill_compute_compact(run, cache, [k for key in busy for k in by_key[key]], busy, batch_size, num_workers, bar)
+    # duplicates of a condition share its key: copy the first one's predictions
+    for indices in by_key.values():
+        for k in indices[1:]:
+            run.predictions[k] = run.predictions[indices[0]]
+            run.done[k] = run.done[indices[0]]
+
+
+def _fill_compute_compact(run: _Run, cache: PredictionCache, condition_indices: list[int], keys: list[str],
+                          batch_size: int, num_workers: int, bar) -> None:
+    firsts = sorted({min(k for k in condition_indices if run.condition_keys[k] == key) for key in keys})
+    run.fill_from_cache(firsts)
+    run.compute(firsts, batch_size, num_workers, bar)
+    for key in keys:
+        cache.compact(run.model_key, key)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
