@@ -317,6 +317,7 @@ def evaluate(
         num_workers = default_num_workers(device)
     model = model.to(device).eval()
     cache = resolve_cache(cache)
+    requested, conditions = conditions, list(dict.fromkeys(conditions))  # a repeated condition runs once
     run = _Run(model, dataset, conditions, seed, device, cache)
 
     bar = None
@@ -344,7 +345,8 @@ def evaluate(
     image_ids = [sample.image_id for sample, k in zip(dataset, keep) if k]
     assert run.done[:, keep].all(), "internal error: an (image, condition) pair was not evaluated"
     results = []
-    for k, condition in enumerate(conditions):
+    for condition in requested:
+        k = conditions.index(condition)
         predictions = run.predictions[k][keep]
         correct1 = predictions[:, 0] == labels
         correct5 = (predictions == labels[:, None]).any(axis=1)
@@ -359,42 +361,31 @@ def evaluate(
 def _compute_with_cache(run: _Run, cache: PredictionCache, batch_size: int, num_workers: int, bar) -> None:
     """Fill ``run`` from the cache and compute the rest, sharing work with concurrent processes.
 
-    Conditions whose lock is free are locked, read, computed and released first; conditions another
-    process is computing are waited for afterwards (locks taken in key order while holding none of
-    the first group, so no deadlock), then read, and only what is still missing is computed.
+    Conditions whose lock is free are locked, read, computed, written and released first; the
+    conditions another process holds are then waited for (locks taken in key order while holding
+    none of the first group, so no deadlock), read, and only what is still missing is computed.
     """
-    by_key: dict[str, list[int]] = {}
-    for k, key in enumerate(run.condition_keys):
-        by_key.setdefault(key, []).append(k)
-    keys = sorted(by_key)
-    busy: list[str] = []
+    order = sorted(range(len(run.conditions)), key=lambda k: run.condition_keys[k])
+    busy: list[int] = []
     with contextlib.ExitStack() as held:
         mine = []
-        for key in keys:
-            if held.enter_context(cache.lock(run.model_key, key, blocking=False)):
-                mine.append(key)
-            else:
-                busy.append(key)
-        _fill_compute_compact(run, cache, [k for key in mine for k in by_key[key]], mine, batch_size, num_workers, bar)
+        for k in order:
+            acquired = held.enter_context(cache.lock(run.model_key, run.condition_keys[k], blocking=False))
+            (mine if acquired else busy).append(k)
+        _fill_compute_compact(run, cache, mine, batch_size, num_workers, bar)
     if busy:
         with contextlib.ExitStack() as held:
-            for key in busy:
-                held.enter_context(cache.lock(run.model_key, key, blocking=True))
-            _fill_compute_compact(run, cache, [k for key in busy for k in by_key[key]], busy, batch_size, num_workers, bar)
-    # duplicates of a condition share its key: copy the first one's predictions
-    for indices in by_key.values():
-        for k in indices[1:]:
-            run.predictions[k] = run.predictions[indices[0]]
-            run.done[k] = run.done[indices[0]]
+            for k in busy:
+                held.enter_context(cache.lock(run.model_key, run.condition_keys[k], blocking=True))
+            _fill_compute_compact(run, cache, busy, batch_size, num_workers, bar)
 
 
-def _fill_compute_compact(run: _Run, cache: PredictionCache, condition_indices: list[int], keys: list[str],
-                          batch_size: int, num_workers: int, bar) -> None:
-    firsts = sorted({min(k for k in condition_indices if run.condition_keys[k] == key) for key in keys})
-    run.fill_from_cache(firsts)
-    run.compute(firsts, batch_size, num_workers, bar)
-    for key in keys:
-        cache.compact(run.model_key, key)
+def _fill_compute_compact(run: _Run, cache: PredictionCache, condition_indices: list[int], batch_size: int,
+                          num_workers: int, bar) -> None:
+    run.fill_from_cache(condition_indices)
+    run.compute(condition_indices, batch_size, num_workers, bar)
+    for k in condition_indices:
+        cache.compact(run.model_key, run.condition_keys[k])
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

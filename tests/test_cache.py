@@ -1,0 +1,250 @@
+"""The prediction cache: unchanged re-runs do no inference, interrupted runs resume, corrupt entries
+are recomputed (never trusted), writes are atomic, concurrent processes share work."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robustness import cache as cache_module
+from robustness import distortions, evaluate
+from robustness.cache import CacheWarning, PredictionCache, default_cache_dir, resolve_cache
+from robustness.datasets import load_dataset
+
+from test_evaluation import CONDITIONS, make_dataset, table, tiny_model, truncated_jpeg
+
+ITEMS = 5 * (1 + sum(len(v) for v in CONDITIONS.values()))  # 5 images x 5 conditions
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data", 5)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return PredictionCache(tmp_path / "cache", flush_interval=0)
+
+
+def chunks(cache: PredictionCache) -> list[Path]:
+    return sorted(cache.root.rglob("*.rpc"))
+
+
+def test_rerun_does_no_inference_and_gives_identical_results(dataset, cache):
+    first_model = tiny_model()
+    first = evaluate(first_model, dataset, CONDITIONS, batch_size=2, num_workers=0, cache=cache)
+    assert first_model.net.seen == ITEMS
+    assert table(first) == table(evaluate(tiny_model(), dataset, CONDITIONS, num_workers=0))  # same as uncached
+    assert len(chunks(cache)) == 5  # one merged chunk per condition
+    again = tiny_model()
+    second = evaluate(again, dataset, CONDITIONS, batch_size=7, num_workers=2, cache=cache)
+    assert again.net.seen == 0
+    assert table(second) == table(first)
+    assert not list(cache.root.rglob("*.tmp"))
+
+
+def test_no_cache_recomputes(dataset, tmp_path):
+    for _ in range(2):
+        model = tiny_model()
+        evaluate(model, dataset, CONDITIONS, num_workers=0, cache=None)
+        assert model.net.seen == ITEMS
+    assert not (tmp_path / "cache").exists()
+
+
+def test_interrupted_run_resumes_where_it_stopped(dataset, cache):
+    model = tiny_model()
+    model.net.fail_after = 12  # batches of 4: 12 images done, then "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=cache)
+    resumed = tiny_model()
+    results = evaluate(resumed, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=cache)
+    assert resumed.net.seen == ITEMS - 12
+    assert table(results) == table(evaluate(tiny_model(), dataset, CONDITIONS, num_workers=0))
+
+
+def test_periodic_flush_survives_a_hard_kill(dataset, tmp_path):
+    """Even without the final flush (process killed), chunks written during the run are reused."""
+    cache = PredictionCache(tmp_path / "cache", flush_interval=0)
+    model = tiny_model()
+    model.net.fail_after = 8
+    original = cache.store
+    calls = []
+
+    def store(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # the first two periodic flushes land, then the process "dies"
+            raise SystemExit("killed")
+        return original(*args, **kwargs)
+
+    cache.store = store
+    with pytest.raises(SystemExit):
+        evaluate(model, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=cache)
+    resumed = tiny_model()
+    evaluate(resumed, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=PredictionCache(cache.root))
+    assert 0 < ITEMS - resumed.net.seen < ITEMS
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_corrupt_entry_is_detected_and_recomputed(dataset, cache, damage):
+    reference = table(evaluate(tiny_model(), dataset, CONDITIONS, num_workers=0, cache=cache))
+    victim = chunks(cache)[0]
+    data = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        victim.write_bytes(data[:-20] + bytes([data[-20] ^ 0xFF]) + data[-19:])
+    elif damage == "garbage":
+        victim.write_bytes(os.urandom(len(data)))
+    else:
+        victim.write_bytes(b"")
+    model = tiny_model()
+    with pytest.warns(CacheWarning, match="corrupt"):
+        results = evaluate(model, dataset, CONDITIONS, num_workers=0, cache=cache)
+    assert model.net.seen == 5  # exactly the damaged condition's five images
+    assert table(results) == reference
+    model = tiny_model()
+    evaluate(model, dataset, CONDITIONS, num_workers=0, cache=cache)
+    assert model.net.seen == 0
+
+
+def test_valid_checksum_but_wrong_contents_is_not_trusted(dataset, cache):
+    """A well-formed chunk copied into another condition's folder is rejected by its key metadata."""
+    evaluate(tiny_model(), dataset, {"contrast": [0.5], "jpeg": [10]}, clean=False, num_workers=0, cache=cache)
+    a, b = chunks(cache)
+    b.write_bytes(a.read_bytes())
+    model = tiny_model()
+    with pytest.warns(CacheWarning, match="different model or condition"):
+        evaluate(model, dataset, {"contrast": [0.5], "jpeg": [10]}, clean=False, num_workers=0, cache=cache)
+    assert model.net.seen == 5
+
+
+def test_out_of_range_predictions_are_not_trusted(tmp_path):
+    cache = PredictionCache(tmp_path)
+    cache.store("m", "c", [b"a" * 64], np.array([[1, 2, 3, 4, 5]]))
+    assert cache.load("m", "c") == {b"a" * 64: pytest.approx(np.array([1, 2, 3, 4, 5]))}
+    cache.store("m", "c2", [b"a" * 64], np.array([[1, 2, 3, 4, 1000]]))
+    with pytest.warns(CacheWarning, match="outside 0-999"):
+        assert cache.load("m", "c2") == {}
+
+
+def test_key_changes_invalidate_exactly_what_they_determine(tmp_path, cache):
+    root = tmp_path / "data"
+    dataset = make_dataset(root, 4)
+    conditions = {"noise": [30], "blur": [2]}
+    evaluate(tiny_model(), dataset, conditions, num_workers=0, cache=cache)
+
+    model = tiny_model()  # another base seed: noise recomputed, blur and clean are seed-independent
+    evaluate(model, dataset, conditions, seed=1, num_workers=0, cache=cache)
+    assert model.net.seen == 4
+
+    model = tiny_model(seed=1)  # other weights: everything recomputed
+    evaluate(model, dataset, conditions, num_workers=0, cache=cache)
+    assert model.net.seen == 12
+
+    model = tiny_model(name="tiny-renamed")  # another model identity
+    evaluate(model, dataset, conditions, num_workers=0, cache=cache)
+    assert model.net.seen == 12
+
+    first = sorted(root.rglob("*.png"))[0]  # one changed image file: only its three items
+    pixels = np.asarray(__import__("PIL.Image").Image.open(first)).copy()
+    pixels[0, 0] ^= 0xFF
+    __import__("PIL.Image").Image.fromarray(pixels).save(first)
+    model = tiny_model()
+    evaluate(model, load_dataset(root), conditions, num_workers=0, cache=cache)
+    assert model.net.seen == 3
+
+    model = tiny_model()  # a subset reuses the full run
+    evaluate(model, load_dataset(root, limit=2), conditions, num_workers=0, cache=cache)
+    assert model.net.seen == 0
+
+
+def test_distortion_code_version_is_part_of_the_key(dataset, cache, monkeypatch):
+    evaluate(tiny_model(), dataset, ["contrast"], clean=False, num_workers=0, cache=cache)
+    monkeypatch.setattr(distortions, "DISTORTION_CODE_VERSION", "test-bump")
+    model = tiny_model()
+    evaluate(model, dataset, ["contrast"], clean=False, num_workers=0, cache=cache)
+    assert model.net.seen == len(dataset) * len(distortions.DISTORTIONS["contrast"].levels)
+
+
+def test_preprocessing_is_part_of_the_key(dataset, cache):
+    from dataclasses import replace
+
+    evaluate(tiny_model(), dataset, {"contrast": [0.5]}, num_workers=0, cache=cache)
+    model = tiny_model()
+    model.preprocessing = replace(model.preprocessing, interpolation="bicubic")
+    evaluate(model, dataset, {"contrast": [0.5]}, num_workers=0, cache=cache)
+    assert model.net.seen == 10
+
+
+def test_failed_write_leaves_no_entry(dataset, cache, monkeypatch):
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache_module.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate(tiny_model(), dataset, {"contrast": [0.5]}, clean=False, num_workers=0, cache=cache)
+    monkeypatch.undo()
+    assert chunks(cache) == []
+    assert not [p for p in cache.root.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
+def test_skipped_image_with_cache(tmp_path, cache):
+    root = tmp_path / "data"
+    make_dataset(root, 3)
+    truncated_jpeg(root / "n01440764" / "zz.jpg")
+    dataset = load_dataset(root)
+    with pytest.warns(UserWarning, match="zz.jpg"):
+        first = evaluate(tiny_model(), dataset, {"contrast": [0.5]}, num_workers=0, cache=cache)
+    model = tiny_model()
+    with pytest.warns(UserWarning, match="zz.jpg"):
+        second = evaluate(model, dataset, {"contrast": [0.5]}, num_workers=0, cache=cache)
+    assert model.net.seen == 0
+    assert table(first) == table(second) and first[0].n == 3 and list(second[1].skipped) == ["n01440764/zz.jpg"]
+
+
+def test_resolve_cache_and_default_dir(tmp_path, monkeypatch):
+    assert resolve_cache(None) is None and resolve_cache(False) is None
+    monkeypatch.setenv("ROBUSTNESS_CACHE_DIR", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    assert resolve_cache(True).root == tmp_path / "env"
+    assert resolve_cache(tmp_path / "x").root == tmp_path / "x"
+    monkeypatch.delenv("ROBUSTNESS_CACHE_DIR")
+    assert default_cache_dir() == Path(".robustness-cache")
+
+
+def _worker(barrier, queue, data, cache_root):
+    import torch
+
+    torch.set_num_threads(1)
+    model = tiny_model()
+    dataset = load_dataset(data)
+    barrier.wait(timeout=60)  # both processes start evaluating together
+    results = evaluate(model, dataset, {"noise": [30, 60], "blur": [2]}, batch_size=2, num_workers=0,
+                       cache=PredictionCache(cache_root, flush_interval=0))
+    queue.put({"seen": model.net.seen, "top1": [r.top1 for r in results],
+               "predictions": [r.predictions.tolist() for r in results]})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX advisory locks")
+def test_concurrent_processes_share_the_work(tmp_path):
+    """Two processes evaluating the same conditions at once: each (image, condition) is computed once."""
+    import multiprocessing
+
+    make_dataset(tmp_path / "data", 6)
+    context = multiprocessing.get_context("fork")
+    barrier, queue = context.Barrier(2), context.Queue()
+    procs = [context.Process(target=_worker, args=(barrier, queue, tmp_path / "data", tmp_path / "cache"))
+             for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    outputs = [queue.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    assert sum(o["seen"] for o in outputs) == 6 * 4
+    assert outputs[0]["predictions"] == outputs[1]["predictions"]
+    assert outputs[0]["top1"] == outputs[1]["top1"]
