@@ -7,6 +7,7 @@ import datetime as _dt
 import sys
 from pathlib import Path
 
+from .cache import PredictionCache
 from .datasets import DATA_ENV_VAR, DatasetError, load_dataset
 from .distortions import DISTORTIONS
 from .evaluation import evaluate
@@ -40,9 +41,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else _fresh_output_dir(_safe_name(model.name))
     distortions = _run_distortions(args)
     print(f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}")
+    cache = None if args.no_cache else PredictionCache(args.cache_dir)
     results = evaluate(model, dataset, distortions, seed=args.seed, batch_size=args.batch_size,
-                       num_workers=args.workers, device=args.device, progress=not args.no_progress)
+                       num_workers=args.workers, device=args.device, progress=not args.no_progress, cache=cache)
     print(format_table(results))
+    for image_id, message in results[0].skipped.items():
+        print(f"skipped unreadable image {image_id}: {message}", file=sys.stderr)
     output.mkdir(parents=True, exist_ok=True)
     write_results_json(results, output / "results.json")
     plot_accuracy_vs_level(results, output / "accuracy_vs_level.png")
@@ -219,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_dataset_options(run)
+    run.add_argument("--no-cache", action="store_true", help="do not read or write the prediction cache")
+    run.add_argument("--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)")
     run.set_defaults(func=_cmd_run)
 
     lister = commands.add_parser("list", help="list registered models and distortions")

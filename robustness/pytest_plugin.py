@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "--robustness-margin), store baseline predictions, show a diff; gate cases do not fail")
     group.addoption("--robustness-margin", type=float, default=None,
                     help="margin subtracted from measured accuracy by --robustness-update-thresholds (fraction; default ini robustness_margin or 0.05)")
-    # (issue 5b: cache options go here)
+    group.addoption("--robustness-no-cache", action="store_true", help="do not read or write the prediction cache")
+    group.addoption("--robustness-cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or <rootdir>/.robustness-cache)")
     parser.addini("robustness_data", "image folder for the robustness gate, relative to the rootdir", default="")
     parser.addini("robustness_thresholds", "thresholds file, relative to the rootdir", default="thresholds.yaml")
     parser.addini("robustness_images", "images per condition when the thresholds file sets none", default="")
@@ -203,8 +205,13 @@ def robustness_dataset(pytestconfig: pytest.Config, robustness_thresholds):
 
 
 def _evaluate_options(config: pytest.Config) -> dict:
-    """Extra keyword arguments for :func:`robustness.evaluate` from the options (issue 5b: cache)."""
-    return {}
+    """Extra keyword arguments for :func:`robustness.evaluate` from the options: the prediction cache."""
+    from .cache import CACHE_ENV_VAR, DEFAULT_CACHE_DIR, PredictionCache
+
+    if config.getoption("--robustness-no-cache"):
+        return {}
+    return {"cache": PredictionCache(config.getoption("--robustness-cache-dir") or os.environ.get(CACHE_ENV_VAR)
+                                     or config.rootpath / DEFAULT_CACHE_DIR)}
 
 
 @pytest.fixture(scope="session")

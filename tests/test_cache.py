@@ -17,6 +17,8 @@ from robustness.datasets import load_dataset
 
 from test_evaluation import CONDITIONS, make_dataset, table, tiny_model, truncated_jpeg
 
+pytest_plugins = ["pytester"]
+
 ITEMS = 5 * (1 + sum(len(v) for v in CONDITIONS.values()))  # 5 images x 5 conditions
 
 
@@ -248,3 +250,90 @@ def test_concurrent_processes_share_the_work(tmp_path):
     assert sum(o["seen"] for o in outputs) == 6 * 4
     assert outputs[0]["predictions"] == outputs[1]["predictions"]
     assert outputs[0]["top1"] == outputs[1]["top1"]
+
+
+_CONFTEST = '''
+import os
+import pytest
+import torch
+from robustness.datasets import load_dataset
+from test_evaluation import tiny_model
+
+
+class _Logged(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        with open(os.environ["TINY_LOG"], "a") as log:
+            log.write(f"{x.shape[0]}\\n")
+        return self.net(x)
+
+
+@pytest.fixture(scope="session")
+def robustness_dataset():
+    return load_dataset(os.environ["TINY_DATA"])
+
+
+@pytest.fixture(scope="session")
+def _tiny():
+    model = tiny_model()
+    model.net = _Logged(model.net)
+    return model
+
+
+@pytest.fixture
+def robustness_model(_tiny):
+    return _tiny
+'''
+
+_THRESHOLDS = '''
+defaults: {images: 6, seed: 0}
+models:
+  tiny:
+    clean: {top1: 0.0}
+    noise:
+      30: {top1: 0.0}
+      60: {top5: 1.0}
+    blur:
+      2: {top1: 1.0}
+      4: {top1: 0.0}
+'''
+
+
+def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, monkeypatch):
+    """pytest -n 2 gives the serial verdicts, computes each (image, condition) once, and an
+    unchanged re-run does no inference at all."""
+    pytest.importorskip("xdist")
+    make_dataset(tmp_path / "data", 6)
+    log = tmp_path / "inferred.log"
+    tests_dir = Path(__file__).resolve().parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tests_dir.parent), str(tests_dir), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("TINY_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("TINY_LOG", str(log))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    pytester.makeconftest(_CONFTEST)
+    pytester.makefile(".yaml", thresholds=_THRESHOLDS)
+    pytester.makepyfile(test_gate="""
+        from robustness.gate import check_threshold
+
+        def test_accuracy(robustness_threshold, robustness_result):
+            check_threshold(robustness_threshold, robustness_result)
+    """)
+
+    def inferred() -> int:
+        total = sum(int(line) for line in log.read_text().split()) if log.exists() else 0
+        log.unlink(missing_ok=True)
+        return total
+
+    common = ["-p", "no:cacheprovider", "--robustness-workers=0", f"--robustness-cache-dir={tmp_path / 'cache'}"]
+    serial = pytester.runpytest("-p", "no:xdist", "--robustness-no-cache", *common[:3])
+    serial.assert_outcomes(passed=3, failed=2)
+    assert inferred() == 6 * 5 and not (tmp_path / "cache").exists()
+    parallel = pytester.runpytest_subprocess("-n", "2", *common)
+    parallel.assert_outcomes(passed=3, failed=2)
+    assert inferred() == 6 * 5  # clean + 2 noise + 2 blur levels, each image once across both workers
+    rerun = pytester.runpytest("-p", "no:xdist", *common)
+    rerun.assert_outcomes(passed=3, failed=2)
+    assert inferred() == 0
