@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the main process")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--distortion", action="append", choices=list(DISTORTIONS))
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="0 skips the table (e.g. with --rerun)")
     parser.add_argument("--rerun", action="store_true", help="also time a first run vs an unchanged re-run with the cache")
     parser.add_argument("--json", default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     print(f"{'distortion':<10} {'images':>6} {'e2e img/s':>10} {'model img/s':>11} {'ratio':>6} "
           f"{'e2e cpu ms/img':>15} {'model cpu ms/img':>17} {'cpu ratio':>9}")
     rows = []
-    for name in args.distortion or list(DISTORTIONS):
+    for name in (args.distortion or list(DISTORTIONS)) if args.repeats > 0 else []:
         levels = list(DISTORTIONS[name].levels)
         data = dataset if name != "jpeg2000" or not args.jpeg2000_images else dataset.limit(args.jpeg2000_images)
         ratios, cpu_ratios, measured = [], [], []

@@ -3,6 +3,11 @@
 Every (image, condition) pair is an independent work item: the image is read, distorted with a seed
 derived only from (base seed, image id, distortion, level), then given the model's preprocessing, in
 DataLoader workers. The numbers are therefore the same for any batch size, worker count or order.
+
+With a :class:`robustness.cache.PredictionCache`, (image, condition) pairs already on disk are not
+recomputed, new predictions are written as they come (so an interrupted run resumes), and processes
+sharing the cache folder (pytest-xdist workers) wait for each other's conditions instead of
+computing them twice. Images that cannot be read are left out of every condition and reported.
 """
 
 from __future__ import annotations
@@ -233,8 +238,7 @@ class _Run:
         work = _WorkItems(self.dataset, self.conditions, self.model.preprocessing, self.seed, items)
         on_cuda = torch.device(self.device).type == "cuda"
         loader = DataLoader(work, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=_collate, pin_memory=on_cuda,
-                            prefetch_factor=4 if num_workers else None)
+                            collate_fn=_collate, pin_memory=on_cuda)
         if bar is not None:
             bar.total = (bar.total or 0) + len(items)
             bar.refresh()

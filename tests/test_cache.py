@@ -337,3 +337,34 @@ def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, mon
     rerun = pytester.runpytest("-p", "no:xdist", *common)
     rerun.assert_outcomes(passed=3, failed=2)
     assert inferred() == 0
+
+
+def test_cli_run_uses_the_cache_and_no_cache_disables_it(tmp_path, monkeypatch, capsys):
+    from robustness import cli, models
+    from test_evaluation import _TinyNet
+
+    seen = []
+
+    class Counting(_TinyNet):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    spec = models.ModelSpec("tiny-cli", lambda: Counting(), tiny_model().preprocessing)
+    monkeypatch.setitem(models.MODELS, "tiny-cli", spec)
+    root = tmp_path / "data"
+    make_dataset(root, 3)
+    truncated_jpeg(root / "n01440764" / "broken.jpg")
+    args = ["run", "--model", "tiny-cli", "--data", str(root), "--distortion", "contrast", "--no-progress",
+            "--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert cli.main(args) == 0
+    assert sum(seen) == 3 * 12
+    assert "skipped unreadable image n01440764/broken.jpg" in capsys.readouterr().err
+    seen.clear()
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert cli.main(args) == 0
+    assert sum(seen) == 0
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert cli.main(args + ["--no-cache"]) == 0
+    assert sum(seen) == 3 * 12
