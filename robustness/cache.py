@@ -21,7 +21,7 @@ A chunk file is ``MAGIC + sha256(payload) hex + "\\n" + payload`` where the payl
 class indices, shape ``(n, 5)``) and ``meta`` (the JSON of both keys). Chunks are written atomically
 (temporary file in the same folder, fsync, rename). A chunk whose magic, checksum, format, keys or
 values do not check out is reported with a :class:`CacheWarning`, deleted and its images recomputed;
-it is never trusted. The engine writes a chunk every ``flush_interval`` seconds and when a run ends
+it is never trusted. The engine writes a chunk every ``flush_interval`` seconds (30 by default) and when a run ends
 or is interrupted, so an interrupted run resumes where it stopped; after a run the chunks of a
 condition are merged into one.
 """
@@ -161,7 +161,7 @@ class PredictionCache:
     Thread safety: one instance per process; several processes may share ``root``.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, *, flush_interval: float = 10.0, lock: bool = True):
+    def __init__(self, root: str | os.PathLike | None = None, *, flush_interval: float = 30.0, lock: bool = True):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.flush_interval = float(flush_interval)
         self.use_locks = lock and fcntl is not None
@@ -281,6 +281,10 @@ class PredictionCache:
         """Merge a condition's chunks into one (only the chunks read are deleted, so concurrent
         writers lose nothing)."""
         folder = self._folder(model_key, condition_key)
+        with contextlib.suppress(OSError):  # temporary files of writers killed mid-write, after an hour
+            for stale in folder.glob(".*.tmp"):
+                if time.time() - stale.stat().st_mtime > 3600:
+                    stale.unlink()
         chunks = self._chunks(folder)
         if len(chunks) <= 1:
             return

@@ -194,6 +194,20 @@ def test_failed_write_leaves_no_entry(dataset, cache, monkeypatch):
     assert not [p for p in cache.root.rglob("*") if p.is_file() and p.name != ".lock"]
 
 
+def test_stale_temporary_files_are_removed(dataset, cache):
+    evaluate(tiny_model(), dataset, {"contrast": [0.5]}, clean=False, num_workers=0, cache=cache)
+    folder = chunks(cache)[0].parent
+    stale, fresh = folder / ".x.rpc.old.tmp", folder / ".x.rpc.new.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+    cache.compact(*folder.relative_to(cache.root / "v1").parts)
+    assert not stale.exists() and fresh.exists()
+    model = tiny_model()
+    evaluate(model, dataset, {"contrast": [0.5]}, clean=False, num_workers=0, cache=cache)
+    assert model.net.seen == 0
+
+
 def test_skipped_image_with_cache(tmp_path, cache):
     root = tmp_path / "data"
     make_dataset(root, 3)
