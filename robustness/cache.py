@@ -7,7 +7,7 @@ directory)::
     root/v1/<model key>/<condition key>/.lock           advisory lock while a process computes it
 
 * **model key**: SHA-256 over the model name, the network's class, :attr:`Classifier.weights_digest`,
-  :meth:`Preprocessing.to_dict`, the inference device type and the versions of everything that can
+  :meth:`Preprocessing.to_dict`, ``Classifier.background_class``, the inference device type and the versions of everything that can
   change a prediction (torch, torchvision, numpy, scipy, Pillow and its libjpeg / OpenJPEG).
 * **condition key**: SHA-256 over the distortion name, its level, the base seed (stochastic
   distortions only: the others ignore it), :data:`robustness.distortions.DISTORTION_CODE_VERSION`
@@ -183,6 +183,7 @@ class PredictionCache:
             "network": f"{type(net).__module__}.{type(net).__qualname__}",
             "weights": model.weights_digest,
             "preprocessing": model.preprocessing.to_dict(),
+            "background_class": bool(getattr(model, "background_class", False)),
             "device": device_type,
             "environment": _environment(),
         })[:32]
