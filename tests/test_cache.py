@@ -341,8 +341,8 @@ def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, mon
         log.unlink(missing_ok=True)
         return total
 
-    common = ["-p", "no:cacheprovider", "--robustness-workers=0", f"--robustness-cache-dir={tmp_path / 'cache'}"]
-    serial = pytester.runpytest("-p", "no:xdist", "--robustness-no-cache", *common[:3])
+    common = ["-p", "no:cacheprovider", "-p", "no:benchmark", "--robustness-workers=0", f"--robustness-cache-dir={tmp_path / 'cache'}"]
+    serial = pytester.runpytest("-p", "no:xdist", "--robustness-no-cache", *common[:5])
     serial.assert_outcomes(passed=3, failed=2)
     assert inferred() == 6 * 5 and not (tmp_path / "cache").exists()
     parallel = pytester.runpytest_subprocess("-n", "2", *common)
