@@ -84,16 +84,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ROWS] = {}
     config.stash[_UPDATES] = {}
     config.pluginmanager.register(_Reporter(config), "robustness-reporter")
+    # Plain ``-n N`` (``--dist load``) becomes ``loadgroup`` so each (model, distortion) stays on one
+    # worker. Set here, before xdist builds its scheduler and sends the options to the workers,
+    # which then add the ``@group`` suffix to the node ids that loadgroup scheduling relies on.
+    if getattr(config.option, "dist", "no") == "load" and config.getini("robustness_xdist_loadgroup"):
+        config.option.dist = "loadgroup"
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """Plain ``-n N`` (``--dist load``) becomes ``loadgroup``: each (model, distortion) stays on one worker."""
-    if config.getvalue("dist") == "load" and config.getini("robustness_xdist_loadgroup"):
-        from xdist.scheduler import LoadGroupScheduling
-
-        return LoadGroupScheduling(config, log)
-    return None
 
 
 # ---------------------------------------------------------------------------------- test generation
