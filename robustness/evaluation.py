@@ -108,6 +108,8 @@ def conditions_for(distortions: Iterable[str] | Mapping[str, Sequence[float]] | 
     """
     if distortions is None:
         distortions = list(DISTORTIONS)
+    elif isinstance(distortions, str):
+        distortions = [distortions]
     mapping = distortions if isinstance(distortions, Mapping) else {name: None for name in distortions}
     conditions = [Condition(CLEAN, 0)] if clean else []
     for name, levels in mapping.items():
@@ -311,10 +313,14 @@ def evaluate(
         model = load_model(model)
     if len(dataset) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
-    if distortions is not None and not isinstance(distortions, Mapping) and all(isinstance(c, Condition) for c in distortions):
+    if distortions is not None and not isinstance(distortions, (Mapping, str)):
+        distortions = list(distortions)
+    if distortions and all(isinstance(c, Condition) for c in distortions):
         conditions = list(distortions)
     else:
         conditions = conditions_for(distortions, clean=clean)
+    if not conditions:
+        raise ValueError("nothing to evaluate: no distortions given and clean=False")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if num_workers is None:

@@ -145,3 +145,11 @@ def test_real_images_batch_and_workers_invariant():
     a = table(evaluate(model, dataset, conditions, batch_size=4, num_workers=0))
     b = table(evaluate(model, dataset, conditions, batch_size=1, num_workers=2))
     assert a == b
+
+
+def test_distortion_argument_forms_expand_to_conditions():
+    from robustness.evaluation import Condition, conditions_for
+
+    assert conditions_for("blur", clean=False) == [Condition("blur", s) for s in range(1, 10)]
+    assert conditions_for([], clean=True) == [Condition("clean", 0)]
+    assert conditions_for({"jpeg": [10]}, clean=False) == [Condition("jpeg", 10)]
