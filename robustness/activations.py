@@ -257,11 +257,12 @@ def _mosaic(maps: np.ndarray, reference: np.ndarray, channels: Sequence[int], co
     return tile
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 90) -> None:
+def _save(fig, path: str | os.PathLike, dpi: int = 80) -> None:
+    import io
+
     import matplotlib.pyplot as plt
 
     from .report import atomic_write
-    import io
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
@@ -306,8 +307,8 @@ def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 1
             if col == 0:
                 name = "input" if key == "inputs" else f"{key} conv\n{block['name'].removeprefix('net.')}"
                 ax.set_ylabel(name, fontsize=8)
-    fig.suptitle(title or f"{study['distortion']}: first and last conv layers, {channels} most active channels, "
-                 "scaled per channel by the clean map", fontsize=9)
+    fig.suptitle(title or f"{study['distortion']}: first and last conv layers, {channels} most active channels,\n"
+                 "each scaled by its clean map's range", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
@@ -420,8 +421,8 @@ def main_activations(args: argparse.Namespace) -> int:
         print(format_layer_table(study))
         figure = output / f"feature_maps_{name}.png"
         plot_feature_maps(study, figure, channels=args.channels,
-                          title=f"{model.name}, {name}: first and last conv layers ({ids[0]}); "
-                                f"{args.channels} most active channels, each scaled by its clean map")
+                          title=f"{model.name}, {name}, {Path(ids[0]).name}: first and last conv layers,\n"
+                                f"{args.channels} most active channels, each scaled by its clean map's range")
         print(f"wrote {figure}")
     plot_depth(studies, output / "depth.png",
                title=f"{model.name}: change of each conv layer's output vs clean, mean over {len(images)} image(s)")

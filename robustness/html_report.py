@@ -583,10 +583,13 @@ def _section_classes(runs, top: int = 5) -> str:
             if not ks:
                 continue
             rows = class_changes(p["labels"], p["predictions"][clean_k, :, 0], p["predictions"][ks, :, 0])
+            losing = [r for r in rows if r["drop"] > 0]
             holding = sorted((r for r in rows if r["clean_correct"] > 0), key=lambda r: (r["drop"], -r["distorted_acc"], -r["n"]))
             table = [f"<div><b>{_e(d)}</b> ({len(ks)} levels)<table><tr><th class='l'></th><th class='l'>class</th>"
                      "<th>clean</th><th>distorted</th><th>drop</th></tr>"]
-            for title, chosen in (("loses most", rows[:top]), ("holds best", holding[:top])):
+            for title, chosen in (("loses most", losing[:top]), ("holds best", holding[:top])):
+                if not chosen:
+                    table.append(f"<tr><td class='l'>{title}</td><td class='l na' colspan='4'>no class</td></tr>")
                 for j, r in enumerate(chosen):
                     head = f"<td class='l' rowspan='{len(chosen)}'>{title}</td>" if j == 0 else ""
                     table.append(f"<tr>{head}<td class='l'>{_e(names[r['cls']])}</td><td>{r['clean_correct']}/{r['n']}</td>"
@@ -693,4 +696,5 @@ def write_report(results: Sequence[str | os.PathLike], output: str | os.PathLike
     page = build_report(runs, thresholds=thresholds, baseline=baseline, data=data, examples=examples)
     output = Path(output)
     atomic_write(output, page.encode("utf-8"))
+    os.chmod(output, 0o644)
     return output
