@@ -429,7 +429,7 @@ def main_activations(args: argparse.Namespace) -> int:
     record = {"model": model.name, "weights_digest": model.weights_digest, "images": ids, "seed": args.seed,
               "change_threshold": CHANGE_THRESHOLD, "channel_floor": CHANNEL_FLOOR,
               "studies": [{"distortion": s["distortion"], "levels": s["levels"],
-                           "layers": {str(lv): [asdict(r) for r in s["layers"][lv]] for lv in s["levels"]}} for s in studies]}
+                           "layers": {f"{lv:g}": [asdict(r) for r in s["layers"][lv]] for lv in s["levels"]}} for s in studies]}
     atomic_write(output / "layers.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote {output / 'depth.png'} and {output / 'layers.json'}")
     return 0
