@@ -330,8 +330,12 @@ def plot_depth(studies: Sequence[dict], path: str | os.PathLike, *, title: str =
             rows = study["layers"][level]
             color = cmap(0.45 + 0.5 * n / max(1, len(study["levels"]) - 1))
             x = [r.index for r in rows]
-            axes[0].plot(x, [r.rel_l2 for r in rows], "-", color=color, lw=1.4, label=spec.level_id(level))
-            axes[1].plot(x, [100 * r.changed for r in rows], "-", color=color, lw=1.4, label=spec.level_id(level))
+            for ax, y in ((axes[0], [r.rel_l2 for r in rows]), (axes[1], [100 * r.changed for r in rows])):
+                ax.plot(x, y, "-", color=color, lw=1.2, label=spec.level_id(level))
+                for marker, test in (("v", lambda r: "dw" in r.kind), ("o", lambda r: "dw" not in r.kind and not r.kind.startswith("1x1"))):
+                    chosen = [(xi, yi) for xi, yi, r in zip(x, y, rows) if test(r)]
+                    if chosen:
+                        ax.plot(*zip(*chosen), marker, color=color, ms=3.5, ls="none")
     axes[0].set_ylabel("relative L2 change of the map")
     axes[1].set_ylabel(f"channels changed > {100 * CHANGE_THRESHOLD:.0f}% (%)")
     for ax in axes:
@@ -339,7 +343,7 @@ def plot_depth(studies: Sequence[dict], path: str | os.PathLike, *, title: str =
         ax.grid(alpha=0.3)
     axes[1].set_ylim(0, 100)
     axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title + "\n(markers: v depthwise, o full k x k conv, none 1x1)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 

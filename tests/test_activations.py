@@ -114,5 +114,7 @@ def test_paper_claim_on_one_real_image_with_efficientnet_lite0(tmp_path, capsys)
     first, last = blur["3"][0], blur["3"][-1]
     assert first["name"] == "_conv_stem" and last["name"] == "_conv_head"
     assert first["rel_l2"] < 0.5 * last["rel_l2"]  # blur: first layer little, last layer much
-    assert noise["50"][0]["changed"] > blur["3"][0]["changed"]  # noise lights up more first-layer channels
+    assert noise["100"][0]["changed"] > blur["5"][0]["changed"]  # strongest levels: noise changes more first-layer channels
+    assert noise["100"][0]["up"] > noise["100"][0]["down"]  # ... by lighting them up,
+    assert blur["5"][0]["down"] > blur["5"][0]["up"]  # while blur quietens them
     assert noise["50"][-1]["rel_l2"] > noise["50"][0]["rel_l2"]  # and the disturbance grows on the way to the last layer
