@@ -303,7 +303,8 @@ def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 1
                 if level != "clean":
                     rows_ = study["layers"][level]
                     r = rows_[0] if key == "first" else rows_[-1]
-                    ax.set_xlabel(f"relL2 {r.rel_l2:.2f}, chg {100 * r.changed:.0f}%", fontsize=8)
+                    mean = f" (mean of {study['images']} images)" if study.get("images", 1) > 1 else ""
+                    ax.set_xlabel(f"relL2 {r.rel_l2:.2f}, chg {100 * r.changed:.0f}%{mean}", fontsize=7)
             if col == 0:
                 name = "input" if key == "inputs" else f"{key} conv\n{block['name'].removeprefix('net.')}"
                 ax.set_ylabel(name, fontsize=8)
