@@ -28,18 +28,18 @@ def _fresh_output_dir(model: str) -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
-        dataset = load_dataset(args.data, limit=args.limit)
+        dataset = _load_run_dataset(args)
     except (DatasetError, ValueError) as error:
         print(f"robustness run: {error}", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.model, device=args.device)
+        model = _load_run_model(args)
     except (ValueError, ImportError, FileNotFoundError) as error:
         print(f"robustness run: {error}", file=sys.stderr)
         return 2
-    output = Path(args.output) if args.output else _fresh_output_dir(args.model)
-    distortions = args.distortion or list(DISTORTIONS)
-    print(f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions)}")
+    output = Path(args.output) if args.output else _fresh_output_dir(_safe_name(model.name))
+    distortions = _run_distortions(args)
+    print(f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}")
     results = evaluate(model, dataset, distortions, seed=args.seed, batch_size=args.batch_size,
                        num_workers=args.workers, device=args.device, progress=not args.no_progress)
     print(format_table(results))
@@ -48,6 +48,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plot_accuracy_vs_level(results, output / "accuracy_vs_level.png")
     print(f"wrote {output / 'results.json'} and {output / 'accuracy_vs_level.png'}")
     return _write_run_report(args, model, dataset, results, output)
+
+
+def _safe_name(name: str) -> str:
+    """A model name usable as a folder name (specs may hold ':' or '/')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _load_run_model(args: argparse.Namespace):
+    """The model of ``run``: a registered name or any spec load_model takes, with --weights/--arch/
+    --preprocessing/--background-class."""
+    if args.models_dir:
+        import os
+        from .models import MODELS_ENV_VAR
+        os.environ[MODELS_ENV_VAR] = args.models_dir
+    weights = {None: "default", "random": None}.get(args.weights, args.weights)
+    return load_model(args.model, device=args.device, weights=weights,
+                      preprocessing=args.preprocessing, arch=args.arch, background_class=args.background_class or None)
+
+
+def _load_run_dataset(args: argparse.Namespace):
+    """The dataset of ``run``: folder / flat ILSVRC2012 val / --manifest, then --per-class/--subset, then --limit."""
+    dataset = load_dataset(args.data, manifest=args.manifest, devkit=args.devkit,
+                           per_class=args.per_class, total=args.subset, subset_seed=args.subset_seed)
+    return dataset.limit(args.limit)
+
+
+def _run_distortions(args: argparse.Namespace):
+    """--clean-only: just the clean condition; else the chosen distortions (default all five)."""
+    if args.clean_only:
+        if args.distortion:
+            raise SystemExit("robustness run: --clean-only and --distortion exclude each other")
+        return {}  # an empty {name: levels} mapping: evaluate() runs the clean condition only
+    return args.distortion or list(DISTORTIONS)
+
+
+def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
+    """Options of ``run`` for user models and datasets (issue 4)."""
+    run.add_argument("--weights", default=None, help="state dict for the model (loaded with weights_only=True); 'random' for random initialisation")
+    run.add_argument("--arch", default=None, help="torchvision architecture of a state-dict file given as --model")
+    run.add_argument("--preprocessing", default=None, help="how the model was trained: preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields, e.g. 'caffe,crop_size=224'")
+    run.add_argument("--models-dir", default=None, help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)")
+    run.add_argument("--background-class", action="store_true", help="the model outputs 1001 logits with a background class at index 0")
+    run.add_argument("--manifest", default=None, help="CSV manifest with columns path and label (wnid or class index); paths relative to --data when given, else to the CSV")
+    run.add_argument("--devkit", default=None, help="ILSVRC2012 devkit folder for a flat validation folder (default: ../shared/data/imagenet-meta or $ROBUSTNESS_DEVKIT)")
+    run.add_argument("--per-class", type=int, default=None, help="deterministic subset: N images per class (seeded)")
+    run.add_argument("--subset", type=int, default=None, help="deterministic subset: N images in total, spread over classes (seeded)")
+    run.add_argument("--subset-seed", type=int, default=0, help="seed of --per-class/--subset (default 0)")
+    run.add_argument("--clean-only", action="store_true", help="evaluate the undistorted images only")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -134,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="evaluate a model under the distortions and write results.json + a figure")
-    run.add_argument("--model", default="efficientnet_lite0", help="registered model name (see 'robustness list'); default %(default)s")
+    run.add_argument("--model", default="efficientnet_lite0", help="registered model name (see 'robustness list'), torchvision:ARCH, a TorchScript or state-dict file, or module:function; default %(default)s")
     run.add_argument("--data", default=None, help=f"image folder (<wnid>/<file>); default ${DATA_ENV_VAR} or ../shared/data/imagenet-val-1024")
     run.add_argument("--distortion", action="append", choices=list(DISTORTIONS), help="distortion to run (repeatable); default all five")
     run.add_argument("--limit", type=int, default=None, help="use the first N images in file-name order")
@@ -144,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(2, cpus))")
     run.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_dataset_options(run)
     run.set_defaults(func=_cmd_run)
     _add_run_report_options(run)
     _add_report_commands(commands)

@@ -6,13 +6,29 @@ never the local folder order of a subset.
 
 The dataset location is a setting: the ``data`` argument, else the ``ROBUSTNESS_DATA`` environment
 variable, else ``../shared/data/imagenet-val-1024`` next to the working directory when it exists.
+
+Three layouts are read (:func:`load_dataset`):
+
+* a folder of ``<wnid>/<file>`` sub-folders (torchvision ImageFolder), labelled by its ``labels.csv``
+  when present, else by the folder names;
+* the flat ILSVRC2012 validation folder (``ILSVRC2012_val_00000001.JPEG`` ...), labelled by the
+  devkit's ground truth (``ILSVRC2012_validation_ground_truth.txt`` + ``meta.mat``, or the 50,000-row
+  ``ILSVRC2012_val_wnid.csv``) found in the devkit folder: the ``devkit`` argument, else
+  ``$ROBUSTNESS_DEVKIT``, else the data folder itself, else ``../shared/data/imagenet-meta``;
+* a CSV manifest with columns ``path`` and ``label`` (a wnid or a class index; or columns ``wnid`` /
+  ``class_index``), paths relative to the manifest's folder (or to ``data`` when given) or absolute.
+
+:meth:`ImageDataset.subset` draws a deterministic, seeded subset: N images per class, or N in total
+spread evenly over the classes.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,11 +47,17 @@ __all__ = [
     "load_dataset",
     "resolve_data_dir",
     "DATA_ENV_VAR",
+    "DEVKIT_ENV_VAR",
     "IMAGE_EXTENSIONS",
+    "read_devkit_labels",
+    "resolve_devkit_dir",
 ]
 
 DATA_ENV_VAR = "ROBUSTNESS_DATA"
 DEFAULT_DATA_DIR = Path("..") / "shared" / "data" / "imagenet-val-1024"
+DEVKIT_ENV_VAR = "ROBUSTNESS_DEVKIT"
+DEFAULT_DEVKIT_DIR = Path("..") / "shared" / "data" / "imagenet-meta"
+_VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.(jpeg|jpg|png)$", re.IGNORECASE)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -110,6 +132,47 @@ class ImageDataset(Sequence[Sample]):
             raise ValueError(f"image limit must be >= 1, got {count}")
         return self[:count]
 
+    def subset(self, per_class: int | None = None, total: int | None = None, seed: int = 0) -> "ImageDataset":
+        """A deterministic, seeded subset, returned in the dataset's order.
+
+        Each image gets a key ``sha256(f"{seed}:{image_id}")``; within a class, images are ranked by
+        that key, so the choice of an image depends only on the seed and on the other images of its
+        class, not on the machine, the file system order or the other classes.
+
+        Args:
+            per_class: keep the first ``per_class`` images of each class (all of a class with fewer).
+            total: keep ``total`` images spread evenly over the classes: every class's rank-0 image
+                first (classes in seeded order), then every rank-1 image, and so on, so class counts
+                differ by at most one where classes have enough images. Applied after ``per_class``.
+            seed: the seed of the ranking.
+
+        Raises:
+            ValueError: ``per_class`` or ``total`` below 1, or ``total`` above the number of images.
+        """
+        if per_class is None and total is None:
+            return self
+        for key, value in (("per_class", per_class), ("total", total)):
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise ValueError(f"subset {key} must be an integer >= 1, got {value!r}")
+        key = lambda text: hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()  # noqa: E731
+        by_class: dict[int, list[Sample]] = {}
+        for sample in self.samples:
+            by_class.setdefault(sample.label, []).append(sample)
+        ranked: list[tuple[int, str, Sample]] = []
+        for label, members in by_class.items():
+            members = sorted(members, key=lambda s: key(s.image_id))
+            if per_class is not None:
+                members = members[:per_class]
+            class_key = key(f"class{label}")
+            ranked.extend((rank, class_key, sample) for rank, sample in enumerate(members))
+        if total is not None:
+            if total > len(ranked):
+                raise ValueError(f"subset total {total} exceeds the {len(ranked)} images available in {self.description}")
+            ranked = sorted(ranked, key=lambda item: (item[0], item[1]))[:total]
+        parts = [f"per_class={per_class}" if per_class is not None else "", f"total={total}" if total is not None else ""]
+        note = ", ".join(p for p in parts if p)
+        return ImageDataset([item[2] for item in ranked], self.root, f"{self.description} [subset {note}, seed {seed}]")
+
     def __repr__(self) -> str:
         return f"ImageDataset({self.description!r}, {len(self)} images)"
 
@@ -138,18 +201,37 @@ def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
 
 
 def _read_labels_csv(path: Path) -> dict[str, int]:
-    """Map relative path -> class index from a ``labels.csv`` with columns path and wnid or class_index."""
+    """Map path -> class index from a CSV with a ``path`` column and a ``wnid``, ``class_index`` or
+    ``label`` (wnid or class index) column; the error names the file, line and value."""
     table = _wnid_to_index()
     labels: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error}") from None
+    with handle:
         reader = csv.DictReader(handle)
         fields = set(reader.fieldnames or ())
-        if "path" not in fields or not fields & {"wnid", "class_index"}:
-            raise DatasetError(f"{path}: needs a 'path' column and a 'wnid' or 'class_index' column, has {sorted(fields)}")
+        if "path" not in fields or not fields & {"wnid", "class_index", "label"}:
+            raise DatasetError(f"{path}: needs a 'path' column and a 'label', 'wnid' or 'class_index' column, has {sorted(fields)}")
         for line, row in enumerate(reader, start=2):
-            rel = row["path"].replace("\\", "/")
+            rel = (row["path"] or "").strip().replace("\\", "/")
+            if not rel:
+                raise DatasetError(f"{path}:{line}: empty path")
             wnid = (row.get("wnid") or "").strip()
             index_text = (row.get("class_index") or "").strip()
+            label_text = (row.get("label") or "").strip()
+            if label_text:
+                if label_text in table:
+                    wnid = wnid or label_text
+                    if wnid != label_text:
+                        raise DatasetError(f"{path}:{line}: label {label_text} disagrees with wnid {wnid}")
+                elif re.fullmatch(r"[+-]?\d+", label_text):
+                    index_text = index_text or label_text
+                    if index_text != label_text:
+                        raise DatasetError(f"{path}:{line}: label {label_text} disagrees with class_index {index_text}")
+                else:
+                    raise DatasetError(f"{path}:{line}: label {label_text!r} is neither an ImageNet wnid nor a class index 0-999")
             if wnid and wnid not in table:
                 raise DatasetError(f"{path}:{line}: unknown wnid {wnid!r}")
             if index_text:
@@ -166,35 +248,203 @@ def _read_labels_csv(path: Path) -> dict[str, int]:
             elif wnid:
                 index = table[wnid]
             else:
-                raise DatasetError(f"{path}:{line}: row has neither a wnid nor a class_index")
+                raise DatasetError(f"{path}:{line}: row has no label (wnid or class index)")
+            if rel in labels and labels[rel] != index:
+                raise DatasetError(f"{path}:{line}: {rel} is listed twice with different labels")
             labels[rel] = index
     return labels
 
 
-def load_dataset(data: str | os.PathLike | None = None, *, limit: int | None = None) -> ImageDataset:
-    """Load a labelled ImageNet image folder in the ``<wnid>/<file>`` layout.
+def resolve_devkit_dir(devkit: str | os.PathLike | None = None, data_dir: Path | None = None) -> Path:
+    """The ILSVRC2012 devkit folder: ``devkit``, else ``$ROBUSTNESS_DEVKIT``, else ``data_dir`` when it
+    holds devkit files, else ``../shared/data/imagenet-meta`` relative to the working directory.
 
-    Labels come from the folder's ``labels.csv`` when present (columns ``path`` and ``wnid`` and/or
-    ``class_index``; every image must be listed), otherwise from each image's parent folder name,
-    which must be one of the 1000 ImageNet wnids. Either way the label is the global class index.
+    Raises:
+        DatasetError: the chosen folder does not exist or holds no devkit files.
+    """
+    candidates: list[Path] = []
+    if devkit is not None and str(devkit) != "":
+        candidates = [Path(devkit).expanduser()]
+    elif os.environ.get(DEVKIT_ENV_VAR):
+        candidates = [Path(os.environ[DEVKIT_ENV_VAR]).expanduser()]
+    else:
+        candidates = ([data_dir] if data_dir is not None else []) + [DEFAULT_DEVKIT_DIR]
+    for folder in candidates:
+        if _devkit_files(folder) is not None:
+            return folder.resolve()
+    if len(candidates) == 1 or devkit is not None:
+        raise DatasetError(
+            f"devkit folder {candidates[0]} holds neither ILSVRC2012_validation_ground_truth.txt + meta.mat "
+            f"(directly, in data/ or in ILSVRC2012_devkit_t12/data/) nor ILSVRC2012_val_wnid.csv"
+        )
+    raise DatasetError(
+        f"a flat ILSVRC2012 validation folder needs the devkit's ground truth: pass devkit=DIR (CLI --devkit), "
+        f"set ${DEVKIT_ENV_VAR}, or put the devkit files in the data folder (looked in {', '.join(map(str, candidates))})"
+    )
+
+
+def _devkit_files(folder: Path) -> tuple[str, Path, Path | None] | None:
+    """``("devkit", ground_truth, meta_mat)`` or ``("csv", val_wnid_csv, None)`` or ``None``."""
+    if not folder.is_dir():
+        return None
+    for sub in (folder, folder / "data", folder / "ILSVRC2012_devkit_t12" / "data"):
+        truth, meta = sub / "ILSVRC2012_validation_ground_truth.txt", sub / "meta.mat"
+        if truth.is_file() and meta.is_file():
+            return ("devkit", truth, meta)
+    if (folder / "ILSVRC2012_val_wnid.csv").is_file():
+        return ("csv", folder / "ILSVRC2012_val_wnid.csv", None)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def read_devkit_labels(devkit: str | os.PathLike) -> dict[int, int]:
+    """Ground-truth class index (sorted-wnid order, 0-999) of every ILSVRC2012 validation image.
+
+    Reads the devkit's ``ILSVRC2012_validation_ground_truth.txt`` (line ``i`` = the 1-based
+    ILSVRC2012_ID of ``ILSVRC2012_val_{i:08d}.JPEG``) and ``meta.mat`` (ILSVRC2012_ID -> wnid, as
+    torchvision's ``datasets.ImageNet`` parses it), or else ``ILSVRC2012_val_wnid.csv`` (columns
+    filename, wnid[, class_index]).
+
+    Returns:
+        ``{image number (1-50000): class index}``.
+
+    Raises:
+        DatasetError: missing or malformed files (the message names the file and line).
+    """
+    folder = Path(devkit)
+    found = _devkit_files(folder)
+    if found is None:
+        raise DatasetError(f"{folder}: no ILSVRC2012 devkit files (ground truth + meta.mat, or ILSVRC2012_val_wnid.csv)")
+    table = _wnid_to_index()
+    kind, first, meta_path = found
+    labels: dict[int, int] = {}
+    if kind == "devkit":
+        try:
+            from scipy.io import loadmat
+
+            synsets = loadmat(str(meta_path), squeeze_me=True)["synsets"]
+            id_to_wnid = {int(row[0]): str(row[1]) for row in synsets if int(row[4]) == 0}
+        except Exception as error:
+            raise DatasetError(f"{meta_path}: cannot read the devkit synsets ({error})") from None
+        if len(id_to_wnid) != 1000 or set(id_to_wnid.values()) != set(table):
+            raise DatasetError(f"{meta_path}: expected the 1000 ILSVRC2012 leaf synsets, found {len(id_to_wnid)}")
+        with open(first, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    labels[number] = table[id_to_wnid[int(text)]]
+                except (ValueError, KeyError):
+                    raise DatasetError(f"{first}:{number}: {text!r} is not an ILSVRC2012_ID 1-1000") from None
+        return labels
+    with open(first, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not {"filename", "wnid"} <= set(reader.fieldnames or ()):
+            raise DatasetError(f"{first}: needs columns filename and wnid, has {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            match = _VAL_NAME.match(row["filename"].strip())
+            if not match or row["wnid"].strip() not in table:
+                raise DatasetError(f"{first}:{line}: bad row {row['filename']!r}, {row['wnid']!r}")
+            labels[int(match.group(1))] = table[row["wnid"].strip()]
+    return labels
+
+
+def _flat_val_samples(root: Path, files: list[Path], devkit: str | os.PathLike | None) -> list[Sample]:
+    folder = resolve_devkit_dir(devkit, root)
+    truth = read_devkit_labels(folder)
+    samples = []
+    for file in files:
+        match = _VAL_NAME.match(file.name)
+        if not match:
+            raise DatasetError(
+                f"{file}: a flat folder must hold ILSVRC2012 validation files (ILSVRC2012_val_NNNNNNNN.JPEG); "
+                f"for other names use <wnid>/ sub-folders or a CSV manifest"
+            )
+        number = int(match.group(1))
+        if number not in truth:
+            raise DatasetError(f"{file}: image number {number} has no ground truth in {folder}")
+        samples.append(Sample(str(file), truth[number], file.name))
+    return samples
+
+
+def _manifest_samples(manifest: Path, root: Path) -> list[Sample]:
+    labels = _read_labels_csv(manifest)
+    if not labels:
+        raise DatasetError(f"{manifest}: the manifest lists no images")
+    samples = []
+    for rel, label in labels.items():
+        file = Path(rel) if Path(rel).is_absolute() else root / rel
+        if not file.is_file():
+            raise DatasetError(f"{manifest}: image {rel} not found (looked at {file})")
+        try:
+            image_id = file.resolve().relative_to(root).as_posix()
+        except ValueError:
+            image_id = rel
+        samples.append(Sample(str(file.resolve()), label, image_id))
+    return samples
+
+
+def load_dataset(
+    data: str | os.PathLike | None = None,
+    *,
+    limit: int | None = None,
+    manifest: str | os.PathLike | None = None,
+    devkit: str | os.PathLike | None = None,
+    per_class: int | None = None,
+    total: int | None = None,
+    subset_seed: int = 0,
+) -> ImageDataset:
+    """Load labelled ImageNet validation images.
+
+    Layouts (see the module doc):
+
+    * ``manifest`` given, or ``data`` is a ``.csv`` file: the CSV manifest (columns ``path`` and
+      ``label``, or ``wnid`` / ``class_index``); paths are relative to ``data`` when it is a folder,
+      else to the manifest's folder.
+    * ``data`` holds ``<wnid>/<file>`` sub-folders: labels from the folder's ``labels.csv`` when
+      present (every image must be listed), otherwise from each image's parent folder name, which
+      must be one of the 1000 ImageNet wnids.
+    * ``data`` holds ``ILSVRC2012_val_NNNNNNNN.JPEG`` files directly: labels from the devkit (see
+      :func:`resolve_devkit_dir`).
+
+    The label is always the global class index.
 
     Args:
-        data: the folder (see :func:`resolve_data_dir` for the default).
-        limit: keep only the first ``limit`` images in the dataset's order (file name order).
+        data: the folder (see :func:`resolve_data_dir` for the default) or a manifest CSV.
+        limit: keep only the first ``limit`` images in the dataset's order (file name order), after
+            the subset.
+        manifest: a CSV manifest.
+        devkit: the ILSVRC2012 devkit folder, for a flat validation folder.
+        per_class, total, subset_seed: a deterministic subset (see :meth:`ImageDataset.subset`).
 
     Returns:
         an :class:`ImageDataset`.
 
     Raises:
         DatasetError: missing folder, no images, an image in a folder that is not a wnid, an image
-            missing from ``labels.csv``, or a malformed ``labels.csv``.
+            missing from ``labels.csv``, a malformed CSV, a flat file without ground truth.
     """
+    if manifest is None and data is not None and str(data).lower().endswith(".csv") and Path(data).is_file():
+        manifest, data = data, None
+    if manifest is not None:
+        manifest = Path(manifest).expanduser()
+        if not manifest.is_file():
+            raise DatasetError(f"manifest {manifest} does not exist")
+        root = resolve_data_dir(data) if data is not None else manifest.resolve().parent
+        samples = _manifest_samples(manifest.resolve(), root)
+        dataset = ImageDataset(samples, root, f"{manifest}")
+        return dataset.subset(per_class, total, subset_seed).limit(limit)
+
     root = resolve_data_dir(data)
-    files = sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and p.parent != root
-    )
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = [p for p in images if p.parent != root]
+    flat = [p for p in images if p.parent == root]
+    if not files and flat:
+        dataset = ImageDataset(_flat_val_samples(root, flat, devkit), root, f"{root} (flat ILSVRC2012 val)")
+        return dataset.subset(per_class, total, subset_seed).limit(limit)
     if not files:
-        raise DatasetError(f"dataset folder {root} holds no images in <wnid>/<file> sub-folders")
+        raise DatasetError(f"dataset folder {root} holds no images in <wnid>/<file> sub-folders or ILSVRC2012_val_* files")
     labels_csv = root / "labels.csv"
     csv_labels = _read_labels_csv(labels_csv) if labels_csv.is_file() else None
     table = _wnid_to_index()
@@ -211,4 +461,4 @@ def load_dataset(data: str | os.PathLike | None = None, *, limit: int | None = N
                 raise DatasetError(f"{file}: parent folder {wnid!r} is not an ImageNet wnid and there is no labels.csv")
             label = table[wnid]
         samples.append(Sample(str(file), label, rel))
-    return ImageDataset(samples, root).limit(limit)
+    return ImageDataset(samples, root).subset(per_class, total, subset_seed).limit(limit)

@@ -1,0 +1,62 @@
+"""`robustness run` end to end on a few real ImageNet validation images (issue 2)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from robustness import DISTORTIONS
+from robustness.cli import main
+from robustness.datasets import resolve_data_dir
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    try:
+        return resolve_data_dir(None)
+    except ValueError as error:
+        pytest.skip(f"no ImageNet validation images here: {error}")
+
+
+def test_run_writes_results_and_figure(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    status = main(["run", "--model", "efficientnet_lite0", "--data", str(data_dir), "--limit", "3",
+                   "--distortion", "blur", "--distortion", "contrast", "--output", str(out), "--no-progress"])
+    assert status == 0
+    records = json.loads((out / "results.json").read_text())
+    expected = [("clean", 0)] + [(d, level) for d in ("blur", "contrast") for level in DISTORTIONS[d].levels]
+    assert [(r["distortion"], r["level"]) for r in records] == expected
+    for record in records:
+        assert record["model"] == "efficientnet_lite0"
+        assert record["n"] == 3
+        assert 0.0 <= record["top1"] <= record["top5"] <= 1.0
+    # Contrast weight 1 leaves a constant grey image: every image gets the same prediction, so
+    # at most one of three images (of different classes) can be right.
+    by_condition = {(r["distortion"], r["level"]): r for r in records}
+    assert by_condition[("contrast", 1.0)]["top1"] <= 1 / 3
+    assert by_condition[("contrast", 0.0)]["top1"] == by_condition[("clean", 0)]["top1"]
+    with Image.open(out / "accuracy_vs_level.png") as figure:
+        assert figure.format == "PNG" and figure.width > 3 * figure.height
+    printed = capsys.readouterr().out
+    assert "blur" in printed and "top-1" in printed
+
+
+def test_run_names_missing_data_folder(tmp_path, capsys):
+    status = main(["run", "--data", str(tmp_path / "nowhere"), "--limit", "2", "--output", str(tmp_path / "o")])
+    assert status == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_rejects_unknown_model(tmp_path, data_dir, capsys):
+    status = main(["run", "--model", "no_such_net", "--data", str(data_dir), "--limit", "2"])
+    assert status == 2
+    assert "no_such_net" in capsys.readouterr().err
+
+
+def test_run_rejects_unknown_distortion(data_dir):
+    with pytest.raises(SystemExit):
+        main(["run", "--distortion", "fog", "--data", str(data_dir)])

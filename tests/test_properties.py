@@ -1,0 +1,280 @@
+"""Hypothesis invariants every distortion must satisfy, on any image and any valid level.
+
+Profiles: ``ci`` (default, derandomized) and ``thorough`` (``--hypothesis-profile=thorough``); see
+conftest.py. Natural-image checks (degradation grows with level) live in test_natural_images.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from scipy import ndimage, stats
+
+from robustness import DISTORTIONS, distort, psnr
+from robustness.distortions import gaussian_kernel
+from strategies import images, levels, make_image, seeds
+
+NAMES = list(DISTORTIONS)
+#: Awkward sizes every distortion must handle at every grid level: 1x1, single rows/columns, odd,
+#: non-square, JPEG's 8/16-pixel blocks +-1, and smaller than a sigma=9 blur window (37 px).
+AWKWARD_SIZES = [(1, 1), (1, 9), (9, 1), (2, 3), (7, 8), (15, 17), (16, 16), (33, 5), (36, 38)]
+
+
+def max_side(name: str) -> int:
+    """Largest side for hypothesis images: JPEG 2000 encodes cost ~1 us/pixel, keep them smaller."""
+    return 96 if name == "jpeg2000" else 300
+
+
+# ------------------------------------------------------------------------- shape, dtype, range
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_grid_level_on_awkward_sizes_keeps_shape_and_dtype(name):
+    """Every paper level on 1x1, 1xN, odd and block-misaligned sizes: same shape, uint8, input intact."""
+    spec = DISTORTIONS[name]
+    for height, width in AWKWARD_SIZES:
+        image = make_image(height, width, "random", seed=height * 100 + width)
+        before = image.copy()
+        for level in spec.levels:
+            out = distort(image, name, level, seed=1)
+            assert out.shape == image.shape and out.dtype == np.uint8, (name, level, image.shape)
+            assert out.flags.writeable and not np.shares_memory(out, image)
+        np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_any_size_and_level_keeps_shape_dtype_and_input(name, data):
+    """Any size 1..300 (96 for JPEG 2000), any content, any grid or in-between level."""
+    image = data.draw(images(max_side=max_side(name)), label="image")
+    level = data.draw(levels(name), label="level")
+    before = image.copy()
+    out = distort(image, name, level, seed=data.draw(seeds, label="seed"))
+    assert out.shape == image.shape
+    assert out.dtype == np.uint8  # so the value range 0-255 holds by construction
+    np.testing.assert_array_equal(image, before)
+
+
+# ------------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_same_seed_same_output_and_global_random_state_untouched(name, data):
+    image = data.draw(images(max_side=48), label="image")
+    level = data.draw(levels(name), label="level")
+    seed = data.draw(seeds, label="seed")
+    numpy_state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    python_state = random.getstate()
+    first = distort(image, name, level, seed=seed)
+    second = distort(image, name, level, seed=seed)
+    np.testing.assert_array_equal(first, second)
+    assert random.getstate() == python_state
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1]) and after[2:] == numpy_state[2:]
+    if not DISTORTIONS[name].stochastic:
+        np.testing.assert_array_equal(first, distort(image, name, level, seed=seed + 1))
+
+
+@given(image=images(min_side=4, max_side=64, kinds=("random", "gradient")), level=levels("noise"), seed=seeds)
+def test_different_seed_changes_the_noise(image, level, seed):
+    # 48+ samples of N(0, >=10) noise: the chance that two seeds round to the same image is nil,
+    # unless nearly every pixel sits clipped at 0 or 255.
+    assume(np.mean((image > 30) & (image < 225)) > 0.5)
+    assert not np.array_equal(distort(image, "noise", level, seed=seed), distort(image, "noise", level, seed=seed + 1))
+
+
+# -------------------------------------------------------------------------------- null level
+
+
+@given(image=images(max_side=200), seed=seeds)
+def test_null_levels_are_the_identity(image, seed):
+    """contrast 0 (and blur sigma 0, noise std 0, the valid range's lower ends) return the input."""
+    for name in ("contrast", "blur", "noise"):
+        assert DISTORTIONS[name].minimum == 0
+        np.testing.assert_array_equal(distort(image, name, 0, seed=seed), image)
+
+
+# ----------------------------------------------------------------------------------- noise
+
+
+@given(image=images(max_side=120), seed=seeds, low=levels("noise"), high=levels("noise"))
+def test_noise_psnr_does_not_rise_with_std(image, seed, low, high):
+    """Same seed, so the noise is ``std * z`` for one fixed z: every pixel's error grows with std."""
+    low, high = sorted((low, high))
+    quiet, loud = distort(image, "noise", low, seed=seed), distort(image, "noise", high, seed=seed)
+    clean = image.astype(int)
+    assert np.all(np.abs(loud.astype(int) - clean) >= np.abs(quiet.astype(int) - clean))
+    assert psnr(image, loud) <= psnr(image, quiet)
+
+
+MID_GREY = np.full((192, 256, 3), 128, dtype=np.uint8)  # 147 456 samples
+
+
+@given(level=st.one_of(st.sampled_from([10, 20, 30, 40]), st.floats(5, 40)), seed=seeds)
+def test_noise_on_mid_grey_is_zero_mean_with_the_level_as_std(level, seed):
+    """Where clipping is negligible (std <= 40 on 128: the nearest clip is 3.2 std away).
+
+    Rounding adds variance 1/12, i.e. < 0.2% of std for std >= 5; the tolerance is 3%.
+    """
+    diff = distort(MID_GREY, "noise", level, seed=seed).astype(np.float64) - 128.0
+    assert (diff > 0).any() and (diff < 0).any()
+    standard_error = level / np.sqrt(diff.size)
+    assert abs(diff.mean()) <= 3 * standard_error
+    assert diff.std() == pytest.approx(level, rel=0.03)
+
+
+@given(level=st.one_of(st.sampled_from([50, 60, 70, 80, 90, 100]), st.floats(40, 255)), seed=seeds)
+def test_noise_clipping_on_mid_grey_matches_the_normal_tails(level, seed):
+    """A pixel clips to 255 iff 128 + std*z >= 254.5, to 0 iff 128 + std*z < 0.5 (round to nearest)."""
+    out = distort(MID_GREY, "noise", level, seed=seed)
+    n = out.size
+    for observed, expected in (
+        (np.mean(out == 255), stats.norm.sf(126.5 / level)),
+        (np.mean(out == 0), stats.norm.cdf(-127.5 / level)),
+    ):
+        tolerance = 4 * np.sqrt(expected * (1 - expected) / n) + 1e-4
+        assert abs(observed - expected) <= tolerance
+
+
+@pytest.mark.parametrize("value", [0, 255])
+@given(level=levels("noise"), seed=seeds, size=st.tuples(st.integers(1, 64), st.integers(1, 64)))
+def test_noise_never_wraps_at_black_or_white(value, level, seed, size):
+    """On all-0, negative noise gives exactly 0 (never 255); on all-255, positive noise gives 255."""
+    image = np.full((*size, 3), value, dtype=np.uint8)
+    out = distort(image, "noise", level, seed=seed).astype(int)
+    z = np.random.default_rng(seed).standard_normal(image.shape)
+    if value == 0:
+        assert np.all(out[z < 0] == 0)
+        np.testing.assert_array_equal(out, np.clip(np.rint(level * z), 0, 255))
+    else:
+        assert np.all(out[z > 0] == 255)
+        np.testing.assert_array_equal(out, np.clip(np.rint(255 + level * z), 0, 255))
+
+
+# ------------------------------------------------------------------------------------ blur
+
+
+@pytest.mark.parametrize("sigma", [5e-324, 1e-200, 1e-3, 0.2])
+def test_blur_with_a_tiny_sigma_is_the_identity(sigma):
+    """Below ~0.27 px the neighbours' weights vanish (window +-1): no NaN, no change."""
+    image = make_image(9, 7, "random", seed=3)
+    np.testing.assert_array_equal(distort(image, "blur", sigma), image)
+
+
+@given(
+    colour=st.tuples(*[st.integers(0, 255)] * 3),
+    size=st.tuples(st.integers(1, 120), st.integers(1, 120)),
+    sigma=levels("blur"),
+)
+def test_blur_keeps_a_constant_image_constant(colour, size, sigma):
+    image = np.empty((*size, 3), dtype=np.uint8)
+    image[:] = colour
+    np.testing.assert_array_equal(distort(image, "blur", sigma), image)
+
+
+def kernel_std(kernel: np.ndarray) -> float:
+    """Standard deviation of a centred 1-D kernel that sums to 1, in taps."""
+    radius = len(kernel) // 2
+    x = np.arange(-radius, radius + 1)
+    return float(np.sqrt(np.sum(kernel * x**2)))
+
+
+@pytest.mark.parametrize("sigma", DISTORTIONS["blur"].levels)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_blurring_a_bright_line_draws_the_documented_kernel(sigma, axis):
+    """A 255 line on black, far from the borders, comes out as rint(255 * kernel) in every row.
+
+    Tolerance: 1 grey level per tap (float32 intermediate at .5 ties); the profile's spread is the
+    kernel's standard deviation (0.96 sigma at sigma 1 down to 0.89 sigma at 9), not sigma.
+    """
+    kernel = gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    size = 2 * radius + 41
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    centre = size // 2
+    if axis == 1:
+        image[:, centre] = 255
+    else:
+        image[centre, :] = 255
+    out = distort(image, "blur", sigma)
+    profiles = out[:, centre - radius:centre + radius + 1] if axis == 1 else out[centre - radius:centre + radius + 1, :].transpose(1, 0, 2)
+    expected = np.rint(255 * kernel)
+    assert np.all(np.abs(profiles.astype(int) - expected[None, :, None]) <= 1)
+    # Nothing outside the window: the kernel is cut at +-radius.
+    outside = np.delete(out, np.s_[centre - radius:centre + radius + 1], axis=1 if axis == 1 else 0)
+    assert not outside.any()
+    profile = profiles[size // 2, :, 0].astype(np.float64)
+    spread = kernel_std(profile / profile.sum())
+    assert spread == pytest.approx(kernel_std(kernel), abs=0.02 * sigma + 0.02)
+    # Sampled and cut at +-2 sigma: 0.96 sigma at sigma 1, falling to 0.89 sigma at 9 (the limit is
+    # 0.88 sigma, the std of a continuous Gaussian cut at +-2 sigma) -- clearly not sigma.
+    assert 0.87 * sigma <= spread <= 0.97 * sigma
+
+
+# -------------------------------------------------------------------------------- contrast
+
+
+@given(image=images(max_side=200), weight=levels("contrast"))
+def test_contrast_moves_the_mean_toward_grey_by_the_weight(image, weight):
+    """mean(out) = mean(in) + w (128 - mean(in)) to rounding (each pixel within 0.5)."""
+    out = distort(image, "contrast", weight).astype(np.float64)
+    exact = (1 - weight) * image.astype(np.float64) + weight * 128
+    assert np.max(np.abs(out - exact)) <= 0.5 + 1e-9
+    mean_in = image.mean()
+    assert out.mean() == pytest.approx(mean_in + weight * (128 - mean_in), abs=0.5 + 1e-9)
+
+
+# ----------------------------------------------------------------------- rounding, not truncation
+
+
+@given(
+    image=images(min_side=24, max_side=120, kinds=("random",)),
+    name=st.sampled_from(["blur", "noise", "contrast"]),
+    data=st.data(),
+)
+def test_float_results_are_rounded_not_truncated(image, name, data):
+    """Against the float result, the uint8 error has mean ~0 (truncation would give about -0.5)."""
+    level = data.draw(levels(name), label="level")
+    assume(level > 0)
+    seed = data.draw(seeds, label="seed")
+    x = image.astype(np.float64)
+    if name == "blur":
+        kernel = gaussian_kernel(level)
+        exact = ndimage.correlate1d(ndimage.correlate1d(x, kernel, axis=0, mode="reflect"), kernel, axis=1, mode="reflect")
+    elif name == "noise":
+        exact = x + np.random.default_rng(seed).normal(0.0, level, image.shape)
+    else:
+        exact = (1 - level) * x + level * 128
+    out = distort(image, name, level, seed=seed).astype(np.float64)
+    inside = (exact > 0.5) & (exact < 254.5)  # not clipped
+    assume(inside.sum() >= 1000)
+    error = out[inside] - exact[inside]
+    assert np.max(np.abs(error)) <= 0.5 + 1e-4
+    assert abs(error.mean()) < 0.05
+
+
+# ------------------------------------------------------------------------------- JPEG 2000
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (17, 31), (64, 48)])
+def test_jpeg2000_constant_images_come_back_within_one(value, size):
+    image = np.full((*size, 3), value, dtype=np.uint8)
+    for target in DISTORTIONS["jpeg2000"].levels:
+        out = distort(image, "jpeg2000", target)
+        assert np.max(np.abs(out.astype(int) - value)) <= 1, (size, target)
+
+
+@given(image=images(min_side=8, max_side=64, kinds=("random", "blocks", "gradient")), target=levels("jpeg2000"))
+def test_jpeg2000_is_never_lossless(image, target):
+    """Non-constant images always lose something at the paper's targets (irreversible 9/7 wavelet)."""
+    assume(np.ptp(image.reshape(-1, 3), axis=0).max() >= 16)
+    assert not np.array_equal(distort(image, "jpeg2000", target), image)
