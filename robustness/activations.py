@@ -418,7 +418,11 @@ def main_activations(args: argparse.Namespace) -> int:
           + (f" (true class: {names[labels[0]]})" if labels[0] is not None else ""))
     for name in distortions:
         levels = [float(v) if not DISTORTIONS[name].integer else int(v) for v in (args.levels or _default_levels(name))]
-        study = activation_study(model, images, name, levels, image_ids=ids, seed=args.seed)
+        try:
+            study = activation_study(model, images, name, levels, image_ids=ids, seed=args.seed)
+        except ValueError as error:
+            print(f"robustness activations: {error}", file=sys.stderr)
+            return 2
         studies.append(study)
         top1 = study["top1"]
         print(f"\n{name}: top-1 of the figure's image: clean {names[top1['clean'][0]]}; "
