@@ -1,4 +1,4 @@
-"""Command line: ``robustness run``, ``robustness list``."""
+"""Command line: ``robustness run``, ``robustness list``, ``robustness calibrate``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,100 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure ``args.model`` and write its thresholds (measured - margin), keeping the rest of the file."""
+    import difflib
+    import importlib
+
+    from .evaluation import CLEAN, Condition
+    from .gate import save_baseline
+    from .thresholds import ThresholdsError, load_thresholds, update_thresholds_file
+
+    def fail(message: str) -> int:
+        print(f"robustness calibrate: {message}", file=sys.stderr)
+        return 2
+
+    if args.import_ and "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    for module in args.import_ or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            return fail(f"--import {module}: {error}")
+    path = Path(args.thresholds)
+    existing = None
+    if path.is_file():
+        try:
+            existing = load_thresholds(path, known_models=set(list_models()) | {args.model})
+        except ThresholdsError as error:
+            return fail(f"fix the thresholds file first:\n{error}")
+    if args.distortion:
+        conditions = [Condition(name, level) for name in args.distortion for level in DISTORTIONS[name].levels]
+    elif args.all_levels or existing is None or not existing.for_model(args.model):
+        conditions = [Condition(name, level) for name, spec in DISTORTIONS.items() for level in spec.levels]
+    else:
+        conditions = [t.condition for t in existing.for_model(args.model) if t.condition.distortion != CLEAN]
+    conditions = [Condition(CLEAN, 0)] + [c for c in dict.fromkeys(conditions) if c.distortion != CLEAN]
+    seed = args.seed if args.seed is not None else (existing.seed if existing else 0)
+    images = args.images or (existing.images if existing else None)
+    data = args.data or (existing.dataset if existing else None)
+    try:
+        dataset = load_dataset(data, limit=images)
+        model = load_model(args.model, device=args.device)
+    except (DatasetError, ValueError, ImportError, FileNotFoundError) as error:
+        return fail(str(error))
+    print(f"calibrating {args.model} on {len(dataset)} images from {dataset.root}: clean + {len(conditions) - 1} "
+          f"distortion levels, margin {args.margin:g}")
+    results = evaluate(model, dataset, conditions, seed=seed, batch_size=args.batch_size, num_workers=args.workers,
+                       device=args.device, progress=not args.no_progress)
+    for result in results:
+        result.model = args.model
+    print(format_table(results))
+    measured = {r.condition: {"top1": r.top1, "top5": r.top5} for r in results}
+    old, new = update_thresholds_file(path, args.model, measured, margin=args.margin, metrics=args.metric,
+                                      defaults={"images": images, "seed": seed}, write=not args.dry_run)
+    if existing is not None and existing.images is not None and existing.images != len(dataset):
+        print(f"note: calibrated on {len(dataset)} images, but {path} sets defaults.images: {existing.images}")
+    diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{path} (before)", f"{path} (after)"))
+    print(diff if diff else f"{path}: no change")
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    if not args.no_baseline:
+        folder = existing.paired.baseline if existing is not None and existing.paired else path.parent / "robustness-baseline"
+        written = save_baseline(results, folder, seed=seed, model=args.model)
+        print(f"stored baseline predictions for the paired check in {folder} ({len(written)} files)")
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_calibrate(commands) -> None:
+    calibrate = commands.add_parser(
+        "calibrate", help="measure a model and write its thresholds (measured - margin) into thresholds.yaml",
+        description="Measure MODEL and write its thresholds: measured accuracy minus --margin, floored to 3 "
+                    "decimals. Other models' entries and the file's comments are kept; the entry's existing "
+                    "bar keys are recalculated (relative bars stay relative); a diff is shown. Per-image "
+                    "predictions are stored as the baseline for the paired (McNemar) check.")
+    calibrate.add_argument("--model", required=True, help="registered model name (see 'robustness list' and --import)")
+    calibrate.add_argument("--margin", type=float, default=0.05, help="subtracted from each measured accuracy (fraction; default %(default)s)")
+    calibrate.add_argument("--thresholds", default="thresholds.yaml", help="thresholds file to update (default %(default)s)")
+    calibrate.add_argument("--distortion", action="append", choices=list(DISTORTIONS),
+                           help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model")
+    calibrate.add_argument("--all-levels", action="store_true", help="calibrate every paper level of every distortion")
+    calibrate.add_argument("--metric", action="append", choices=["top1", "top5"], help="bars for new entries (repeatable; default top1)")
+    calibrate.add_argument("--images", type=int, default=None, help="images per condition (default the file's defaults.images, else all)")
+    calibrate.add_argument("--data", default=None, help="image folder (default the file's defaults.dataset, $ROBUSTNESS_DATA or ../shared/data/imagenet-val-1024)")
+    calibrate.add_argument("--seed", type=int, default=None, help="base seed (default the file's defaults.seed, else 0)")
+    calibrate.add_argument("--import", dest="import_", action="append", metavar="MODULE", help="import MODULE first (e.g. one that calls register_model)")
+    calibrate.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    calibrate.add_argument("--no-baseline", action="store_true", help="do not store baseline predictions")
+    calibrate.add_argument("--batch-size", type=int, default=32)
+    calibrate.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(2, cpus))")
+    calibrate.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    calibrate.set_defaults(func=_cmd_calibrate)
+
+
 # ------------------------------------------------------------- report and activations (issue 6)
 
 
@@ -199,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lister = commands.add_parser("list", help="list registered models and distortions")
     lister.set_defaults(func=_cmd_list)
+
+    _add_calibrate(commands)
     return parser
 
 

@@ -1,63 +1,379 @@
 """The gate: compare measured accuracy with thresholds, without pytest.
 
-:class:`GateSession` evaluates each (model, distortion) once, at every level the thresholds file
-lists for that model, and serves the per-level results; :func:`check_threshold` raises
-:class:`ThresholdFailure` with the measured value, the threshold and the image count.
+* :func:`judge` turns a :class:`~robustness.thresholds.Threshold` and a measured
+  :class:`~robustness.ConditionResult` into a :class:`Verdict`: every bar (absolute or relative to
+  clean), ``n``, the measured accuracy with its 95% Wilson interval and, when a baseline is stored
+  and the thresholds file enables it, the paired McNemar check against the baseline.
+* :class:`GateSession` evaluates each (model, distortion) once, at every level the thresholds file
+  lists for that model, and serves results and verdicts.
+* :func:`save_baseline` / :func:`load_baseline` store per-image top-5 predictions (written by
+  calibration) for the paired check.
 """
 
 from __future__ import annotations
 
-from .datasets import ImageDataset
-from .evaluation import CLEAN, Condition, ConditionResult, evaluate, wilson_interval
-from .models import Classifier, load_model
-from .thresholds import Threshold, Thresholds
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
-__all__ = ["GateSession", "ThresholdFailure", "check_threshold", "describe"]
+import numpy as np
+
+from .datasets import ImageDataset
+from .distortions import DISTORTIONS
+from .evaluation import CLEAN, Condition, ConditionResult, evaluate
+from .models import Classifier, load_model
+from .stats import McNemarResult, correct, mcnemar, wilson_interval
+from .thresholds import METRICS, PairedSettings, Threshold, Thresholds
+
+__all__ = [
+    "Check", "PairedCheck", "Verdict", "GateSession", "ThresholdFailure",
+    "judge", "check_threshold", "describe", "condition_label",
+    "save_baseline", "load_baseline", "Baseline",
+]
 
 
 class ThresholdFailure(AssertionError):
-    """A measured accuracy fell below its threshold."""
+    """A measured accuracy fell below its threshold (or dropped significantly against the baseline).
+
+    Attributes:
+        verdict: the failing :class:`Verdict` (``None`` when raised without one).
+    """
+
+    def __init__(self, message: str, verdict: "Verdict | None" = None):
+        super().__init__(message)
+        self.verdict = verdict
+
+
+def condition_label(condition: Condition) -> str:
+    """``clean`` or ``blur level 3 (sigma, px)``."""
+    if condition.distortion == CLEAN:
+        return CLEAN
+    spec = DISTORTIONS[condition.distortion]
+    return f"{spec.name} level {condition.level:g} ({spec.parameter}, {spec.unit})"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One bar of a threshold.
+
+    Attributes:
+        key: the bar's key in the file (``top1``, ``top5``, ``top1_of_clean``, ``top5_of_clean``).
+        metric: ``top1`` or ``top5``.
+        measured: the measured accuracy.
+        required: the accuracy needed (for relative bars: ``bar * clean``).
+        bar: the value written in the file.
+        clean: the clean accuracy a relative bar refers to (``None`` for absolute bars).
+    """
+
+    key: str
+    metric: str
+    measured: float
+    required: float
+    bar: float
+    clean: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        # tolerate float noise: a result equal to its bar passes
+        return self.measured >= self.required - 1e-12
+
+    def describe(self) -> str:
+        sign = ">=" if self.passed else "<"
+        text = f"{self.metric} {_pct(self.measured)} {sign} required {_pct(self.required)}"
+        if self.clean is not None:
+            text += f" ({self.bar:g} x clean {_pct(self.clean)}, {self.key})"
+        return text
+
+
+@dataclass(frozen=True)
+class PairedCheck:
+    """The McNemar check against the baseline: ``passed`` unless a drop is significant at ``alpha``."""
+
+    metric: str
+    alpha: float
+    result: McNemarResult
+
+    @property
+    def passed(self) -> bool:
+        return not self.result.significant_drop(self.alpha)
+
+    def describe(self) -> str:
+        r = self.result
+        verdict = "significant drop" if not self.passed else "no significant drop"
+        return (f"paired vs baseline: {self.metric} {_pct(r.baseline)} -> {_pct(r.candidate)} on the same "
+                f"{r.n} images ({r.b} lost, {r.c} gained), one-sided McNemar p={r.p_value:.3g}: {verdict} "
+                f"at alpha {self.alpha:g}")
+
+
+@dataclass
+class Verdict:
+    """The outcome of one gate case.
+
+    Attributes:
+        threshold: the thresholds entry.
+        result: the measured :class:`ConditionResult`.
+        checks: one :class:`Check` per bar.
+        paired: the :class:`PairedCheck`, ``None`` when not configured or no baseline matches.
+        notes: why a configured paired check did not run, and similar remarks.
+        source: ``file:line`` of the entry, when known.
+    """
+
+    threshold: Threshold
+    result: ConditionResult
+    checks: list[Check]
+    paired: PairedCheck | None = None
+    notes: list[str] = field(default_factory=list)
+    source: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Verdict {self.threshold.id}: {'pass' if self.passed else 'FAIL'}>"
+
+    @property
+    def n(self) -> int:
+        return self.result.n
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks) and (self.paired is None or self.paired.passed)
+
+    def interval(self, metric: str) -> tuple[float, float]:
+        """95% Wilson interval of the measured ``metric``."""
+        value = getattr(self.result, metric)
+        return wilson_interval(int(round(value * self.n)), self.n)
+
+    def measured_line(self) -> str:
+        parts = []
+        for metric in METRICS:
+            low, high = self.interval(metric)
+            parts.append(f"{metric} {_pct(getattr(self.result, metric))} (95% CI {_pct(low)}-{_pct(high)})")
+        return ", ".join(parts) + f", n={self.n} images"
+
+    def message(self) -> str:
+        """Multi-line explanation: what was measured, every bar, the paired check, where the entry is."""
+        head = f"{self.threshold.model} {condition_label(self.threshold.condition)}: " + (
+            "passes" if self.passed else "BELOW THRESHOLD")
+        lines = [head, "  measured " + self.measured_line()]
+        lines += ["  " + ("ok   " if c.passed else "FAIL ") + c.describe() for c in self.checks]
+        if self.paired is not None:
+            lines.append("  " + ("ok   " if self.paired.passed else "FAIL ") + self.paired.describe())
+        lines += [f"  note: {note}" for note in self.notes]
+        if self.source:
+            lines.append(f"  threshold set at {self.source}")
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """Raise :class:`ThresholdFailure` (with :meth:`message`) unless the verdict passes."""
+        __tracebackhide__ = True  # pytest: show the test's line, not this one
+        if not self.passed:
+            raise ThresholdFailure(self.message(), self)
+
+    def properties(self) -> list[tuple[str, Any]]:
+        """Flat ``(name, value)`` pairs for JUnit XML (``record_property``), all prefixed ``robustness_``."""
+        t, r = self.threshold, self.result
+        props: list[tuple[str, Any]] = [
+            ("robustness_model", t.model), ("robustness_distortion", t.condition.distortion),
+            ("robustness_level", f"{t.condition.level:g}"), ("robustness_n", r.n),
+        ]
+        for metric in METRICS:
+            low, high = self.interval(metric)
+            props += [(f"robustness_{metric}", round(getattr(r, metric), 6)),
+                      (f"robustness_{metric}_ci_low", round(low, 6)), (f"robustness_{metric}_ci_high", round(high, 6))]
+        for c in self.checks:
+            props.append((f"robustness_{c.key}_required", round(c.required, 6)))
+        if self.paired is not None:
+            p = self.paired.result
+            props += [("robustness_paired_metric", self.paired.metric), ("robustness_paired_baseline", round(p.baseline, 6)),
+                      ("robustness_paired_lost", p.b), ("robustness_paired_gained", p.c),
+                      ("robustness_paired_p", float(f"{p.p_value:.6g}"))]
+        props.append(("robustness_passed", self.passed))
+        return props
+
+
+def judge(threshold: Threshold, result: ConditionResult, *, clean: ConditionResult | None = None,
+          baseline: "Baseline | None" = None, paired: PairedSettings | None = None,
+          source: str | None = None) -> Verdict:
+    """Compare ``result`` with every bar of ``threshold`` (and the baseline, when given).
+
+    Args:
+        threshold: the thresholds entry.
+        result: the measured result for its condition.
+        clean: the same model's clean result (needed for ``*_of_clean`` bars).
+        baseline: stored baseline predictions (:func:`load_baseline`) for the paired check.
+        paired: the paired-check settings; the check runs only when this and ``baseline`` are given.
+        source: ``file:line`` shown in the message.
+
+    Raises:
+        ValueError: a relative bar without ``clean``.
+    """
+    checks = []
+    for key, bar in threshold.bars().items():
+        metric = key.replace("_of_clean", "")
+        measured = getattr(result, metric)
+        if key in METRICS:
+            checks.append(Check(key, metric, measured, bar, bar))
+        else:
+            if clean is None:
+                raise ValueError(f"{threshold.id}: {key} needs the model's clean result "
+                                 "(use the robustness_verdict fixture or pass clean=)")
+            base = getattr(clean, metric)
+            checks.append(Check(key, metric, measured, bar * base, bar, base))
+    verdict = Verdict(threshold, result, checks, source=source)
+    if paired is not None:
+        if baseline is None:
+            verdict.notes.append("paired check skipped: no stored baseline for this model and condition "
+                                 "(run `robustness calibrate` to store one)")
+        else:
+            pairs = baseline.pair(result)
+            if isinstance(pairs, str):
+                verdict.notes.append(f"paired check skipped: {pairs}")
+            else:
+                base_correct, cand_correct = pairs
+                verdict.paired = PairedCheck(paired.metric, paired.alpha, mcnemar(
+                    correct(base_correct[0], base_correct[1], paired.metric),
+                    correct(cand_correct[0], cand_correct[1], paired.metric)))
+    return verdict
 
 
 def describe(threshold: Threshold, result: ConditionResult, metric: str) -> str:
-    """One line: condition, measured accuracy with its 95% Wilson interval, threshold, n."""
+    """One line: condition, measured ``metric`` with its 95% Wilson interval, the absolute bar, n."""
     measured = getattr(result, metric)
-    low, high = wilson_interval(round(measured * result.n), result.n)
+    low, high = wilson_interval(int(round(measured * result.n)), result.n)
     bar = getattr(threshold, metric)
-    condition = threshold.condition
-    where = "clean" if condition.distortion == CLEAN else f"{condition.distortion} level {condition.level:g}"
-    return (f"{threshold.model} {where}: {metric} {100 * measured:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%) "
-            f"vs threshold {100 * bar:.1f}% on n={result.n} images")
+    return (f"{threshold.model} {condition_label(threshold.condition)}: {metric} {_pct(measured)} "
+            f"(95% CI {_pct(low)}-{_pct(high)}) vs threshold {_pct(bar)} on n={result.n} images")
 
 
-def check_threshold(threshold: Threshold, result: ConditionResult) -> None:
+def check_threshold(threshold: Threshold, result: ConditionResult, clean: ConditionResult | None = None) -> None:
     """Raise :class:`ThresholdFailure` if ``result`` is below any bar of ``threshold``.
 
-    A result equal to the threshold passes. The message gives the measured value, its 95% Wilson
-    interval, the threshold and the image count.
+    A result equal to the threshold passes. Relative (``*_of_clean``) bars need ``clean``. The
+    message gives the measured value, its 95% Wilson interval, each bar and the image count.
     """
-    failures = [describe(threshold, result, m) for m in ("top1", "top5")
-                if getattr(threshold, m) is not None and getattr(result, m) < getattr(threshold, m)]
-    if failures:
-        raise ThresholdFailure("accuracy below threshold: " + "; ".join(failures))
+    __tracebackhide__ = True
+    judge(threshold, result, clean=clean).check()
+
+
+# ------------------------------------------------------------------------------------------ baseline
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+@dataclass
+class Baseline:
+    """Stored per-image top-5 predictions of one model for the levels of one distortion."""
+
+    model: str
+    distortion: str
+    seed: int
+    image_ids: list[str]
+    labels: np.ndarray
+    levels: list[float]
+    predictions: np.ndarray  # (levels, n, 5)
+
+    def pair(self, result: ConditionResult) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | str:
+        """``((baseline_preds, labels), (candidate_preds, labels))`` on the shared images, or a reason string."""
+        keys = [f"{float(v):g}" for v in self.levels]
+        key = f"{float(result.level):g}"
+        if key not in keys:
+            return f"the baseline has no {result.distortion} level {key}"
+        if result.predictions is None or not result.image_ids:
+            return "the result carries no per-image predictions"
+        index = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        rows = [(i, index[image_id]) for i, image_id in enumerate(result.image_ids) if image_id in index]
+        if not rows:
+            return "the baseline was measured on other images"
+        cand_rows = np.array([r[0] for r in rows])
+        base_rows = np.array([r[1] for r in rows])
+        labels = np.asarray(result.labels)[cand_rows]
+        if not np.array_equal(labels, self.labels[base_rows]):
+            return "the baseline's labels differ from this dataset's"
+        base = self.predictions[keys.index(key)][base_rows]
+        return (base, labels), (np.asarray(result.predictions)[cand_rows], labels)
+
+
+def _baseline_file(folder: Path, model: str, distortion: str) -> Path:
+    return Path(folder) / _safe(model) / f"{_safe(distortion)}.npz"
+
+
+def save_baseline(results: Sequence[ConditionResult], folder: str | os.PathLike, *, seed: int = 0,
+                  model: str | None = None) -> list[Path]:
+    """Store the per-image predictions of ``results`` as baselines, one ``.npz`` per (model, distortion).
+
+    Files: ``<folder>/<model>/<distortion>.npz`` (image ids, labels, levels, int16 top-5 predictions,
+    seed), written atomically. Levels already stored for that distortion and not in ``results`` are kept.
+    Returns the files written.
+    """
+    from .report import atomic_write
+
+    groups: dict[tuple[str, str], list[ConditionResult]] = {}
+    for r in results:
+        groups.setdefault((model or r.model, r.distortion), []).append(r)
+    written = []
+    for (name, distortion), items in groups.items():
+        path = _baseline_file(Path(folder), name, distortion)
+        image_ids = list(items[0].image_ids)
+        levels = {f"{float(r.level):g}": (float(r.level), np.asarray(r.predictions)) for r in items}
+        old = load_baseline(folder, name, distortion)
+        if old is not None and old.image_ids == image_ids and old.seed == seed:
+            for level, preds in zip(old.levels, old.predictions):
+                levels.setdefault(f"{float(level):g}", (float(level), preds))
+        ordered = sorted(levels.values(), key=lambda item: item[0])
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer, model=np.array(name), distortion=np.array(distortion), seed=np.array(seed),
+            image_ids=np.array(image_ids), labels=np.asarray(items[0].labels, dtype=np.int16),
+            levels=np.array([lv for lv, _ in ordered], dtype=np.float64),
+            predictions=np.stack([p for _, p in ordered]).astype(np.int16),
+        )
+        atomic_write(path, buffer.getvalue())
+        written.append(path)
+    return written
+
+
+def load_baseline(folder: str | os.PathLike, model: str, distortion: str) -> Baseline | None:
+    """The stored :class:`Baseline` for (model, distortion), or ``None`` when there is none."""
+    path = _baseline_file(Path(folder), model, distortion)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return Baseline(str(data["model"]), str(data["distortion"]), int(data["seed"]),
+                        [str(x) for x in data["image_ids"]], data["labels"].astype(np.int64),
+                        [float(x) for x in data["levels"]], data["predictions"].astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------ session
 
 
 class GateSession:
-    """Lazily evaluates and memoises results per (model name, distortion).
+    """Lazily evaluates and memoises results per (model name, distortion), and judges them.
 
     Args:
         dataset: the images to evaluate.
-        thresholds: the parsed thresholds (decides which levels are evaluated together, and the seed).
+        thresholds: the parsed thresholds (which levels are evaluated together, the seed, the paired check).
         device, batch_size, num_workers: passed to :func:`robustness.evaluate`.
+        cache: the prediction cache, passed to :func:`robustness.evaluate` when not ``None``.
+        evaluate_options: further keyword arguments for :func:`robustness.evaluate`.
     """
 
     def __init__(self, dataset: ImageDataset, thresholds: Thresholds, *, device=None, batch_size: int = 32,
-                 num_workers: int | None = None):
+                 num_workers: int | None = None, cache=None, evaluate_options: dict | None = None):
         self.dataset = dataset
         self.thresholds = thresholds
         self.device = device
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.evaluate_options = dict(evaluate_options or {})
+        if cache is not None:
+            self.evaluate_options["cache"] = cache
         self._models: dict[str, Classifier] = {}
         self._results: dict[tuple[str, Condition], ConditionResult] = {}
 
@@ -67,17 +383,48 @@ class GateSession:
             self._models[name] = load_model(name, device=self.device)
         return self._models[name]
 
-    def result(self, model: Classifier, threshold: Threshold) -> ConditionResult:
-        """The result for ``threshold``'s condition, evaluating the whole distortion on first use."""
-        key = (threshold.model, threshold.condition)
+    @property
+    def results(self) -> dict[tuple[str, Condition], ConditionResult]:
+        """Everything measured so far: ``(model name, condition) -> result``."""
+        return dict(self._results)
+
+    def _evaluate(self, model: Classifier, name: str, conditions: list[Condition]) -> None:
+        results = evaluate(model, self.dataset, conditions, seed=self.thresholds.seed, batch_size=self.batch_size,
+                           num_workers=self.num_workers, device=self.device, **self.evaluate_options)
+        for condition, result in zip(conditions, results):
+            result.model = name
+            self._results[(name, condition)] = result
+
+    def measure(self, model: Classifier, name: str, condition: Condition) -> ConditionResult:
+        """The result of ``model`` (called ``name``) under ``condition``; the first request for a
+        distortion evaluates every level the thresholds list for that model at once."""
+        key = (name, condition)
         if key not in self._results:
-            distortion = threshold.condition.distortion
-            conditions = [t.condition for t in self.thresholds.for_model(threshold.model)
-                          if t.condition.distortion == distortion]
-            conditions = list(dict.fromkeys(conditions + [threshold.condition]))
-            results = evaluate(model, self.dataset, conditions, seed=self.thresholds.seed,
-                               batch_size=self.batch_size, num_workers=self.num_workers, device=self.device)
-            for condition, result in zip(conditions, results):
-                result.model = threshold.model
-                self._results[(threshold.model, condition)] = result
+            conditions = [t.condition for t in self.thresholds.for_model(name)
+                          if t.condition.distortion == condition.distortion]
+            self._evaluate(model, name, list(dict.fromkeys(conditions + [condition])))
         return self._results[key]
+
+    def result(self, model: Classifier, threshold: Threshold) -> ConditionResult:
+        """The result for ``threshold``'s condition (see :meth:`measure`)."""
+        return self.measure(model, threshold.model, threshold.condition)
+
+    def verdict(self, model: Classifier, threshold: Threshold) -> Verdict:
+        """Measure and judge ``threshold`` (with the clean result and the baseline when needed)."""
+        result = self.result(model, threshold)
+        clean = self.measure(model, threshold.model, Condition(CLEAN, 0)) if threshold.relative else None
+        paired = self.thresholds.paired
+        baseline, note = None, None
+        if paired is not None:
+            baseline = load_baseline(paired.baseline, threshold.model, threshold.condition.distortion)
+            if baseline is not None and baseline.seed != self.thresholds.seed:
+                note = (f"paired check skipped: the baseline was measured with seed {baseline.seed}, "
+                        f"this run uses seed {self.thresholds.seed}")
+                baseline, paired = None, None
+        source = None
+        if self.thresholds.path is not None:
+            source = str(self.thresholds.path) + (f":{threshold.line}" if threshold.line else "")
+        verdict = judge(threshold, result, clean=clean, baseline=baseline, paired=paired, source=source)
+        if note:
+            verdict.notes.append(note)
+        return verdict

@@ -30,7 +30,6 @@ was measured at (so the numbers compare across models even when the runs used di
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import math
@@ -292,47 +291,51 @@ def class_changes(labels: np.ndarray, clean_top1: np.ndarray, distorted_top1: np
 
 
 def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLike) -> list[dict]:
-    """Pass/fail per (run, threshold entry, metric) using :func:`robustness.gate.check_threshold`.
+    """Pass/fail per (run, threshold entry, bar) using :func:`robustness.gate.judge`.
 
-    Returns dicts with ``label, condition (id), metric, measured, threshold, margin`` (fractions;
-    ``margin = measured - threshold``), ``n``, ``passed`` (bool, or ``None`` when the run did not
-    measure that condition) and ``text`` (:func:`robustness.gate.describe`'s line).
+    Returns dicts with ``label``, ``condition`` (id), ``metric`` (the bar's key: ``top1``, ``top5``,
+    ``top1_of_clean``, ...), ``measured``, ``threshold`` (the accuracy required; for a relative bar
+    ``bar x clean``), ``margin = measured - threshold`` (fractions), ``n``, ``passed`` (bool, or
+    ``None`` when the run did not measure that condition) and ``text`` (a one-line explanation).
 
     Raises:
         ReportError: the thresholds file is missing or invalid (naming it).
     """
-    from .gate import ThresholdFailure, check_threshold, describe
+    from .gate import judge
     from .thresholds import load_thresholds
 
     try:
-        thresholds = load_thresholds(thresholds_path)
+        thresholds = load_thresholds(thresholds_path, allow_unregistered=True)
     except (ValueError, OSError) as error:
         raise ReportError(f"{error}") from None
     verdicts = []
     for run in runs:
+        clean_record = run.clean()
+        clean = None if clean_record is None else ConditionResult(
+            run.model, CLEAN, 0.0, clean_record["top1"], clean_record["top5"], clean_record["n"])
         for threshold in thresholds.for_model(run.model):
             condition = threshold.condition
             record = next((r for r in run.records if r["distortion"] == condition.distortion
                            and (condition.distortion == CLEAN or math.isclose(r["level"], float(condition.level)))), None)
-            for metric in ("top1", "top5"):
-                bar = getattr(threshold, metric)
-                if bar is None:
-                    continue
-                row = {"label": run.label, "condition": condition.id, "metric": metric, "threshold": bar,
+            bars = threshold.bars() if hasattr(threshold, "bars") else {
+                m: getattr(threshold, m) for m in ("top1", "top5") if getattr(threshold, m, None) is not None}
+            verdict = None
+            if record is not None:
+                result = ConditionResult(run.model, record["distortion"], record["level"], record["top1"],
+                                         record["top5"], record["n"])
+                try:
+                    verdict = judge(threshold, result, clean=clean)
+                except ValueError:  # a relative bar, and the run has no clean result
+                    verdict = None
+            checks = {c.key: c for c in verdict.checks} if verdict is not None else {}
+            for key, bar in bars.items():
+                row = {"label": run.label, "condition": condition.id, "metric": key, "threshold": bar,
                        "measured": math.nan, "margin": math.nan, "n": 0, "passed": None,
                        "text": f"{run.model} {condition.id}: not measured by this run"}
-                if record is not None:
-                    result = ConditionResult(run.model, record["distortion"], record["level"], record["top1"],
-                                             record["top5"], record["n"])
-                    other = "top5" if metric == "top1" else "top1"
-                    single = dataclasses.replace(threshold, **{other: None})
-                    try:
-                        check_threshold(single, result)
-                        passed = True
-                    except ThresholdFailure:
-                        passed = False
-                    row.update(measured=record[metric], margin=record[metric] - bar, n=record["n"], passed=passed,
-                               text=describe(single, result, metric))
+                check = checks.get(key)
+                if check is not None:
+                    row.update(measured=check.measured, threshold=check.required, margin=check.measured - check.required,
+                               n=record["n"], passed=check.passed, text=f"{run.model} {condition.id}: {check.describe()}")
                 verdicts.append(row)
     return verdicts
 

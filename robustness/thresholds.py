@@ -1,141 +1,615 @@
-"""``thresholds.yaml``: the minimum accuracy a model must keep, per distortion level.
+"""``thresholds.yaml``: the accuracy a model must keep, per distortion level.
 
-Format (accuracies are fractions in [0, 1])::
+Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)::
 
-    defaults:            # optional, shared settings
-      images: 100        # images evaluated per condition (the first N in dataset order)
-      seed: 0            # base seed for noise
+    version: 1                  # optional; the schema version
+    defaults:                   # optional shared settings
+      images: 100               # images per condition: the first N of the dataset, in its order
+      seed: 0                   # base seed for noise
+      dataset: ../data/val      # image folder, relative to this file (pytest/CLI options override)
+      paired:                   # optional paired regression check against a stored baseline
+        alpha: 0.05             # fail only on a drop significant at this level (one-sided McNemar)
+        metric: top1            # top1 (default) or top5
+        baseline: robustness-baseline   # folder of baseline predictions, relative to this file
     models:
-      efficientnet_lite0:
+      efficientnet_lite0:       # a registered model (robustness.list_models())
         clean: {top1: 0.70, top5: 0.88}
         blur:
-          1: {top1: 0.60}
-          2: {top1: 0.50}
-        jpeg:
-          10: {top1: 0.60}
+          1: {top1: 0.60}                   # absolute: top-1 >= 60%
+          3: {top1_of_clean: 0.80}          # relative: top-1 >= 80% of the measured clean top-1
+          5: {top1: 0.30, top5_of_clean: 0.6}
+      my_model:
+        source: fixture         # not registered: your conftest.py's robustness_model fixture supplies it
 
-Distortion names and levels must be valid (see :data:`robustness.DISTORTIONS`); each level entry
-needs ``top1`` and/or ``top5``.
+Conventions:
+
+* Accuracies are **fractions in [0, 1]** (72% is ``0.72``), never percent.
+* ``top1`` / ``top5`` are absolute minimums; ``top1_of_clean`` / ``top5_of_clean`` are minimums
+  relative to the same run's clean accuracy of that model (``0.8`` = keep 80% of clean). A level may
+  combine them; every bar given must hold. A result equal to its bar passes.
+* Levels must be on the distortion's paper grid (``robustness.DISTORTIONS[name].levels``), written
+  as numbers (``blur: {3: ...}``, ``contrast: {0.5: ...}``).
+* A model name must be registered (:func:`robustness.register_model`, e.g. in ``conftest.py``)
+  unless its entry says ``source: fixture``: then the pytest fixture ``robustness_model`` (overridden
+  in your ``conftest.py``) supplies the model and the name is only a label. Under pytest, a
+  conftest.py that overrides ``robustness_model`` also lifts the check for that directory (the
+  fixture decides which model runs); ``source: fixture`` documents it and keeps the CLI happy.
+
+A wrong file raises :class:`ThresholdsError` listing every problem as ``file:line: key.path: what``
+(unknown keys come with a did-you-mean suggestion).
 """
 
 from __future__ import annotations
 
+import difflib
+import io
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
+import jsonschema
 import yaml
 
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, Condition
 
-__all__ = ["Threshold", "Thresholds", "ThresholdsError", "load_thresholds"]
+__all__ = [
+    "Threshold",
+    "Thresholds",
+    "PairedSettings",
+    "ThresholdsError",
+    "Problem",
+    "load_thresholds",
+    "parse_thresholds",
+    "parse_thresholds_text",
+    "thresholds_schema",
+    "calibrated_bars",
+    "update_thresholds_file",
+    "METRICS",
+    "RELATIVE_METRICS",
+]
 
-_METRICS = ("top1", "top5")
-_DEFAULT_KEYS = {"images", "seed"}
+SCHEMA_VERSION = 1
+METRICS = ("top1", "top5")
+RELATIVE_METRICS = ("top1_of_clean", "top5_of_clean")
+_BAR_KEYS = METRICS + RELATIVE_METRICS
+_MODEL_SOURCES = ("registry", "fixture")
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem: ``line`` (1-based, ``None`` when unknown), dotted ``key`` path, ``message``."""
+
+    line: int | None
+    key: str
+    message: str
 
 
 class ThresholdsError(ValueError):
-    """thresholds.yaml is malformed; the message names the file and the offending key."""
+    """thresholds.yaml is missing or malformed.
+
+    Attributes:
+        path: the file (``None`` when parsed from data).
+        problems: every :class:`Problem` found, in line order. ``line`` and ``key`` are the first one's.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problems: list[Problem] | str):
+        if isinstance(problems, str):
+            problems = [Problem(None, "", problems)]
+        self.path = None if path is None else str(path)
+        self.problems = problems
+        first = problems[0] if problems else Problem(None, "", "")
+        self.line, self.key = first.line, first.key
+        source = self.path or "thresholds"
+        lines = []
+        for p in problems:
+            where = source if p.line is None else f"{source}:{p.line}"
+            lines.append(f"{where}: {p.key}: {p.message}" if p.key else f"{where}: {p.message}")
+        header = f"invalid thresholds file ({len(problems)} problem{'s' * (len(problems) != 1)}):\n  " if len(problems) > 1 else ""
+        super().__init__(header + "\n  ".join(lines))
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+
+def _level_key(level: float) -> str:
+    """The canonical text of a level key: ``3``, ``0.5``, ``10`` (``%g``)."""
+    return f"{float(level):g}"
+
+
+def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: bool = False) -> dict:
+    """The JSON Schema (draft 2020-12) of a thresholds document whose mapping keys are strings.
+
+    Level keys are compared in canonical ``%g`` form. ``known_models`` are the names accepted without
+    ``source: fixture``; ``allow_unregistered`` accepts any name (the pytest plugin sets it when a
+    conftest.py overrides the ``robustness_model`` fixture).
+    """
+    bars = {
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": {"enum": list(_BAR_KEYS)},
+        "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+    clean_bars = dict(bars, propertyNames={"enum": list(METRICS)})
+    model_props: dict[str, Any] = {CLEAN: clean_bars, "source": {"enum": list(_MODEL_SOURCES)}}
+    for name, spec in DISTORTIONS.items():
+        model_props[name] = {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"enum": [_level_key(v) for v in spec.levels]},
+            "additionalProperties": bars,
+        }
+    model = {
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": {"enum": list(model_props)},
+        "properties": model_props,
+    }
+    unregistered = {"allOf": [model, {"required": ["source"], "properties": {"source": {"const": "fixture"}}}]}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "robustness thresholds.yaml",
+        "type": "object",
+        "required": ["models"],
+        "propertyNames": {"enum": ["version", "defaults", "models"]},
+        "properties": {
+            "version": {"const": SCHEMA_VERSION},
+            "defaults": {
+                "type": "object",
+                "propertyNames": {"enum": ["images", "seed", "dataset", "paired"]},
+                "properties": {
+                    "images": {"type": "integer", "minimum": 1},
+                    "seed": {"type": "integer", "minimum": 0},
+                    "dataset": {"type": "string", "minLength": 1},
+                    "paired": {
+                        "type": "object",
+                        "propertyNames": {"enum": ["alpha", "metric", "baseline"]},
+                        "properties": {
+                            "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
+                            "metric": {"enum": list(METRICS)},
+                            "baseline": {"type": "string", "minLength": 1},
+                        },
+                    },
+                },
+            },
+            "models": {
+                "type": "object",
+                "minProperties": 1,
+                "properties": {name: model for name in known_models},
+                "additionalProperties": model if allow_unregistered else unregistered,
+            },
+        },
+    }
+
+
+# ------------------------------------------------------------------------ YAML with line numbers
+
+
+class _Document:
+    """A YAML document as JSON-like data (string keys) plus the line of every key and value."""
+
+    def __init__(self):
+        self.key_lines: dict[tuple, int] = {}
+        self.value_lines: dict[tuple, int] = {}
+        self.problems: list[Problem] = []
+
+    def line(self, path: tuple) -> int | None:
+        while True:
+            if path in self.key_lines:
+                return self.key_lines[path]
+            if path in self.value_lines:
+                return self.value_lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+    def convert(self, node: yaml.Node, loader: yaml.SafeLoader, path: tuple = ()) -> Any:
+        self.value_lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if isinstance(key, bool) or not isinstance(key, (str, int, float)):
+                    text = str(key)
+                elif isinstance(key, (int, float)):
+                    text = _level_key(key) if math.isfinite(key) else str(key)
+                else:
+                    text = key
+                child = path + (text,)
+                if text in out:
+                    self.problems.append(Problem(key_node.start_mark.line + 1, _dotted(child),
+                                                 f"duplicate key (first on line {self.key_lines[child]})"))
+                    continue
+                self.key_lines[child] = key_node.start_mark.line + 1
+                out[text] = self.convert(value_node, loader, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, loader, path + (i,)) for i, item in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+
+def _dotted(path: Iterable) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _compose(text: str, source: str) -> tuple[Any, _Document]:
+    document = _Document()
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else document.convert(node, loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        raise ThresholdsError(source, [Problem(line, "", f"invalid YAML: {error}")]) from None
+    finally:
+        loader.dispose()
+    return data, document
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _explain(error: jsonschema.ValidationError, document: _Document, known_models: list[str]) -> Problem:
+    """Turn a jsonschema error into a :class:`Problem` naming the offending key and its line."""
+    path = tuple(error.absolute_path)
+    schema_path = list(error.absolute_schema_path)
+    if "propertyNames" in schema_path:  # an unknown key: error.instance is the key itself
+        key = str(error.instance)
+        child = path + (key,)
+        options = error.validator_value if error.validator == "enum" else []
+        line = document.key_lines.get(child, document.line(path))
+        if len(path) == 3 and path[0] == "models" and path[2] in DISTORTIONS:
+            spec = DISTORTIONS[path[2]]
+            grid = ", ".join(f"{v:g}" for v in spec.levels)
+            return Problem(line, _dotted(child), f"level {key} is not on the {spec.name} grid "
+                                                 f"({spec.parameter}, {spec.unit}: {grid})")
+        if len(path) == 2 and path[0] == "models":
+            message = f"unknown distortion {key!r}{_suggest(key, options)}; expected one of {', '.join(options)}"
+        else:
+            message = f"unknown key {key!r}{_suggest(key, options)}; expected one of {', '.join(map(str, options))}"
+        return Problem(line, _dotted(child), message)
+    line = document.line(path)
+    if len(path) == 2 and path[0] == "models" and path[1] not in known_models and (
+            error.validator in ("required", "const") and "source" in (error.validator_value if error.validator == "required" else ["source"])):
+        name = path[1]
+        registered = ", ".join(known_models) or "none"
+        return Problem(document.key_lines.get(path, line), _dotted(path),
+                       f"unknown model {name!r}{_suggest(name, known_models)}; registered: {registered}. "
+                       "Register it with robustness.register_model (e.g. in conftest.py), or supply it "
+                       "from a robustness_model fixture in conftest.py (and mark the entry 'source: fixture')")
+    if error.validator in ("minimum", "maximum") and path and path[-1] in _BAR_KEYS:
+        value = error.instance
+        hint = f" (accuracies are fractions: {value:g}% is {value / 100:g})" if 1 < value <= 100 else ""
+        return Problem(line, _dotted(path), f"must be a fraction in [0, 1], got {value!r}{hint}")
+    if error.validator == "minProperties" and error.validator_value == 1:
+        return Problem(line, _dotted(path), "must not be empty")
+    return Problem(line, _dotted(path), error.message)
+
+
+# -------------------------------------------------------------------------------------- the model
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """Minimum accuracy for one (model, condition): ``top1`` / ``top5`` fractions or ``None``."""
+    """The bars for one (model, condition); every bar that is not ``None`` must hold.
+
+    Attributes:
+        model: the model name (a key of ``models:``).
+        condition: the :class:`Condition` (``Condition("clean", 0)`` for clean).
+        top1, top5: absolute minimum accuracies (fractions).
+        top1_of_clean, top5_of_clean: minimum fractions of the model's clean accuracy in the same run.
+        line: the line of the entry in the file (``None`` when unknown).
+        source: ``registry`` or ``fixture`` (see the module docstring).
+    """
 
     model: str
     condition: Condition
     top1: float | None = None
     top5: float | None = None
+    top1_of_clean: float | None = None
+    top5_of_clean: float | None = None
+    line: int | None = field(default=None, compare=False)
+    source: str = field(default="registry", compare=False)
 
     @property
     def id(self) -> str:
+        """Readable test id, e.g. ``efficientnet_lite0-blur-s3``."""
         return f"{self.model}-{self.condition.id}"
+
+    @property
+    def relative(self) -> bool:
+        """Whether a bar depends on the clean accuracy."""
+        return self.top1_of_clean is not None or self.top5_of_clean is not None
+
+    def bars(self) -> dict[str, float]:
+        """The bars that are set, as ``{key: value}`` in :data:`METRICS` + :data:`RELATIVE_METRICS` order."""
+        return {key: getattr(self, key) for key in _BAR_KEYS if getattr(self, key) is not None}
+
+
+@dataclass(frozen=True)
+class PairedSettings:
+    """The paired (McNemar) regression check: ``alpha``, ``metric`` and the ``baseline`` folder."""
+
+    alpha: float = 0.05
+    metric: str = "top1"
+    baseline: Path = Path("robustness-baseline")
 
 
 @dataclass
 class Thresholds:
-    """Parsed thresholds file: ``entries`` in file order, ``images`` and ``seed`` defaults."""
+    """A parsed thresholds file.
+
+    Attributes:
+        path: the file (``None`` when parsed from data).
+        entries: one :class:`Threshold` per (model, condition), in file order.
+        images, seed, dataset: the shared defaults (``dataset`` resolved against the file's folder).
+        paired: the paired-check settings, ``None`` when the file enables none.
+        sources: model name -> ``registry`` / ``fixture``.
+    """
 
     path: Path | None
     entries: list[Threshold]
     images: int | None = None
     seed: int = 0
+    dataset: str | None = None
+    paired: PairedSettings | None = None
+    sources: dict[str, str] = field(default_factory=dict)
 
     def models(self) -> list[str]:
+        """Model names in file order."""
         return list(dict.fromkeys(t.model for t in self.entries))
 
     def for_model(self, model: str) -> list[Threshold]:
+        """The entries of ``model``, in file order."""
         return [t for t in self.entries if t.model == model]
 
+    def get(self, model: str, condition: Condition) -> Threshold | None:
+        """The entry for ``(model, condition)``, or ``None``."""
+        for t in self.entries:
+            if t.model == model and t.condition == condition:
+                return t
+        return None
 
-def _fraction(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ThresholdsError(f"{where}: must be a fraction in [0, 1], got {value!r}")
-    return float(value)
+
+def _grid_level(distortion: str, key: str) -> float:
+    for level in DISTORTIONS[distortion].levels:
+        if _level_key(level) == key:
+            return level
+    raise KeyError(key)  # unreachable after validation
 
 
-def parse_thresholds(data, source: str = "thresholds.yaml") -> Thresholds:
-    """Validate a loaded YAML document and return :class:`Thresholds`.
-
-    Raises:
-        ThresholdsError: naming ``source`` and the key path of the first problem.
-    """
-    if not isinstance(data, dict):
-        raise ThresholdsError(f"{source}: top level must be a mapping with a 'models' key")
-    unknown = set(data) - {"defaults", "models"}
-    if unknown:
-        raise ThresholdsError(f"{source}: unknown top-level key(s) {sorted(unknown)}; expected 'defaults', 'models'")
+def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
     defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict) or set(defaults) - _DEFAULT_KEYS:
-        raise ThresholdsError(f"{source}: defaults: allowed keys are {sorted(_DEFAULT_KEYS)}, got {defaults!r}")
-    images = defaults.get("images")
-    if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 1):
-        raise ThresholdsError(f"{source}: defaults.images must be an integer >= 1, got {images!r}")
-    seed = defaults.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ThresholdsError(f"{source}: defaults.seed must be an integer >= 0, got {seed!r}")
-    models = data.get("models")
-    if not isinstance(models, dict) or not models:
-        raise ThresholdsError(f"{source}: 'models' must map model names to distortions")
-    entries = []
-    for model, distortions in models.items():
-        if not isinstance(distortions, dict):
-            raise ThresholdsError(f"{source}: models.{model}: must map distortion names to levels")
-        for distortion, levels in distortions.items():
-            where = f"{source}: models.{model}.{distortion}"
+    base = path.parent if path is not None else Path(".")
+    dataset = defaults.get("dataset")
+    if dataset is not None and not Path(dataset).expanduser().is_absolute():
+        dataset = str(base / dataset)
+    paired = None
+    if "paired" in defaults:
+        p = defaults["paired"] or {}
+        baseline = Path(p.get("baseline", "robustness-baseline")).expanduser()
+        paired = PairedSettings(float(p.get("alpha", 0.05)), p.get("metric", "top1"),
+                                baseline if baseline.is_absolute() else base / baseline)
+    entries, sources = [], {}
+    for model, spec in data["models"].items():
+        source = spec.get("source", "registry")
+        sources[model] = source
+        for distortion, levels in spec.items():
+            if distortion == "source":
+                continue
             if distortion == CLEAN:
-                levels = {0: levels}
-            elif distortion not in DISTORTIONS:
-                raise ThresholdsError(f"{where}: unknown distortion; known: clean, {', '.join(DISTORTIONS)}")
-            if not isinstance(levels, dict):
-                raise ThresholdsError(f"{where}: must map levels to {{top1: ..., top5: ...}}")
-            for level, bars in levels.items():
-                at = where if distortion == CLEAN else f"{where}.{level}"
-                try:
-                    condition = Condition(distortion, level)
-                except ValueError as error:
-                    raise ThresholdsError(f"{at}: {error}") from None
-                if not isinstance(bars, dict) or not bars or set(bars) - set(_METRICS):
-                    raise ThresholdsError(f"{at}: must be a mapping with top1 and/or top5, got {bars!r}")
-                values = {m: _fraction(bars[m], f"{at}.{m}") for m in _METRICS if m in bars}
-                entries.append(Threshold(str(model), condition, **values))
-    return Thresholds(None, entries, images, seed)
+                levels = {"0": levels}
+            for key, bars in levels.items():
+                level = 0 if distortion == CLEAN else _grid_level(distortion, key)
+                where = ("models", model, distortion) if distortion == CLEAN else ("models", model, distortion, key)
+                entries.append(Threshold(model, Condition(distortion, level),
+                                         **{k: float(v) for k, v in bars.items()},
+                                         line=document.key_lines.get(where), source=source))
+    images = defaults.get("images")
+    return Thresholds(path, entries, None if images is None else int(images), int(defaults.get("seed", 0)),
+                      dataset, paired, sources)
 
 
-def load_thresholds(path: str | os.PathLike) -> Thresholds:
-    """Read and validate a thresholds file (see the module docstring for the format).
+def _validate(data: Any, document: _Document, source: str | None, known_models: Iterable[str] | None,
+              allow_unregistered: bool = False) -> None:
+    if known_models is None:
+        from .models import list_models
+
+        known_models = list_models()
+    known = sorted(known_models)
+    problems = list(document.problems)
+    if not isinstance(data, dict):
+        problems.append(Problem(document.line(()), "", "the top level must be a mapping with a 'models' key"))
+    else:
+        validator = jsonschema.Draft202012Validator(thresholds_schema(known, allow_unregistered=allow_unregistered))
+        seen = set()
+        for error in validator.iter_errors(data):
+            problem = _explain(error, document, known)
+            if (problem.key, problem.message) not in seen:
+                seen.add((problem.key, problem.message))
+                problems.append(problem)
+    if problems:
+        problems.sort(key=lambda p: (p.line is None, p.line or 0, p.key))
+        raise ThresholdsError(source, problems)
+
+
+def parse_thresholds_text(text: str, source: str | os.PathLike | None = None, *,
+                          known_models: Iterable[str] | None = None, allow_unregistered: bool = False) -> Thresholds:
+    """Parse and validate thresholds YAML text.
+
+    Args:
+        text: the YAML.
+        source: the file it came from (named in errors; relative ``dataset``/``baseline`` paths
+            resolve against its folder).
+        known_models: model names accepted without ``source: fixture`` (default: the registry).
+        allow_unregistered: accept any model name (the model comes from elsewhere, e.g. a fixture).
 
     Raises:
-        ThresholdsError: missing file, invalid YAML, or invalid content (naming file and key).
+        ThresholdsError: every problem, each with line and key path.
+    """
+    data, document = _compose(text, None if source is None else str(source))
+    _validate(data, document, None if source is None else str(source), known_models, allow_unregistered)
+    return _build(data, document, None if source is None else Path(source))
+
+
+def parse_thresholds(data: Mapping, source: str | None = None, *, known_models: Iterable[str] | None = None) -> Thresholds:
+    """Validate an already-loaded document (no line numbers in errors) and return :class:`Thresholds`."""
+    return parse_thresholds_text(yaml.safe_dump(_plain(data), sort_keys=False), source, known_models=known_models)
+
+
+def _plain(data):
+    if isinstance(data, Mapping):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(v) for v in data]
+    return data
+
+
+def load_thresholds(path: str | os.PathLike, *, known_models: Iterable[str] | None = None,
+                    allow_unregistered: bool = False) -> Thresholds:
+    """Read and validate a thresholds file (format: this module's docstring).
+
+    Raises:
+        ThresholdsError: missing file, invalid YAML, or invalid content; the message gives the file,
+            the line and the offending key of every problem.
     """
     path = Path(path)
     if not path.is_file():
-        raise ThresholdsError(f"thresholds file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ThresholdsError(f"{path}: invalid YAML: {error}") from None
-    thresholds = parse_thresholds(data, str(path))
-    thresholds.path = path
-    return thresholds
+        raise ThresholdsError(path, f"thresholds file {path} does not exist")
+    return parse_thresholds_text(path.read_text(encoding="utf-8"), path, known_models=known_models,
+                                 allow_unregistered=allow_unregistered)
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def calibrated_bars(measured: Mapping[str, float], clean: Mapping[str, float] | None, keys: Iterable[str],
+                    margin: float) -> dict[str, float]:
+    """New bars from measured accuracies: ``measured - margin`` (relative: ``measured/clean - margin``),
+    floored to 3 decimals and clipped to [0, 1], so a re-run of the same model passes."""
+    out = {}
+    for key in keys:
+        if key in METRICS:
+            value = measured[key] - margin
+        else:
+            metric = key.replace("_of_clean", "")
+            base = (clean or {}).get(metric) or 0.0
+            value = (measured[metric] / base if base > 0 else 0.0) - margin
+        out[key] = min(1.0, max(0.0, math.floor(round(value * 1000, 6)) / 1000))
+    return out
+
+
+def update_thresholds_file(
+    path: str | os.PathLike,
+    model: str,
+    measured: Mapping[Condition, Mapping[str, float]],
+    *,
+    margin: float = 0.05,
+    metrics: Iterable[str] | None = None,
+    source: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    write: bool = True,
+) -> tuple[str, str]:
+    """Write calibrated thresholds for ``model`` into ``path``, keeping everything else.
+
+    Other models, the defaults and the comments are kept (ruamel.yaml round trip). For each measured
+    condition the entry's existing bar keys are recalculated (relative bars stay relative); new
+    entries get ``metrics`` (default ``top1``). Conditions of the model that were not measured are
+    left as they are.
+
+    Args:
+        path: the thresholds file (created when missing).
+        model: the model name.
+        measured: condition -> ``{"top1": ..., "top5": ...}``; include ``Condition("clean", 0)`` for
+            relative bars.
+        margin: subtracted from each measured value (fraction, e.g. 0.05 = 5 points).
+        metrics: bar keys for new entries (default ``("top1",)``).
+        source: set the model's ``source:`` key (e.g. ``fixture``); ``None`` keeps what is there.
+        defaults: shared settings (``images``, ``seed``) written only when the file has no ``defaults``.
+        write: write the file (``False``: only return the texts).
+
+    Returns:
+        ``(old_text, new_text)``; show :func:`difflib.unified_diff` of them.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    def flow(bars: Mapping) -> CommentedMap:
+        m = CommentedMap(bars.items())
+        m.fa.set_flow_style()
+        return m
+
+    path = Path(path)
+    old_text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.width = 120
+    document = rt.load(old_text) if old_text.strip() else None
+    if document is None:
+        document = CommentedMap()
+    if defaults and "defaults" not in document:
+        document.insert(0, "defaults", flow({k: v for k, v in defaults.items() if v is not None}))
+    if "models" not in document or document["models"] is None:
+        document["models"] = CommentedMap()
+    models = document["models"]
+    if model not in models or models[model] is None:
+        models[model] = CommentedMap()
+    entry = models[model]
+    if source is not None:
+        entry["source"] = source
+    new_keys = tuple(metrics or ("top1",))
+    clean = measured.get(Condition(CLEAN, 0))
+
+    def find_level(levels, level):
+        for key in levels:
+            try:
+                if _level_key(float(key)) == _level_key(level):
+                    return key
+            except (TypeError, ValueError):
+                continue
+        return None
+
+    ordered = sorted(measured, key=lambda c: (c.distortion != CLEAN, list(DISTORTIONS).index(c.distortion)
+                                              if c.distortion in DISTORTIONS else -1, c.level))
+    for condition in ordered:
+        values = measured[condition]
+        if condition.distortion == CLEAN:
+            current = entry.get(CLEAN)
+            keys = [k for k in METRICS if current and k in current] or [k for k in new_keys if k in METRICS] or ["top1"]
+            bars = calibrated_bars(values, clean, keys, margin)
+            if current is None:
+                entry[CLEAN] = flow(bars)
+            else:
+                for k, v in bars.items():
+                    current[k] = v
+            continue
+        levels = entry.get(condition.distortion)
+        if levels is None:
+            levels = entry[condition.distortion] = CommentedMap()
+        key = find_level(levels, condition.level)
+        current = None if key is None else levels[key]
+        keys = [k for k in _BAR_KEYS if current and k in current] or list(new_keys)
+        bars = calibrated_bars(values, clean, keys, margin)
+        if current is None:
+            level = condition.level
+            levels[int(level) if float(level).is_integer() else float(level)] = flow(bars)
+        else:
+            for k, v in bars.items():
+                current[k] = v
+    buffer = io.StringIO()
+    rt.dump(document, buffer)
+    new_text = buffer.getvalue()
+    if write:
+        from .report import atomic_write
+
+        atomic_write(path, new_text.encode("utf-8"))
+    return old_text, new_text

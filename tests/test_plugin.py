@@ -1,0 +1,259 @@
+"""The pytest plugin, end to end with pytester and a tiny fake model (no real network, ~ms per image).
+
+The fake model reads an image's red level and predicts that class index; the generated images are
+solid colours whose red level is the label (right) or the label + 50 (wrong), so the test controls
+the accuracy exactly. ``TOY_BREAK_AT`` makes the model wrong on every class >= that index: a regression.
+"""
+
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import robustness
+
+# Imported here, outside the in-process pytester runs: modules first imported inside a run are
+# dropped afterwards and re-imported (and assertion-rewritten) by every run, which costs seconds.
+import _pytest.stepwise  # noqa: E402,F401
+import hypothesis  # noqa: E402,F401
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PpmImagePlugin  # noqa: E402,F401
+
+from robustness.datasets import imagenet_wnids
+
+pytest_plugins = ["pytester"]
+
+CONFTEST = '''
+import os
+
+import pytest
+import torch
+
+from robustness import Classifier, Preprocessing
+
+
+class Toy(torch.nn.Module):
+    """Predicts class round(mean red level); wrong (+100) for classes >= break_at."""
+
+    def __init__(self, break_at):
+        super().__init__()
+        self.register_buffer("break_at", torch.tensor(float(break_at)))
+
+    def forward(self, x):
+        v = x[:, 0].mean(dim=(1, 2)).round()
+        v = torch.where(v >= self.break_at, v + 100, v)
+        return -(torch.arange(1000, dtype=x.dtype)[None, :] - v[:, None]).abs()
+
+
+@pytest.fixture(scope="session")
+def robustness_model():
+    pre = Preprocessing(8, 8, "nearest", mean=(0, 0, 0), std=(1, 1, 1))
+    return Classifier(Toy(int(os.environ.get("TOY_BREAK_AT", "1000"))), pre, "toy")
+'''
+
+THRESHOLDS = """\
+# toy gate
+defaults:
+  images: 10
+models:
+  toy:
+    source: fixture   # the conftest's robustness_model
+    clean: {top1: 0.7}
+    blur:
+      1: {top1: 0.7}
+      2: {top1_of_clean: 0.9}
+    contrast:
+      0.5: {top1: 0.0}
+    jpeg:
+      20: {top5: 0.5}
+"""
+
+TEST = """\
+def test_accuracy(robustness_verdict):
+    robustness_verdict.check()
+"""
+
+
+def make_images(folder, n=10, wrong=2):
+    """n solid 16x16 images, classes 1..n; the last ``wrong`` are coloured as another class."""
+    wnids = imagenet_wnids()
+    for i in range(n):
+        label = i + 1
+        red = label + 50 if i >= n - wrong else label
+        (folder / wnids[label]).mkdir(parents=True, exist_ok=True)
+        array = np.zeros((16, 16, 3), np.uint8)
+        array[..., 0] = red
+        array[..., 1] = 90
+        Image.fromarray(array).save(folder / wnids[label] / f"img_{i:03d}.png")
+
+
+@pytest.fixture
+def gate(pytester, monkeypatch):
+    """A user's repo: conftest.py overriding robustness_model, thresholds.yaml, a 2-line gate test."""
+    monkeypatch.delenv("TOY_BREAK_AT", raising=False)
+    make_images(pytester.path / "images")
+    pytester.makeconftest(CONFTEST)
+    pytester.makefile(".yaml", thresholds=THRESHOLDS)
+    pytester.makepyfile(test_gate=TEST)
+    pytester.makeini("[pytest]\nrobustness_data = images\naddopts = --robustness-workers 0 -p no:cacheprovider -p no:unraisableexception\n")
+    return pytester
+
+
+def test_passing_gate_ids_markers_and_summary(gate):
+    result = gate.runpytest("-v")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines([
+        "*test_gate.py::test_accuracy[[]toy-clean[]] PASSED*",
+        "*test_accuracy[[]toy-blur-s1[]] PASSED*",
+        "*test_accuracy[[]toy-contrast-0.5[]] PASSED*",
+        "*test_accuracy[[]toy-jpeg-q20[]] PASSED*",
+        "*= robustness gate =*",
+        "toy  clean *top1 *n=10  pass * 80.0/70.0",
+        "toy  blur *top1 *n=10  pass *s1 80.0/70.0  s2 80.0/72.0",
+        "toy  jpeg *top5 *pass *q20 *.*/50.0",
+        "toy  contrast *pass *0.5 0.0/0.0",
+    ])
+
+
+def test_markers_select_distortions(gate):
+    result = gate.runpytest("-m", "jpeg or contrast", "-v")
+    result.assert_outcomes(passed=2, deselected=3)
+    result = gate.runpytest("-m", "clean", "--strict-markers", "-p", "no:xdist")
+    result.assert_outcomes(passed=1, deselected=4)
+
+
+def test_regression_fails_with_message_and_summary_row(gate, monkeypatch):
+    monkeypatch.setenv("TOY_BREAK_AT", "7")  # classes 7..10 now wrong: top-1 50%
+    result = gate.runpytest()
+    result.assert_outcomes(passed=2, failed=3)
+    result.stdout.fnmatch_lines([
+        "*ThresholdFailure: toy clean: BELOW THRESHOLD",
+        "*measured top1 60.0% (95% CI 31.3%-83.2%), top5 60.0% (95% CI 31.3%-83.2%), n=10 images",
+        "*FAIL top1 60.0% < required 70.0%",
+        "*threshold set at *thresholds.yaml:7",
+        "*= robustness gate =*",
+        "toy  blur *FAIL 1/2 *s1 60.0/70.0 FAIL  s2 60.0/54.0",
+        "FAILED test_gate.py::test_accuracy[[]toy-clean[]] - *",
+    ])
+
+
+def test_junit_properties(gate):
+    gate.runpytest("--junitxml=out.xml").assert_outcomes(passed=5)
+    root = ET.parse(gate.path / "out.xml").getroot()
+    cases = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")} for c in root.iter("testcase")}
+    props = cases["test_accuracy[toy-blur-s2]"]
+    assert props["robustness_model"] == "toy" and props["robustness_distortion"] == "blur"
+    assert props["robustness_level"] == "2" and props["robustness_n"] == "10"
+    assert float(props["robustness_top1"]) == 0.8
+    assert float(props["robustness_top1_ci_low"]) < 0.8 < float(props["robustness_top1_ci_high"])
+    assert float(props["robustness_top1_of_clean_required"]) == pytest.approx(0.72)
+    assert props["robustness_passed"] == "True"
+
+
+def test_bad_thresholds_fail_collection_with_file_line_key(gate):
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("1: {top1: 0.7}", "1: {tpo1: 0.7}").replace("20: {", "21: {"))
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines([
+        "*thresholds.yaml:9: models.toy.blur.1.tpo1: unknown key 'tpo1' (did you mean 'top1'?)*",
+        "*thresholds.yaml:14: models.toy.jpeg.21: level 21 is not on the jpeg grid*",
+    ])
+
+
+def test_unknown_model_fails_collection_unless_a_fixture_supplies_it(gate):
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("    source: fixture   # the conftest's robustness_model\n", ""))
+    # conftest.py overrides robustness_model: the name is only a label
+    gate.runpytest().assert_outcomes(passed=5)
+    # no override and not registered: collection fails, naming file, line and key
+    gate.makeconftest("")
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*thresholds.yaml:5: models.toy: unknown model 'toy'*register_model*robustness_model fixture*"])
+
+
+def test_thresholds_path_fixture_override(gate):
+    (gate.path / "gate").mkdir()
+    (gate.path / "gate" / "strict.yaml").write_text(THRESHOLDS.replace("clean: {top1: 0.7}", "clean: {top1: 0.9}"))
+    gate.makeconftest(CONFTEST + textwrap.dedent('''
+        @pytest.fixture(scope="session")
+        def robustness_thresholds_path(pytestconfig):
+            return "gate/strict.yaml"   # relative to the rootdir
+    '''))
+    result = gate.runpytest()
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(["*strict.yaml:7*"])
+
+
+def test_dataset_fixture_override_and_legacy_three_line_test(gate):
+    gate.makepyfile(test_gate=textwrap.dedent("""\
+        import pytest
+        from robustness import load_dataset
+        from robustness.gate import check_threshold
+
+        @pytest.fixture(scope="session")
+        def robustness_dataset(pytestconfig):
+            return load_dataset(pytestconfig.rootpath / "images", limit=8)   # the 8 right images
+
+        def test_accuracy(robustness_threshold, robustness_result):
+            if robustness_threshold.relative:
+                pytest.skip("relative bars need robustness_verdict")
+            check_threshold(robustness_threshold, robustness_result)
+    """))
+    result = gate.runpytest()
+    result.assert_outcomes(passed=4, skipped=1)
+    result.stdout.fnmatch_lines(["toy  clean *n=8 * 100.0/70.0"])
+
+
+def test_update_thresholds_option(gate):
+    result = gate.runpytest("--robustness-update-thresholds", "--robustness-margin", "0.2")
+    result.assert_outcomes(skipped=5)
+    result.stdout.fnmatch_lines([
+        "*= robustness thresholds updated (margin 0.2) =*",
+        "-    clean: {top1: 0.7}",
+        "+    clean: {top1: 0.6}",
+        "-      1: {top1: 0.7}",
+        "-      2: {top1_of_clean: 0.9}",
+        "+      1: {top1: 0.6}",
+        "+      2: {top1_of_clean: 0.8}",
+    ])
+    text = (gate.path / "thresholds.yaml").read_text()
+    assert "# toy gate" in text and "# the conftest's robustness_model" in text
+    assert "0.5: {top1: 0.0}" in text
+    assert (gate.path / "robustness-baseline" / "toy" / "blur.npz").is_file()
+    gate.runpytest().assert_outcomes(passed=5)
+
+
+def test_paired_check_against_baseline(gate, monkeypatch):
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("  images: 10\n", "  images: 10\n  paired: {alpha: 0.1}\n")
+                  .replace("clean: {top1: 0.7}", "clean: {top1: 0.0}").replace("1: {top1: 0.7}", "1: {top1: 0.0}"))
+    gate.runpytest("--robustness-update-thresholds", "--robustness-margin", "0.5").assert_outcomes(skipped=5)
+    monkeypatch.setenv("TOY_BREAK_AT", "5")   # 4 of the 8 right images now wrong: p = 1/16 < 0.1
+    result = gate.runpytest()
+    result.stdout.fnmatch_lines(["*FAIL paired vs baseline: top1 80.0% -> 40.0% on the same 10 images (4 lost, 0 gained)*"])
+    assert "toy  clean" in result.stdout.str()
+    result.assert_outcomes(failed=3, passed=2)   # clean, blur 1, blur 2 (relative bar also fails); contrast 0/0, jpeg top5
+
+
+def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("TOY_BREAK_AT", "7")
+    # the subprocess must import this checkout's robustness, not another installed copy
+    monkeypatch.setenv("PYTHONPATH", str(Path(robustness.__file__).resolve().parents[1]))
+    serial = gate.runpytest()
+    parallel = gate.runpytest("-n", "2", "-v", "-p", "no:benchmark")
+    serial.assert_outcomes(passed=2, failed=3)
+    parallel.assert_outcomes(passed=2, failed=3)
+    rows = lambda r: sorted(line for line in r.stdout.lines if line.startswith("toy  "))
+    assert rows(serial) == rows(parallel) and len(rows(serial)) == 4
+    # the two blur levels ran on the same worker (loadgroup)
+    workers = {line.split()[1] for line in parallel.stdout.lines if "toy-blur" in line and "[gw" in line}
+    assert len(workers) == 1, parallel.stdout.str()
+
+
+def test_source_fixture_without_override_is_a_clear_error(gate):
+    gate.makeconftest("")
+    result = gate.runpytest()
+    result.assert_outcomes(errors=5)
+    result.stdout.fnmatch_lines(["*'toy' says 'source: fixture', but no conftest.py overrides the robustness_model fixture*"])

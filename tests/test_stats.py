@@ -1,0 +1,116 @@
+"""Statistics of verdicts: Wilson intervals, McNemar, judge() and stored baselines."""
+
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from robustness.evaluation import Condition, ConditionResult
+from robustness.gate import ThresholdFailure, check_threshold, judge, load_baseline, save_baseline
+from robustness.stats import correct, mcnemar, wilson_interval
+from robustness.thresholds import PairedSettings, Threshold
+
+
+def test_wilson_known_values():
+    low, high = wilson_interval(70, 100)
+    assert low == pytest.approx(0.6041, abs=1e-4) and high == pytest.approx(0.7811, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+@given(st.integers(1, 2000), st.data())
+def test_wilson_contains_estimate(n, data):
+    k = data.draw(st.integers(0, n))
+    low, high = wilson_interval(k, n)
+    assert 0.0 <= low <= k / n + 1e-12 and k / n - 1e-12 <= high <= 1.0
+
+
+def test_mcnemar_exact_one_sided():
+    base = np.array([True] * 10 + [False] * 5)
+    cand = np.array([False] * 10 + [False] * 5)
+    r = mcnemar(base, cand)
+    assert (r.b, r.c, r.n) == (10, 0, 15)
+    assert r.p_value == pytest.approx(0.5**10)
+    assert r.significant_drop(0.05)
+    # an improvement is never a significant drop
+    assert not mcnemar(cand, base).significant_drop(0.05)
+    # identical predictions: no evidence
+    assert mcnemar(base, base).p_value == 1.0
+    # 6 lost vs 4 gained: p = P(X >= 6 | Bin(10, .5)) = 386/1024
+    base = np.array([1] * 6 + [0] * 4, bool)
+    r = mcnemar(base, ~base)
+    assert r.p_value == pytest.approx(386 / 1024) and not r.significant_drop(0.05)
+    with pytest.raises(ValueError):
+        mcnemar([True], [True, False])
+
+
+def test_correct_top1_top5():
+    preds = np.array([[1, 2, 3, 4, 5], [9, 8, 7, 6, 1]])
+    labels = np.array([1, 1])
+    assert correct(preds, labels, "top1").tolist() == [True, False]
+    assert correct(preds, labels, "top5").tolist() == [True, True]
+
+
+def result(top1_correct, distortion="blur", level=3, model="m"):
+    """A ConditionResult whose per-image predictions give the requested top-1 correctness."""
+    top1_correct = np.asarray(top1_correct, bool)
+    n = len(top1_correct)
+    labels = np.arange(n, dtype=np.int64)
+    preds = np.stack([labels + 1000 * (~top1_correct)] + [labels + 2000 + k for k in range(4)], axis=1) % 1000
+    preds[:, 0] = np.where(top1_correct, labels, (labels + 1) % 1000)
+    return ConditionResult(model, distortion, level, float(top1_correct.mean()), float(top1_correct.mean()), n,
+                           [f"img{i}" for i in range(n)], labels, preds)
+
+
+def test_judge_absolute_relative_and_message():
+    clean = result([True] * 80 + [False] * 20, "clean", 0)
+    r = result([True] * 50 + [False] * 50)
+    t = Threshold("m", Condition("blur", 3), top1=0.4, top1_of_clean=0.7)
+    v = judge(t, r, clean=clean, source="thresholds.yaml:7")
+    assert not v.passed
+    assert [c.passed for c in v.checks] == [True, False]
+    assert v.checks[1].required == pytest.approx(0.56)
+    msg = v.message()
+    assert "BELOW THRESHOLD" in msg and "n=100 images" in msg and "95% CI 40.4%-59.6%" in msg
+    assert "FAIL top1 50.0% < required 56.0% (0.7 x clean 80.0%, top1_of_clean)" in msg
+    assert "thresholds.yaml:7" in msg
+    with pytest.raises(ThresholdFailure) as info:
+        v.check()
+    assert info.value.verdict is v
+    props = dict(v.properties())
+    assert props["robustness_top1"] == 0.5 and props["robustness_n"] == 100
+    assert props["robustness_top1_of_clean_required"] == pytest.approx(0.56) and props["robustness_passed"] is False
+
+
+def test_equal_to_bar_passes_and_relative_needs_clean():
+    r = result([True] * 3 + [False] * 7)
+    check_threshold(Threshold("m", Condition("blur", 3), top1=0.3), r)
+    with pytest.raises(ThresholdFailure, match="top1 30.0% < required 31.0%"):
+        check_threshold(Threshold("m", Condition("blur", 3), top1=0.31), r)
+    with pytest.raises(ValueError, match="needs the model's clean result"):
+        check_threshold(Threshold("m", Condition("blur", 3), top1_of_clean=0.5), r)
+
+
+def test_baseline_roundtrip_and_paired_check(tmp_path):
+    base = result([True] * 60 + [False] * 40)
+    save_baseline([base, result([True] * 10 + [False] * 90, level=5)], tmp_path, seed=0)
+    stored = load_baseline(tmp_path, "m", "blur")
+    assert stored.levels == [3.0, 5.0] and stored.image_ids[:2] == ["img0", "img1"]
+    t = Threshold("m", Condition("blur", 3), top1=0.1)
+    paired = PairedSettings(alpha=0.05)
+    # 15 images lost, none gained: significant
+    worse = result([True] * 45 + [False] * 55)
+    v = judge(t, worse, baseline=stored, paired=paired)
+    assert v.paired.result.b == 15 and not v.passed and "significant drop" in v.message()
+    # 2 lost: not significant, passes
+    v = judge(t, result([True] * 58 + [False] * 42), baseline=stored, paired=paired)
+    assert v.paired.result.b == 2 and v.passed
+    # no baseline for that level: a note, no paired check
+    v = judge(Threshold("m", Condition("blur", 7), top1=0.0), result([True] * 100, level=7), baseline=stored, paired=paired)
+    assert v.paired is None and "no blur level 7" in v.notes[0]
+    # adding a level keeps the stored ones
+    save_baseline([result([True] * 100, level=7)], tmp_path, seed=0)
+    assert load_baseline(tmp_path, "m", "blur").levels == [3.0, 5.0, 7.0]
+    assert load_baseline(tmp_path, "m", "noise") is None
