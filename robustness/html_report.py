@@ -620,8 +620,8 @@ def _section_thresholds(runs, thresholds) -> str:
     if not verdicts:
         parts.append("<p class='na'>The file has no entries for the models in this report.</p>")
     else:
-        parts.append("<table><tr><th class='l'>model</th><th class='l'>condition</th><th>metric</th><th>measured</th>"
-                     "<th>threshold</th><th>margin</th><th>n</th><th class='l'>verdict</th></tr>")
+        parts.append("<table><tr><th class='l'>model</th><th class='l'>condition</th><th>bar</th><th>measured</th>"
+                     "<th>required</th><th>margin</th><th>n</th><th class='l'>verdict</th></tr>")
         for v in verdicts:
             cls = "na" if v["passed"] is None else ("pass" if v["passed"] else "fail")
             word = "not measured" if v["passed"] is None else ("pass" if v["passed"] else "FAIL")

@@ -176,6 +176,7 @@ def test_threshold_verdicts(runs_dir, tmp_path):
         "    clean: {top1: 1.0}\n"
         "    blur:\n"
         "      1: {top1: 0.9, top5: 0.5}\n"
+        "      3: {top1_of_clean: 0.5}\n"
         "      5: {top1: 0.1}\n"
     )
     verdicts = threshold_verdicts(find_runs([runs_dir]), thresholds)
@@ -184,9 +185,12 @@ def test_threshold_verdicts(runs_dir, tmp_path):
     blur1 = by[("blur-s1", "top1")]
     assert blur1["passed"] is False and blur1["measured"] == pytest.approx(5 / 6)
     assert blur1["margin"] == pytest.approx(5 / 6 - 0.9)
-    assert "vs threshold 90.0%" in blur1["text"]
+    assert "required 90.0%" in blur1["text"]
     assert by[("blur-s1", "top5")]["passed"] is True
     assert by[("blur-s5", "top1")]["passed"] is None  # level not measured by this run
+    relative = by[("blur-s3", "top1_of_clean")]  # 0.5 x clean 100% = 50% required; measured 4/6
+    assert relative["passed"] is True and relative["threshold"] == pytest.approx(0.5)
+    assert relative["margin"] == pytest.approx(4 / 6 - 0.5)
     assert all(v["label"] == "model_a" for v in verdicts)
     (tmp_path / "broken.yaml").write_text("models: [1, 2]\n")
     with pytest.raises(ReportError, match="broken.yaml"):
