@@ -51,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     write_results_json(results, output / "results.json")
     plot_accuracy_vs_level(results, output / "accuracy_vs_level.png")
     print(f"wrote {output / 'results.json'} and {output / 'accuracy_vs_level.png'}")
-    return 0
+    return _write_run_report(args, model, dataset, results, output)
 
 
 def _safe_name(name: str) -> str:
@@ -207,6 +207,74 @@ def _add_calibrate(commands) -> None:
     calibrate.set_defaults(func=_cmd_calibrate)
 
 
+# ------------------------------------------------------------- report and activations (issue 6)
+
+
+def _add_run_report_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--no-report", action="store_true", help="do not write report.html (predictions.npz and provenance.json are always written)")
+    run.add_argument("--thresholds", default=None, help="thresholds.yaml whose verdicts the report shows")
+
+
+def _write_run_report(args, model, dataset, results, output: Path) -> int:
+    """After ``run``: per-image predictions + provenance, then report.html unless ``--no-report``."""
+    import json
+
+    from .report import atomic_write, run_provenance, write_predictions
+
+    provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds)
+    write_predictions(results, output / "predictions.npz", provenance)
+    atomic_write(output / "provenance.json", (json.dumps(provenance, indent=2) + "\n").encode())
+    print(f"wrote {output / 'predictions.npz'} and {output / 'provenance.json'}")
+    if args.no_report:
+        return 0
+    from .html_report import ReportError, write_report
+
+    try:
+        path = write_report([output], output / "report.html", thresholds=args.thresholds)
+    except ReportError as error:
+        print(f"robustness run: report: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import ReportError, write_report
+
+    output = Path(args.output) if args.output else Path(args.results[0]) / "report.html"
+    try:
+        path = write_report(args.results, output, thresholds=args.thresholds, baseline=args.baseline,
+                            data=args.data, examples=args.examples)
+    except ReportError as error:
+        print(f"robustness report: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_activations(args: argparse.Namespace) -> int:
+    from .activations import main_activations
+
+    return main_activations(args)
+
+
+def _add_report_commands(commands) -> None:
+    report = commands.add_parser("report", help="write a self-contained HTML report from one or more run folders")
+    report.add_argument("results", nargs="+", help="run folder(s) holding results.json (or a folder of run folders); several models share the axes")
+    report.add_argument("--output", "-o", default=None, help="HTML file to write; default RESULTS/report.html (first folder)")
+    report.add_argument("--thresholds", default=None, help="thresholds.yaml: show pass/fail and margin per level")
+    report.add_argument("--baseline", default=None, help="model whose errors normalise the corruption error (default: the first model)")
+    report.add_argument("--data", default=None, help="image folder for the example strips (default: the dataset root recorded by the run)")
+    report.add_argument("--examples", type=int, default=1, help="example images per distortion (default %(default)s)")
+    report.set_defaults(func=_cmd_report)
+
+    from .activations import add_activations_arguments
+
+    activations = commands.add_parser("activations", help="compare conv-layer feature maps, clean vs distorted (the paper's Fig. 4-5)")
+    add_activations_arguments(activations)
+    activations.set_defaults(func=_cmd_activations)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustness", description="How image-quality distortions degrade ImageNet classifiers (Dodge & Karam 2016).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="do not read or write the prediction cache")
     run.add_argument("--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)")
     run.set_defaults(func=_cmd_run)
+    _add_run_report_options(run)
+    _add_report_commands(commands)
 
     lister = commands.add_parser("list", help="list registered models and distortions")
     lister.set_defaults(func=_cmd_list)

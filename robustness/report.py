@@ -12,7 +12,8 @@ from typing import Sequence
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
 
-__all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "atomic_write"]
+__all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "atomic_write",
+           "run_provenance", "write_predictions", "read_predictions"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -113,3 +114,123 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# ------------------------------------------------------------------ per-image predictions and provenance
+
+#: Version of the ``predictions.npz`` layout; bumped on incompatible changes.
+PREDICTIONS_FORMAT = 1
+
+
+def run_provenance(model, dataset, *, seed: int, command: Sequence[str] | None = None,
+                   thresholds: str | os.PathLike | None = None) -> dict:
+    """What a run was: model name, weights digest, preprocessing, dataset root and image count, seed,
+    package versions, UTC date and the command line, as a JSON-ready dict.
+
+    Args:
+        model: the :class:`robustness.models.Classifier` that was evaluated.
+        dataset: the :class:`robustness.datasets.ImageDataset` it was evaluated on.
+        seed: the base noise seed.
+        command: the command line (default ``sys.argv``).
+        thresholds: the thresholds file used, if any.
+    """
+    import datetime as _dt
+    import platform
+    import sys
+
+    versions = {"python": platform.python_version()}
+    for package in ("robustness", "torch", "torchvision", "numpy", "scipy", "PIL", "matplotlib"):
+        try:
+            module = __import__(package)
+            versions[package] = str(getattr(module, "__version__", "unknown"))
+        except ImportError:  # pragma: no cover - all are dependencies
+            versions[package] = "missing"
+    preprocessing = getattr(model, "preprocessing", None)
+    return {
+        "model": model.name,
+        "weights_digest": model.weights_digest,
+        "preprocessing": preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else None,
+        "dataset_root": str(dataset.root),
+        "images": len(dataset),
+        "seed": int(seed),
+        "versions": versions,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(sys.argv if command is None else command),
+        "thresholds": None if thresholds is None else str(thresholds),
+    }
+
+
+def write_predictions(results: Sequence[ConditionResult], path: str | os.PathLike, provenance: dict | None = None) -> None:
+    """Write every image's top-5 predictions per condition to ``path`` (``.npz``), atomically.
+
+    Arrays in the file:
+        ``image_ids``: str ``(n,)``; ``labels``: int16 ``(n,)`` global class indices;
+        ``distortion``: str ``(C,)`` and ``level``: float64 ``(C,)``, the conditions (``"clean"``, 0 first);
+        ``predictions``: int16 ``(C, n, 5)`` top-5 class indices, best first;
+        ``meta``: a JSON string with ``format``, ``model`` and the ``provenance`` dict.
+
+    All results must be of one model and the same images.
+
+    Raises:
+        ValueError: mixed models, differing image lists, or results without per-image predictions.
+    """
+    import io
+
+    import numpy as np
+
+    results = list(results)
+    if not results:
+        raise ValueError("no results to write")
+    first = results[0]
+    for r in results:
+        if r.predictions is None or r.labels is None:
+            raise ValueError(f"result {r.model} {r.distortion} {r.level:g} has no per-image predictions")
+        if r.model != first.model or list(r.image_ids) != list(first.image_ids):
+            raise ValueError("write_predictions needs results of one model on one image list")
+    meta = {"format": PREDICTIONS_FORMAT, "model": first.model, "provenance": provenance or {}}
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        image_ids=np.asarray(list(first.image_ids), dtype=str),
+        labels=np.asarray(first.labels, dtype=np.int16),
+        distortion=np.asarray([r.distortion for r in results], dtype=str),
+        level=np.asarray([float(r.level) for r in results], dtype=np.float64),
+        predictions=np.stack([np.asarray(r.predictions, dtype=np.int16) for r in results]),
+        meta=np.asarray(json.dumps(meta)),
+    )
+    atomic_write(path, buffer.getvalue())
+
+
+def read_predictions(path: str | os.PathLike) -> dict:
+    """Read a file written by :func:`write_predictions`.
+
+    Returns:
+        a dict with ``image_ids`` (list of str, n), ``labels`` (int64 ``(n,)``), ``conditions`` (list of
+        ``(distortion, level)``, C), ``predictions`` (int64 ``(C, n, 5)``), ``model`` (str) and ``provenance`` (dict).
+
+    Raises:
+        ValueError: the file is missing, not an ``.npz`` of this layout, or inconsistent (naming the file).
+    """
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in ("image_ids", "labels", "distortion", "level", "predictions", "meta")}
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise ValueError(f"{path}: cannot read predictions ({error})") from None
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: corrupt metadata ({error})") from None
+    predictions = arrays["predictions"].astype(np.int64)
+    n, c = len(arrays["image_ids"]), len(arrays["distortion"])
+    if predictions.shape != (c, n, 5) or arrays["labels"].shape != (n,) or arrays["level"].shape != (c,):
+        raise ValueError(f"{path}: inconsistent shapes: predictions {predictions.shape}, {n} images, {c} conditions")
+    return {
+        "image_ids": [str(s) for s in arrays["image_ids"]],
+        "labels": arrays["labels"].astype(np.int64),
+        "conditions": [(str(d), float(v)) for d, v in zip(arrays["distortion"], arrays["level"])],
+        "predictions": predictions,
+        "model": str(meta.get("model", "")),
+        "provenance": dict(meta.get("provenance") or {}),
+    }

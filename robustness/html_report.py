@@ -1,0 +1,703 @@
+"""``robustness report``: one self-contained HTML page per run (or several runs on the same axes).
+
+Sections (each an element with that ``id``):
+
+``summary``      one number per model and distortion: relative AUC and corruption error (formulas below);
+``curves``       top-1 and top-5 accuracy against level, one panel per distortion, every model on the
+                 same axes, 95% Wilson intervals as bands (the paper's Fig. 2);
+``examples``     one image per distortion at every level (the paper's Fig. 1), with each model's top-1
+                 label, marked right or wrong;
+``classes``      per distortion, the classes that lose most and those that hold best, with counts;
+``thresholds``   pass/fail and margin per level against a thresholds file, when one is given;
+``provenance``   model, weights digest, preprocessing, dataset, image count, seed, versions, date.
+
+Everything is embedded (PNG figures and JPEG thumbnails as ``data:`` URIs, inline CSS, no script), so
+the file opens offline and can be attached to a release.
+
+Summary numbers, computed per (model, distortion) over the levels that *every* model in the report
+was measured at (so the numbers compare across models even when the runs used different grids):
+
+* **relative AUC** (rAUC): the area under ``top1(level) / top1(clean)`` against the level (trapezoid
+  rule, levels in the distortion's unit) divided by the level range, i.e. the mean share of clean
+  accuracy kept over the range. 1.0 = nothing lost; with a single level it is that level's ratio.
+* **corruption error** (CE), after ImageNet-C (Hendrycks & Dietterich, ICLR 2019, Sec. 3):
+  ``CE = sum_s E_s(model) / sum_s E_s(baseline)`` with ``E_s = 1 - top1`` at level ``s``; the
+  baseline (``--baseline``, default the first model) scores 1.0, lower is better. **Relative CE**
+  subtracts each model's clean error first: ``sum_s (E_s - E_clean) / sum_s (E_s^base - E_clean^base)``
+  (n/a when the baseline loses nothing). ``mCE`` is the mean CE over the distortions in the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .distortions import DISTORTIONS
+from .evaluation import CLEAN, ConditionResult, wilson_interval
+from .report import atomic_write, read_predictions, read_results_json
+
+__all__ = [
+    "ReportError", "RunData", "load_run", "find_runs", "relative_auc", "corruption_errors",
+    "summary_table", "class_changes", "threshold_verdicts", "build_report", "write_report",
+]
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.npz"
+PROVENANCE_FILE = "provenance.json"
+
+
+class ReportError(ValueError):
+    """A run folder or file cannot be used for a report; the message names it."""
+
+
+@dataclass
+class RunData:
+    """One run folder: ``records`` from results.json, plus predictions and provenance when present.
+
+    Attributes:
+        folder: the run folder.
+        label: how the report names the run (the model name; ``model (folder)`` when two runs share a model).
+        model: model name from results.json.
+        records: results.json records (model, distortion, level, top1, top5, n); accuracies are fractions.
+        predictions: :func:`robustness.report.read_predictions` output, or ``None`` when the run has none.
+        provenance: provenance.json (or the copy inside predictions.npz), ``{}`` when absent.
+    """
+
+    folder: Path
+    label: str
+    model: str
+    records: list[dict]
+    predictions: dict | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def clean(self) -> dict | None:
+        return next((r for r in self.records if r["distortion"] == CLEAN), None)
+
+    def curve(self, distortion: str) -> list[dict]:
+        """Records of ``distortion`` sorted by level."""
+        return sorted((r for r in self.records if r["distortion"] == distortion), key=lambda r: float(r["level"]))
+
+    def distortions(self) -> list[str]:
+        present = {r["distortion"] for r in self.records}
+        return [d for d in DISTORTIONS if d in present]
+
+
+def load_run(folder: str | os.PathLike) -> RunData:
+    """Read one run folder (``results.json`` required; ``predictions.npz`` and ``provenance.json`` optional).
+
+    Raises:
+        ReportError: missing or corrupt files, naming the file.
+    """
+    import json
+
+    folder = Path(folder)
+    results_path = folder / RESULTS_FILE
+    if not results_path.is_file():
+        raise ReportError(f"{results_path}: no such file (run 'robustness run --output {folder}' first)")
+    try:
+        records = read_results_json(results_path)
+    except ValueError as error:
+        raise ReportError(str(error)) from None
+    if not records:
+        raise ReportError(f"{results_path}: holds no results")
+    models = sorted({str(r["model"]) for r in records})
+    if len(models) != 1:
+        raise ReportError(f"{results_path}: expected one model per run folder, found {models}")
+    for r in records:
+        if r["distortion"] != CLEAN and r["distortion"] not in DISTORTIONS:
+            raise ReportError(f"{results_path}: unknown distortion {r['distortion']!r}")
+        try:
+            r["level"], r["top1"], r["top5"], r["n"] = float(r["level"]), float(r["top1"]), float(r["top5"]), int(r["n"])
+        except (TypeError, ValueError):
+            raise ReportError(f"{results_path}: non-numeric level/top1/top5/n in {r!r}") from None
+    predictions = None
+    if (folder / PREDICTIONS_FILE).exists():
+        try:
+            predictions = read_predictions(folder / PREDICTIONS_FILE)
+        except ValueError as error:
+            raise ReportError(str(error)) from None
+    provenance = {}
+    if (folder / PROVENANCE_FILE).exists():
+        try:
+            provenance = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ReportError(f"{folder / PROVENANCE_FILE}: cannot read provenance ({error})") from None
+        if not isinstance(provenance, dict):
+            raise ReportError(f"{folder / PROVENANCE_FILE}: expected a JSON object")
+    elif predictions is not None:
+        provenance = predictions["provenance"]
+    return RunData(folder, models[0], models[0], records, predictions, provenance)
+
+
+def find_runs(paths: Iterable[str | os.PathLike]) -> list[RunData]:
+    """Expand each path into run folders: a folder with ``results.json`` is a run; otherwise its
+    immediate sub-folders that hold ``results.json`` are (sorted by name).
+
+    Raises:
+        ReportError: a path that does not exist, or holds no run.
+    """
+    runs: list[RunData] = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise ReportError(f"{path}: no such results folder")
+        if path.is_file():
+            if path.name == RESULTS_FILE:
+                path = path.parent
+            else:
+                raise ReportError(f"{path}: expected a run folder holding {RESULTS_FILE}")
+        if (path / RESULTS_FILE).exists():
+            runs.append(load_run(path))
+            continue
+        children = sorted(p for p in path.iterdir() if (p / RESULTS_FILE).is_file())
+        if not children:
+            raise ReportError(f"{path / RESULTS_FILE}: no such file, and no sub-folder holds one")
+        runs.extend(load_run(child) for child in children)
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.model] = counts.get(run.model, 0) + 1
+    for run in runs:
+        if counts[run.model] > 1:
+            run.label = f"{run.model} ({run.folder.name})"
+    return runs
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def _common_levels(runs: Sequence[RunData], distortion: str) -> list[float]:
+    sets = [{r["level"] for r in run.curve(distortion)} for run in runs]
+    sets = [s for s in sets if s]
+    if not sets:
+        return []
+    return sorted(set.intersection(*sets))
+
+
+def relative_auc(levels: Sequence[float], top1: Sequence[float], clean_top1: float) -> float:
+    """Mean share of clean top-1 kept over the level range (see the module docstring).
+
+    Args:
+        levels: levels in the distortion's unit, any order (at least one).
+        top1: top-1 accuracy (fraction) at each level.
+        clean_top1: clean top-1 accuracy (fraction).
+
+    Returns:
+        ``trapz(top1 / clean_top1, levels) / (max(levels) - min(levels))``; the single ratio for one
+        level; ``nan`` when ``clean_top1`` is 0 or no levels are given.
+    """
+    if not len(levels) or clean_top1 <= 0:
+        return math.nan
+    order = np.argsort(np.asarray(levels, dtype=float))
+    x = np.asarray(levels, dtype=float)[order]
+    y = np.asarray(top1, dtype=float)[order] / clean_top1
+    if len(x) == 1 or x[-1] == x[0]:
+        return float(y.mean())
+    area = float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0)
+    return area / float(x[-1] - x[0])
+
+
+def corruption_errors(runs: Sequence[RunData], baseline: str | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """ImageNet-C corruption error and relative corruption error per (run label, distortion).
+
+    Computed over the levels common to all runs. Returns ``{label: {distortion: (CE, relative CE)}}``
+    (``nan`` where undefined). ``baseline`` is a run label or model name (default: the first run).
+
+    Raises:
+        ReportError: unknown baseline.
+    """
+    if not runs:
+        return {}
+    base = runs[0] if baseline is None else next((r for r in runs if baseline in (r.label, r.model)), None)
+    if base is None:
+        raise ReportError(f"baseline model {baseline!r} is not in the report; models: {', '.join(r.label for r in runs)}")
+    out: dict[str, dict[str, tuple[float, float]]] = {run.label: {} for run in runs}
+    distortions = [d for d in DISTORTIONS if any(d in run.distortions() for run in runs)]
+    for d in distortions:
+        levels = _common_levels(runs, d)
+        if not levels:
+            continue
+
+        def errors(run: RunData) -> tuple[np.ndarray, float]:
+            by_level = {r["level"]: r for r in run.curve(d)}
+            clean = run.clean()
+            return (np.array([1.0 - by_level[v]["top1"] for v in levels]),
+                    math.nan if clean is None else 1.0 - clean["top1"])
+
+        base_e, base_clean = errors(base)
+        for run in runs:
+            e, clean = errors(run)
+            ce = float(e.sum() / base_e.sum()) if base_e.sum() > 0 else math.nan
+            denominator = float((base_e - base_clean).sum())
+            rel = float((e - clean).sum() / denominator) if denominator > 0 else math.nan
+            out[run.label][d] = (ce, rel)
+    return out
+
+
+def summary_table(runs: Sequence[RunData], baseline: str | None = None) -> list[dict]:
+    """One row per (run, distortion): ``label, distortion, levels, clean_top1, rauc_top1, rauc_top5, ce, rel_ce``."""
+    ces = corruption_errors(runs, baseline)
+    rows = []
+    for run in runs:
+        clean = run.clean()
+        for d in run.distortions():
+            levels = _common_levels(runs, d)
+            curve = [r for r in run.curve(d) if r["level"] in levels]
+            row = {"label": run.label, "distortion": d, "levels": levels,
+                   "clean_top1": math.nan if clean is None else clean["top1"],
+                   "rauc_top1": math.nan, "rauc_top5": math.nan, "ce": math.nan, "rel_ce": math.nan}
+            if clean is not None and curve:
+                row["rauc_top1"] = relative_auc([r["level"] for r in curve], [r["top1"] for r in curve], clean["top1"])
+                row["rauc_top5"] = relative_auc([r["level"] for r in curve], [r["top5"] for r in curve], clean["top5"])
+            row["ce"], row["rel_ce"] = ces.get(run.label, {}).get(d, (math.nan, math.nan))
+            rows.append(row)
+    return rows
+
+
+def class_changes(labels: np.ndarray, clean_top1: np.ndarray, distorted_top1: np.ndarray) -> list[dict]:
+    """Per-class accuracy clean vs distorted (all levels pooled).
+
+    Args:
+        labels: int ``(n,)`` true class indices.
+        clean_top1: int ``(n,)`` clean top-1 predictions.
+        distorted_top1: int ``(K, n)`` top-1 predictions at K levels.
+
+    Returns:
+        one dict per class present: ``cls``, ``n`` (images), ``clean_correct`` (of n),
+        ``distorted_correct`` (of ``distorted_total = K * n``), ``clean_acc``, ``distorted_acc``
+        and ``drop = clean_acc - distorted_acc`` (fractions), sorted by ``drop`` descending.
+    """
+    labels = np.asarray(labels)
+    distorted_top1 = np.atleast_2d(distorted_top1)
+    rows = []
+    for cls in np.unique(labels):
+        mask = labels == cls
+        n = int(mask.sum())
+        clean_correct = int((clean_top1[mask] == cls).sum())
+        distorted_correct = int((distorted_top1[:, mask] == cls).sum())
+        total = int(distorted_top1.shape[0] * n)
+        rows.append({"cls": int(cls), "n": n, "clean_correct": clean_correct, "distorted_correct": distorted_correct,
+                     "distorted_total": total, "clean_acc": clean_correct / n, "distorted_acc": distorted_correct / total,
+                     "drop": clean_correct / n - distorted_correct / total})
+    rows.sort(key=lambda r: (-r["drop"], -r["n"], r["cls"]))
+    return rows
+
+
+def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLike) -> list[dict]:
+    """Pass/fail per (run, threshold entry, bar) using :func:`robustness.gate.judge`.
+
+    Returns dicts with ``label``, ``condition`` (id), ``metric`` (the bar's key: ``top1``, ``top5``,
+    ``top1_of_clean``, ...), ``measured``, ``threshold`` (the accuracy required; for a relative bar
+    ``bar x clean``), ``margin = measured - threshold`` (fractions), ``n``, ``passed`` (bool, or
+    ``None`` when the run did not measure that condition) and ``text`` (a one-line explanation).
+
+    Raises:
+        ReportError: the thresholds file is missing or invalid (naming it).
+    """
+    from .gate import judge
+    from .thresholds import load_thresholds
+
+    try:
+        thresholds = load_thresholds(thresholds_path, allow_unregistered=True)
+    except (ValueError, OSError) as error:
+        raise ReportError(f"{error}") from None
+    verdicts = []
+    for run in runs:
+        clean_record = run.clean()
+        clean = None if clean_record is None else ConditionResult(
+            run.model, CLEAN, 0.0, clean_record["top1"], clean_record["top5"], clean_record["n"])
+        for threshold in thresholds.for_model(run.model):
+            condition = threshold.condition
+            record = next((r for r in run.records if r["distortion"] == condition.distortion
+                           and (condition.distortion == CLEAN or math.isclose(r["level"], float(condition.level)))), None)
+            bars = threshold.bars() if hasattr(threshold, "bars") else {
+                m: getattr(threshold, m) for m in ("top1", "top5") if getattr(threshold, m, None) is not None}
+            verdict = None
+            if record is not None:
+                result = ConditionResult(run.model, record["distortion"], record["level"], record["top1"],
+                                         record["top5"], record["n"])
+                try:
+                    verdict = judge(threshold, result, clean=clean)
+                except ValueError:  # a relative bar, and the run has no clean result
+                    verdict = None
+            checks = {c.key: c for c in verdict.checks} if verdict is not None else {}
+            for key, bar in bars.items():
+                row = {"label": run.label, "condition": condition.id, "metric": key, "threshold": bar,
+                       "measured": math.nan, "margin": math.nan, "n": 0, "passed": None,
+                       "text": f"{run.model} {condition.id}: not measured by this run"}
+                check = checks.get(key)
+                if check is not None:
+                    row.update(measured=check.measured, threshold=check.required, margin=check.measured - check.required,
+                               n=record["n"], passed=check.passed, text=f"{run.model} {condition.id}: {check.describe()}")
+                verdicts.append(row)
+    return verdicts
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _png_data_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _jpeg_data_uri(image: np.ndarray, height: int = 120) -> str:
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    width = max(1, round(pil.width * height / pil.height))
+    pil = pil.resize((width, height), Image.LANCZOS)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def curves_figure(runs: Sequence[RunData]) -> str:
+    """Top-1 (upper row) and top-5 (lower row) accuracy (%) vs level, one column per distortion, every
+    run in one colour, 95% Wilson bands; clean accuracy dotted. Returns a PNG ``data:`` URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d for d in DISTORTIONS if any(d in run.distortions() for run in runs)] or list(DISTORTIONS)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.3 * len(names), 5.6), sharey=True, squeeze=False)
+    for row, metric in enumerate(("top1", "top5")):
+        for col, name in enumerate(names):
+            ax = axes[row][col]
+            spec = DISTORTIONS[name]
+            for index, run in enumerate(runs):
+                color = f"C{index}"
+                curve = run.curve(name)
+                if curve:
+                    x = [r["level"] for r in curve]
+                    y = [100 * r[metric] for r in curve]
+                    bands = [wilson_interval(round(r[metric] * r["n"]), r["n"]) for r in curve]
+                    ax.fill_between(x, [100 * b[0] for b in bands], [100 * b[1] for b in bands], color=color, alpha=0.18, lw=0)
+                    ax.plot(x, y, "o-", color=color, ms=3.5, lw=1.5, label=run.label)
+                clean = run.clean()
+                if clean is not None:
+                    ax.axhline(100 * clean[metric], color=color, ls=":", lw=1)
+            if row == 0:
+                ax.set_title(name)
+            ax.set_xlabel(f"{spec.parameter} ({spec.unit})", fontsize=8)
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
+        axes[row][0].set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
+    axes[0][-1].legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    return _png_data_uri(fig)
+
+
+# ------------------------------------------------------------------------------------------ HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1250px;padding:0 18px 40px;color:#222}
+h1{margin-bottom:4px} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:34px}
+nav a{margin-right:14px} .muted{color:#666;font-size:90%} .note{background:#f6f6f2;border-left:4px solid #ccc;padding:6px 10px;font-size:90%}
+table{border-collapse:collapse;margin:8px 0;font-size:90%} th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f3f3f3} td.l,th.l{text-align:left}
+.pass{color:#0a6b0a;font-weight:600} .fail{color:#b00020;font-weight:600} .na{color:#777}
+.strip{display:flex;gap:6px;overflow-x:auto;padding-bottom:6px} figure{margin:0;text-align:center;font-size:78%}
+figure img{display:block;height:120px;border:3px solid #ccc} figure.ok img{border-color:#2e7d32} figure.bad img{border-color:#c62828}
+.ok-t{color:#2e7d32} .bad-t{color:#c62828} .grid2{display:flex;flex-wrap:wrap;gap:24px} img.curves{max-width:100%}
+.tldr{font-size:105%;background:#eef4fb;border:1px solid #cfe0f3;padding:8px 12px}
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}%"
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _level_text(distortion: str, level: float) -> str:
+    if distortion == CLEAN:
+        return "clean"
+    spec = DISTORTIONS[distortion]
+    return f"{spec.parameter} {level:g}" + ("" if spec.unit in (spec.parameter, "fraction") else f" {spec.unit}")
+
+
+def _class_names() -> tuple[str, ...]:
+    from .datasets import imagenet_class_names
+
+    return imagenet_class_names()
+
+
+def _section_summary(runs, baseline, rows) -> str:
+    base = runs[0].label if baseline is None else baseline
+    lines = ["<section id='summary'><h2>Summary: one number per model and distortion</h2>"]
+    worst = sorted((r for r in rows if not math.isnan(r["rauc_top1"])), key=lambda r: r["rauc_top1"])
+    if worst:
+        w = worst[0]
+        lines.append(f"<p class='tldr'>Most damaging distortion: <b>{_e(w['distortion'])}</b> for <b>{_e(w['label'])}</b>, "
+                     f"which keeps on average {_pct(w['rauc_top1'], 0)} of its clean top-1 accuracy "
+                     f"({_pct(w['clean_top1'])}) over the measured levels.</p>")
+    mce = {}
+    for r in rows:
+        if not math.isnan(r["ce"]):
+            mce.setdefault(r["label"], []).append(r["ce"])
+    lines.append("<table><tr><th class='l'>model</th><th class='l'>distortion</th><th>levels compared</th><th>clean top-1</th>"
+                 "<th>rAUC top-1</th><th>rAUC top-5</th><th>CE</th><th>relative CE</th></tr>")
+    for r in rows:
+        levels = ", ".join(f"{v:g}" for v in r["levels"])
+        lines.append(f"<tr><td class='l'>{_e(r['label'])}</td><td class='l'>{_e(r['distortion'])}</td><td>{_e(levels)}</td>"
+                     f"<td>{_pct(r['clean_top1'])}</td><td>{_num(r['rauc_top1'])}</td><td>{_num(r['rauc_top5'])}</td>"
+                     f"<td>{_num(r['ce'])}</td><td>{_num(r['rel_ce'])}</td></tr>")
+    lines.append("</table>")
+    if mce:
+        lines.append("<p>mCE (mean CE over the distortions): " + "; ".join(
+            f"<b>{_e(k)}</b> {np.mean(v):.3f}" for k, v in mce.items()) + "</p>")
+    lines.append(
+        "<p class='note'><b>rAUC</b> = area under top-1(level) / top-1(clean) against the level (trapezoid rule), divided "
+        "by the level range: the average share of clean accuracy the model keeps over the levels; 1.0 = nothing lost. "
+        f"<b>CE</b> (ImageNet-C, Hendrycks &amp; Dietterich 2019) = &Sigma;<sub>levels</sub> error(model) / "
+        f"&Sigma;<sub>levels</sub> error(baseline), error = 1 &minus; top-1; the baseline <b>{_e(base)}</b> scores 1.0 and lower is "
+        "better. <b>Relative CE</b> subtracts each model's clean error first. All are computed on the levels every model "
+        "in this report was measured at, so they compare models even when runs used different level grids.</p></section>")
+    return "\n".join(lines)
+
+
+def _section_curves(runs) -> str:
+    uri = curves_figure(runs)
+    parts = ["<section id='curves'><h2>Accuracy against distortion level</h2>",
+             "<p>Top-1 (upper row) and top-5 (lower row) accuracy per distortion; one colour per model, shaded: 95% "
+             "Wilson interval for the number of images; dotted: the model's clean accuracy. Higher is better.</p>",
+             f"<img class='curves' alt='accuracy against level, one panel per distortion' src='{uri}'>",
+             "<details><summary>the numbers</summary><table><tr><th class='l'>model</th><th class='l'>distortion</th>"
+             "<th>level</th><th>top-1</th><th>95% interval</th><th>top-5</th><th>n</th></tr>"]
+    for run in runs:
+        for r in [run.clean()] + [x for d in run.distortions() for x in run.curve(d)]:
+            if r is None:
+                continue
+            low, high = wilson_interval(round(r["top1"] * r["n"]), r["n"])
+            parts.append(f"<tr><td class='l'>{_e(run.label)}</td><td class='l'>{_e(r['distortion'])}</td>"
+                         f"<td>{_e(_level_text(r['distortion'], r['level']))}</td><td>{_pct(r['top1'])}</td>"
+                         f"<td>{_pct(low)}&ndash;{_pct(high)}</td><td>{_pct(r['top5'])}</td><td>{r['n']}</td></tr>")
+    parts.append("</table></details></section>")
+    return "\n".join(parts)
+
+
+def _pick_examples(run: RunData, count: int) -> list[int]:
+    """Indices of images to show: clean-correct ones first (their fall is the story), dataset order."""
+    preds = run.predictions
+    clean_k = next((k for k, c in enumerate(preds["conditions"]) if c[0] == CLEAN), None)
+    n = len(preds["image_ids"])
+    if clean_k is None:
+        return list(range(min(count, n)))
+    correct = preds["predictions"][clean_k, :, 0] == preds["labels"]
+    order = [i for i in range(n) if correct[i]] + [i for i in range(n) if not correct[i]]
+    return order[:count]
+
+
+def _section_examples(runs, data, count) -> str:
+    from .distortions import distort
+    from .evaluation import image_seed
+    from .images import ImageLoadError, load_image
+
+    names = _class_names()
+    parts = ["<section id='examples'><h2>What the distortions look like, and what the model says</h2>",
+             "<p>The same image at every level of each distortion (thumbnails re-encoded as JPEG quality 90 for the page). "
+             "Under each: the level and each model's top-1 label, <span class='ok-t'>&#10004; right</span> or "
+             "<span class='bad-t'>&#10008; wrong</span> (green / red frame: the first model).</p>"]
+    with_preds = [run for run in runs if run.predictions is not None]
+    if not with_preds:
+        parts.append("<p class='na'>Not available: no run folder holds predictions.npz (written by <code>robustness run</code>).</p></section>")
+        return "\n".join(parts)
+    first = with_preds[0]
+    root = Path(data) if data else Path(first.provenance.get("dataset_root", ""))
+    seed = int(first.provenance.get("seed", 0))
+    indices = _pick_examples(first, count)
+    for d in DISTORTIONS:
+        if d not in first.distortions():
+            continue
+        parts.append(f"<h3>{_e(d)}</h3>")
+        for index in indices:
+            image_id = first.predictions["image_ids"][index]
+            label = int(first.predictions["labels"][index])
+            try:
+                image = load_image(root / image_id)
+            except ImageLoadError as error:
+                parts.append(f"<p class='na'>Image not available ({_e(error)}); pass <code>--data DIR</code>.</p>")
+                break
+            parts.append(f"<p class='muted'>{_e(image_id)} &mdash; true class: <b>{_e(names[label])}</b></p><div class='strip'>")
+            conditions = [(CLEAN, 0.0)] + [(d, r["level"]) for r in first.curve(d)]
+            for distortion, level in conditions:
+                shown = image if distortion == CLEAN else distort(image, d, level, seed=image_seed(seed, image_id, d, level))
+                captions, first_ok = [], None
+                for run in with_preds:
+                    p = run.predictions
+                    try:
+                        k = next(k for k, c in enumerate(p["conditions"]) if c[0] == distortion
+                                 and (distortion == CLEAN or math.isclose(c[1], level)))
+                        i = p["image_ids"].index(image_id)
+                    except (StopIteration, ValueError):
+                        continue
+                    top1 = int(p["predictions"][k, i, 0])
+                    ok = top1 == label
+                    first_ok = ok if first_ok is None else first_ok
+                    who = f"{_e(run.label)}: " if len(with_preds) > 1 else ""
+                    captions.append(f"<span class='{'ok-t' if ok else 'bad-t'}'>{who}{'&#10004;' if ok else '&#10008;'} {_e(names[top1])}</span>")
+                css = "" if first_ok is None else ("ok" if first_ok else "bad")
+                parts.append(f"<figure class='{css}'><img alt='{_e(d)} {_e(_level_text(distortion, level))}' "
+                             f"src='{_jpeg_data_uri(shown)}'><figcaption><b>{_e(_level_text(distortion, level))}</b><br>"
+                             + "<br>".join(captions) + "</figcaption></figure>")
+            parts.append("</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _section_classes(runs, top: int = 5) -> str:
+    names = _class_names()
+    parts = ["<section id='classes'><h2>Which classes suffer</h2>",
+             "<p>Per class: clean top-1 correct out of its images, and distorted top-1 correct pooled over all levels of the "
+             "distortion (images &times; levels). With a few images per class these are anecdotes, not estimates: read the counts.</p>"]
+    with_preds = [run for run in runs if run.predictions is not None]
+    if not with_preds:
+        parts.append("<p class='na'>Not available: no run folder holds predictions.npz.</p></section>")
+        return "\n".join(parts)
+    for run in with_preds:
+        p = run.predictions
+        clean_k = next((k for k, c in enumerate(p["conditions"]) if c[0] == CLEAN), None)
+        if clean_k is None:
+            parts.append(f"<p class='na'>{_e(run.label)}: no clean condition in predictions.npz.</p>")
+            continue
+        parts.append(f"<h3>{_e(run.label)}</h3><div class='grid2'>")
+        for d in run.distortions():
+            ks = [k for k, c in enumerate(p["conditions"]) if c[0] == d]
+            if not ks:
+                continue
+            rows = class_changes(p["labels"], p["predictions"][clean_k, :, 0], p["predictions"][ks, :, 0])
+            losing = [r for r in rows if r["drop"] > 0]
+            holding = sorted((r for r in rows if r["clean_correct"] > 0), key=lambda r: (r["drop"], -r["distorted_acc"], -r["n"]))
+            table = [f"<div><b>{_e(d)}</b> ({len(ks)} levels)<table><tr><th class='l'></th><th class='l'>class</th>"
+                     "<th>clean</th><th>distorted</th><th>drop</th></tr>"]
+            for title, chosen in (("loses most", losing[:top]), ("holds best", holding[:top])):
+                if not chosen:
+                    table.append(f"<tr><td class='l'>{title}</td><td class='l na' colspan='4'>no class</td></tr>")
+                for j, r in enumerate(chosen):
+                    head = f"<td class='l' rowspan='{len(chosen)}'>{title}</td>" if j == 0 else ""
+                    table.append(f"<tr>{head}<td class='l'>{_e(names[r['cls']])}</td><td>{r['clean_correct']}/{r['n']}</td>"
+                                 f"<td>{r['distorted_correct']}/{r['distorted_total']}</td><td>{100 * r['drop']:+.0f} pp</td></tr>")
+            table.append("</table></div>")
+            parts.append("".join(table))
+        parts.append("</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _section_thresholds(runs, thresholds) -> str:
+    parts = ["<section id='thresholds'><h2>Thresholds verdicts</h2>"]
+    if thresholds is None:
+        parts.append("<p class='na'>No thresholds file was given (<code>--thresholds thresholds.yaml</code>), so there is no verdict.</p></section>")
+        return "\n".join(parts)
+    verdicts = threshold_verdicts(runs, thresholds)
+    failed = sum(1 for v in verdicts if v["passed"] is False)
+    passed = sum(1 for v in verdicts if v["passed"] is True)
+    missing = sum(1 for v in verdicts if v["passed"] is None)
+    verdict = "<span class='fail'>FAIL</span>" if failed else ("<span class='pass'>PASS</span>" if passed else "<span class='na'>no verdict</span>")
+    parts.append(f"<p class='tldr'>{verdict}: {passed} passed, {failed} failed, {missing} not measured by this run "
+                 f"(file <code>{_e(thresholds)}</code>). Margin = measured &minus; threshold, in percentage points; a result "
+                 "equal to its threshold passes.</p>")
+    if not verdicts:
+        parts.append("<p class='na'>The file has no entries for the models in this report.</p>")
+    else:
+        parts.append("<table><tr><th class='l'>model</th><th class='l'>condition</th><th>bar</th><th>measured</th>"
+                     "<th>required</th><th>margin</th><th>n</th><th class='l'>verdict</th></tr>")
+        for v in verdicts:
+            cls = "na" if v["passed"] is None else ("pass" if v["passed"] else "fail")
+            word = "not measured" if v["passed"] is None else ("pass" if v["passed"] else "FAIL")
+            margin = "n/a" if math.isnan(v["margin"]) else f"{100 * v['margin']:+.1f} pp"
+            parts.append(f"<tr title='{_e(v['text'])}'><td class='l'>{_e(v['label'])}</td><td class='l'>{_e(v['condition'])}</td>"
+                         f"<td>{v['metric']}</td><td>{_pct(v['measured'])}</td><td>{_pct(v['threshold'])}</td><td>{margin}</td>"
+                         f"<td>{v['n']}</td><td class='l {cls}'>{word}</td></tr>")
+        parts.append("</table>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _section_provenance(runs) -> str:
+    parts = ["<section id='provenance'><h2>Provenance</h2>"]
+    for run in runs:
+        p = run.provenance
+        clean = run.clean()
+        prep = p.get("preprocessing") or {}
+        prep_text = ", ".join(f"{k}={v}" for k, v in prep.items()) if prep else "not recorded"
+        versions = ", ".join(f"{k} {v}" for k, v in (p.get("versions") or {}).items()) or "not recorded"
+        rows = [("model", run.model), ("run folder", str(run.folder)), ("weights digest (SHA-256, 16 hex)", p.get("weights_digest", "not recorded")),
+                ("preprocessing", prep_text), ("dataset", p.get("dataset_root", "not recorded")),
+                ("images", p.get("images", clean["n"] if clean else "not recorded")), ("noise seed", p.get("seed", "not recorded")),
+                ("thresholds file", p.get("thresholds") or "none"), ("versions", versions), ("date (UTC)", p.get("date", "not recorded")),
+                ("command", " ".join(p.get("command", [])) or "not recorded")]
+        parts.append(f"<h3>{_e(run.label)}</h3><table>" + "".join(
+            f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in rows) + "</table>")
+        if not p:
+            parts.append("<p class='na'>This run folder has no provenance.json (written by <code>robustness run</code>).</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def build_report(runs: Sequence[RunData], *, thresholds: str | os.PathLike | None = None, baseline: str | None = None,
+                 data: str | os.PathLike | None = None, examples: int = 1) -> str:
+    """The report page as an HTML string (see the module docstring for the sections).
+
+    Args:
+        runs: run folders from :func:`find_runs` (one model each; several share the axes).
+        thresholds: thresholds file whose verdicts to show, or ``None``.
+        baseline: model (run label) that normalises CE; default the first run.
+        data: image folder for the example strips; default each run's recorded dataset root.
+        examples: images per distortion in the example strips.
+    """
+    if not runs:
+        raise ReportError("no runs to report on")
+    rows = summary_table(runs, baseline)
+    models = ", ".join(run.label for run in runs)
+    n = ", ".join(str((run.clean() or run.records[0])["n"]) for run in runs)
+    title = f"Robustness report: {models}"
+    body = [f"<h1>{_e(title)}</h1>",
+            f"<p class='muted'>How blur, noise, JPEG, JPEG 2000 and contrast reduction (Dodge &amp; Karam 2016, arXiv:1604.04004) "
+            f"change ImageNet classification accuracy. Images per condition: {_e(n)}.</p>",
+            "<nav><a href='#summary'>summary</a><a href='#curves'>curves</a><a href='#examples'>examples</a>"
+            "<a href='#classes'>classes</a><a href='#thresholds'>thresholds</a><a href='#provenance'>provenance</a></nav>",
+            _section_summary(runs, baseline, rows), _section_curves(runs), _section_examples(runs, data, examples),
+            _section_classes(runs), _section_thresholds(runs, thresholds), _section_provenance(runs)]
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(results: Sequence[str | os.PathLike], output: str | os.PathLike, *, thresholds=None, baseline=None,
+                 data=None, examples: int = 1) -> Path:
+    """Read run folders (see :func:`find_runs`), build the page and write it to ``output`` atomically.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ReportError: unreadable run folders or thresholds file, unknown baseline (naming the culprit).
+    """
+    runs = find_runs(results)
+    page = build_report(runs, thresholds=thresholds, baseline=baseline, data=data, examples=examples)
+    output = Path(output)
+    atomic_write(output, page.encode("utf-8"))
+    os.chmod(output, 0o644)
+    return output
