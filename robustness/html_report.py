@@ -396,7 +396,12 @@ def curves_figure(runs: Sequence[RunData]) -> str:
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=8)
         axes[row][0].set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
-    axes[0][-1].legend(loc="lower left", fontsize=7)
+    legend = {}  # one entry per model across panels (a panel may lack a model)
+    for panel in [a for row in axes for a in row]:
+        for handle, label in zip(*panel.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        axes[0][-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=7)
     fig.tight_layout()
     return _png_data_uri(fig)
 

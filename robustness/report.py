@@ -101,7 +101,12 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy (%)")
-    axes[-1].legend(loc="lower left", fontsize=8)
+    legend = {}  # one entry per model across panels (a panel may lack a model)
+    for panel in axes:
+        for handle, label in zip(*panel.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        axes[-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
