@@ -10,3 +10,7 @@ chromium --headless --no-sandbox --disable-gpu --disable-background-networking -
 for model in efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 squeezenet1_0_caffe; do
     python3 -m robustness.cli activations --model "$model" --images 8 --output "runs/readme/activations-$model"
 done
+# The README's feature-map figures use matplotlib's public-domain sample photograph (ImageNet images may
+# not be copied into a repository).
+hopper=$(python3 -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))")
+python3 -m robustness.cli activations --model efficientnet_lite0 --image "$hopper" --output runs/readme/activations-hopper
