@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 import uuid
 import warnings
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from ._io import atomic_write
 
 __all__ = [
     "PredictionCache",
@@ -133,20 +134,6 @@ def _environment() -> dict:
         "scipy": scipy.__version__, "pillow": PIL.__version__,
         "libjpeg": features.version("jpg"), "openjpeg": features.version("jpg_2000"),
     }
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class PredictionCache:
@@ -275,7 +262,7 @@ class PredictionCache:
         np.savez(buffer, keys=keys, top5=top5, meta=np.frombuffer(meta, dtype=np.uint8))
         payload = buffer.getvalue()
         path = folder / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
-        _atomic_write(path, _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        atomic_write(path, _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         return path
 
     def compact(self, model_key: str, condition_key: str) -> None:

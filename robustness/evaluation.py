@@ -396,14 +396,3 @@ def _fill_compute_compact(run: _Run, cache: PredictionCache, condition_indices: 
     run.compute(condition_indices, batch_size, num_workers, bar)
     for k in condition_indices:
         cache.compact(run.model_key, run.condition_keys[k])
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion (Wilson 1927); returns ``(low, high)``."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denominator = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))

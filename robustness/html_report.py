@@ -41,7 +41,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .distortions import DISTORTIONS
-from .evaluation import CLEAN, ConditionResult, wilson_interval
+from .evaluation import CLEAN, ConditionResult
+from .stats import wilson_interval
 from .report import atomic_write, read_predictions, read_results_json
 
 __all__ = [

@@ -9,28 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
 
 __all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "atomic_write",
            "run_provenance", "write_predictions", "read_predictions"]
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def format_table(results: Sequence[ConditionResult]) -> str:

@@ -3,7 +3,6 @@ are recomputed (never trusted), writes are atomic, concurrent processes share wo
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

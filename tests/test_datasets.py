@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import os
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """`robustness run` end to end on a few real ImageNet validation images (issue 2)."""
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image

@@ -17,7 +17,7 @@ import pytest
 from robustness.evaluation import ConditionResult
 from robustness.html_report import (
     ReportError, build_report, class_changes, corruption_errors, find_runs, load_run, relative_auc,
-    summary_table, threshold_verdicts, write_report,
+    summary_table, threshold_verdicts,
 )
 from robustness.report import read_predictions, write_predictions, write_results_json
 
