@@ -353,15 +353,17 @@ def plot_depth(studies: Sequence[dict], path: str | os.PathLike, *, title: str =
 
 
 def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import non_negative_int as _non_negative_int, positive_int as _positive_int
+
     parser.add_argument("--model", default="efficientnet_lite0", help="registered model name (default %(default)s)")
     parser.add_argument("--data", default=None, help="image folder (default as for 'run')")
     parser.add_argument("--image", default=None, help="one image file, or an image id inside --data (default: the dataset's first image)")
-    parser.add_argument("--images", type=int, default=1, help="average the numbers over the first N dataset images (figure: the first); default 1")
+    parser.add_argument("--images", type=_positive_int, default=1, help="average the numbers over the first N dataset images (figure: the first); default 1")
     parser.add_argument("--distortion", action="append", choices=list(DISTORTIONS), help="repeatable; default blur and noise")
     parser.add_argument("--levels", type=float, nargs="+", default=None,
                         help="levels (with one --distortion); default three of the paper's: blur 1 3 5, noise 20 50 100, others first/middle/last")
-    parser.add_argument("--seed", type=int, default=0, help="base noise seed (default 0)")
-    parser.add_argument("--channels", type=int, default=16, help="channels per grid in the figure (default 16)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="base noise seed (default 0)")
+    parser.add_argument("--channels", type=_positive_int, default=16, help="channels per grid in the figure (default 16)")
     parser.add_argument("--output", default=None, help="output folder (default runs/activations-<model>)")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
 

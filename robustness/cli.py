@@ -17,6 +17,38 @@ from .report import format_table, plot_accuracy_vs_level, write_results_json
 __all__ = ["main", "build_parser"]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (image counts, batch sizes)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds, worker counts)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def margin_fraction(text: str) -> float:
+    """argparse type: a calibration margin, a fraction in [0, 1)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
+    return value
+
+
+def check_device(device: str | None) -> None:
+    """Raise ``ValueError`` naming ``device`` when it is a CUDA device and CUDA is unavailable."""
+    import torch
+
+    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu)")
+
+
 def _fresh_output_dir(model: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{model}-{stamp}"
@@ -34,11 +66,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"robustness run: {error}", file=sys.stderr)
         return 2
     try:
+        check_device(args.device)
         model = _load_run_model(args)
     except (ValueError, ImportError, FileNotFoundError) as error:
         print(f"robustness run: {error}", file=sys.stderr)
         return 2
     output = Path(args.output) if args.output else _fresh_output_dir(_safe_name(model.name))
+    try:
+        output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
+    except OSError as error:
+        print(f"robustness run: cannot create output folder {output}: {error}", file=sys.stderr)
+        return 2
     distortions = _run_distortions(args)
     print(f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}")
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
@@ -47,7 +85,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(format_table(results))
     for image_id, message in results[0].skipped.items():
         print(f"skipped unreadable image {image_id}: {message}", file=sys.stderr)
-    output.mkdir(parents=True, exist_ok=True)
     write_results_json(results, output / "results.json")
     plot_accuracy_vs_level(results, output / "accuracy_vs_level.png")
     print(f"wrote {output / 'results.json'} and {output / 'accuracy_vs_level.png'}")
@@ -96,9 +133,9 @@ def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--background-class", action="store_true", help="the model outputs 1001 logits with a background class at index 0")
     run.add_argument("--manifest", default=None, help="CSV manifest with columns path and label (wnid or class index); paths relative to --data when given, else to the CSV")
     run.add_argument("--devkit", default=None, help="ILSVRC2012 devkit folder for a flat validation folder (default: ../shared/data/imagenet-meta or $ROBUSTNESS_DEVKIT)")
-    run.add_argument("--per-class", type=int, default=None, help="deterministic subset: N images per class (seeded)")
-    run.add_argument("--subset", type=int, default=None, help="deterministic subset: N images in total, spread over classes (seeded)")
-    run.add_argument("--subset-seed", type=int, default=0, help="seed of --per-class/--subset (default 0)")
+    run.add_argument("--per-class", type=positive_int, default=None, help="deterministic subset: N images per class (seeded)")
+    run.add_argument("--subset", type=positive_int, default=None, help="deterministic subset: N images in total, spread over classes (seeded)")
+    run.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of --per-class/--subset (default 0)")
     run.add_argument("--clean-only", action="store_true", help="evaluate the undistorted images only")
 
 
@@ -148,9 +185,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         conditions = [t.condition for t in existing.for_model(args.model) if t.condition.distortion != CLEAN]
     conditions = [Condition(CLEAN, 0)] + [c for c in dict.fromkeys(conditions) if c.distortion != CLEAN]
     seed = args.seed if args.seed is not None else (existing.seed if existing else 0)
-    images = args.images or (existing.images if existing else None)
+    images = args.images if args.images is not None else (existing.images if existing else None)
     data = args.data or (existing.dataset if existing else None)
     try:
+        check_device(args.device)
         dataset = load_dataset(data, limit=images)
         model = load_model(args.model, device=args.device)
     except (DatasetError, ValueError, ImportError, FileNotFoundError) as error:
@@ -188,20 +226,20 @@ def _add_calibrate(commands) -> None:
                     "bar keys are recalculated (relative bars stay relative); a diff is shown. Per-image "
                     "predictions are stored as the baseline for the paired (McNemar) check.")
     calibrate.add_argument("--model", required=True, help="registered model name (see 'robustness list' and --import)")
-    calibrate.add_argument("--margin", type=float, default=0.05, help="subtracted from each measured accuracy (fraction; default %(default)s)")
+    calibrate.add_argument("--margin", type=margin_fraction, default=0.05, help="subtracted from each measured accuracy (fraction; default %(default)s)")
     calibrate.add_argument("--thresholds", default="thresholds.yaml", help="thresholds file to update (default %(default)s)")
     calibrate.add_argument("--distortion", action="append", choices=list(DISTORTIONS),
                            help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model")
     calibrate.add_argument("--all-levels", action="store_true", help="calibrate every paper level of every distortion")
     calibrate.add_argument("--metric", action="append", choices=["top1", "top5"], help="bars for new entries (repeatable; default top1)")
-    calibrate.add_argument("--images", type=int, default=None, help="images per condition (default the file's defaults.images, else all)")
+    calibrate.add_argument("--images", type=positive_int, default=None, help="images per condition (default the file's defaults.images, else all)")
     calibrate.add_argument("--data", default=None, help="image folder (default the file's defaults.dataset, $ROBUSTNESS_DATA or ../shared/data/imagenet-val-1024)")
-    calibrate.add_argument("--seed", type=int, default=None, help="base seed (default the file's defaults.seed, else 0)")
+    calibrate.add_argument("--seed", type=non_negative_int, default=None, help="base seed (default the file's defaults.seed, else 0)")
     calibrate.add_argument("--import", dest="import_", action="append", metavar="MODULE", help="import MODULE first (e.g. one that calls register_model)")
     calibrate.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
     calibrate.add_argument("--no-baseline", action="store_true", help="do not store baseline predictions")
-    calibrate.add_argument("--batch-size", type=int, default=32)
-    calibrate.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(2, cpus))")
+    calibrate.add_argument("--batch-size", type=positive_int, default=32)
+    calibrate.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
     calibrate.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
     calibrate.set_defaults(func=_cmd_calibrate)
@@ -265,7 +303,7 @@ def _add_report_commands(commands) -> None:
     report.add_argument("--thresholds", default=None, help="thresholds.yaml: show pass/fail and margin per level")
     report.add_argument("--baseline", default=None, help="model whose errors normalise the corruption error (default: the first model)")
     report.add_argument("--data", default=None, help="image folder for the example strips (default: the dataset root recorded by the run)")
-    report.add_argument("--examples", type=int, default=1, help="example images per distortion (default %(default)s)")
+    report.add_argument("--examples", type=non_negative_int, default=1, help="example images per distortion (default %(default)s)")
     report.set_defaults(func=_cmd_report)
 
     from .activations import add_activations_arguments
@@ -283,11 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="efficientnet_lite0", help="registered model name (see 'robustness list'), torchvision:ARCH, a TorchScript or state-dict file, or module:function; default %(default)s")
     run.add_argument("--data", default=None, help=f"image folder (<wnid>/<file>); default ${DATA_ENV_VAR} or ../shared/data/imagenet-val-1024")
     run.add_argument("--distortion", action="append", choices=list(DISTORTIONS), help="distortion to run (repeatable); default all five")
-    run.add_argument("--limit", type=int, default=None, help="use the first N images in file-name order")
+    run.add_argument("--limit", type=positive_int, default=None, help="use the first N images in file-name order")
     run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
-    run.add_argument("--seed", type=int, default=0, help="base seed for noise (default 0)")
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(2, cpus))")
+    run.add_argument("--seed", type=non_negative_int, default=0, help="base seed for noise (default 0)")
+    run.add_argument("--batch-size", type=positive_int, default=32)
+    run.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
     run.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_dataset_options(run)

@@ -216,6 +216,8 @@ def _read_labels_csv(path: Path) -> dict[str, int]:
             raise DatasetError(f"{path}: needs a 'path' column and a 'label', 'wnid' or 'class_index' column, has {sorted(fields)}")
         for line, row in enumerate(reader, start=2):
             rel = (row["path"] or "").strip().replace("\\", "/")
+            while rel.startswith("./"):
+                rel = rel[2:]
             if not rel:
                 raise DatasetError(f"{path}:{line}: empty path")
             wnid = (row.get("wnid") or "").strip()
@@ -455,10 +457,20 @@ def load_dataset(
             if rel not in csv_labels:
                 raise DatasetError(f"{labels_csv}: no label for image {rel}")
             label = csv_labels[rel]
+            folder = file.parent.name
+            if folder in table and table[folder] != label:
+                raise DatasetError(f"{labels_csv}: label {label} ({imagenet_wnids()[label]}) for {rel} contradicts "
+                                   f"its folder {folder} (class {table[folder]})")
         else:
             wnid = file.parent.name
             if wnid not in table:
                 raise DatasetError(f"{file}: parent folder {wnid!r} is not an ImageNet wnid and there is no labels.csv")
             label = table[wnid]
         samples.append(Sample(str(file), label, rel))
+    if csv_labels is not None:
+        found = {sample.image_id for sample in samples}
+        missing = sorted(set(csv_labels) - found)
+        if missing:
+            raise DatasetError(f"{labels_csv}: {len(missing)} listed image(s) not found under {root}, "
+                               f"e.g. {', '.join(missing[:3])}")
     return ImageDataset(samples, root).subset(per_class, total, subset_seed).limit(limit)

@@ -64,6 +64,14 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
+def check_seed(seed) -> None:
+    """Raise ``ValueError`` unless ``seed`` is an integer >= 0 or a :class:`numpy.random.SeedSequence`."""
+    if isinstance(seed, np.random.SeedSequence):
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 or a numpy SeedSequence, got {seed!r}")
+
+
 def _to_uint8(values: np.ndarray) -> np.ndarray:
     """Round to nearest (ties to even) and clip to [0, 255]; the project's only float->uint8 path.
 
@@ -184,6 +192,7 @@ def gaussian_noise(image: np.ndarray, std: float, seed: int | np.random.SeedSequ
         ``uint8`` array of the same shape.
     """
     check_image(image)
+    check_seed(seed)
     if std == 0:
         return image.copy()
     rng = np.random.default_rng(seed)
@@ -536,4 +545,5 @@ def distort(image: np.ndarray, distortion: str, level: float, *, seed: int = 0) 
     spec = get_distortion(distortion)
     check_image(image)
     spec.check_level(level)
+    check_seed(seed)
     return spec.function(image, level, seed)

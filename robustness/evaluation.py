@@ -254,6 +254,9 @@ class _Run:
                         if logits.ndim != 2 or logits.shape[1] != 1000:
                             raise ValueError(f"model {self.model.name} returned logits of shape "
                                              f"{tuple(logits.shape)}, expected (N, 1000)")
+                        if not torch.isfinite(logits).all():
+                            raise ValueError(f"model {self.model.name} returned non-finite logits (NaN or inf); "
+                                             "its top-5 would be meaningless")
                         top5 = logits.topk(5, dim=1).indices.cpu().numpy()
                         ks, iis = condition_index.numpy(), image_index.numpy()
                         self.predictions[ks, iis] = top5

@@ -596,7 +596,8 @@ def load_model(
         weights: ``"default"`` (the model's own weights), ``None`` (random initialisation, for tests of
             code paths), or the path of a state dict loaded with ``weights_only=True``.
         preprocessing: how the model was trained (see :func:`parse_preprocessing`). Required for
-            user models; for registered and torchvision models it overrides the built-in one.
+            user models; for registered and torchvision models it overrides the built-in one (a registered
+            model with other preprocessing is named ``NAME+custom-preprocessing``).
         arch: torchvision architecture of a state-dict file given as ``name``.
         model_name: the name used in results (default: derived from ``name``).
         background_class: the model outputs 1001 logits with a background class at index 0; drop it.
@@ -626,8 +627,10 @@ def load_model(
         if text in MODELS:
             spec = MODELS[text]
             net = _call_builder(spec, weights)
-            resolved = model_name or spec.name
             pre = parse_preprocessing(preprocessing) if preprocessing is not None else spec.preprocessing
+            # A registered model run with other preprocessing is another model: say so in its name,
+            # so results, reports and thresholds never credit the override to the registered model.
+            resolved = model_name or (spec.name if pre == spec.preprocessing else f"{spec.name}+custom-preprocessing")
             digest = getattr(net, "_robustness_digest", None)
         elif text.startswith("torchvision:") or _is_torchvision_arch(text):
             parts = text.split(":")

@@ -51,15 +51,27 @@ _UPDATES = pytest.StashKey[dict]()
 # ------------------------------------------------------------------------------------------ options
 
 
+def _positive_int(text: str) -> int:
+    from .cli import positive_int
+
+    return positive_int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    from .cli import non_negative_int
+
+    return non_negative_int(text)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """All robustness options (``--robustness-*``) and ini keys (``robustness_*``), in one block."""
     group = parser.getgroup("robustness", "image-quality robustness gate")
     group.addoption("--robustness-data", default=None, help="image folder (<wnid>/<file>); overrides the thresholds file's defaults.dataset, ini robustness_data and $ROBUSTNESS_DATA")
     group.addoption("--robustness-thresholds", default=None, help="thresholds file; overrides ini robustness_thresholds")
-    group.addoption("--robustness-images", type=int, default=None, help="images per condition; overrides the thresholds file's defaults.images")
+    group.addoption("--robustness-images", type=_positive_int, default=None, help="images per condition; overrides the thresholds file's defaults.images")
     group.addoption("--robustness-device", default=None, help="torch device for inference (default cuda when available)")
-    group.addoption("--robustness-batch-size", type=int, default=32, help="inference batch size (does not change results)")
-    group.addoption("--robustness-workers", type=int, default=None, help="DataLoader workers (default min(2, cpus))")
+    group.addoption("--robustness-batch-size", type=_positive_int, default=32, help="inference batch size (does not change results)")
+    group.addoption("--robustness-workers", type=_non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
     group.addoption("--robustness-update-thresholds", action="store_true", default=False,
                     help="calibrate: rewrite the thresholds of the models run from the measured values (minus "
                          "--robustness-margin), store baseline predictions, show a diff; gate cases do not fail")
@@ -195,7 +207,9 @@ def robustness_dataset(pytestconfig: pytest.Config, robustness_thresholds):
     if not data:
         ini = pytestconfig.getini("robustness_data")
         data = str(pytestconfig.rootpath / ini) if ini else None
-    images = pytestconfig.getoption("--robustness-images") or robustness_thresholds.images
+    images = pytestconfig.getoption("--robustness-images")
+    if images is None:
+        images = robustness_thresholds.images
     if images is None and pytestconfig.getini("robustness_images"):
         images = int(pytestconfig.getini("robustness_images"))
     return load_dataset(data, limit=images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections import defaultdict
@@ -48,6 +49,18 @@ def read_results_json(path: str | os.PathLike) -> list[dict]:
     required = {"model", "distortion", "level", "top1", "top5", "n"}
     if not isinstance(records, list) or not all(isinstance(r, dict) and required <= set(r) for r in records):
         raise ValueError(f"{path}: expected a JSON list of records with keys {sorted(required)}")
+    for index, record in enumerate(records):
+        where = f"{path}: record {index} ({record.get('distortion')!r}, level {record.get('level')!r})"
+        n = record["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{where}: n must be an integer >= 1, got {n!r}")
+        for key in ("top1", "top5"):
+            value = record[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{where}: {key} must be a fraction in [0, 1], got {value!r}")
+        level = record["level"]
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
+            raise ValueError(f"{where}: level must be a finite number, got {level!r}")
     return records
 
 

@@ -192,3 +192,22 @@ def test_total_subset_balance_property(labels, seed, data):
     got = collections.Counter(s.label for s in subset)
     top = max(got.values())
     assert all(got[c] >= top - 1 or got[c] == have[c] for c in have)
+
+
+def test_labels_csv_contradicting_a_wnid_folder_is_an_error(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from robustness.datasets import DatasetError, load_dataset
+
+    folder = tmp_path / "n01443537"  # goldfish, class 1
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.JPEG")
+    (tmp_path / "labels.csv").write_text("path,wnid\n./n01443537/a.JPEG,n01440764\n")
+    with pytest.raises(DatasetError, match="contradicts its folder n01443537"):
+        load_dataset(tmp_path)
+    (tmp_path / "labels.csv").write_text("path,wnid\n./n01443537/a.JPEG,n01443537\nn01443537/gone.JPEG,n01443537\n")
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset(tmp_path)
+    (tmp_path / "labels.csv").write_text("path,wnid\n./n01443537/a.JPEG,n01443537\n")
+    assert [s.label for s in load_dataset(tmp_path)] == [1]

@@ -59,3 +59,53 @@ def test_run_rejects_unknown_model(tmp_path, data_dir, capsys):
 def test_run_rejects_unknown_distortion(data_dir):
     with pytest.raises(SystemExit):
         main(["run", "--distortion", "fog", "--data", str(data_dir)])
+
+
+def test_run_fails_before_evaluating_when_output_cannot_be_created(tmp_path, data_dir, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    status = main(["run", "--data", str(data_dir), "--limit", "1", "--distortion", "contrast",
+                   "--output", str(blocker / "x"), "--no-progress"])
+    assert status == 2
+    captured = capsys.readouterr()
+    assert "cannot create output folder" in captured.err and "afile" in captured.err
+    assert "top-1" not in captured.out  # nothing was evaluated
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--limit", "0"], ["run", "--seed", "-1"], ["run", "--batch-size", "0"], ["run", "--workers", "-1"],
+    ["calibrate", "--model", "efficientnet_lite0", "--margin", "5"],
+    ["calibrate", "--model", "efficientnet_lite0", "--images", "0"],
+    ["activations", "--images", "0"],
+])
+def test_bad_numeric_arguments_are_rejected_by_name(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert argv[-2] in capsys.readouterr().err
+
+
+def test_model_returning_nan_logits_is_an_error_not_zero_accuracy(data_dir):
+    import torch
+
+    from robustness import Classifier, evaluate, load_dataset
+    from robustness.models import PREPROCESSING_PRESETS
+
+    class NaNNet(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 1000), float("nan"))
+
+    model = Classifier(NaNNet(), PREPROCESSING_PRESETS["torchvision"], "nan_net")
+    with pytest.raises(ValueError, match="non-finite"):
+        evaluate(model, load_dataset(data_dir, limit=2), [], num_workers=0)
+
+
+def test_results_json_with_impossible_values_is_rejected(tmp_path):
+    from robustness.report import read_results_json
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([{"model": "m", "distortion": "blur", "level": 1, "top1": 5, "top5": 0.9, "n": 10}]))
+    with pytest.raises(ValueError, match="top1 must be a fraction"):
+        read_results_json(path)
+    path.write_text(json.dumps([{"model": "m", "distortion": "blur", "level": 1, "top1": 0.5, "top5": 0.9, "n": 0}]))
+    with pytest.raises(ValueError, match="n must be an integer"):
+        read_results_json(path)

@@ -278,3 +278,11 @@ def test_jpeg2000_is_never_lossless(image, target):
     """Non-constant images always lose something at the paper's targets (irreversible 9/7 wavelet)."""
     assume(np.ptp(image.reshape(-1, 3), axis=0).max() >= 16)
     assert not np.array_equal(distort(image, "jpeg2000", target), image)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "a", True, None])
+def test_bad_seed_is_rejected_by_name(seed):
+    image = np.zeros((4, 4, 3), np.uint8)
+    for name in ("noise", "blur"):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            distort(image, name, DISTORTIONS[name].levels[0], seed=seed)
