@@ -195,8 +195,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         return fail(str(error))
     print(f"calibrating {args.model} on {len(dataset)} images from {dataset.root}: clean + {len(conditions) - 1} "
           f"distortion levels, margin {args.margin:g}")
+    cache = None if args.no_cache else PredictionCache(args.cache_dir)
     results = evaluate(model, dataset, conditions, seed=seed, batch_size=args.batch_size, num_workers=args.workers,
-                       device=args.device, progress=not args.no_progress)
+                       device=args.device, progress=not args.no_progress, cache=cache)
     for result in results:
         result.model = args.model
     print(format_table(results))
@@ -242,6 +243,8 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
     calibrate.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    calibrate.add_argument("--no-cache", action="store_true", help="do not read or write the prediction cache")
+    calibrate.add_argument("--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)")
     calibrate.set_defaults(func=_cmd_calibrate)
 
 
