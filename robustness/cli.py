@@ -146,7 +146,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("distortions:")
     for spec in DISTORTIONS.values():
         levels = ", ".join(f"{v:g}" for v in spec.levels)
-        print(f"  {spec.name:<9} {spec.parameter} ({spec.unit}); paper levels {levels}")
+        print(f"  {spec.name:<9} {spec.label}; paper levels {levels}")
     return 0
 
 

@@ -453,6 +453,11 @@ class Distortion:
     stochastic: bool = False
     description: str = ""
 
+    @property
+    def label(self) -> str:
+        """The parameter with its unit for people: ``sigma (px)``, ``std (0-255)``, ``quality``."""
+        return self.parameter if self.unit == self.parameter else f"{self.parameter} ({self.unit})"
+
     def check_level(self, level: float) -> float:
         """Return ``level`` if valid for this distortion, else raise ``ValueError`` naming it."""
         if isinstance(level, bool) or not isinstance(level, numbers.Real) or not math.isfinite(level):
@@ -461,8 +466,8 @@ class Distortion:
             raise ValueError(f"{self.name} level ({self.parameter}) must be an integer, got {level!r}")
         if not self.minimum <= level <= self.maximum:
             raise ValueError(
-                f"{self.name} level {level!r} is outside the valid {self.parameter} range "
-                f"[{self.minimum:g}, {self.maximum:g}] {self.unit}"
+                f"{self.name} level {level!r} is outside the valid range "
+                f"[{self.minimum:g}, {self.maximum:g}] of {self.label}"
             )
         return level
 

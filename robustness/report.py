@@ -94,7 +94,7 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
             if model in clean:
                 ax.axhline(100 * clean[model], color=color, ls=":", lw=1)
         ax.set_title(f"{name}")
-        ax.set_xlabel(spec.parameter if spec.unit == spec.parameter else f"{spec.parameter} ({spec.unit})")
+        ax.set_xlabel(spec.label)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy (%)")
