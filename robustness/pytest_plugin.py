@@ -97,10 +97,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_UPDATES] = {}
     config.pluginmanager.register(_Reporter(config), "robustness-reporter")
     # Plain ``-n N`` (``--dist load``) becomes ``loadgroup`` so each (model, distortion) stays on one
-    # worker. Set here, before xdist builds its scheduler and sends the options to the workers,
-    # which then add the ``@group`` suffix to the node ids that loadgroup scheduling relies on.
+    # worker: set here, before xdist builds its scheduler. Workers re-parse the command line and so
+    # never see this change; pytest_configure_node tells them, and they add the ``@group`` node-id
+    # suffix that loadgroup scheduling relies on (pytest_collection_modifyitems below).
     if getattr(config.option, "dist", "no") == "load" and config.getini("robustness_xdist_loadgroup"):
         config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist controller hook: tell each worker whether loadgroup scheduling is on."""
+    node.workerinput["robustness_loadgroup"] = node.config.option.dist == "loadgroup"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """On an xdist worker whose controller switched to loadgroup, tag node ids with their group,
+    exactly as xdist does for ``--dist loadgroup`` (``nodeid@group``)."""
+    workerinput = getattr(config, "workerinput", None)
+    if not workerinput or not workerinput.get("robustness_loadgroup") or config.getvalue("loadgroup"):
+        return
+    for item in items:
+        names = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                        for mark in item.iter_markers("xdist_group")})
+        if names:
+            item._nodeid = f"{item.nodeid}@{'_'.join(names)}"
 
 
 

@@ -5,6 +5,7 @@ solid colours whose red level is the label (right) or the label + 50 (wrong), so
 the accuracy exactly. ``TOY_BREAK_AT`` makes the model wrong on every class >= that index: a regression.
 """
 
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -248,7 +249,9 @@ def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
     rows = lambda r: sorted(line for line in r.stdout.lines if line.startswith("toy  "))
     assert rows(serial) == rows(parallel) and len(rows(serial)) == 4
     # the two blur levels ran on the same worker (loadgroup)
-    workers = {line.split()[1] for line in parallel.stdout.lines if "toy-blur" in line and "[gw" in line}
+    # -v lines read "[gw1] [ 50%] PASSED test_gate.py::test_accuracy[toy-blur-s1]"
+    workers = {match.group(1) for line in parallel.stdout.lines if "toy-blur" in line
+               for match in [re.search(r"\[(gw\d+)\]", line)] if match}
     assert len(workers) == 1, parallel.stdout.str()
 
 
