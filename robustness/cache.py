@@ -3,18 +3,31 @@
 Layout (``root`` defaults to ``$ROBUSTNESS_CACHE_DIR`` or ``.robustness-cache`` in the working
 directory)::
 
-    root/v1/<model key>/<condition key>/<chunk>.rpc     checksummed entries (image key -> top-5)
-    root/v1/<model key>/<condition key>/.lock           advisory lock while a process computes it
+    root/v2/<model key>/<condition key>/<chunk>.rpc     checksummed entries (image key -> top-5)
+    root/v2/<model key>/<condition key>/.lock           advisory lock while a process computes it
 
-* **model key**: SHA-256 over the model name, the network's class, :attr:`Classifier.weights_digest`,
-  :meth:`Preprocessing.to_dict`, ``Classifier.background_class``, the inference device type and the versions of everything that can
-  change a prediction (torch, torchvision, numpy, scipy, Pillow and its libjpeg / OpenJPEG).
+* **model key** (:func:`model_key`): SHA-256 over what the network *is* and what it *does*:
+  the model name, the network's class, the (name, class) of every submodule, the source code of
+  every non-torch module class (:func:`model_code_digest`; TorchScript modules: their compiled
+  ``code``), :attr:`Classifier.weights_digest`, the dtype and device of every parameter and buffer,
+  :meth:`Preprocessing.to_dict`, ``Classifier.background_class``, the inference device
+  (:func:`device_identity`: type, CPU instruction set or GPU name and compute capability, TF32
+  switches), the versions of everything that can change a prediction (torch, torchvision, numpy,
+  scipy, Pillow and its libjpeg / OpenJPEG) and the **behaviour fingerprint**
+  (:func:`model_fingerprint`): the model's quantised outputs on :data:`PROBE_IMAGES` fixed,
+  natural-looking probe images, run through its own preprocessing on the evaluation device. An
+  edited ``forward``, a swapped parameter-free module, a changed plain attribute, another
+  TorchScript graph, a dtype or device path change all change the outputs, hence the key.
 * **condition key**: SHA-256 over the distortion name, its level, the base seed (stochastic
   distortions only: the others ignore it), :data:`robustness.distortions.DISTORTION_CODE_VERSION`
   and :data:`ENGINE_VERSION` (image loading and seed-derivation rules).
 * **image key**: SHA-256 over the image id (it seeds the noise) and the SHA-256 of the file's bytes.
   Keying each image by its content, rather than the whole dataset by one digest, means a changed,
   added or removed file invalidates only its own entries; a run on a subset reuses the full run.
+
+The engine also re-checks a seeded sample of what it reads (:func:`verification_sample_size`
+pairs per run) and discards a model key's entries on any disagreement; see
+:func:`robustness.evaluate`.
 
 A chunk file is ``MAGIC + sha256(payload) hex + "\\n" + payload`` where the payload is an ``.npz``
 (no pickles) holding ``keys`` (``S64`` ASCII hex image keys, shape ``(n,)``), ``top5`` (``int16``
@@ -24,14 +37,21 @@ values do not check out is reported with a :class:`CacheWarning`, deleted and it
 it is never trusted. The engine writes a chunk every ``flush_interval`` seconds (30 by default) and when a run ends
 or is interrupted, so an interrupted run resumes where it stopped; after a run the chunks of a
 condition are merged into one.
+
+Locks are POSIX ``flock`` locks. On a filesystem without them (NFS without a lock daemon, some
+Lustre mounts: ``ENOLCK``, ``ENOSYS``, ``EOPNOTSUPP``) the cache warns once per process and goes on
+without locks: results stay correct, concurrent processes may compute the same pairs twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import inspect
 import io
 import json
+import math
 import os
 import time
 import uuid
@@ -49,18 +69,29 @@ __all__ = [
     "CACHE_ENV_VAR",
     "DEFAULT_CACHE_DIR",
     "ENGINE_VERSION",
+    "PROBE_IMAGES",
     "default_cache_dir",
+    "device_identity",
     "file_sha256",
     "image_keys",
+    "model_code_digest",
+    "model_fingerprint",
+    "model_key",
+    "probe_images",
     "resolve_cache",
+    "verification_sample_size",
 ]
 
 CACHE_ENV_VAR = "ROBUSTNESS_CACHE_DIR"
 DEFAULT_CACHE_DIR = ".robustness-cache"
 #: Bumped when image loading, seed derivation or preprocessing order in the engine change.
-ENGINE_VERSION = "1"
-_FORMAT = "v1"
-_MAGIC = b"ROBUSTNESS-PREDICTIONS-1\n"
+ENGINE_VERSION = "2"  # 2: model keys include the behaviour fingerprint (caches of version 1 are ignored)
+_FORMAT = "v2"
+_MAGIC = b"ROBUSTNESS-PREDICTIONS-2\n"
+#: Number of probe images behind :func:`model_fingerprint` (each is run through the model twice).
+PROBE_IMAGES = 6
+_UNSUPPORTED_LOCK_ERRNOS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+_LOCK_WARNED = False
 _SUFFIX = ".rpc"
 
 try:  # POSIX advisory locks; elsewhere processes may duplicate work, never corrupt it.
@@ -70,7 +101,9 @@ except ImportError:  # pragma: no cover - Windows
 
 
 class CacheWarning(UserWarning):
-    """A cache entry was corrupt or unreadable and will be recomputed (the message names the file)."""
+    """The cache could not be trusted or used as is: a corrupt entry (the message names the file),
+    cached predictions that disagree with the model, a non-deterministic model, or a filesystem
+    without file locks. The affected predictions are recomputed; results never change."""
 
 
 def default_cache_dir() -> Path:
@@ -136,6 +169,205 @@ def _environment() -> dict:
     }
 
 
+def verification_sample_size(served: int) -> int:
+    """How many of the ``served`` (image, condition) pairs read from the cache a run re-computes to
+    check them: ``min(served, max(4, ceil(1% of served)))`` (0 when nothing was served)."""
+    if served < 0:
+        raise ValueError(f"served must be >= 0, got {served}")
+    return min(served, max(4, math.ceil(0.01 * served)))
+
+
+def probe_images(height: int = 323, width: int = 391) -> list[np.ndarray]:
+    """The :data:`PROBE_IMAGES` deterministic, natural-looking images behind :func:`model_fingerprint`.
+
+    Built in code (no file, no randomness outside a fixed seed) so every process gets the same bytes:
+    a landscape (sky gradient, wavy horizon, sun disc), oriented sinusoidal gratings, a checkerboard
+    with a diagonal band (hard edges), coloured Gaussian blobs, a seeded smooth colour texture with
+    fine grain, and a shaded sphere on a striped background. Not zeros or constants: a constant input
+    hides changes such as ``x * 0.25`` after a normalisation.
+
+    Args:
+        height, width: size in pixels (each at least 16); callers pass a native size larger than
+            the model's resize so the probe also exercises the downscaling.
+
+    Returns:
+        list of ``uint8`` arrays ``(height, width, 3)``, RGB, values 0-255.
+
+    Raises:
+        ValueError: if ``height`` or ``width`` is below 16.
+    """
+    from PIL import Image
+
+    if height < 16 or width < 16:
+        raise ValueError(f"probe images need height and width >= 16, got {height}x{width}")
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    y /= height - 1
+    x /= width - 1
+    tau = 2 * np.pi
+    images = []
+
+    sky = np.stack([0.35 + 0.3 * y, 0.55 + 0.25 * y, 0.95 - 0.25 * y], axis=-1)
+    ground = np.stack([0.30 + 0.15 * x, 0.45 - 0.2 * (y - 0.6), 0.12 + 0.05 * np.sin(tau * 20 * x)], axis=-1)
+    landscape = np.where((y > 0.6 + 0.05 * np.sin(tau * 1.5 * x))[..., None], ground, sky)
+    landscape[(x - 0.72) ** 2 + (y - 0.22) ** 2 < 0.008] = (1.0, 0.92, 0.55)
+    images.append(landscape)
+
+    images.append(0.5 + 0.45 * np.stack([np.sin(tau * (9 * x + 3 * y)), np.sin(tau * (4 * x - 7 * y) + 1.0),
+                                         np.sin(tau * 13 * np.hypot(x - 0.4, y - 0.55))], axis=-1))
+
+    checker = ((np.floor(x * 8) + np.floor(y * 6)) % 2)[..., None]
+    edges = checker * np.array([0.9, 0.85, 0.2]) + (1 - checker) * np.array([0.1, 0.2, 0.6])
+    edges[np.abs(x - y) < 0.06] = (0.05, 0.05, 0.05)
+    images.append(edges)
+
+    blobs = np.full((height, width, 3), 0.45)
+    for cx, cy, radius, colour in [(0.2, 0.3, 0.12, (0.9, 0.1, 0.1)), (0.7, 0.25, 0.08, (0.1, 0.8, 0.2)),
+                                   (0.5, 0.7, 0.15, (0.2, 0.3, 0.95)), (0.85, 0.8, 0.06, (0.95, 0.85, 0.1)),
+                                   (0.3, 0.8, 0.05, (0.6, 0.1, 0.7)), (0.55, 0.45, 0.04, (1.0, 1.0, 1.0))]:
+        weight = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius ** 2))[..., None]
+        blobs = blobs * (1 - weight) + weight * np.array(colour)
+    images.append(blobs)
+
+    rng = np.random.default_rng(20161130)  # fixed seed: the texture is part of the probe's definition
+    coarse = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64)
+    images.append(smooth / 255 * 0.85 + rng.random((height, width, 1)) * 0.15)
+
+    radius2 = ((x - 0.5) / 0.3) ** 2 + ((y - 0.5) / 0.36) ** 2
+    shade = np.clip(1.0 - 0.8 * ((x - 0.38) ** 2 + (y - 0.36) ** 2) / 0.12, 0.1, 1.0)
+    stripes = 0.5 + 0.25 * np.sign(np.sin(tau * 14 * (x + 0.3 * y)))
+    sphere = np.where((radius2 < 1)[..., None], shade[..., None] * np.array([0.85, 0.4, 0.15]),
+                      np.stack([stripes, stripes * 0.9, stripes * 0.7], axis=-1))
+    images.append(sphere)
+
+    assert len(images) == PROBE_IMAGES
+    return [np.clip(np.rint(image * 255), 0, 255).astype(np.uint8) for image in images]
+
+
+def _probe_size(model) -> tuple[int, int]:
+    """(height, width) of the probe images: larger than the model's resize (and crop), not square."""
+    preprocessing = getattr(model, "preprocessing", None)
+    side = max(int(getattr(preprocessing, "resize_size", 0) or 0), int(getattr(preprocessing, "crop_size", 0) or 0), 32)
+    return side + side // 4 + 3, side + side // 2 + 7
+
+
+def model_fingerprint(model, device=None) -> str:
+    """Hex digest of what ``model`` computes: its outputs on :func:`probe_images`.
+
+    The probe images (native size larger than the model's resize) go through the model's own
+    ``preprocessing``, are stacked into one float32 batch ``(PROBE_IMAGES, 3, crop, crop)``, moved
+    to ``device`` (default: the device of the model's first parameter, else CPU) and classified
+    under ``torch.inference_mode()``; the model is used as is (the caller puts it in eval mode).
+    Each image's logits ``z`` are quantised before hashing, so float noise in the last bits rarely
+    changes the digest: the output shape and dtype, then per image the top-5 class indices in order,
+    ``max|z|`` to 3 significant digits, and the top-5 logits, mean and standard deviation of ``z`` in
+    units of ``max|z| / 1000``. A spurious change only costs a recompute; a change the quantisation
+    hides is what the engine's verification sample is for.
+
+    Returns:
+        32 hex characters.
+
+    Raises:
+        whatever the model raises on the probe batch (it would fail the evaluation the same way).
+    """
+    import torch
+
+    if device is None:
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = first.device if first is not None else "cpu"
+    images = probe_images(*_probe_size(model))
+    batch = torch.stack([torch.as_tensor(model.preprocessing(image)) for image in images])
+    with torch.inference_mode():
+        logits = model(batch.to(device))
+    output_dtype = str(logits.dtype)
+    logits = logits.detach().to("cpu", torch.float64)
+    shape = list(logits.shape)
+    rows = []
+    for z in logits.reshape(len(images), -1).numpy():
+        if not np.isfinite(z).all():
+            rows.append(["non-finite", np.flatnonzero(~np.isfinite(z)).tolist()[:10]])
+            continue
+        order = np.argsort(-z, kind="stable")[:5]
+        scale = float(np.abs(z).max())
+        if scale == 0.0:
+            rows.append([order.tolist(), 0])
+            continue
+        unit = scale / 1000
+        rows.append([order.tolist(), f"{scale:.3g}", [int(round(z[i] / unit)) for i in order],
+                     int(round(z.mean() / unit)), int(round(z.std() / unit))])
+    return _sha256_json({"shape": shape, "dtype": output_dtype, "rows": rows})[:32]
+
+
+def model_code_digest(model) -> str:
+    """Hex digest of the code the model runs: for every submodule (the model included) its name and
+    class, the source of every class in its MRO defined outside ``torch`` (torch's own code is
+    covered by its version), and for TorchScript modules their compiled ``code``. A class whose
+    source cannot be read (defined in a REPL) contributes its qualified name only; the behaviour
+    fingerprint still covers it. Returns 32 hex characters."""
+    import torch
+
+    structure, sources = [], {}
+    for name, module in model.named_modules():
+        cls = type(module)
+        structure.append([name, f"{cls.__module__}.{cls.__qualname__}"])
+        if isinstance(module, torch.jit.ScriptModule):
+            try:
+                structure[-1].append(module.code)
+            except Exception:  # noqa: BLE001 - a module without compiled forward
+                structure[-1].append(str(getattr(module, "original_name", "")))
+            continue
+        for klass in cls.__mro__:
+            qualified = f"{klass.__module__}.{klass.__qualname__}"
+            if qualified in sources or klass.__module__ == "builtins" or klass.__module__.startswith("torch."):
+                continue
+            try:
+                sources[qualified] = inspect.getsource(klass)
+            except (OSError, TypeError):
+                sources[qualified] = None
+    return _sha256_json({"structure": structure, "sources": sources})[:32]
+
+
+def device_identity(device=None) -> dict:
+    """What about the inference device can change a prediction: its type, the CPU's instruction
+    set (``torch.backends.cpu.get_cpu_capability()``) or the GPU's name and compute capability,
+    and the TF32 / float32 matmul precision switches. JSON-serialisable dict."""
+    import torch
+
+    device = torch.device(device if device is not None else "cpu")
+    identity = {"type": device.type, "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    if device.type == "cpu":
+        with contextlib.suppress(Exception):
+            identity["capability"] = torch.backends.cpu.get_cpu_capability()
+    elif device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        identity["name"] = torch.cuda.get_device_name(index)
+        identity["capability"] = list(torch.cuda.get_device_capability(index))
+        identity["tf32"] = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
+    return identity
+
+
+def model_key(model, device=None, *, fingerprint: str | None = None) -> str:
+    """Hex key (32 characters) of a :class:`robustness.Classifier` evaluated on ``device``: see the
+    module docstring for what goes in. ``fingerprint`` is :func:`model_fingerprint` (computed here
+    when not given)."""
+    net = getattr(model, "net", model)
+    tensors = sorted({f"{t.dtype}@{t.device.type}" for t in [*model.parameters(), *model.buffers()]})
+    if fingerprint is None:
+        fingerprint = model_fingerprint(model, device)
+    return _sha256_json({
+        "name": model.name,
+        "network": f"{type(net).__module__}.{type(net).__qualname__}",
+        "code": model_code_digest(model),
+        "weights": model.weights_digest,
+        "tensors": tensors,
+        "preprocessing": model.preprocessing.to_dict(),
+        "background_class": bool(getattr(model, "background_class", False)),
+        "device": device_identity(device if device is not None else "cpu"),
+        "environment": _environment(),
+        "fingerprint": fingerprint,
+    })[:32]
+
+
 class PredictionCache:
     """Per-image top-5 predictions on disk, keyed by everything that determines them.
 
@@ -159,21 +391,9 @@ class PredictionCache:
     # ------------------------------------------------------------------------------------- keys
 
     @staticmethod
-    def model_key(model, device: str | None = None) -> str:
-        """Hex key of a :class:`robustness.Classifier` evaluated on ``device`` (type only: cpu/cuda)."""
-        import torch
-
-        device_type = torch.device(device).type if device is not None else "cpu"
-        net = getattr(model, "net", model)
-        return _sha256_json({
-            "name": model.name,
-            "network": f"{type(net).__module__}.{type(net).__qualname__}",
-            "weights": model.weights_digest,
-            "preprocessing": model.preprocessing.to_dict(),
-            "background_class": bool(getattr(model, "background_class", False)),
-            "device": device_type,
-            "environment": _environment(),
-        })[:32]
+    def model_key(model, device: str | None = None, *, fingerprint: str | None = None) -> str:
+        """Hex key of a :class:`robustness.Classifier` evaluated on ``device``: :func:`model_key`."""
+        return model_key(model, device, fingerprint=fingerprint)
 
     @staticmethod
     def condition_key(distortion: str, level: float, seed: int) -> str:
@@ -291,7 +511,10 @@ class PredictionCache:
         """Advisory exclusive lock on one (model, condition); yields whether it was acquired.
 
         Non-blocking mode yields ``False`` at once when another process holds it. The lock dies
-        with its process, so an interrupted run never leaves a stale lock.
+        with its process, so an interrupted run never leaves a stale lock. On a filesystem without
+        ``flock`` support (``ENOLCK``, ``ENOSYS``, ``EOPNOTSUPP``) it warns once per process
+        (:class:`CacheWarning`), stops locking for this cache and yields ``True``: results stay
+        correct, concurrent processes may compute the same pairs twice.
         """
         if not self.use_locks:
             yield True
@@ -300,11 +523,20 @@ class PredictionCache:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / ".lock", "a+b")
         try:
+            unsupported = None
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
                 acquired = True
             except BlockingIOError:
                 acquired = False
+            except OSError as error:
+                if error.errno not in _UNSUPPORTED_LOCK_ERRNOS:
+                    raise
+                unsupported, acquired = error, False
+            if unsupported is not None:
+                self._locks_unsupported(unsupported)
+                yield True
+                return
             try:
                 yield acquired
             finally:
@@ -312,6 +544,28 @@ class PredictionCache:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         finally:
             handle.close()
+
+    def _locks_unsupported(self, error: OSError) -> None:
+        global _LOCK_WARNED
+        self.use_locks = False
+        if not _LOCK_WARNED:
+            _LOCK_WARNED = True
+            warnings.warn(
+                f"robustness cache: {self.root} does not support file locks ({errno.errorcode.get(error.errno, error.errno)}: "
+                f"{error.strerror}); continuing without them, so parallel workers may compute the same predictions "
+                "twice; put the cache on a local disk (--cache-dir / --robustness-cache-dir) to share the work",
+                CacheWarning, stacklevel=4)
+
+    def discard(self, model_key: str) -> int:
+        """Delete every entry (chunk) of one model key, in all conditions; lock files stay.
+        Returns the number of chunk files deleted."""
+        deleted = 0
+        folder = self.root / _FORMAT / model_key
+        for path in sorted(folder.rglob(f"*{_SUFFIX}")) if folder.is_dir() else []:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                deleted += 1
+        return deleted
 
     def clear(self) -> None:
         """Delete every entry under ``root`` (the folder itself stays)."""

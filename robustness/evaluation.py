@@ -7,14 +7,18 @@ DataLoader workers. The numbers are therefore the same for any batch size, worke
 With a :class:`robustness.cache.PredictionCache`, (image, condition) pairs already on disk are not
 recomputed, new predictions are written as they come (so an interrupted run resumes), and processes
 sharing the cache folder (pytest-xdist workers) wait for each other's conditions instead of
-computing them twice. Images that cannot be read are left out of every condition and reported.
+computing them twice. The cache is keyed by the model's behaviour, and every run that reads it
+re-computes a seeded sample of what it read; on any disagreement the model's entries are discarded
+and everything is recomputed. Images that cannot be read are left out of every condition and reported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
+import sys
 import time
 import warnings
 import zlib
@@ -25,14 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .cache import PredictionCache, image_keys, resolve_cache
+from .cache import CacheWarning, PredictionCache, image_keys, model_fingerprint, resolve_cache, verification_sample_size
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS, distort, get_distortion
 from .images import ImageLoadError
 from .models import Classifier, load_model
 
 __all__ = ["Condition", "ConditionResult", "evaluate", "conditions_for", "image_seed", "CLEAN",
-           "SkippedImagesWarning", "default_num_workers"]
+           "SkippedImagesWarning", "default_num_workers", "LineProgress", "progress_bar"]
 
 CLEAN = "clean"
 
@@ -184,23 +188,87 @@ def default_num_workers(device: str | torch.device) -> int:
     return min(8 if torch.device(device).type != "cpu" else 2, cpus)
 
 
+class LineProgress:
+    """Progress for a stream that is not a terminal (CI logs): plain lines, no carriage returns.
+
+    Same interface as the part of ``tqdm`` the engine uses (``total``, ``update``, ``refresh``,
+    ``close``). Writes ``"<desc>: <done>/<total> (<percent>%)"`` at most every ``interval`` seconds
+    while work is done, and once more with the elapsed time on :meth:`close`.
+
+    Args:
+        desc: label at the start of each line (the model name).
+        file: text stream (default ``sys.stderr``).
+        interval: minimum seconds between two lines (0 = a line per update).
+    """
+
+    def __init__(self, desc: str, file=None, interval: float = 30.0):
+        self.desc, self.file, self.interval = desc, file if file is not None else sys.stderr, float(interval)
+        self.total, self.n = 0, 0
+        self.start = self.last = time.monotonic()
+        self.closed = False
+
+    def _line(self, suffix: str = "") -> None:
+        percent = 100.0 * self.n / self.total if self.total else 100.0
+        self.file.write(f"{self.desc}: {self.n}/{self.total} ({percent:.0f}%){suffix}\n")
+        self.file.flush()
+
+    def refresh(self) -> None:
+        """Nothing to redraw (lines are written by :meth:`update` and :meth:`close`)."""
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more items done; write a line if ``interval`` seconds passed since the last."""
+        self.n += int(n)
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._line()
+
+    def close(self) -> None:
+        """Write the final line (once), with the elapsed seconds, if any work was counted."""
+        if not self.closed:
+            self.closed = True
+            if self.total:
+                self._line(f" in {time.monotonic() - self.start:.1f} s")
+
+
+def progress_bar(desc: str, file=None):
+    """A tqdm bar on a terminal, a :class:`LineProgress` (periodic plain lines, no ``\\r``) on any
+    other stream. ``file`` defaults to ``sys.stderr``."""
+    file = file if file is not None else sys.stderr
+    isatty = getattr(file, "isatty", None)
+    if isatty is not None and isatty():
+        from tqdm.auto import tqdm
+        return tqdm(total=0, unit="img", desc=desc, dynamic_ncols=True, file=file)
+    return LineProgress(desc, file)
+
+
 class _Run:
-    """One evaluation's state: the prediction table, what is done, and what is not yet on disk."""
+    """One evaluation's state: the prediction table, what is done, what came from the cache, and
+    what is not yet on disk."""
 
     def __init__(self, model: Classifier, dataset: ImageDataset, conditions: list[Condition], seed: int,
                  device, cache: PredictionCache | None):
         self.model, self.dataset, self.conditions, self.seed, self.device = model, dataset, conditions, seed, device
-        self.cache = cache
         size = (len(conditions), len(dataset))
         self.predictions = np.full(size + (5,), -1, dtype=np.int64)
         self.done = np.zeros(size, dtype=bool)
+        self.served = np.zeros(size, dtype=bool)  # filled from the cache (not computed in this run)
         self.skipped: dict[int, str] = {}
         self.unflushed: dict[int, list[int]] = {}
         self.last_flush = time.monotonic()
         if cache is not None:
-            self.image_keys = image_keys(dataset)
-            self.model_key = cache.model_key(model, device)
-            self.condition_keys = [cache.condition_key(c.distortion, c.level, seed) for c in conditions]
+            fingerprint = model_fingerprint(model, device)
+            if model_fingerprint(model, device) != fingerprint:
+                warnings.warn(
+                    f"robustness cache: model {model.name} gave different outputs on the same probe images twice in a "
+                    "row (a random layer active in eval mode? non-deterministic kernels?); its predictions cannot be "
+                    "checked against a cache, so it is evaluated without one", CacheWarning, stacklevel=3)
+                cache = None
+            else:
+                self.image_keys = image_keys(dataset)
+                self.model_key = cache.model_key(model, device, fingerprint=fingerprint)
+                self.condition_keys = [cache.condition_key(c.distortion, c.level, seed) for c in conditions]
+        self.cache = cache
 
     def fill_from_cache(self, condition_indices: Iterable[int]) -> None:
         for k in condition_indices:
@@ -209,9 +277,10 @@ class _Run:
                 continue
             for i, key in enumerate(self.image_keys.tolist()):
                 top5 = entries.get(key)
-                if top5 is not None:
+                if top5 is not None and not self.done[k, i]:
                     self.predictions[k, i] = top5
                     self.done[k, i] = True
+                    self.served[k, i] = True
 
     def flush(self) -> None:
         """Write the predictions made since the last flush, one chunk per condition."""
@@ -222,6 +291,38 @@ class _Run:
                                      self.predictions[k, indices])
         self.unflushed = {}
         self.last_flush = time.monotonic()
+
+    def infer(self, items: np.ndarray, batch_size: int, num_workers: int, bar):
+        """Run the model on work ``items`` (int64 ``(n, 2)``: image index, condition index).
+
+        Yields ``(condition indices (b,), image indices (b,), top-5 int64 (b, 5))`` per batch;
+        unreadable images are recorded in ``skipped``.
+        """
+        batches = math.ceil(len(items) / batch_size)
+        num_workers = min(num_workers, batches) if batches > 1 else 0
+        work = _WorkItems(self.dataset, self.conditions, self.model.preprocessing, self.seed, items)
+        on_cuda = torch.device(self.device).type == "cuda"
+        loader = DataLoader(work, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=_collate, pin_memory=on_cuda)
+        if bar is not None:
+            bar.total = (bar.total or 0) + len(items)
+            bar.refresh()
+        with torch.inference_mode():
+            for batch, image_index, condition_index, failed in loader:
+                for i, message in failed:
+                    self.skipped.setdefault(i, message)
+                if batch is not None:
+                    logits = self.model(batch.to(self.device, non_blocking=on_cuda))
+                    if logits.ndim != 2 or logits.shape[1] != 1000:
+                        raise ValueError(f"model {self.model.name} returned logits of shape "
+                                         f"{tuple(logits.shape)}, expected (N, 1000)")
+                    if not torch.isfinite(logits).all():
+                        raise ValueError(f"model {self.model.name} returned non-finite logits (NaN or inf); "
+                                         "its top-5 would be meaningless")
+                    top5 = logits.topk(5, dim=1).indices.cpu().numpy()
+                    yield condition_index.numpy(), image_index.numpy(), top5
+                if bar is not None:
+                    bar.update(len(failed) + (0 if batch is None else len(batch)))
 
     def compute(self, condition_indices: Sequence[int], batch_size: int, num_workers: int, bar) -> None:
         """Run inference for every (image, condition) of ``condition_indices`` not yet done."""
@@ -235,41 +336,51 @@ class _Run:
         items = np.array([(i, k) for i, k in items if i not in self.skipped], dtype=np.int64).reshape(-1, 2)
         if len(items) == 0:
             return
-        batches = math.ceil(len(items) / batch_size)
-        num_workers = min(num_workers, batches) if batches > 1 else 0
-        work = _WorkItems(self.dataset, self.conditions, self.model.preprocessing, self.seed, items)
-        on_cuda = torch.device(self.device).type == "cuda"
-        loader = DataLoader(work, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=_collate, pin_memory=on_cuda)
-        if bar is not None:
-            bar.total = (bar.total or 0) + len(items)
-            bar.refresh()
         try:
-            with torch.inference_mode():
-                for batch, image_index, condition_index, failed in loader:
-                    for i, message in failed:
-                        self.skipped.setdefault(i, message)
-                    if batch is not None:
-                        logits = self.model(batch.to(self.device, non_blocking=on_cuda))
-                        if logits.ndim != 2 or logits.shape[1] != 1000:
-                            raise ValueError(f"model {self.model.name} returned logits of shape "
-                                             f"{tuple(logits.shape)}, expected (N, 1000)")
-                        if not torch.isfinite(logits).all():
-                            raise ValueError(f"model {self.model.name} returned non-finite logits (NaN or inf); "
-                                             "its top-5 would be meaningless")
-                        top5 = logits.topk(5, dim=1).indices.cpu().numpy()
-                        ks, iis = condition_index.numpy(), image_index.numpy()
-                        self.predictions[ks, iis] = top5
-                        self.done[ks, iis] = True
-                        for k, i in zip(ks.tolist(), iis.tolist()):
-                            self.unflushed.setdefault(k, []).append(i)
-                    if bar is not None:
-                        bar.update(len(failed) + (0 if batch is None else len(batch)))
-                    if self.cache is not None and time.monotonic() - self.last_flush >= self.cache.flush_interval:
-                        self.flush()
+            for ks, iis, top5 in self.infer(items, batch_size, num_workers, bar):
+                self.predictions[ks, iis] = top5
+                self.done[ks, iis] = True
+                for k, i in zip(ks.tolist(), iis.tolist()):
+                    self.unflushed.setdefault(k, []).append(i)
+                if self.cache is not None and time.monotonic() - self.last_flush >= self.cache.flush_interval:
+                    self.flush()
         finally:
             # Also on KeyboardInterrupt or an error: what was computed is kept, so a re-run resumes.
             self.flush()
+
+    def verify(self, batch_size: int, num_workers: int, bar) -> tuple[int, int]:
+        """Re-compute a seeded sample of the pairs served from the cache and compare top-5.
+
+        The sample has :func:`verification_sample_size` pairs, drawn with a seed derived from the
+        model key and the served conditions' keys (the same run re-checks the same pairs). The
+        comparison is exact: the same five class indices in the same order.
+
+        Returns:
+            ``(mismatches, checked)``.
+        """
+        served = np.argwhere(self.served)  # (condition index, image index), condition-major
+        count = verification_sample_size(len(served))
+        if count == 0:
+            return 0, 0
+        conditions = sorted({self.condition_keys[k] for k in served[:, 0].tolist()})
+        seed = int.from_bytes(hashlib.sha256("\0".join([self.model_key, *conditions]).encode()).digest()[:8], "little")
+        picked = served[np.sort(np.random.default_rng(seed).choice(len(served), count, replace=False))]
+        items = np.ascontiguousarray(picked[:, ::-1])  # (image index, condition index)
+        items = items[np.lexsort((items[:, 1], items[:, 0]))]  # image-major: each image decoded once
+        mismatches = checked = 0
+        for ks, iis, top5 in self.infer(items, batch_size, num_workers, bar):
+            checked += len(ks)
+            mismatches += int((self.predictions[ks, iis] != top5).any(axis=1).sum())
+        return mismatches, checked
+
+    def discard_cached(self) -> None:
+        """Forget every prediction served from the cache (they will be recomputed) and queue the ones
+        computed in this run for writing again (the model key's entries were deleted)."""
+        for k, i in np.argwhere(self.done & ~self.served).tolist():
+            self.unflushed.setdefault(k, []).append(i)
+        self.done &= ~self.served
+        self.predictions[self.served] = -1
+        self.served[:] = False
 
 
 def evaluate(
@@ -297,11 +408,19 @@ def evaluate(
         batch_size: images per forward pass (does not change the numbers).
         num_workers: DataLoader worker processes (default :func:`default_num_workers`; 0 = in-process).
         device: inference device (default: CUDA when available, else CPU).
-        progress: show a tqdm progress bar.
+        progress: show progress on stderr: a tqdm bar on a terminal, plain periodic lines
+            (:class:`LineProgress`, no carriage returns) on anything else, e.g. a CI log.
         cache: per-image prediction cache (:mod:`robustness.cache`): a :class:`PredictionCache`, a
             folder, ``True`` for the default folder, or ``None``/``False`` (default) for none.
             Cached (image, condition) pairs are not recomputed; new ones are written as they are
-            computed, so an interrupted run resumes. Results are identical with or without it.
+            computed, so an interrupted run resumes. Results are identical with or without it:
+            the model is keyed by its behaviour (:func:`robustness.cache.model_key`), and a run
+            that reads entries re-computes a seeded sample of them
+            (:func:`robustness.cache.verification_sample_size`: max(4, 1%)) and compares the top-5;
+            on any difference it issues one :class:`robustness.cache.CacheWarning`, deletes all of
+            the model key's entries and recomputes everything. A model whose outputs on the
+            fingerprint's probe images differ between two consecutive calls (not deterministic)
+            is evaluated without the cache, with a :class:`CacheWarning`.
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
@@ -333,15 +452,13 @@ def evaluate(
     requested, conditions = conditions, list(dict.fromkeys(conditions))  # a repeated condition runs once
     run = _Run(model, dataset, conditions, seed, device, cache)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=0, unit="img", desc=f"{model.name}", dynamic_ncols=True)
+    bar = progress_bar(model.name) if progress else None
     try:
-        if cache is None:
+        if run.cache is None:
             run.compute(range(len(conditions)), batch_size, num_workers, bar)
         else:
-            _compute_with_cache(run, cache, batch_size, num_workers, bar)
+            _compute_with_cache(run, run.cache, batch_size, num_workers, bar)
+            _verify_cache(run, run.cache, batch_size, num_workers, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -398,4 +515,21 @@ def _fill_compute_compact(run: _Run, cache: PredictionCache, condition_indices: 
     run.fill_from_cache(condition_indices)
     run.compute(condition_indices, batch_size, num_workers, bar)
     for k in condition_indices:
+        cache.compact(run.model_key, run.condition_keys[k])
+
+
+def _verify_cache(run: _Run, cache: PredictionCache, batch_size: int, num_workers: int, bar) -> None:
+    """Re-check a sample of what ``run`` read from the cache; on any mismatch warn once, delete the
+    model key's entries and recompute every pair that was served (writing the fresh predictions)."""
+    mismatches, checked = run.verify(batch_size, num_workers, bar)
+    if mismatches == 0:
+        return
+    warnings.warn(f"robustness cache: cached predictions of {run.model.name} disagree with the model on {mismatches}/"
+                  f"{checked} re-checked (image, condition) pairs; discarding its cache entries and recomputing",
+                  CacheWarning, stacklevel=3)
+    cache.discard(run.model_key)
+    run.discard_cached()
+    run.compute(range(len(run.conditions)), batch_size, num_workers, bar)
+    run.flush()
+    for k in range(len(run.conditions)):
         cache.compact(run.model_key, run.condition_keys[k])
