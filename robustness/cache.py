@@ -77,6 +77,7 @@ __all__ = [
     "model_code_digest",
     "model_fingerprint",
     "model_key",
+    "probe_batch",
     "probe_images",
     "resolve_cache",
     "verification_sample_size",
@@ -251,6 +252,20 @@ def _probe_size(model) -> tuple[int, int]:
     return side + side // 4 + 3, side + side // 2 + 7
 
 
+def probe_batch(model):
+    """The batch :func:`model_fingerprint` feeds ``model``: :func:`probe_images` at a native size
+    larger than the model's resize (``side + side // 4 + 3`` by ``side + side // 2 + 7`` pixels,
+    ``side`` = max(resize, crop, 32)), each through ``model.preprocessing``, stacked on the CPU.
+
+    Returns:
+        ``torch.Tensor`` of shape ``(PROBE_IMAGES, 3, crop, crop)`` (float32 for the built-in
+        :class:`robustness.Preprocessing`).
+    """
+    import torch
+
+    return torch.stack([torch.as_tensor(model.preprocessing(image)) for image in probe_images(*_probe_size(model))])
+
+
 def model_fingerprint(model, device=None) -> str:
     """Hex digest of what ``model`` computes: its outputs on :func:`probe_images`.
 
@@ -275,15 +290,14 @@ def model_fingerprint(model, device=None) -> str:
     if device is None:
         first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
         device = first.device if first is not None else "cpu"
-    images = probe_images(*_probe_size(model))
-    batch = torch.stack([torch.as_tensor(model.preprocessing(image)) for image in images])
+    batch = probe_batch(model)
     with torch.inference_mode():
         logits = model(batch.to(device))
     output_dtype = str(logits.dtype)
     logits = logits.detach().to("cpu", torch.float64)
     shape = list(logits.shape)
     rows = []
-    for z in logits.reshape(len(images), -1).numpy():
+    for z in logits.reshape(len(batch), -1).numpy():
         if not np.isfinite(z).all():
             rows.append(["non-finite", np.flatnonzero(~np.isfinite(z)).tolist()[:10]])
             continue

@@ -1,5 +1,6 @@
-"""The prediction cache: unchanged re-runs do no inference, interrupted runs resume, corrupt entries
-are recomputed (never trusted), writes are atomic, concurrent processes share work."""
+"""The prediction cache: unchanged re-runs do no inference beyond the behaviour probe and the
+verification sample, interrupted runs resume, corrupt entries are recomputed (never trusted),
+writes are atomic, concurrent processes share work. (Changed models: ``test_cache_trust.py``.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from robustness import cache as cache_module
 from robustness import distortions, evaluate
-from robustness.cache import CacheWarning, PredictionCache, default_cache_dir, resolve_cache
+from robustness.cache import (PROBE_IMAGES, CacheWarning, PredictionCache, default_cache_dir, resolve_cache,
+                              verification_sample_size)
 from robustness.datasets import load_dataset
 
 from test_evaluation import CONDITIONS, make_dataset, table, tiny_model, truncated_jpeg
@@ -19,6 +21,12 @@ from test_evaluation import CONDITIONS, make_dataset, table, tiny_model, truncat
 pytest_plugins = ["pytester"]
 
 ITEMS = 5 * (1 + sum(len(v) for v in CONDITIONS.values()))  # 5 images x 5 conditions
+PROBE = 2 * PROBE_IMAGES  # images the behaviour fingerprint runs through the model per cached evaluate()
+
+
+def check(served: int) -> int:
+    """Images a cached evaluate() re-computes to verify ``served`` pairs read from the cache."""
+    return verification_sample_size(served)
 
 
 @pytest.fixture
@@ -35,15 +43,15 @@ def chunks(cache: PredictionCache) -> list[Path]:
     return sorted(cache.root.rglob("*.rpc"))
 
 
-def test_rerun_does_no_inference_and_gives_identical_results(dataset, cache):
+def test_rerun_recomputes_only_the_verification_sample_and_gives_identical_results(dataset, cache):
     first_model = tiny_model()
     first = evaluate(first_model, dataset, CONDITIONS, batch_size=2, num_workers=0, cache=cache)
-    assert first_model.net.seen == ITEMS
+    assert first_model.net.seen == PROBE + ITEMS
     assert table(first) == table(evaluate(tiny_model(), dataset, CONDITIONS, num_workers=0))  # same as uncached
     assert len(chunks(cache)) == 5  # one merged chunk per condition
     again = tiny_model()
     second = evaluate(again, dataset, CONDITIONS, batch_size=7, num_workers=2, cache=cache)
-    assert again.net.seen == 0
+    assert again.net.seen == PROBE + check(ITEMS)
     assert table(second) == table(first)
     assert not list(cache.root.rglob("*.tmp"))
 
@@ -58,12 +66,12 @@ def test_no_cache_recomputes(dataset, tmp_path):
 
 def test_interrupted_run_resumes_where_it_stopped(dataset, cache):
     model = tiny_model()
-    model.net.fail_after = 12  # batches of 4: 12 images done, then "Ctrl-C"
+    model.net.fail_after = PROBE + 12  # the probe, then batches of 4: 12 images done, then "Ctrl-C"
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=cache)
     resumed = tiny_model()
     results = evaluate(resumed, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=cache)
-    assert resumed.net.seen == ITEMS - 12
+    assert resumed.net.seen == PROBE + ITEMS - 12 + check(12)
     assert table(results) == table(evaluate(tiny_model(), dataset, CONDITIONS, num_workers=0))
 
 
@@ -71,13 +79,15 @@ def test_periodic_flush_survives_a_hard_kill(dataset, tmp_path):
     """Even without the final flush (process killed), chunks written during the run are reused."""
     cache = PredictionCache(tmp_path / "cache", flush_interval=0)
     model = tiny_model()
-    model.net.fail_after = 8
+    model.net.fail_after = PROBE + 8
     original = cache.store
     calls = []
 
     def store(*args, **kwargs):
         calls.append(1)
-        if len(calls) > 2:  # the first two periodic flushes land, then the process "dies"
+        # a flush stores one chunk per condition: the first flush (4 chunks) and part of the
+        # second land, then the process "dies"; 6 pairs saved, more than the 4 re-checked
+        if len(calls) > 6:
             raise SystemExit("killed")
         return original(*args, **kwargs)
 
@@ -86,7 +96,7 @@ def test_periodic_flush_survives_a_hard_kill(dataset, tmp_path):
         evaluate(model, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=cache)
     resumed = tiny_model()
     evaluate(resumed, dataset, CONDITIONS, batch_size=4, num_workers=0, cache=PredictionCache(cache.root))
-    assert 0 < ITEMS - resumed.net.seen < ITEMS
+    assert PROBE < resumed.net.seen < PROBE + ITEMS
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
@@ -105,11 +115,11 @@ def test_corrupt_entry_is_detected_and_recomputed(dataset, cache, damage):
     model = tiny_model()
     with pytest.warns(CacheWarning, match="corrupt"):
         results = evaluate(model, dataset, CONDITIONS, num_workers=0, cache=cache)
-    assert model.net.seen == 5  # exactly the damaged condition's five images
+    assert model.net.seen == PROBE + 5 + check(ITEMS - 5)  # exactly the damaged condition's five images
     assert table(results) == reference
     model = tiny_model()
     evaluate(model, dataset, CONDITIONS, num_workers=0, cache=cache)
-    assert model.net.seen == 0
+    assert model.net.seen == PROBE + check(ITEMS)
 
 
 def test_valid_checksum_but_wrong_contents_is_not_trusted(dataset, cache):
@@ -120,7 +130,7 @@ def test_valid_checksum_but_wrong_contents_is_not_trusted(dataset, cache):
     model = tiny_model()
     with pytest.warns(CacheWarning, match="different model or condition"):
         evaluate(model, dataset, {"contrast": [0.5], "jpeg": [10]}, clean=False, num_workers=0, cache=cache)
-    assert model.net.seen == 5
+    assert model.net.seen == PROBE + 5 + check(5)
 
 
 def test_out_of_range_predictions_are_not_trusted(tmp_path):
@@ -140,15 +150,15 @@ def test_key_changes_invalidate_exactly_what_they_determine(tmp_path, cache):
 
     model = tiny_model()  # another base seed: noise recomputed, blur and clean are seed-independent
     evaluate(model, dataset, conditions, seed=1, num_workers=0, cache=cache)
-    assert model.net.seen == 4
+    assert model.net.seen == PROBE + 4 + check(8)
 
     model = tiny_model(seed=1)  # other weights: everything recomputed
     evaluate(model, dataset, conditions, num_workers=0, cache=cache)
-    assert model.net.seen == 12
+    assert model.net.seen == PROBE + 12
 
     model = tiny_model(name="tiny-renamed")  # another model identity
     evaluate(model, dataset, conditions, num_workers=0, cache=cache)
-    assert model.net.seen == 12
+    assert model.net.seen == PROBE + 12
 
     first = sorted(root.rglob("*.png"))[0]  # one changed image file: only its three items
     pixels = np.asarray(__import__("PIL.Image").Image.open(first)).copy()
@@ -156,11 +166,11 @@ def test_key_changes_invalidate_exactly_what_they_determine(tmp_path, cache):
     __import__("PIL.Image").Image.fromarray(pixels).save(first)
     model = tiny_model()
     evaluate(model, load_dataset(root), conditions, num_workers=0, cache=cache)
-    assert model.net.seen == 3
+    assert model.net.seen == PROBE + 3 + check(9)
 
     model = tiny_model()  # a subset reuses the full run
     evaluate(model, load_dataset(root, limit=2), conditions, num_workers=0, cache=cache)
-    assert model.net.seen == 0
+    assert model.net.seen == PROBE + check(6)
 
 
 def test_distortion_code_version_is_part_of_the_key(dataset, cache, monkeypatch):
@@ -168,7 +178,7 @@ def test_distortion_code_version_is_part_of_the_key(dataset, cache, monkeypatch)
     monkeypatch.setattr(distortions, "DISTORTION_CODE_VERSION", "test-bump")
     model = tiny_model()
     evaluate(model, dataset, ["contrast"], clean=False, num_workers=0, cache=cache)
-    assert model.net.seen == len(dataset) * len(distortions.DISTORTIONS["contrast"].levels)
+    assert model.net.seen == PROBE + len(dataset) * len(distortions.DISTORTIONS["contrast"].levels)
 
 
 def test_preprocessing_is_part_of_the_key(dataset, cache):
@@ -178,7 +188,7 @@ def test_preprocessing_is_part_of_the_key(dataset, cache):
     model = tiny_model()
     model.preprocessing = replace(model.preprocessing, interpolation="bicubic")
     evaluate(model, dataset, {"contrast": [0.5]}, num_workers=0, cache=cache)
-    assert model.net.seen == 10
+    assert model.net.seen == PROBE + 10
 
 
 def test_failed_write_leaves_no_entry(dataset, cache, monkeypatch):
@@ -200,11 +210,11 @@ def test_stale_temporary_files_are_removed(dataset, cache):
     stale.write_bytes(b"partial")
     fresh.write_bytes(b"partial")
     os.utime(stale, (0, 0))
-    cache.compact(*folder.relative_to(cache.root / "v1").parts)
+    cache.compact(*folder.relative_to(cache.root / "v2").parts)
     assert not stale.exists() and fresh.exists()
     model = tiny_model()
     evaluate(model, dataset, {"contrast": [0.5]}, clean=False, num_workers=0, cache=cache)
-    assert model.net.seen == 0
+    assert model.net.seen == PROBE + check(5)
 
 
 def test_skipped_image_with_cache(tmp_path, cache):
@@ -217,7 +227,7 @@ def test_skipped_image_with_cache(tmp_path, cache):
     model = tiny_model()
     with pytest.warns(UserWarning, match="zz.jpg"):
         second = evaluate(model, dataset, {"contrast": [0.5]}, num_workers=0, cache=cache)
-    assert model.net.seen == 0
+    assert model.net.seen == PROBE + check(6)
     assert table(first) == table(second) and first[0].n == 3 and list(second[1].skipped) == ["n01440764/zz.jpg"]
 
 
@@ -260,7 +270,9 @@ def test_concurrent_processes_share_the_work(tmp_path):
     for proc in procs:
         proc.join(timeout=30)
         assert proc.exitcode == 0
-    assert sum(o["seen"] for o in outputs) == 6 * 4
+    # each (image, condition) computed once, plus each process's probe and verification sample
+    # (at most 4 re-checked pairs each; computing everything twice would be 48)
+    assert 6 * 4 <= sum(o["seen"] for o in outputs) - 2 * PROBE <= 6 * 4 + 2 * 4
     assert outputs[0]["predictions"] == outputs[1]["predictions"]
     assert outputs[0]["top1"] == outputs[1]["top1"]
 
@@ -269,18 +281,21 @@ _CONFTEST = '''
 import os
 import pytest
 import torch
+from robustness.cache import probe_batch
 from robustness.datasets import load_dataset
 from test_evaluation import tiny_model
 
 
 class _Logged(torch.nn.Module):
-    def __init__(self, net):
+    def __init__(self, net, probe):
         super().__init__()
         self.net = net
+        self.probe = probe
 
     def forward(self, x):
+        probing = x.shape == self.probe.shape and torch.equal(x.cpu(), self.probe)
         with open(os.environ["TINY_LOG"], "a") as log:
-            log.write(f"{x.shape[0]}\\n")
+            log.write("probe\\n" if probing else f"{x.shape[0]}\\n")
         return self.net(x)
 
 
@@ -292,7 +307,7 @@ def robustness_dataset():
 @pytest.fixture(scope="session")
 def _tiny():
     model = tiny_model()
-    model.net = _Logged(model.net)
+    model.net = _Logged(model.net, probe_batch(model))
     return model
 
 
@@ -317,7 +332,7 @@ models:
 
 def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, monkeypatch):
     """pytest -n 2 gives the serial verdicts, computes each (image, condition) once, and an
-    unchanged re-run does no inference at all."""
+    unchanged re-run does no inference beyond the probe and 4 verification pairs per evaluation."""
     pytest.importorskip("xdist")
     make_dataset(tmp_path / "data", 6)
     log = tmp_path / "inferred.log"
@@ -335,21 +350,26 @@ def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, mon
             check_threshold(robustness_threshold, robustness_result)
     """)
 
-    def inferred() -> int:
-        total = sum(int(line) for line in log.read_text().split()) if log.exists() else 0
+    def inferred() -> tuple[int, int]:
+        """(images classified outside the probe, number of evaluate() calls that used the cache)."""
+        lines = log.read_text().split() if log.exists() else []
         log.unlink(missing_ok=True)
-        return total
+        probes = lines.count("probe")
+        assert probes % 2 == 0  # the fingerprint runs twice per evaluate()
+        return sum(int(line) for line in lines if line != "probe"), probes // 2
 
     common = ["-p", "no:cacheprovider", "-p", "no:benchmark", "--robustness-workers=0", f"--robustness-cache-dir={tmp_path / 'cache'}"]
     serial = pytester.runpytest("-p", "no:xdist", "--robustness-no-cache", *common[:5])
     serial.assert_outcomes(passed=3, failed=2)
-    assert inferred() == 6 * 5 and not (tmp_path / "cache").exists()
+    assert inferred() == (6 * 5, 0) and not (tmp_path / "cache").exists()
     parallel = pytester.runpytest_subprocess("-n", "2", *common)
     parallel.assert_outcomes(passed=3, failed=2)
-    assert inferred() == 6 * 5  # clean + 2 noise + 2 blur levels, each image once across both workers
+    images, calls = inferred()  # clean + 2 noise + 2 blur levels, each image once across both workers,
+    assert calls >= 2 and 6 * 5 <= images <= 6 * 5 + 4 * calls  # plus what a worker re-checked of the other's
     rerun = pytester.runpytest("-p", "no:xdist", *common)
     rerun.assert_outcomes(passed=3, failed=2)
-    assert inferred() == 0
+    images, calls = inferred()
+    assert calls >= 1 and images == 4 * calls  # only the verification sample: 4 pairs per evaluate()
 
 
 def test_cli_run_uses_the_cache_and_no_cache_disables_it(tmp_path, monkeypatch, capsys):
@@ -372,13 +392,13 @@ def test_cli_run_uses_the_cache_and_no_cache_disables_it(tmp_path, monkeypatch, 
             "--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")]
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert cli.main(args) == 0
-    probe = sum(seen) - 3 * 12  # load_model may run one probe image through the model
+    probe = sum(seen) - 3 * 12 - PROBE  # load_model may run one probe image through the model
     assert probe in (0, 1)
     assert "skipped unreadable image n01440764/broken.jpg" in capsys.readouterr().err
     seen.clear()
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert cli.main(args) == 0
-    assert sum(seen) == probe  # no inference
+    assert sum(seen) == probe + PROBE + check(3 * 12)  # no inference beyond probe and verification
     seen.clear()
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert cli.main(args + ["--no-cache"]) == 0
