@@ -89,7 +89,7 @@ DEFAULT_CACHE_DIR = ".robustness-cache"
 ENGINE_VERSION = "2"  # 2: model keys include the behaviour fingerprint (caches of version 1 are ignored)
 _FORMAT = "v2"
 _MAGIC = b"ROBUSTNESS-PREDICTIONS-2\n"
-#: Number of probe images behind :func:`model_fingerprint` (each is run through the model twice).
+#: Number of probe images behind :func:`model_fingerprint`.
 PROBE_IMAGES = 6
 _UNSUPPORTED_LOCK_ERRNOS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 _LOCK_WARNED = False
@@ -569,6 +569,11 @@ class PredictionCache:
                 f"{error.strerror}); continuing without them, so parallel workers may compute the same predictions "
                 "twice; put the cache on a local disk (--cache-dir / --robustness-cache-dir) to share the work",
                 CacheWarning, stacklevel=4)
+
+    def has_entries(self, model_key: str) -> bool:
+        """Whether any chunk of ``model_key`` is on disk (in any condition)."""
+        folder = self.root / _FORMAT / model_key
+        return folder.is_dir() and next(folder.rglob(f"*{_SUFFIX}"), None) is not None
 
     def discard(self, model_key: str) -> int:
         """Delete every entry (chunk) of one model key, in all conditions; lock files stay.

@@ -258,7 +258,11 @@ class _Run:
         self.last_flush = time.monotonic()
         if cache is not None:
             fingerprint = model_fingerprint(model, device)
-            if model_fingerprint(model, device) != fingerprint:
+            self.model_key = cache.model_key(model, device, fingerprint=fingerprint)
+            # Before the first entries of a key are written, check that the model is deterministic: a
+            # second probe run must give the same fingerprint. (A key with entries passed this check when
+            # they were written, and what is read from it is verified below.)
+            if not cache.has_entries(self.model_key) and model_fingerprint(model, device) != fingerprint:
                 warnings.warn(
                     f"robustness cache: model {model.name} gave different outputs on the same probe images twice in a "
                     "row (a random layer active in eval mode? non-deterministic kernels?); its predictions cannot be "
@@ -266,7 +270,6 @@ class _Run:
                 cache = None
             else:
                 self.image_keys = image_keys(dataset)
-                self.model_key = cache.model_key(model, device, fingerprint=fingerprint)
                 self.condition_keys = [cache.condition_key(c.distortion, c.level, seed) for c in conditions]
         self.cache = cache
 
@@ -420,7 +423,8 @@ def evaluate(
             on any difference it issues one :class:`robustness.cache.CacheWarning`, deletes all of
             the model key's entries and recomputes everything. A model whose outputs on the
             fingerprint's probe images differ between two consecutive calls (not deterministic)
-            is evaluated without the cache, with a :class:`CacheWarning`.
+            is evaluated without the cache, with a :class:`CacheWarning` (checked before a model
+            key's first entries are written, so a fresh key costs two probe runs, a known one one).
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
