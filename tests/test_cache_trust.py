@@ -293,7 +293,7 @@ def test_old_format_cache_is_not_read(dataset, cache):
 # ------------------------------------------------------------------------- locks and progress
 
 
-@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP], ids=["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
 def test_filesystem_without_flock_warns_once_and_continues(dataset, tmp_path, monkeypatch, code):
     if cache_module.fcntl is None:
         pytest.skip("no fcntl on this platform")
