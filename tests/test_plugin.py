@@ -17,9 +17,14 @@ from PIL import Image
 import robustness
 
 # Imported here, outside the in-process pytester runs: modules first imported inside a run are
-# dropped afterwards and re-imported (and assertion-rewritten) by every run, which costs seconds.
+# dropped afterwards and re-imported (and assertion-rewritten) by every run, which costs seconds —
+# and torch cannot be imported twice in one process. ``import robustness`` is lazy, so the modules
+# the gate loads are named here.
 import _pytest.stepwise  # noqa: E402,F401
 import hypothesis  # noqa: E402,F401
+import torch  # noqa: E402,F401
+import robustness.cache, robustness.evaluation, robustness.gate, robustness.models  # noqa: E402,F401
+import robustness.pytest_plugin, robustness.report, robustness.thresholds  # noqa: E402,F401
 from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PpmImagePlugin  # noqa: E402,F401
 
 from robustness.datasets import imagenet_wnids
