@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 __all__ = [
     "Setting", "SETTINGS", "Resolved", "SettingError", "resolve",
     "positive_int", "non_negative_int", "margin_fraction", "boolean",
-    "check_device", "DEFAULT_DATA_DIR", "DEFAULT_CACHE_DIR", "DEFAULT_THRESHOLDS",
+    "check_device", "BadValue", "DEFAULT_DATA_DIR", "DEFAULT_CACHE_DIR", "DEFAULT_THRESHOLDS",
 ]
 
 #: Built-in default image folder (relative: to the working directory for the CLI, the rootdir under pytest).
@@ -56,37 +56,40 @@ class SettingError(ValueError):
 # ------------------------------------------------------------------------------------------ parsers
 
 
+class BadValue(argparse.ArgumentTypeError, ValueError):
+    """A value that does not parse: argparse shows it as a usage error, other callers catch ``ValueError``."""
+
+
 def positive_int(text: str | int) -> int:
-    """An integer >= 1 (image counts, batch sizes). Raises ``argparse.ArgumentTypeError`` (a ``ValueError``
-    for callers outside argparse: catch both)."""
+    """An integer >= 1 (image counts, batch sizes). Raises :class:`BadValue`."""
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+        raise BadValue(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+        raise BadValue(f"must be an integer >= 1, got {text}")
     return value
 
 
 def non_negative_int(text: str | int) -> int:
-    """An integer >= 0 (seeds, worker counts). Raises ``argparse.ArgumentTypeError``."""
+    """An integer >= 0 (seeds, worker counts). Raises :class:`BadValue`."""
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+        raise BadValue(f"must be an integer >= 0, got {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+        raise BadValue(f"must be an integer >= 0, got {text}")
     return value
 
 
 def margin_fraction(text: str | float) -> float:
-    """A calibration margin: a fraction in [0, 1) (0.05 = 5 points). Raises ``argparse.ArgumentTypeError``."""
+    """A calibration margin: a fraction in [0, 1) (0.05 = 5 points). Raises :class:`BadValue`."""
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}") from None
+        raise BadValue(f"must be a fraction in [0, 1), got {text!r}") from None
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
+        raise BadValue(f"must be a fraction in [0, 1), got {text}")
     return value
 
 
@@ -94,7 +97,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 def boolean(text: str | bool) -> bool:
-    """``1/true/yes/on`` or ``0/false/no/off`` (any case). Raises ``argparse.ArgumentTypeError``."""
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case). Raises :class:`BadValue`."""
     if isinstance(text, bool):
         return text
     value = str(text).strip().lower()
@@ -102,7 +105,7 @@ def boolean(text: str | bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise argparse.ArgumentTypeError(f"must be one of 1/true/yes/on or 0/false/no/off, got {text!r}")
+    raise BadValue(f"must be one of 1/true/yes/on or 0/false/no/off, got {text!r}")
 
 
 def _text(text: str) -> str:
