@@ -4,19 +4,17 @@ First wins::
 
     command-line flag  >  environment variable  >  thresholds.yaml ``defaults``  >  pytest ini  >  built-in default
 
-=============== ============================ ======================== ===================== ============================ ============================
-setting         pytest flag (CLI flag)        environment variable     thresholds.yaml       pytest ini key               built-in default
-=============== ============================ ======================== ===================== ============================ ============================
-thresholds      ``--robustness-thresholds``   ``ROBUSTNESS_THRESHOLDS`` —                    ``robustness_thresholds``    ``thresholds.yaml``
-data            ``--robustness-data``         ``ROBUSTNESS_DATA``       ``defaults.dataset``  ``robustness_data``          ``../shared/data/imagenet-val-1024``
-images          ``--robustness-images``       ``ROBUSTNESS_IMAGES``     ``defaults.images``   ``robustness_images``        all images
-device          ``--robustness-device``       ``ROBUSTNESS_DEVICE``     —                     ``robustness_device``        cuda when available, else cpu
-cache_dir       ``--robustness-cache-dir``    ``ROBUSTNESS_CACHE_DIR``  —                     ``robustness_cache_dir``     ``.robustness-cache``
-no_cache        ``--robustness-no-cache``     ``ROBUSTNESS_NO_CACHE``   —                     ``robustness_no_cache``      false
-workers         ``--robustness-workers``      ``ROBUSTNESS_WORKERS``    —                     ``robustness_workers``       min(2, cpus)
-batch_size      ``--robustness-batch-size``   ``ROBUSTNESS_BATCH_SIZE`` —                     ``robustness_batch_size``    32
-margin          ``--robustness-margin``       ``ROBUSTNESS_MARGIN``     —                     ``robustness_margin``        0.05
-=============== ============================ ======================== ===================== ============================ ============================
+Each setting (pytest flag; environment variable; thresholds.yaml key; pytest ini key; built-in default):
+
+* thresholds: ``--robustness-thresholds``; ``ROBUSTNESS_THRESHOLDS``; —; ``robustness_thresholds``; ``thresholds.yaml``
+* data: ``--robustness-data``; ``ROBUSTNESS_DATA``; ``defaults.dataset``; ``robustness_data``; ``../shared/data/imagenet-val-1024``
+* images: ``--robustness-images``; ``ROBUSTNESS_IMAGES``; ``defaults.images``; ``robustness_images``; all images
+* device: ``--robustness-device``; ``ROBUSTNESS_DEVICE``; —; ``robustness_device``; cuda when available, else cpu
+* cache_dir: ``--robustness-cache-dir``; ``ROBUSTNESS_CACHE_DIR``; —; ``robustness_cache_dir``; ``.robustness-cache``
+* no_cache: ``--robustness-no-cache``; ``ROBUSTNESS_NO_CACHE``; —; ``robustness_no_cache``; false
+* workers: ``--robustness-workers``; ``ROBUSTNESS_WORKERS``; —; ``robustness_workers``; min(2, cpus)
+* batch_size: ``--robustness-batch-size``; ``ROBUSTNESS_BATCH_SIZE``; —; ``robustness_batch_size``; 32
+* margin: ``--robustness-margin``; ``ROBUSTNESS_MARGIN``; —; ``robustness_margin``; 0.05
 
 The CLI's flags drop the ``robustness-`` prefix (``--data``, ``--device``, ...). Relative paths:
 flags and environment variables are relative to the working directory, ``defaults.dataset`` to the
