@@ -209,3 +209,24 @@ def test_an_unrelated_pytest_run_does_not_import_torch(pytester, monkeypatch):
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
     result.assert_outcomes(passed=1)
+
+
+def test_check_device_without_a_gpu_here(monkeypatch):
+    """The device validator's CUDA branches, with torch's answers replaced (this machine may have no GPU)."""
+    import torch
+
+    from robustness.settings import check_device
+
+    assert check_device(None) is None and check_device("") is None and check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"--device gpu:1: not a torch device \(did you mean 'cuda:1'\?\)"):
+        check_device("gpu:1")
+    with pytest.raises(ValueError, match=r"--device cudaa: not a torch device \(did you mean 'cuda'\?\)"):
+        check_device("cudaa")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^--device cuda: CUDA is not available on this machine \(use cpu\)$"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0"
+    with pytest.raises(ValueError, match=r"\$ROBUSTNESS_DEVICE cuda:1: this machine has 1 CUDA device \(cuda:0..cuda:0\)"):
+        check_device("cuda:1", "$ROBUSTNESS_DEVICE")
