@@ -183,6 +183,11 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     except ThresholdsError as error:
         setup.problems.append(str(error))
         return
+    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin"):
+        try:  # malformed variables or ini values: named here, once, not in every case
+            _resolve(config, name)
+        except _settings.SettingError as error:
+            setup.problems.append(str(error))
     device = _resolve(config, "device")
     try:
         setup.device = _settings.check_device(device.value, option=device.source)

@@ -152,7 +152,9 @@ def test_data_folder_precedence_in_the_gate(gate, monkeypatch):
     assert "n=6 " in rows(gate.runpytest("-m", "clean"))[0]                    # variable beats the file
     assert "n=8 " in rows(gate.runpytest("-m", "clean", "--robustness-data=eight"))[0]   # flag beats all
     monkeypatch.setenv("ROBUSTNESS_IMAGES", "zero")
-    one_collection_error(gate.runpytest(), "*$ROBUSTNESS_IMAGES='zero': must be an integer >= 1*")
+    monkeypatch.setenv("ROBUSTNESS_BATCH_SIZE", "0")   # (the ini's addopts give --robustness-workers: a flag wins)
+    one_collection_error(gate.runpytest(), "*$ROBUSTNESS_BATCH_SIZE='0': must be an integer >= 1*",
+                         "*$ROBUSTNESS_IMAGES='zero': must be an integer >= 1*")
 
 
 def test_cli_uses_the_same_settings(tmp_path, monkeypatch, capsys):
