@@ -13,12 +13,9 @@ from .distortions import DISTORTIONS
 from .evaluation import evaluate
 from .models import list_models, load_model
 from .report import format_table, plot_accuracy_vs_level, write_results_json
+from .settings import margin_fraction, non_negative_int, positive_int  # argparse types, shared with the pytest plugin
 
 __all__ = ["main", "build_parser"]
-
-
-# argparse types, shared with the pytest plugin (torch-free, in robustness.settings)
-from .settings import margin_fraction, non_negative_int, positive_int  # noqa: E402
 
 
 def check_device(device: str | None, option: str = "--device") -> None:
