@@ -13,40 +13,44 @@ from .distortions import DISTORTIONS
 from .evaluation import evaluate
 from .models import list_models, load_model
 from .report import format_table, plot_accuracy_vs_level, write_results_json
+from .settings import margin_fraction, non_negative_int, positive_int  # argparse types, shared with the pytest plugin
 
 __all__ = ["main", "build_parser"]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (image counts, batch sizes)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+def check_device(device: str | None, option: str = "--device") -> None:
+    """Raise ``ValueError`` naming ``device`` when it is not a torch device or not available here
+    (:func:`robustness.settings.check_device`, shared with the pytest plugin)."""
+    from .settings import check_device as _check
+
+    _check(device, option)
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (seeds, worker counts)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
+    """Fill the options the user did not give from ``$ROBUSTNESS_*`` variables and the thresholds
+    file's ``defaults`` (:mod:`robustness.settings`: flag > variable > thresholds.yaml > default),
+    then check the device. Options the command lacks are left alone; a data folder or cache folder
+    left at its built-in default stays ``None`` (the loaders apply it).
 
+    Raises:
+        ValueError: a malformed variable, or a device that is not available (the message names it).
+    """
+    from .settings import SETTINGS, resolve
 
-def margin_fraction(text: str) -> float:
-    """argparse type: a calibration margin, a fraction in [0, 1)."""
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
-    return value
-
-
-def check_device(device: str | None) -> None:
-    """Raise ``ValueError`` naming ``device`` when it is a CUDA device and CUDA is unavailable."""
-    import torch
-
-    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu)")
+    file_values = {} if thresholds is None else {"data": thresholds.dataset, "images": thresholds.images}
+    file_name = "thresholds file" if thresholds is None or thresholds.path is None else str(thresholds.path)
+    sources = {}
+    for name in ("data", "images", "device", "cache_dir", "no_cache", "workers", "batch_size", "margin"):
+        if not hasattr(args, name):
+            continue
+        resolved = resolve(name, flag=getattr(args, name), flag_name="--" + name.replace("_", "-"),
+                           file=file_values.get(name), file_name=file_name)
+        sources[name] = resolved.source
+        if resolved.layer == "default" and name in ("data", "cache_dir"):
+            continue
+        setattr(args, name, resolved.value)
+    if hasattr(args, "device"):
+        check_device(args.device, sources.get("device", "--device"))
 
 
 def _fresh_output_dir(model: str) -> Path:
@@ -61,12 +65,12 @@ def _fresh_output_dir(model: str) -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
+        resolve_settings(args)
         dataset = _load_run_dataset(args)
     except (DatasetError, ValueError) as error:
         print(f"robustness run: {error}", file=sys.stderr)
         return 2
     try:
-        check_device(args.device)
         model = _load_run_model(args)
     except (ValueError, ImportError, FileNotFoundError) as error:
         print(f"robustness run: {error}", file=sys.stderr)
@@ -170,7 +174,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             importlib.import_module(module)
         except ImportError as error:
             return fail(f"--import {module}: {error}")
-    path = Path(args.thresholds)
+    from .settings import resolve
+
+    path = Path(resolve("thresholds", flag=args.thresholds, flag_name="--thresholds").value)
     existing = None
     if path.is_file():
         try:
@@ -185,10 +191,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         conditions = [t.condition for t in existing.for_model(args.model) if t.condition.distortion != CLEAN]
     conditions = [Condition(CLEAN, 0)] + [c for c in dict.fromkeys(conditions) if c.distortion != CLEAN]
     seed = args.seed if args.seed is not None else (existing.seed if existing else 0)
-    images = args.images if args.images is not None else (existing.images if existing else None)
-    data = args.data or (existing.dataset if existing else None)
     try:
-        check_device(args.device)
+        resolve_settings(args, existing)
+    except ValueError as error:
+        return fail(str(error))
+    images, data = args.images, args.data
+    try:
         dataset = load_dataset(data, limit=images)
         model = load_model(args.model, device=args.device)
     except (DatasetError, ValueError, ImportError, FileNotFoundError) as error:
@@ -227,8 +235,8 @@ def _add_calibrate(commands) -> None:
                     "bar keys are recalculated (relative bars stay relative); a diff is shown. Per-image "
                     "predictions are stored as the baseline for the paired (McNemar) check.")
     calibrate.add_argument("--model", required=True, help="registered model name (see 'robustness list' and --import)")
-    calibrate.add_argument("--margin", type=margin_fraction, default=0.05, help="subtracted from each measured accuracy (fraction; default %(default)s)")
-    calibrate.add_argument("--thresholds", default="thresholds.yaml", help="thresholds file to update (default %(default)s)")
+    calibrate.add_argument("--margin", type=margin_fraction, default=None, help="subtracted from each measured accuracy (fraction; default $ROBUSTNESS_MARGIN, else 0.05)")
+    calibrate.add_argument("--thresholds", default=None, help="thresholds file to update (default $ROBUSTNESS_THRESHOLDS, else thresholds.yaml)")
     calibrate.add_argument("--distortion", action="append", choices=list(DISTORTIONS),
                            help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model")
     calibrate.add_argument("--all-levels", action="store_true", help="calibrate every paper level of every distortion")
@@ -239,7 +247,7 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--import", dest="import_", action="append", metavar="MODULE", help="import MODULE first (e.g. one that calls register_model)")
     calibrate.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
     calibrate.add_argument("--no-baseline", action="store_true", help="do not store baseline predictions")
-    calibrate.add_argument("--batch-size", type=positive_int, default=32)
+    calibrate.add_argument("--batch-size", type=positive_int, default=None, help="default $ROBUSTNESS_BATCH_SIZE, else 32")
     calibrate.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
     calibrate.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -327,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=positive_int, default=None, help="use the first N images in file-name order")
     run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
     run.add_argument("--seed", type=non_negative_int, default=0, help="base seed for noise (default 0)")
-    run.add_argument("--batch-size", type=positive_int, default=32)
+    run.add_argument("--batch-size", type=positive_int, default=None, help="default $ROBUSTNESS_BATCH_SIZE, else 32")
     run.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
     run.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -29,7 +29,7 @@ from .stats import McNemarResult, correct, mcnemar, wilson_interval
 from .thresholds import METRICS, PairedSettings, Threshold, Thresholds
 
 __all__ = [
-    "Check", "PairedCheck", "Verdict", "GateSession", "ThresholdFailure",
+    "Check", "PairedCheck", "Verdict", "GateSession", "GateError", "ThresholdFailure",
     "judge", "check_threshold", "describe", "condition_label",
     "save_baseline", "load_baseline", "Baseline",
 ]
@@ -45,6 +45,10 @@ class ThresholdFailure(AssertionError):
     def __init__(self, message: str, verdict: "Verdict | None" = None):
         super().__init__(message)
         self.verdict = verdict
+
+
+class GateError(ValueError):
+    """The gate cannot judge: e.g. fewer readable images than asked for (the message says what to fix)."""
 
 
 def condition_label(condition: Condition) -> str:
@@ -362,10 +366,17 @@ class GateSession:
         device, batch_size, num_workers: passed to :func:`robustness.evaluate`.
         cache: the prediction cache, passed to :func:`robustness.evaluate` when not ``None``.
         evaluate_options: further keyword arguments for :func:`robustness.evaluate`.
+        allow_fewer_images: judge on the readable images when some of ``dataset`` cannot be read
+            (default ``thresholds.allow_fewer_images``); otherwise an unreadable image raises
+            :class:`GateError`, since the result would rest on fewer images than asked for.
+
+    Attributes:
+        skipped: unreadable images left out so far: image id -> reason.
     """
 
     def __init__(self, dataset: ImageDataset, thresholds: Thresholds, *, device=None, batch_size: int = 32,
-                 num_workers: int | None = None, cache=None, evaluate_options: dict | None = None):
+                 num_workers: int | None = None, cache=None, evaluate_options: dict | None = None,
+                 allow_fewer_images: bool | None = None):
         self.dataset = dataset
         self.thresholds = thresholds
         self.device = device
@@ -374,6 +385,11 @@ class GateSession:
         self.evaluate_options = dict(evaluate_options or {})
         if cache is not None:
             self.evaluate_options["cache"] = cache
+        if allow_fewer_images is None:
+            allow_fewer_images = bool(getattr(thresholds, "allow_fewer_images", False))
+        self.allow_fewer_images = allow_fewer_images
+        self.skipped: dict[str, str] = {}
+        self._error: GateError | None = None
         self._models: dict[str, Classifier] = {}
         self._results: dict[tuple[str, Condition], ConditionResult] = {}
 
@@ -389,11 +405,31 @@ class GateSession:
         return dict(self._results)
 
     def _evaluate(self, model: Classifier, name: str, conditions: list[Condition]) -> None:
-        results = evaluate(model, self.dataset, conditions, seed=self.thresholds.seed, batch_size=self.batch_size,
-                           num_workers=self.num_workers, device=self.device, **self.evaluate_options)
+        """Evaluate ``conditions``; unreadable images are reported in :attr:`skipped` (and in each
+        result), not as a warning, and raise :class:`GateError` unless ``allow_fewer_images``."""
+        import warnings
+
+        from .evaluation import SkippedImagesWarning
+
+        if self._error is not None:
+            raise self._error
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedImagesWarning)
+            results = evaluate(model, self.dataset, conditions, seed=self.thresholds.seed, batch_size=self.batch_size,
+                               num_workers=self.num_workers, device=self.device, **self.evaluate_options)
         for condition, result in zip(conditions, results):
             result.model = name
+            self.skipped.update(result.skipped)
             self._results[(name, condition)] = result
+        if results and results[0].skipped and not self.allow_fewer_images:
+            skipped = results[0].skipped
+            listing = "; ".join(f"{image}: {reason}" for image, reason in skipped.items())
+            where = f" in {self.thresholds.path}" if self.thresholds.path is not None else ""
+            self._error = GateError(
+                f"only {results[0].n} of the {len(self.dataset)} images asked for could be read "
+                f"({len(skipped)} unreadable: {listing}); fix or remove them, or allow judging on fewer "
+                f"images with 'defaults: {{allow_fewer_images: true}}'{where}")
+            raise self._error
 
     def measure(self, model: Classifier, name: str, condition: Condition) -> ConditionResult:
         """The result of ``model`` (called ``name``) under ``condition``; the first request for a

@@ -3,190 +3,238 @@
 Installing robustness installs the plugin: any test that requests ``robustness_verdict`` (or
 ``robustness_threshold``) is parametrised with one case per (model, distortion, level) of the
 thresholds file, with readable ids (``efficientnet_lite0-blur-s3``), a marker per distortion
-(``-m blur``, ``-m "jpeg or jpeg2000"``, ``-m clean``) and an ``xdist_group`` per (model, distortion).
-A gate test is two lines::
+(``-m blur``, ``-m "jpeg or jpeg2000"``, ``-m clean``), the marker ``robustness`` on every case and
+an ``xdist_group`` per (model, distortion) for ``pytest -n 2 --dist loadgroup``. A gate test is two
+lines::
 
     def test_accuracy(robustness_verdict):
         robustness_verdict.check()
 
+Which model a case measures:
+
+* a registered name (:func:`robustness.register_model`, e.g. in ``conftest.py``) runs as itself;
+* an entry marked ``source: fixture`` is supplied by the ``robustness_model`` fixture, which a
+  ``conftest.py`` overrides (it may request ``robustness_threshold`` and return ``None`` to decline);
+* any other name fails collection once, with the file, line and a did-you-mean.
+
+Before any case runs (when a gate test is collected) the plugin checks, once, the thresholds file, the
+device, the image folder and the image count, and fails collection with one message naming what to
+fix. Settings resolve as :mod:`robustness.settings` describes (flag > environment variable >
+thresholds.yaml ``defaults`` > ini > built-in default).
+
 Each case records its measured values as JUnit XML properties (``robustness_top1``, ``..._ci_low``,
-``..._required``, ...), and the run ends with a summary table: per model and distortion, one row of
-levels with measured vs required accuracy and pass/fail.
+``..._required``, ``robustness_skipped``, ...), and the run ends with a summary table: per model and
+distortion, one row of levels with measured vs required accuracy and pass/fail.
 
-Fixtures a user's ``conftest.py`` may override:
+Fixtures a ``conftest.py`` may override: ``robustness_model`` (for ``source: fixture`` entries) and
+``robustness_dataset`` (an :class:`robustness.ImageDataset`). The thresholds file is chosen with
+``--robustness-thresholds=FILE``, ``$ROBUSTNESS_THRESHOLDS`` or ini ``robustness_thresholds``.
 
-* ``robustness_model`` — the model under test (a :class:`robustness.Classifier`); it may request
-  ``robustness_threshold`` to choose by ``robustness_threshold.model``.
-* ``robustness_dataset`` — an :class:`robustness.ImageDataset`.
-* ``robustness_thresholds_path`` — the thresholds file. It is also read at collection time to
-  generate the tests, so an override must be session-scoped and request nothing but ``pytestconfig``.
-
-Options (all ``--robustness-*``) and ini keys (all ``robustness_*``) are registered in
-:func:`pytest_addoption`. All computation lives in the plain API; this module only wires it.
+This module imports only pytest and :mod:`robustness.settings` / :mod:`robustness.names`: torch and
+the engine load when a gate test is collected, not in every pytest session of the environment.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import os
-from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .distortions import DISTORTIONS
-from .evaluation import CLEAN, Condition
-from .gate import GateSession, Verdict, save_baseline
-from .thresholds import METRICS, Thresholds, ThresholdsError, load_thresholds, update_thresholds_file
+from . import settings as _settings
+from .names import CLEAN, DISTORTION_NAMES, METRICS, marker_descriptions
 
-_MARKERS = {"clean": "robustness gate: clean (undistorted) accuracy"} | {
-    name: f"robustness gate: {name} ({spec.parameter}, {spec.unit})" for name, spec in DISTORTIONS.items()
-}
-_THRESHOLDS_CACHE = pytest.StashKey[dict]()
-_ROWS = pytest.StashKey[dict]()
-_UPDATES = pytest.StashKey[dict]()
+_STATE = pytest.StashKey["_State"]()
+
+
+class _State:
+    """Per-run state in ``config.stash``: the checked setup, summary rows, calibration updates."""
+
+    def __init__(self) -> None:
+        self.setup: _Setup | None = None
+        self.rows: dict = {}
+        self.updates: dict = {}
+        self.skipped: dict[str, str] = {}
+        self.markers: set[str] = set(marker_descriptions())
+
+
+class _Setup:
+    """What the gate needs, resolved and checked once per run; ``problems`` non-empty = cannot start."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.thresholds_path: Path | None = None
+        self.thresholds = None
+        self.device: str | None = None
+        self.images: _settings.Resolved | None = None
+        self.data: _settings.Resolved | None = None
+        self.dataset = None
+
+    def fail(self) -> None:
+        """Fail the current collector or fixture with the problems, once each, without a traceback."""
+        if self.problems:
+            lines = self.problems if len(self.problems) == 1 else [f"- {p}" for p in self.problems]
+            pytest.fail("robustness gate cannot start:\n" + "\n".join(lines), pytrace=False)
 
 
 # ------------------------------------------------------------------------------------------ options
 
 
-def _positive_int(text: str) -> int:
-    from .cli import positive_int
-
-    return positive_int(text)
-
-
-def _non_negative_int(text: str) -> int:
-    from .cli import non_negative_int
-
-    return non_negative_int(text)
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """All robustness options (``--robustness-*``) and ini keys (``robustness_*``), in one block."""
-    group = parser.getgroup("robustness", "image-quality robustness gate")
-    group.addoption("--robustness-data", default=None, help="image folder (<wnid>/<file>); overrides the thresholds file's defaults.dataset, ini robustness_data and $ROBUSTNESS_DATA")
-    group.addoption("--robustness-thresholds", default=None, help="thresholds file; overrides ini robustness_thresholds")
-    group.addoption("--robustness-images", type=_positive_int, default=None, help="images per condition; overrides the thresholds file's defaults.images")
-    group.addoption("--robustness-device", default=None, help="torch device for inference (default cuda when available)")
-    group.addoption("--robustness-batch-size", type=_positive_int, default=32, help="inference batch size (does not change results)")
-    group.addoption("--robustness-workers", type=_non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
+    """All robustness options (``--robustness-*``) and ini keys (``robustness_*``), in one block.
+
+    Options default to ``None`` so that :func:`robustness.settings.resolve` can tell a flag from its
+    absence; the help texts name each setting's environment variable.
+    """
+    s = _settings.SETTINGS
+    group = parser.getgroup("robustness", "image-quality robustness gate (write --robustness-data=DIR, with '=')")
+    group.addoption("--robustness-data", default=None, metavar="DIR",
+                    help=f"image folder (<wnid>/<file>); ${s['data'].env}, thresholds.yaml defaults.dataset, ini robustness_data")
+    group.addoption("--robustness-thresholds", default=None, metavar="FILE",
+                    help=f"thresholds file; ${s['thresholds'].env}, ini robustness_thresholds, default thresholds.yaml in the rootdir")
+    group.addoption("--robustness-images", type=_settings.positive_int, default=None, metavar="N",
+                    help=f"images per condition; ${s['images'].env}, defaults.images, ini robustness_images, default all")
+    group.addoption("--robustness-device", default=None,
+                    help=f"torch device: cpu, cuda, cuda:N, mps; ${s['device'].env}, ini robustness_device, default cuda when available")
+    group.addoption("--robustness-batch-size", type=_settings.positive_int, default=None, metavar="N",
+                    help=f"inference batch size (does not change results); ${s['batch_size'].env}, ini robustness_batch_size, default 32")
+    group.addoption("--robustness-workers", type=_settings.non_negative_int, default=None, metavar="N",
+                    help=f"DataLoader workers; ${s['workers'].env}, ini robustness_workers, default min(2, cpus)")
     group.addoption("--robustness-update-thresholds", action="store_true", default=False,
                     help="calibrate: rewrite the thresholds of the models run from the measured values (minus "
                          "--robustness-margin), store baseline predictions, show a diff; gate cases do not fail")
-    group.addoption("--robustness-margin", type=float, default=None,
-                    help="margin subtracted from measured accuracy by --robustness-update-thresholds (fraction; default ini robustness_margin or 0.05)")
-    group.addoption("--robustness-no-cache", action="store_true", help="do not read or write the prediction cache")
-    group.addoption("--robustness-cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or <rootdir>/.robustness-cache)")
+    group.addoption("--robustness-margin", type=_settings.margin_fraction, default=None,
+                    help=f"margin subtracted by --robustness-update-thresholds (fraction); ${s['margin'].env}, ini robustness_margin, default 0.05")
+    group.addoption("--robustness-no-cache", action="store_true", default=False,
+                    help=f"do not read or write the prediction cache; ${s['no_cache'].env}=1, ini robustness_no_cache")
+    group.addoption("--robustness-cache-dir", default=None, metavar="DIR",
+                    help=f"prediction cache folder; ${s['cache_dir'].env}, ini robustness_cache_dir, default <rootdir>/.robustness-cache")
     parser.addini("robustness_data", "image folder for the robustness gate, relative to the rootdir", default="")
-    parser.addini("robustness_thresholds", "thresholds file, relative to the rootdir", default="thresholds.yaml")
-    parser.addini("robustness_images", "images per condition when the thresholds file sets none", default="")
-    parser.addini("robustness_margin", "calibration margin (fraction) for --robustness-update-thresholds", default="0.05")
-    parser.addini("robustness_xdist_loadgroup", "under pytest-xdist -n N, schedule with --dist loadgroup so each "
-                  "(model, distortion) is evaluated on one worker (default true)", type="bool", default=True)
+    parser.addini("robustness_thresholds", "thresholds file, relative to the rootdir (default thresholds.yaml)", default="")
+    parser.addini("robustness_images", "images per condition when no flag, variable or defaults.images sets it", default="")
+    parser.addini("robustness_device", "torch device for the gate (default cuda when available, else cpu)", default="")
+    parser.addini("robustness_batch_size", "inference batch size (default 32)", default="")
+    parser.addini("robustness_workers", "DataLoader workers (default min(2, cpus))", default="")
+    parser.addini("robustness_cache_dir", "prediction cache folder, relative to the rootdir", default="")
+    parser.addini("robustness_no_cache", "do not read or write the prediction cache", type="bool", default=False)
+    parser.addini("robustness_margin", "calibration margin (fraction) for --robustness-update-thresholds (default 0.05)", default="")
+    parser.addini("robustness_xdist_loadgroup", "mark each gate case with xdist_group('robustness-<model>-<distortion>') "
+                  "for pytest -n N --dist loadgroup (default true)", type="bool", default=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name, text in _MARKERS.items():
+    config.stash[_STATE] = _State()
+    for name, text in marker_descriptions().items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    config.addinivalue_line("markers", "robustness: a case of the robustness gate (one per thresholds.yaml entry)")
     if not config.pluginmanager.hasplugin("xdist"):  # gate cases carry xdist_group marks either way
         config.addinivalue_line("markers", "xdist_group(name): pytest-xdist loadgroup scheduling group")
-    config.stash[_THRESHOLDS_CACHE] = {}
-    config.stash[_ROWS] = {}
-    config.stash[_UPDATES] = {}
     config.pluginmanager.register(_Reporter(config), "robustness-reporter")
-    # Plain ``-n N`` (``--dist load``) becomes ``loadgroup`` so each (model, distortion) stays on one
-    # worker: set here, before xdist builds its scheduler. Workers re-parse the command line and so
-    # never see this change; pytest_configure_node tells them, and they add the ``@group`` node-id
-    # suffix that loadgroup scheduling relies on (pytest_collection_modifyitems below).
-    if getattr(config.option, "dist", "no") == "load" and config.getini("robustness_xdist_loadgroup"):
-        config.option.dist = "loadgroup"
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:
-    """xdist controller hook: tell each worker whether loadgroup scheduling is on."""
-    node.workerinput["robustness_loadgroup"] = node.config.option.dist == "loadgroup"
+def _resolve(config: pytest.Config, name: str, **layers: Any) -> _settings.Resolved:
+    """:func:`robustness.settings.resolve` with this run's flag and ini value; ini and default paths
+    are anchored to the rootdir."""
+    setting = _settings.SETTINGS[name]
+    ini = config.getini(setting.ini)
+    if name in ("data", "thresholds", "cache_dir") and isinstance(ini, str) and ini.strip():
+        ini = str(config.rootpath / ini)
+    return _settings.resolve(name, flag=config.getoption(setting.flag), ini=ini, **layers)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """On an xdist worker whose controller switched to loadgroup, tag node ids with their group,
-    exactly as xdist does for ``--dist loadgroup`` (``nodeid@group``)."""
-    workerinput = getattr(config, "workerinput", None)
-    if not workerinput or not workerinput.get("robustness_loadgroup") or config.getvalue("loadgroup"):
+# --------------------------------------------------------------------------------- checks, once
+
+
+def _space_separated(config: pytest.Config) -> list[str]:
+    """Path options given as ``--robustness-data DIR`` (with a space) on the command line."""
+    args = [str(a) for a in config.invocation_params.args]
+    options = ("--robustness-data", "--robustness-thresholds", "--robustness-cache-dir")
+    return [f"{a} {args[i + 1]}" for i, a in enumerate(args[:-1]) if a in options]
+
+
+def _setup(config: pytest.Config) -> _Setup:
+    """Resolve and check everything the gate needs, once per run (cached in ``config.stash``)."""
+    state = config.stash[_STATE]
+    if state.setup is None:
+        state.setup = setup = _Setup()
+        try:
+            _check(config, setup)
+        except _settings.SettingError as error:
+            setup.problems.append(str(error))
+    return state.setup
+
+
+def _check(config: pytest.Config, setup: _Setup) -> None:
+    from .thresholds import ThresholdsError, load_thresholds
+
+    path = _resolve(config, "thresholds", default=str(config.rootpath / _settings.DEFAULT_THRESHOLDS))
+    setup.thresholds_path = Path(path.value).expanduser().absolute()
+    if not setup.thresholds_path.is_file():
+        message = f"thresholds file {setup.thresholds_path} not found (from {path.source}; rootdir {config.rootpath})"
+        for written in _space_separated(config):
+            option, value = written.split(" ", 1)
+            message += (f". The command line has '{written}' with a space: pytest then takes {value} for a test path "
+                        f"and may choose the rootdir from it (pytest's rule for arguments it does not know yet); "
+                        f"write {option}={value}")
+        setup.problems.append(message)
         return
-    for item in items:
-        names = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-                        for mark in item.iter_markers("xdist_group")})
-        if names:
-            item._nodeid = f"{item.nodeid}@{'_'.join(names)}"
+    try:
+        setup.thresholds = thresholds = load_thresholds(setup.thresholds_path)
+    except ThresholdsError as error:
+        setup.problems.append(str(error))
+        return
+    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin"):
+        try:  # malformed variables or ini values: named here, once, not in every case
+            _resolve(config, name)
+        except _settings.SettingError as error:
+            setup.problems.append(str(error))
+    device = _resolve(config, "device")
+    try:
+        setup.device = _settings.check_device(device.value, option=device.source)
+    except ValueError as error:
+        setup.problems.append(str(error))
+    setup.images = _resolve(config, "images", file=thresholds.images, file_name=setup.thresholds_path.name)
+    setup.data = data = _resolve(config, "data", file=thresholds.dataset, file_name=setup.thresholds_path.name,
+                                 default=str(config.rootpath / _settings.DEFAULT_DATA_DIR))
+    if data.layer == "default" and not Path(data.value).is_dir():
+        return  # maybe a robustness_dataset fixture supplies the images; the default fixture says what to set
+    from .datasets import DatasetError, load_dataset
 
-
+    try:
+        setup.dataset = load_dataset(data.value, limit=setup.images.value)
+    except DatasetError as error:
+        setup.problems.append(f"{error} (image folder from {data.source})")
+        return
+    wanted = setup.images.value
+    if wanted is not None and len(setup.dataset) < wanted and not thresholds.allow_fewer_images:
+        setup.problems.append(
+            f"{setup.images.source} asks for {wanted} images, but {setup.dataset.root} holds only {len(setup.dataset)}: "
+            f"add images, lower the count, or allow it with 'defaults: {{allow_fewer_images: true}}' in {setup.thresholds_path}")
 
 
 # ---------------------------------------------------------------------------------- test generation
-
-
-def _thresholds_path(config: pytest.Config) -> Path:
-    value = config.getoption("--robustness-thresholds") or config.getini("robustness_thresholds")
-    path = Path(value)
-    return path if path.is_absolute() else config.rootpath / path
-
-
-def _load(config: pytest.Config, path: Path, allow_unregistered: bool = True) -> Thresholds:
-    """Load (once per run, path and mode) and validate; a bad file fails with every problem's file:line: key.
-
-    ``allow_unregistered``: accept model names that are not registered (collection sets it when a
-    conftest.py overrides ``robustness_model``; fixtures reuse what collection validated).
-    """
-    cache = config.stash[_THRESHOLDS_CACHE]
-    key = (str(path), allow_unregistered)
-    if key not in cache:
-        try:
-            cache[key] = load_thresholds(path, allow_unregistered=allow_unregistered)
-        except ThresholdsError as error:
-            cache[key] = error
-    value = cache[key]
-    if isinstance(value, ThresholdsError):
-        pytest.fail(f"robustness: {value}", pytrace=False)
-    return value
-
-
-def _overridden(metafunc: pytest.Metafunc, name: str) -> bool:
-    """Whether a conftest.py or test module (not a plugin) defines fixture ``name`` for this test."""
-    defs = getattr(metafunc, "_arg2fixturedefs", {}).get(name) or ()
-    return bool(defs) and defs[-1].has_location
-
-
-def _collection_path(metafunc: pytest.Metafunc) -> Path:
-    """The thresholds path, honouring a conftest.py override of ``robustness_thresholds_path``."""
-    if _overridden(metafunc, "robustness_thresholds_path"):
-        func = metafunc._arg2fixturedefs["robustness_thresholds_path"][-1].func
-        params = set(inspect.signature(func).parameters)
-        if params - {"pytestconfig"}:
-            pytest.fail("robustness: an overriding robustness_thresholds_path fixture may request only "
-                        "pytestconfig (it is evaluated at collection time)", pytrace=False)
-        return _rooted(metafunc.config, func(**({"pytestconfig": metafunc.config} if params else {})))
-    return _thresholds_path(metafunc.config)
-
-
-def _rooted(config: pytest.Config, value) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else config.rootpath / path
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "robustness_threshold" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    thresholds = _load(config, _collection_path(metafunc), allow_unregistered=_overridden(metafunc, "robustness_model"))
+    setup = _setup(config)
+    setup.fail()  # one collection error for the gate module, naming every problem
+    state = config.stash[_STATE]
     group = config.getini("robustness_xdist_loadgroup")
     params = []
-    for t in thresholds.entries:
-        marks = [getattr(pytest.mark, t.condition.distortion)]
+    for t in setup.thresholds.entries:
+        distortion = t.condition.distortion
+        if distortion not in state.markers:  # a distortion registered after pytest started
+            from .distortions import DISTORTIONS
+
+            spec = DISTORTIONS[distortion]
+            config.addinivalue_line("markers", f"{distortion}: robustness gate: {distortion} ({spec.parameter}, {spec.unit})")
+            state.markers.add(distortion)
+        marks = [getattr(pytest.mark, distortion), pytest.mark.robustness]
         if group:
-            marks.append(pytest.mark.xdist_group(f"robustness-{t.model}-{t.condition.distortion}"))
+            marks.append(pytest.mark.xdist_group(f"robustness-{t.model}-{distortion}"))
         params.append(pytest.param(t, id=t.id, marks=marks))
     metafunc.parametrize("robustness_threshold", params, indirect=True)
 
@@ -194,99 +242,130 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 # ------------------------------------------------------------------------------------------ fixtures
 
 
+def _ready(config: pytest.Config) -> _Setup:
+    setup = _setup(config)
+    setup.fail()
+    return setup
+
+
 @pytest.fixture(scope="session")
 def robustness_thresholds_path(pytestconfig: pytest.Config) -> Path:
-    """Path of the thresholds file (``--robustness-thresholds`` or ini ``robustness_thresholds``,
-    relative to the rootdir). Override in conftest.py (session scope, requesting only pytestconfig)."""
-    return _thresholds_path(pytestconfig)
+    """Path of the thresholds file in use (absolute). To choose it, use ``--robustness-thresholds=FILE``,
+    ``$ROBUSTNESS_THRESHOLDS`` or ini ``robustness_thresholds``: it is read at collection time, so
+    overriding this fixture cannot change it (and fails the run rather than being ignored)."""
+    return _ready(pytestconfig).thresholds_path
 
 
 @pytest.fixture(scope="session")
-def robustness_thresholds(pytestconfig: pytest.Config, robustness_thresholds_path) -> Thresholds:
-    """The parsed :class:`robustness.thresholds.Thresholds`."""
-    return _load(pytestconfig, _rooted(pytestconfig, robustness_thresholds_path))
+def robustness_thresholds(pytestconfig: pytest.Config, robustness_thresholds_path):
+    """The parsed :class:`robustness.thresholds.Thresholds` (the file the cases were generated from)."""
+    setup = _ready(pytestconfig)
+    requested = Path(robustness_thresholds_path)
+    if not requested.is_absolute():
+        requested = pytestconfig.rootpath / requested
+    if requested.absolute() != setup.thresholds_path:
+        pytest.fail(f"robustness: a robustness_thresholds_path fixture returns {robustness_thresholds_path}, but the "
+                    f"cases were generated from {setup.thresholds_path}; choose the file with "
+                    "--robustness-thresholds=FILE, $ROBUSTNESS_THRESHOLDS or ini robustness_thresholds instead "
+                    "of overriding the fixture", pytrace=False)
+    return setup.thresholds
 
 
 @pytest.fixture
-def robustness_threshold(request, robustness_thresholds):
+def robustness_threshold(request):
     """This case's :class:`robustness.thresholds.Threshold` (parametrised from the thresholds file)."""
     return request.param
 
 
 @pytest.fixture(scope="session")
 def robustness_dataset(pytestconfig: pytest.Config, robustness_thresholds):
-    """The labelled images, limited to the configured image count.
+    """The labelled images, limited to the configured image count (see :mod:`robustness.settings`).
 
-    Folder: ``--robustness-data``, else the thresholds file's ``defaults.dataset``, else ini
-    ``robustness_data``, else ``$ROBUSTNESS_DATA`` / the shared default. Count:
-    ``--robustness-images``, else ``defaults.images``, else ini ``robustness_images``, else all.
+    Override in conftest.py to supply an :class:`robustness.ImageDataset` of your own.
     """
-    from .datasets import load_dataset
-
-    data = pytestconfig.getoption("--robustness-data") or robustness_thresholds.dataset
-    if not data:
-        ini = pytestconfig.getini("robustness_data")
-        data = str(pytestconfig.rootpath / ini) if ini else None
-    images = pytestconfig.getoption("--robustness-images")
-    if images is None:
-        images = robustness_thresholds.images
-    if images is None and pytestconfig.getini("robustness_images"):
-        images = int(pytestconfig.getini("robustness_images"))
-    return load_dataset(data, limit=images)
+    setup = _ready(pytestconfig)
+    if setup.dataset is None:
+        pytest.fail(f"robustness: no image folder: the built-in default {setup.data.value} does not exist; set "
+                    "--robustness-data=DIR, $ROBUSTNESS_DATA, defaults.dataset in the thresholds file or ini "
+                    "robustness_data (or override the robustness_dataset fixture)", pytrace=False)
+    return setup.dataset
 
 
-def _evaluate_options(config: pytest.Config) -> dict:
-    """Extra keyword arguments for :func:`robustness.evaluate` from the options: the prediction cache."""
-    from .cache import CACHE_ENV_VAR, DEFAULT_CACHE_DIR, PredictionCache
+def _cache(config: pytest.Config):
+    """The prediction cache the settings ask for, or ``None`` (no cache)."""
+    if _resolve(config, "no_cache").value:
+        return None
+    from .cache import PredictionCache
 
-    if config.getoption("--robustness-no-cache"):
-        return {}
-    return {"cache": PredictionCache(config.getoption("--robustness-cache-dir") or os.environ.get(CACHE_ENV_VAR)
-                                     or config.rootpath / DEFAULT_CACHE_DIR)}
+    return PredictionCache(_resolve(config, "cache_dir", default=str(config.rootpath / _settings.DEFAULT_CACHE_DIR)).value)
 
 
 @pytest.fixture(scope="session")
-def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustness_thresholds) -> GateSession:
-    """Evaluations shared by all gate cases of this process: one evaluation per (model, distortion)."""
-    return GateSession(
-        robustness_dataset,
-        robustness_thresholds,
-        device=pytestconfig.getoption("--robustness-device"),
-        batch_size=pytestconfig.getoption("--robustness-batch-size"),
-        num_workers=pytestconfig.getoption("--robustness-workers"),
-        evaluate_options=_evaluate_options(pytestconfig),
-    )
+def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustness_thresholds):
+    """The :class:`robustness.gate.GateSession` of this process: one evaluation per (model, distortion)."""
+    from .gate import GateSession
+
+    setup = _ready(pytestconfig)
+    try:
+        return GateSession(
+            robustness_dataset, robustness_thresholds, device=setup.device,
+            batch_size=_resolve(pytestconfig, "batch_size").value,
+            num_workers=_resolve(pytestconfig, "workers").value,
+            cache=_cache(pytestconfig), allow_fewer_images=robustness_thresholds.allow_fewer_images,
+        )
+    except _settings.SettingError as error:
+        pytest.fail(f"robustness: {error}", pytrace=False)
 
 
 @pytest.fixture
 def robustness_model(robustness_threshold, robustness_session):
-    """The model under test for this case: the registered model named by the thresholds entry.
+    """The model of a ``source: fixture`` entry. Override in conftest.py.
 
-    Override in conftest.py to gate your own model (return a :class:`robustness.Classifier`; mark
-    the model's entry ``source: fixture`` unless the name is registered).
+    The gate asks for this fixture only for entries marked ``source: fixture``; registered names are
+    loaded as themselves. An override returns a :class:`robustness.Classifier`; it may request
+    ``robustness_threshold`` (then it must be function-scoped) and return ``None`` to decline an entry.
+    This default supplies registered names and fails for ``source: fixture`` entries.
     """
     if robustness_threshold.source == "fixture":
-        pytest.fail(f"robustness: the thresholds entry for {robustness_threshold.model!r} says 'source: fixture', "
-                    "but no conftest.py overrides the robustness_model fixture", pytrace=False)
+        pytest.fail(f"robustness: the thresholds entry {robustness_threshold.model!r} says 'source: fixture', but no "
+                    "conftest.py overrides the robustness_model fixture (define one returning a "
+                    "robustness.Classifier, or register the model with robustness.register_model)", pytrace=False)
     return robustness_session.model(robustness_threshold.model)
 
 
 @pytest.fixture
-def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_model, robustness_session) -> Verdict:
+def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_session):
     """The :class:`robustness.gate.Verdict` for this case; ``robustness_verdict.check()`` fails the
     test with a clear message. Also records the JUnit XML properties and the summary row."""
-    verdict = robustness_session.verdict(robustness_model, robustness_threshold)
+    from .gate import GateError
+
+    threshold = robustness_threshold
+    if threshold.source == "fixture":
+        model = request.getfixturevalue("robustness_model")
+        if model is None:
+            pytest.fail(f"robustness: the robustness_model fixture declined {threshold.model!r} (returned None); "
+                        "supply the model or remove its entry", pytrace=False)
+    else:
+        model = robustness_session.model(threshold.model)
+    try:
+        verdict = robustness_session.verdict(model, threshold)
+    except GateError as error:
+        pytest.fail(f"robustness: {error}", pytrace=False)
     props = verdict.properties()
-    props.append(("robustness_level_id", robustness_threshold.condition.id))
+    props.append(("robustness_level_id", threshold.condition.id))
     if robustness_session.thresholds.path is not None:
         props.append(("robustness_thresholds_file", str(robustness_session.thresholds.path)))
     props += [("robustness_note", note) for note in verdict.notes]
     for check in verdict.checks:
         if check.clean is not None:
             props.append((f"robustness_clean_{check.metric}", round(check.clean, 6)))
+    skipped = verdict.result.skipped
+    props.append(("robustness_skipped", len(skipped)))
+    if skipped:
+        props.append(("robustness_skipped_images", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
     request.node.user_properties.extend(props)
     if pytestconfig.getoption("--robustness-update-thresholds"):
-        _store_baseline(robustness_session, robustness_threshold)
+        _store_baseline(robustness_session, threshold)
         pytest.skip("--robustness-update-thresholds: measured; thresholds are rewritten at the end of the run\n"
                     + verdict.message())
     return verdict
@@ -298,7 +377,9 @@ def robustness_result(robustness_verdict):
     return robustness_verdict.result
 
 
-def _store_baseline(session: GateSession, threshold) -> None:
+def _store_baseline(session, threshold) -> None:
+    from .gate import save_baseline
+
     thresholds = session.thresholds
     if thresholds.paired is not None:
         folder = thresholds.paired.baseline
@@ -330,22 +411,29 @@ class _Reporter:
             return
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             config = self.config
+            state = config.stash[_STATE]
             outcome = report.outcome
             if report.when == "setup" and report.skipped and config.getoption("--robustness-update-thresholds"):
                 outcome = "measured"
                 _record_update(config, props)
             key = (props["robustness_model"], props["robustness_distortion"])
-            config.stash[_ROWS].setdefault(key, {})[props["robustness_level"]] = (props, outcome)
+            state.rows.setdefault(key, {})[props["robustness_level"]] = (props, outcome)
+            for entry in str(props.get("robustness_skipped_images", "")).split("; "):
+                if entry:
+                    image, _, message = entry.partition(": ")
+                    state.skipped.setdefault(image, message)
 
 
 def _record_update(config: pytest.Config, props: dict) -> None:
+    from .evaluation import Condition
+
     path = props.get("robustness_thresholds_file")
     if not path:
         return
     model = props["robustness_model"]
     distortion = props["robustness_distortion"]
     level = 0 if distortion == CLEAN else float(props["robustness_level"])
-    measured = config.stash[_UPDATES].setdefault((path, model), {})
+    measured = config.stash[_STATE].updates.setdefault((path, model), {})
     measured[Condition(distortion, level)] = {m: props[f"robustness_{m}"] for m in METRICS}
     if "robustness_clean_top1" in props or "robustness_clean_top5" in props:
         clean = measured.setdefault(Condition(CLEAN, 0), {})
@@ -370,14 +458,15 @@ def _cell(level_id: str, props: dict, outcome: str) -> str:
     return text
 
 
-def summary_lines(rows: dict) -> list[str]:
-    """The summary table from ``{(model, distortion): {level: (props, outcome)}}``."""
+def summary_lines(rows: dict, skipped: dict[str, str] | None = None) -> list[str]:
+    """The summary table from ``{(model, distortion): {level: (props, outcome)}}``, then one line per
+    unreadable image left out (``skipped``: image id -> reason)."""
     if not rows:
         return []
-    order = {CLEAN: -1} | {name: i for i, name in enumerate(DISTORTIONS)}
+    order = {CLEAN: -1} | {name: i for i, name in enumerate(DISTORTION_NAMES)}
     width = max(len(m) for m, _ in rows)
     lines = ["measured/required accuracy % per level (n = images per condition); FAIL = below threshold"]
-    for (model, distortion) in sorted(rows, key=lambda k: (k[0], order.get(k[1], 99))):
+    for (model, distortion) in sorted(rows, key=lambda k: (k[0], order.get(k[1], 99), k[1])):
         cells = rows[(model, distortion)]
         items = sorted(cells.items(), key=lambda kv: float(kv[0]))
         failed = sum(outcome == "failed" for _, (_, outcome) in items)
@@ -391,28 +480,43 @@ def summary_lines(rows: dict) -> list[str]:
                                if distortion != CLEAN else "", p, outcome).strip() for level, (p, outcome) in items)
         lines.append(f"{model:<{width}}  {distortion:<8}  {'/'.join(metrics) or '-':<9} n={'/'.join(map(str, sorted(n)))}"
                      f"  {verdict:<9}  {text}")
+    if skipped:
+        lines.append(f"skipped {len(skipped)} unreadable image(s), left out of every condition:")
+        lines += [f"  {image}: {message}" for image, message in sorted(skipped.items())]
     return lines
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
-    lines = summary_lines(config.stash.get(_ROWS, {}))
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    lines = summary_lines(state.rows, state.skipped)
     if lines:
         terminalreporter.write_sep("=", "robustness gate")
         for line in lines:
             red = " FAIL" in line
-            terminalreporter.write_line(line, red=red, green=not red and "  pass  " in line)
+            terminalreporter.write_line(line, red=red, green=not red and "  pass  " in line,
+                                        yellow=line.startswith(("skipped", "  ")))
     if config.getoption("--robustness-update-thresholds"):
         _write_updates(terminalreporter, config)
 
 
 def _write_updates(terminalreporter, config: pytest.Config) -> None:
-    updates = config.stash.get(_UPDATES, {})
+    import difflib
+    from collections import defaultdict
+
+    from .thresholds import update_thresholds_file
+
+    updates = config.stash[_STATE].updates
     if not updates:
         return
-    value = config.getoption("--robustness-margin")
-    margin = float(config.getini("robustness_margin") if value is None else value)
+    try:
+        margin = _resolve(config, "margin").value
+    except _settings.SettingError as error:
+        terminalreporter.write_line(f"robustness: thresholds not updated: {error}", red=True)
+        return
     terminalreporter.write_sep("=", f"robustness thresholds updated (margin {margin:g})")
     by_file = defaultdict(list)
     for (path, model), measured in updates.items():

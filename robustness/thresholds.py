@@ -5,6 +5,7 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
     version: 1                  # optional; the schema version
     defaults:                   # optional shared settings
       images: 100               # images per condition: the first N of the dataset, in its order
+      allow_fewer_images: false # true: judge on fewer (missing or unreadable images) instead of failing
       seed: 0                   # base seed for noise
       dataset: ../data/val      # image folder, relative to this file (pytest/CLI options override)
       paired:                   # optional paired regression check against a stored baseline
@@ -31,9 +32,8 @@ Conventions:
   as numbers (``blur: {3: ...}``, ``contrast: {0.5: ...}``).
 * A model name must be registered (:func:`robustness.register_model`, e.g. in ``conftest.py``)
   unless its entry says ``source: fixture``: then the pytest fixture ``robustness_model`` (overridden
-  in your ``conftest.py``) supplies the model and the name is only a label. Under pytest, a
-  conftest.py that overrides ``robustness_model`` also lifts the check for that directory (the
-  fixture decides which model runs); ``source: fixture`` documents it and keeps the CLI happy.
+  in your ``conftest.py``) supplies the model and the name is only a label. Registered names always
+  run as themselves, also under a conftest.py that overrides ``robustness_model``.
 
 A wrong file raises :class:`ThresholdsError` listing every problem as ``file:line: key.path: what``
 (unknown keys come with a did-you-mean suggestion).
@@ -126,8 +126,8 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
     """The JSON Schema (draft 2020-12) of a thresholds document whose mapping keys are strings.
 
     Level keys are compared in canonical ``%g`` form. ``known_models`` are the names accepted without
-    ``source: fixture``; ``allow_unregistered`` accepts any name (the pytest plugin sets it when a
-    conftest.py overrides the ``robustness_model`` fixture).
+    ``source: fixture``; ``allow_unregistered`` accepts any name (e.g. a report over results of
+    models that are not registered here).
     """
     bars = {
         "type": "object",
@@ -161,9 +161,10 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
             "version": {"const": SCHEMA_VERSION},
             "defaults": {
                 "type": "object",
-                "propertyNames": {"enum": ["images", "seed", "dataset", "paired"]},
+                "propertyNames": {"enum": ["images", "seed", "dataset", "paired", "allow_fewer_images"]},
                 "properties": {
                     "images": {"type": "integer", "minimum": 1},
+                    "allow_fewer_images": {"type": "boolean"},
                     "seed": {"type": "integer", "minimum": 0},
                     "dataset": {"type": "string", "minLength": 1},
                     "paired": {
@@ -353,6 +354,8 @@ class Thresholds:
         images, seed, dataset: the shared defaults (``dataset`` resolved against the file's folder).
         paired: the paired-check settings, ``None`` when the file enables none.
         sources: model name -> ``registry`` / ``fixture``.
+        allow_fewer_images: ``defaults.allow_fewer_images``: the gate may judge on fewer images than
+            ``images`` asks for (missing or unreadable files) instead of failing.
     """
 
     path: Path | None
@@ -362,6 +365,7 @@ class Thresholds:
     dataset: str | None = None
     paired: PairedSettings | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    allow_fewer_images: bool = False
 
     def models(self) -> list[str]:
         """Model names in file order."""
@@ -415,7 +419,7 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
                                          line=document.key_lines.get(where), source=source))
     images = defaults.get("images")
     return Thresholds(path, entries, None if images is None else int(images), int(defaults.get("seed", 0)),
-                      dataset, paired, sources)
+                      dataset, paired, sources, allow_fewer_images=bool(defaults.get("allow_fewer_images", False)))
 
 
 def _validate(data: Any, document: _Document, source: str | None, known_models: Iterable[str] | None,

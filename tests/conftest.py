@@ -29,17 +29,19 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def shared_image_paths(pytestconfig: pytest.Config) -> list[Path]:
     """Paths of the shared ImageNet validation JPEGs, sorted; skips the test if they are absent.
 
-    Location: ``$ROBUSTNESS_DATA``, else the ``robustness_data`` ini option relative to the rootdir.
+    Location: the gate's data setting (:mod:`robustness.settings`: ``--robustness-data``, else
+    ``$ROBUSTNESS_DATA``, else the ``robustness_data`` ini option relative to the rootdir, else the
+    shared default).
     """
+    from robustness.settings import DEFAULT_DATA_DIR, resolve
+
     try:
-        ini = pytestconfig.getini("robustness_data")
-    except ValueError:  # the robustness plugin is not installed
-        ini = "../shared/data/imagenet-val-1024"
-    data = os.environ.get("ROBUSTNESS_DATA") or ini
-    root = Path(data) if data else None
-    if root is not None and not root.is_absolute():
-        root = pytestconfig.rootpath / root
-    paths = sorted(root.glob("*/*.JPEG")) if root is not None and root.is_dir() else []
+        ini, flag = pytestconfig.getini("robustness_data"), pytestconfig.getoption("--robustness-data")
+    except ValueError:  # the robustness plugin is not loaded (-p no:robustness)
+        ini, flag = "", None
+    root = Path(resolve("data", flag=flag, ini=str(pytestconfig.rootpath / ini) if ini else None,
+                        default=str(pytestconfig.rootpath / DEFAULT_DATA_DIR)).value)
+    paths = sorted(root.glob("*/*.JPEG")) if root.is_dir() else []
     if not paths:
         pytest.skip(f"shared ImageNet images not found (looked in {root})")
     return paths

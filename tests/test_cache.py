@@ -322,6 +322,7 @@ _THRESHOLDS = '''
 defaults: {images: 6, seed: 0}
 models:
   tiny:
+    source: fixture   # the conftest's robustness_model (registered names run as themselves)
     clean: {top1: 0.0}
     noise:
       30: {top1: 0.0}

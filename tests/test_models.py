@@ -457,7 +457,7 @@ def test_user_model_from_conftest_fixture_override(pytester):
             assert robustness_model.name == "mynet" and robustness_result.n == 2
             check_threshold(robustness_threshold, robustness_result)
     """)
-    pytester.makefile(".yaml", thresholds="defaults: {images: 2}\nmodels:\n  mynet:\n    clean: {top1: 0.0}\n")
+    pytester.makefile(".yaml", thresholds="defaults: {images: 2}\nmodels:\n  mynet:\n    source: fixture\n    clean: {top1: 0.0}\n")
     result = pytester.runpytest_inprocess(f"--robustness-data={DATA}", "--robustness-workers=0", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
 

@@ -17,9 +17,14 @@ from PIL import Image
 import robustness
 
 # Imported here, outside the in-process pytester runs: modules first imported inside a run are
-# dropped afterwards and re-imported (and assertion-rewritten) by every run, which costs seconds.
+# dropped afterwards and re-imported (and assertion-rewritten) by every run, which costs seconds —
+# and torch cannot be imported twice in one process. ``import robustness`` is lazy, so the modules
+# the gate loads are named here.
 import _pytest.stepwise  # noqa: E402,F401
 import hypothesis  # noqa: E402,F401
+import torch  # noqa: E402,F401
+import robustness.cache, robustness.evaluation, robustness.gate, robustness.models  # noqa: E402,F401
+import robustness.pytest_plugin, robustness.report, robustness.thresholds  # noqa: E402,F401
 from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PpmImagePlugin  # noqa: E402,F401
 
 from robustness.datasets import imagenet_wnids
@@ -98,7 +103,7 @@ def gate(pytester, monkeypatch):
     pytester.makeconftest(CONFTEST)
     pytester.makefile(".yaml", thresholds=THRESHOLDS)
     pytester.makepyfile(test_gate=TEST)
-    pytester.makeini("[pytest]\nrobustness_data = images\naddopts = --robustness-workers 0 -p no:cacheprovider -p no:unraisableexception\n")
+    pytester.makeini("[pytest]\nrobustness_data = images\naddopts = -W error --robustness-workers 0 -p no:cacheprovider -p no:unraisableexception\n")
     return pytester
 
 
@@ -151,6 +156,7 @@ def test_junit_properties(gate):
     assert float(props["robustness_top1_ci_low"]) < 0.8 < float(props["robustness_top1_ci_high"])
     assert float(props["robustness_top1_of_clean_required"]) == pytest.approx(0.72)
     assert props["robustness_passed"] == "True"
+    assert props["robustness_skipped"] == "0" and "robustness_skipped_images" not in props
 
 
 def test_bad_thresholds_fail_collection_with_file_line_key(gate):
@@ -163,28 +169,75 @@ def test_bad_thresholds_fail_collection_with_file_line_key(gate):
     ])
 
 
-def test_unknown_model_fails_collection_unless_a_fixture_supplies_it(gate):
+REGISTERED = '''
+
+from robustness import register_model, list_models
+
+
+def _teamnet():
+    return Toy(7)          # a registered model, measurably different from the fixture's (wrong from class 7)
+
+
+if "teamnet" not in list_models():   # in-process pytester runs share the registry
+    register_model("teamnet", Preprocessing(8, 8, "nearest", mean=(0, 0, 0), std=(1, 1, 1)))(_teamnet)
+'''
+
+
+def test_each_model_is_judged_as_itself(gate):
+    """Issue 9 §2: a fixture override supplies only the ``source: fixture`` entries."""
+    gate.makeconftest(CONFTEST + REGISTERED)
+    gate.makefile(".yaml", thresholds=THRESHOLDS + "  teamnet:\n    clean: {top1: 0.0}\n")
+    result = gate.runpytest("-v", "-m", "clean")
+    result.assert_outcomes(passed=2, deselected=4)
+    # the fixture model gets 8 of 10 right; the registered teamnet is wrong from class 7: 6 of 10
+    result.stdout.fnmatch_lines(["teamnet  clean *n=10  pass * 60.0/0.0", "toy      clean *n=10  pass * 80.0/70.0"])
+
+
+def test_unknown_model_fails_collection_once_with_line_and_suggestion(gate):
+    gate.makeconftest(CONFTEST + REGISTERED)
+    gate.makefile(".yaml", thresholds=THRESHOLDS + "  teamnte:\n    clean: {top1: 0.0}\n")
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*thresholds.yaml:15: models.teamnte: unknown model 'teamnte' (did you mean 'teamnet'?)*"])
+    text = result.stdout.str()
+    assert text.count("unknown model 'teamnte'") == 1 and text.count("ERROR collecting") == 1
+    assert "Traceback" not in text and "robustness_verdict" not in text
+    # a conftest.py overriding robustness_model does not lift the check: the entry must say source: fixture
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("    source: fixture   # the conftest's robustness_model\n", ""))
-    # conftest.py overrides robustness_model: the name is only a label
-    gate.runpytest().assert_outcomes(passed=5)
-    # no override and not registered: collection fails, naming file, line and key
-    gate.makeconftest("")
     result = gate.runpytest()
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*thresholds.yaml:5: models.toy: unknown model 'toy'*register_model*robustness_model fixture*"])
 
 
-def test_thresholds_path_fixture_override(gate):
+def test_fixture_may_decline_an_entry(gate):
+    gate.makeconftest(CONFTEST.replace('''@pytest.fixture(scope="session")
+def robustness_model():''', '''@pytest.fixture
+def robustness_model(robustness_threshold):
+    if robustness_threshold.condition.distortion == "jpeg":
+        return None'''))
+    result = gate.runpytest()
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(["*robustness: the robustness_model fixture declined 'toy' (returned None)*"])
+
+
+def test_thresholds_file_from_option_variable_or_ini_not_a_fixture(gate, monkeypatch):
     (gate.path / "gate").mkdir()
     (gate.path / "gate" / "strict.yaml").write_text(THRESHOLDS.replace("clean: {top1: 0.7}", "clean: {top1: 0.9}"))
+    result = gate.runpytest("--robustness-thresholds=gate/strict.yaml")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(["*strict.yaml:7*"])
+    monkeypatch.setenv("ROBUSTNESS_THRESHOLDS", "gate/strict.yaml")
+    gate.runpytest().assert_outcomes(passed=4, failed=1)
+    monkeypatch.delenv("ROBUSTNESS_THRESHOLDS")
+    # the old collection-time fixture override is refused in words, never silently ignored
     gate.makeconftest(CONFTEST + textwrap.dedent('''
         @pytest.fixture(scope="session")
         def robustness_thresholds_path(pytestconfig):
-            return "gate/strict.yaml"   # relative to the rootdir
+            return "gate/strict.yaml"
     '''))
     result = gate.runpytest()
-    result.assert_outcomes(passed=4, failed=1)
-    result.stdout.fnmatch_lines(["*strict.yaml:7*"])
+    result.assert_outcomes(errors=5)
+    result.stdout.fnmatch_lines(["*robustness_thresholds_path fixture returns gate/strict.yaml*--robustness-thresholds=FILE*"])
 
 
 def test_dataset_fixture_override_and_legacy_three_line_test(gate):
@@ -243,16 +296,21 @@ def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
     # the subprocess must import this checkout's robustness, not another installed copy
     monkeypatch.setenv("PYTHONPATH", str(Path(robustness.__file__).resolve().parents[1]))
     serial = gate.runpytest()
-    parallel = gate.runpytest("-n", "2", "-v", "-p", "no:benchmark")
-    serial.assert_outcomes(passed=2, failed=3)
-    parallel.assert_outcomes(passed=2, failed=3)
+    grouped = gate.runpytest("-n", "2", "--dist", "loadgroup", "-v", "-p", "no:benchmark")
+    plain = gate.runpytest("-n", "2", "-p", "no:benchmark")   # the user's scheduling is left alone
+    for result in (serial, grouped, plain):
+        result.assert_outcomes(passed=2, failed=3)
     rows = lambda r: sorted(line for line in r.stdout.lines if line.startswith("toy  "))
-    assert rows(serial) == rows(parallel) and len(rows(serial)) == 4
-    # the two blur levels ran on the same worker (loadgroup)
-    # -v lines read "[gw1] [ 50%] PASSED test_gate.py::test_accuracy[toy-blur-s1]"
-    workers = {match.group(1) for line in parallel.stdout.lines if "toy-blur" in line
+    assert rows(serial) == rows(grouped) == rows(plain) and len(rows(serial)) == 4
+    # --dist loadgroup: the two blur levels run on the same worker. xdist marks a grouped case by
+    # appending "@<group>" to its node id; pytest 9.2 ignores that rewrite (pytest-xdist issue #1386,
+    # open), so xdist 3.8 then schedules without groups. The verdicts above hold either way.
+    # -v lines read "[gw1] [ 50%] PASSED test_gate.py::test_accuracy[toy-blur-s1]@robustness-toy-blur"
+    if "@robustness-toy-blur" not in grouped.stdout.str():
+        pytest.xfail("this pytest/xdist pair does not group by xdist_group (pytest-xdist issue #1386)")
+    workers = {match.group(1) for line in grouped.stdout.lines if "toy-blur" in line
                for match in [re.search(r"\[(gw\d+)\]", line)] if match}
-    assert len(workers) == 1, parallel.stdout.str()
+    assert len(workers) == 1, grouped.stdout.str()
 
 
 def test_source_fixture_without_override_is_a_clear_error(gate):
@@ -260,3 +318,4 @@ def test_source_fixture_without_override_is_a_clear_error(gate):
     result = gate.runpytest()
     result.assert_outcomes(errors=5)
     result.stdout.fnmatch_lines(["*'toy' says 'source: fixture', but no conftest.py overrides the robustness_model fixture*"])
+    assert "Traceback" not in result.stdout.str() and "def robustness_model" not in result.stdout.str()
