@@ -222,13 +222,15 @@ class _Document:
             for key, item in value.items():
                 text = _key_text(key)
                 child = path + (text,)
-                key_line = value.lc.key(key)[0] + 1
+                position = value.lc.data.get(key)  # None for a key merged in with `<<: *anchor`
+                key_line = value.lc.line + 1 if position is None else position[0] + 1
+                value_line = key_line if position is None else position[2] + 1
                 if text in out:  # e.g. `1` and `1.0`: different YAML keys, the same level
                     self.problems.append(Problem(key_line, _dotted(child),
                                                  f"duplicate key (first on line {self.key_lines[child]})"))
                     continue
                 self.key_lines[child] = key_line
-                out[text] = self.convert(item, child, value.lc.value(key)[0] + 1)
+                out[text] = self.convert(item, child, value_line)
             return out
         if isinstance(value, CommentedSeq):
             return [self.convert(item, path + (i,), value.lc.item(i)[0] + 1) for i, item in enumerate(value)]

@@ -333,3 +333,24 @@ def test_exact_duplicate_key_and_syntax_error_lines(tmp_path):
 def test_parse_thresholds_from_data_refuses_nan():
     with pytest.raises(ThresholdsError, match="not a finite number"):
         parse_thresholds({"models": {"efficientnet_lite0": {"clean": {"top1": float("nan")}}}}, known_models=KNOWN)
+
+
+def test_anchors_and_merge_keys_keep_lines(tmp_path):
+    path = write(tmp_path, """\
+        models:
+          efficientnet_lite0:
+            blur:
+              1: &bar {top1: 0.5}
+              2: *bar
+              3:
+                <<: *bar
+                top5: .nan
+    """)
+    with pytest.raises(ThresholdsError) as info:
+        load_thresholds(path, known_models=KNOWN)
+    assert [(p.line, p.key) for p in info.value.problems] == [(8, "models.efficientnet_lite0.blur.3.top5")]
+    path.write_text(path.read_text().replace(".nan", "0.7"))
+    t = load_thresholds(path, known_models=KNOWN)
+    assert [(e.id, e.bars(), e.line) for e in t.entries] == [
+        ("efficientnet_lite0-blur-s1", {"top1": 0.5}, 4), ("efficientnet_lite0-blur-s2", {"top1": 0.5}, 5),
+        ("efficientnet_lite0-blur-s3", {"top1": 0.5, "top5": 0.7}, 6)]
