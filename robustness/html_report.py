@@ -614,8 +614,7 @@ def _section_summary(runs, baseline, rows) -> str:
     lines.append("</table>")
     for why, mark in reasons.items():
         lines.append(f"<p class='muted'><sup>{mark}</sup> n/a: {_e(why)}.</p>")
-    means = mean_corruption_errors({label: {d: values for d, values in by_d.items()}
-                                    for label, by_d in corruption_errors(runs, baseline).items()})
+    means = mean_corruption_errors(corruption_errors(runs, baseline))
     for key, name in (("mce", "mCE"), ("relative_mce", "relative mCE")):
         m = means[key]
         if not m["values"]:
@@ -636,8 +635,8 @@ def _section_summary(runs, baseline, rows) -> str:
         f"<b>CE</b> (ImageNet-C, Hendrycks &amp; Dietterich 2019) = &Sigma;<sub>levels</sub> error(model) / "
         f"&Sigma;<sub>levels</sub> error(baseline), error = 1 &minus; top-1; the baseline <b>{_e(base)}</b> scores 1.0 and lower is "
         "better. <b>Relative CE</b> = &Sigma;<sub>levels</sub> (error &minus; clean error) of the model / the same sum of the "
-        "baseline: negative when a model is more accurate under the distortion than on clean images; n/a only where the "
-        "baseline's sum is 0. All are computed on the levels every model "
+        "baseline: negative when one of the two is more accurate under the distortion than on clean images and the other "
+        "is not; n/a only where the baseline's sum is 0. All are computed on the levels every model "
         "in this report was measured at, so they compare models even when runs used different level grids.</p></section>")
     return "\n".join(lines)
 
