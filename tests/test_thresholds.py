@@ -354,3 +354,29 @@ def test_anchors_and_merge_keys_keep_lines(tmp_path):
     assert [(e.id, e.bars(), e.line) for e in t.entries] == [
         ("efficientnet_lite0-blur-s1", {"top1": 0.5}, 4), ("efficientnet_lite0-blur-s2", {"top1": 0.5}, 5),
         ("efficientnet_lite0-blur-s3", {"top1": 0.5, "top5": 0.7}, 6)]
+
+
+def test_repository_gate_has_no_case_that_cannot_fail_and_a_committed_baseline():
+    """Every case of the repository's own gate can fail: no bar of 0, no level that leaves the image as it
+    is (that repeats `clean`); the paired check is on and its baseline covers every case."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from robustness.distortions import distort
+    from robustness.gate import load_baseline
+
+    root = Path(__file__).resolve().parents[1]
+    t = load_thresholds(root / "thresholds.yaml", known_models=KNOWN)
+    image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    for entry in t.entries:
+        assert all(bar > 0 for bar in entry.bars().values()), f"{entry.id}: a bar of 0 cannot fail"
+        if entry.condition.distortion != "clean":
+            changed = distort(image, entry.condition.distortion, entry.condition.level, seed=1)
+            assert not np.array_equal(changed, image), f"{entry.id}: the identity repeats the clean case"
+    assert t.paired is not None and t.paired.baseline == root / "robustness-baseline"
+    for entry in t.entries:
+        baseline = load_baseline(t.paired.baseline, entry.model, entry.condition.distortion)
+        assert baseline is not None, f"{entry.id}: no committed baseline"
+        assert float(entry.condition.level) in baseline.levels and baseline.seed == t.seed
+        assert len(baseline.image_ids) == t.images
