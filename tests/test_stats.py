@@ -20,6 +20,16 @@ def test_wilson_known_values():
         wilson_interval(11, 10)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 100, 1000])
+def test_wilson_agrees_with_scipy(n):
+    """An independent implementation: scipy's ``BinomTestResult.proportion_ci(method="wilson")``."""
+    from scipy.stats import binomtest
+
+    for k in range(0, n + 1, max(1, n // 25)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-14)
+
+
 @given(st.integers(1, 2000), st.data())
 def test_wilson_contains_estimate(n, data):
     k = data.draw(st.integers(0, n))
