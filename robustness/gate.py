@@ -161,8 +161,13 @@ class Verdict:
 
     def message(self) -> str:
         """Multi-line explanation: what was measured, every bar, the paired check, where the entry is."""
+        causes = []
+        if not all(c.passed for c in self.checks):
+            causes.append("BELOW THRESHOLD")
+        if self.paired is not None and not self.paired.passed:
+            causes.append("SIGNIFICANT DROP VS BASELINE")
         head = f"{self.threshold.model} {condition_label(self.threshold.condition)}: " + (
-            "passes" if self.passed else "BELOW THRESHOLD")
+            " AND ".join(causes) if causes else "passes")
         lines = [head, "  measured " + self.measured_line()]
         lines += ["  " + ("ok   " if c.passed else "FAIL ") + c.describe() for c in self.checks]
         if self.paired is not None:

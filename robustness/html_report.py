@@ -24,7 +24,12 @@ was measured at (so the numbers compare across models even when the runs used di
   ``CE = sum_s E_s(model) / sum_s E_s(baseline)`` with ``E_s = 1 - top1`` at level ``s``; the
   baseline (``--baseline``, default the first model) scores 1.0, lower is better. **Relative CE**
   subtracts each model's clean error first: ``sum_s (E_s - E_clean) / sum_s (E_s^base - E_clean^base)``
-  (n/a when the baseline loses nothing). ``mCE`` is the mean CE over the distortions in the report.
+  (finite also when that denominator is negative; n/a only where it is 0, with the reason). ``mCE``
+  (relative mCE) is the mean CE (relative CE) over the distortions where every model's value is
+  defined; the page names them and any left out.
+
+A distortion, level or clean result that not every run measured is left out of these numbers, and
+the page says so (:func:`left_out_of_comparison`); the curves still show it.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ from .stats import wilson_interval
 from .report import atomic_write, read_predictions, read_results_json
 
 __all__ = [
-    "ReportError", "RunData", "load_run", "find_runs", "relative_auc", "corruption_errors",
-    "summary_table", "class_changes", "threshold_verdicts", "build_report", "write_report",
+    "ReportError", "RunData", "load_run", "find_runs", "relative_auc", "corruption_error",
+    "relative_corruption_error", "corruption_errors", "mean_corruption_errors", "left_out_of_comparison",
+    "summary_table", "class_lists", "class_changes", "threshold_verdicts", "build_report", "write_report",
 ]
 
 RESULTS_FILE = "results.json"
@@ -175,11 +181,38 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[RunData]:
 
 
 def _common_levels(runs: Sequence[RunData], distortion: str) -> list[float]:
+    """Levels of ``distortion`` that every run measured (``[]`` when a run lacks the distortion)."""
     sets = [{r["level"] for r in run.curve(distortion)} for run in runs]
-    sets = [s for s in sets if s]
-    if not sets:
+    if not sets or not all(sets):
         return []
     return sorted(set.intersection(*sets))
+
+
+def left_out_of_comparison(runs: Sequence[RunData]) -> list[str]:
+    """What the summary numbers (rAUC, CE, mCE) leave out because not every run measured it.
+
+    Returns:
+        one sentence per gap, e.g. ``"jpeg: measured only by model_a"`` or ``"blur level 9: measured
+        only by model_b"``; ``[]`` for a single run or runs with the same conditions.
+    """
+    if len(runs) < 2:
+        return []
+    notes = []
+    for d in DISTORTIONS:
+        having = [run.label for run in runs if run.curve(d)]
+        if not having:
+            continue
+        if len(having) < len(runs):
+            notes.append(f"{d}: measured only by {', '.join(having)}")
+            continue
+        common = set(_common_levels(runs, d))
+        for level in sorted({r["level"] for run in runs for r in run.curve(d)} - common):
+            by = [run.label for run in runs if any(r["level"] == level for r in run.curve(d))]
+            notes.append(f"{d} level {level:g}: measured only by {', '.join(by)}")
+    no_clean = [run.label for run in runs if run.clean() is None]
+    if no_clean:
+        notes.append(f"clean: not measured by {', '.join(no_clean)} (no rAUC or relative CE for it)")
+    return notes
 
 
 def relative_auc(levels: Sequence[float], top1: Sequence[float], clean_top1: float) -> float:
@@ -205,26 +238,69 @@ def relative_auc(levels: Sequence[float], top1: Sequence[float], clean_top1: flo
     return area / float(x[-1] - x[0])
 
 
-def corruption_errors(runs: Sequence[RunData], baseline: str | None = None) -> dict[str, dict[str, tuple[float, float]]]:
-    """ImageNet-C corruption error and relative corruption error per (run label, distortion).
+#: A summed error difference this close to 0 counts as 0: accuracies are k/n fractions, so a true
+#: non-zero sum is at least 1/n (>= 1e-6 for any realistic n); float rounding stays far below 1e-9.
+ZERO_DENOMINATOR = 1e-9
 
-    Computed over the levels common to all runs. Returns ``{label: {distortion: (CE, relative CE)}}``
-    (``nan`` where undefined). ``baseline`` is a run label or model name (default: the first run).
 
-    Raises:
-        ReportError: unknown baseline.
+def corruption_error(errors: Sequence[float], baseline_errors: Sequence[float]) -> float:
+    """ImageNet-C corruption error (Hendrycks & Dietterich, ICLR 2019, Sec. 3):
+    ``CE = sum_s E_s / sum_s E_s^base``.
+
+    Args:
+        errors, baseline_errors: top-1 error rates ``1 - top1`` (fractions) of the model and of the
+            baseline at the same levels ``s``, same order.
+
+    Returns:
+        the ratio (1.0 for the baseline itself, lower is better); ``nan`` only when the baseline's
+        summed error is 0 (undefined: nothing to divide by).
     """
-    if not runs:
-        return {}
+    e, base = np.asarray(errors, dtype=float), np.asarray(baseline_errors, dtype=float)
+    denominator = float(base.sum())
+    return math.nan if abs(denominator) <= ZERO_DENOMINATOR else float(e.sum()) / denominator
+
+
+def relative_corruption_error(errors: Sequence[float], clean_error: float, baseline_errors: Sequence[float],
+                              baseline_clean_error: float) -> float:
+    """ImageNet-C relative corruption error (Hendrycks & Dietterich, ICLR 2019, Sec. 3):
+    ``sum_s (E_s - E_clean) / sum_s (E_s^base - E_clean^base)``.
+
+    Args:
+        errors, baseline_errors: top-1 error rates (fractions) of the model and the baseline at the same levels.
+        clean_error, baseline_clean_error: their clean top-1 error rates.
+
+    Returns:
+        the ratio, finite whenever the denominator is non-zero, **also when it is negative** (the
+        baseline more accurate under the distortion than on clean images, e.g. a mild contrast
+        change); ``nan`` only when the denominator is 0 (the baseline's errors sum to its clean
+        error: undefined) or a clean error is ``nan`` (not measured).
+    """
+    e, base = np.asarray(errors, dtype=float), np.asarray(baseline_errors, dtype=float)
+    if math.isnan(clean_error) or math.isnan(baseline_clean_error):
+        return math.nan
+    denominator = float((base - baseline_clean_error).sum())
+    if abs(denominator) <= ZERO_DENOMINATOR:
+        return math.nan
+    return float((e - clean_error).sum()) / denominator
+
+
+def _baseline_run(runs: Sequence[RunData], baseline: str | None) -> RunData:
     base = runs[0] if baseline is None else next((r for r in runs if baseline in (r.label, r.model)), None)
     if base is None:
         raise ReportError(f"baseline model {baseline!r} is not in the report; models: {', '.join(r.label for r in runs)}")
-    out: dict[str, dict[str, tuple[float, float]]] = {run.label: {} for run in runs}
-    distortions = [d for d in DISTORTIONS if any(d in run.distortions() for run in runs)]
-    for d in distortions:
+    return base
+
+
+def _ce_table(runs: Sequence[RunData], baseline: str | None) -> dict[str, dict[str, tuple[float, float, str, str]]]:
+    """``{label: {distortion: (CE, relative CE, why CE is n/a, why relative CE is n/a)}}`` (reasons ``""`` when defined)."""
+    if not runs:
+        return {}
+    base = _baseline_run(runs, baseline)
+    out: dict[str, dict[str, tuple[float, float, str, str]]] = {run.label: {} for run in runs}
+    for d in DISTORTIONS:
         levels = _common_levels(runs, d)
         if not levels:
-            continue
+            continue  # not measured by every run: left out (left_out_of_comparison says so)
 
         def errors(run: RunData) -> tuple[np.ndarray, float]:
             by_level = {r["level"]: r for r in run.curve(d)}
@@ -235,29 +311,77 @@ def corruption_errors(runs: Sequence[RunData], baseline: str | None = None) -> d
         base_e, base_clean = errors(base)
         for run in runs:
             e, clean = errors(run)
-            ce = float(e.sum() / base_e.sum()) if base_e.sum() > 0 else math.nan
-            denominator = float((base_e - base_clean).sum())
-            rel = float((e - clean).sum() / denominator) if denominator > 0 else math.nan
-            out[run.label][d] = (ce, rel)
+            ce = corruption_error(e, base_e)
+            rel = relative_corruption_error(e, clean, base_e, base_clean)
+            why_ce = "" if not math.isnan(ce) else f"undefined: the baseline {base.label} makes no top-1 error at these levels"
+            if not math.isnan(rel):
+                why_rel = ""
+            elif math.isnan(clean) or math.isnan(base_clean):
+                who = run.label if math.isnan(clean) else base.label
+                why_rel = f"undefined: no clean result for {who}"
+            else:
+                why_rel = (f"undefined: the baseline {base.label}'s errors at these levels sum to its clean error "
+                           "(denominator 0)")
+            out[run.label][d] = (ce, rel, why_ce, why_rel)
+    return out
+
+
+def corruption_errors(runs: Sequence[RunData], baseline: str | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """ImageNet-C corruption error and relative corruption error per (run label, distortion).
+
+    Computed with :func:`corruption_error` and :func:`relative_corruption_error` over the levels every
+    run measured; a distortion that some run lacks is left out (see :func:`left_out_of_comparison`).
+    Returns ``{label: {distortion: (CE, relative CE)}}``, ``nan`` only where the formula is undefined
+    (zero denominator, or no clean result for relative CE). ``baseline`` is a run label or model name
+    (default: the first run).
+
+    Raises:
+        ReportError: unknown baseline.
+    """
+    return {label: {d: values[:2] for d, values in by_d.items()} for label, by_d in _ce_table(runs, baseline).items()}
+
+
+def mean_corruption_errors(ces: dict[str, dict[str, tuple[float, float]]]) -> dict[str, dict]:
+    """mCE and relative mCE: the mean of CE (relative CE) over the distortions where **every** model's
+    value is defined, so all models are averaged over the same distortions.
+
+    Args:
+        ces: :func:`corruption_errors` output.
+
+    Returns:
+        ``{"mce": {...}, "relative_mce": {...}}``, each ``{"values": {label: mean}, "distortions":
+        [averaged, in registry order], "left_out": [distortions with an undefined value for some model]}``;
+        ``values`` is empty when no distortion qualifies.
+    """
+    labels = list(ces)
+    distortions = [d for d in DISTORTIONS if labels and all(d in ces[label] for label in labels)]
+    out = {}
+    for key, index in (("mce", 0), ("relative_mce", 1)):
+        used = [d for d in distortions if all(not math.isnan(ces[label][d][index]) for label in labels)]
+        values = {label: float(np.mean([ces[label][d][index] for d in used])) for label in labels} if used else {}
+        out[key] = {"values": values, "distortions": used, "left_out": [d for d in distortions if d not in used]}
     return out
 
 
 def summary_table(runs: Sequence[RunData], baseline: str | None = None) -> list[dict]:
-    """One row per (run, distortion): ``label, distortion, levels, clean_top1, rauc_top1, rauc_top5, ce, rel_ce``."""
-    ces = corruption_errors(runs, baseline)
+    """One row per (run, distortion measured by every run): ``label, distortion, levels, clean_top1,
+    rauc_top1, rauc_top5, ce, rel_ce, ce_note, rel_ce_note`` (the notes say why a value is n/a)."""
+    table = _ce_table(runs, baseline)
     rows = []
     for run in runs:
         clean = run.clean()
         for d in run.distortions():
             levels = _common_levels(runs, d)
+            if not levels:
+                continue  # some run lacks this distortion: left_out_of_comparison() names it
             curve = [r for r in run.curve(d) if r["level"] in levels]
             row = {"label": run.label, "distortion": d, "levels": levels,
                    "clean_top1": math.nan if clean is None else clean["top1"],
-                   "rauc_top1": math.nan, "rauc_top5": math.nan, "ce": math.nan, "rel_ce": math.nan}
+                   "rauc_top1": math.nan, "rauc_top5": math.nan}
             if clean is not None and curve:
                 row["rauc_top1"] = relative_auc([r["level"] for r in curve], [r["top1"] for r in curve], clean["top1"])
                 row["rauc_top5"] = relative_auc([r["level"] for r in curve], [r["top5"] for r in curve], clean["top5"])
-            row["ce"], row["rel_ce"] = ces.get(run.label, {}).get(d, (math.nan, math.nan))
+            row["ce"], row["rel_ce"], row["ce_note"], row["rel_ce_note"] = table[run.label][d]
             rows.append(row)
     return rows
 
@@ -289,6 +413,21 @@ def class_changes(labels: np.ndarray, clean_top1: np.ndarray, distorted_top1: np
                      "drop": clean_correct / n - distorted_correct / total})
     rows.sort(key=lambda r: (-r["drop"], -r["n"], r["cls"]))
     return rows
+
+
+def class_lists(rows: Sequence[dict], top: int = 5) -> tuple[list[dict], list[dict]]:
+    """The report's two class lists from :func:`class_changes` rows; no class is in both.
+
+    Returns:
+        ``(loses_most, holds_best)``: up to ``top`` classes with the largest positive ``drop`` (largest
+        first), and up to ``top`` of the *other* classes that the model gets right on clean images at
+        least once, smallest ``drop`` first (ties: higher distorted accuracy, more images).
+    """
+    losing = sorted((r for r in rows if r["drop"] > 0), key=lambda r: (-r["drop"], -r["n"], r["cls"]))[:top]
+    shown = {r["cls"] for r in losing}
+    holding = sorted((r for r in rows if r["clean_correct"] > 0 and r["cls"] not in shown),
+                     key=lambda r: (r["drop"], -r["distorted_acc"], -r["n"], r["cls"]))[:top]
+    return losing, holding
 
 
 def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLike) -> list[dict]:
@@ -449,7 +588,7 @@ def _class_names() -> tuple[str, ...]:
 
 
 def _section_summary(runs, baseline, rows) -> str:
-    base = runs[0].label if baseline is None else baseline
+    base = _baseline_run(runs, baseline).label
     lines = ["<section id='summary'><h2>Summary: one number per model and distortion</h2>"]
     worst = sorted((r for r in rows if not math.isnan(r["rauc_top1"])), key=lambda r: r["rauc_top1"])
     if worst:
@@ -457,27 +596,47 @@ def _section_summary(runs, baseline, rows) -> str:
         lines.append(f"<p class='tldr'>Most damaging distortion: <b>{_e(w['distortion'])}</b> for <b>{_e(w['label'])}</b>, "
                      f"which keeps on average {_pct(w['rauc_top1'], 0)} of its clean top-1 accuracy "
                      f"({_pct(w['clean_top1'])}) over the measured levels.</p>")
-    mce = {}
-    for r in rows:
-        if not math.isnan(r["ce"]):
-            mce.setdefault(r["label"], []).append(r["ce"])
     lines.append("<table><tr><th class='l'>model</th><th class='l'>distortion</th><th>levels compared</th><th>clean top-1</th>"
                  "<th>rAUC top-1</th><th>rAUC top-5</th><th>CE</th><th>relative CE</th></tr>")
+    reasons: dict[str, int] = {}
+
+    def value(number: float, why: str) -> str:
+        if not why:
+            return _num(number)
+        mark = reasons.setdefault(why, len(reasons) + 1)
+        return f"<span title='{_e(why)}'>n/a<sup>{mark}</sup></span>"
+
     for r in rows:
         levels = ", ".join(f"{v:g}" for v in r["levels"])
         lines.append(f"<tr><td class='l'>{_e(r['label'])}</td><td class='l'>{_e(r['distortion'])}</td><td>{_e(levels)}</td>"
                      f"<td>{_pct(r['clean_top1'])}</td><td>{_num(r['rauc_top1'])}</td><td>{_num(r['rauc_top5'])}</td>"
-                     f"<td>{_num(r['ce'])}</td><td>{_num(r['rel_ce'])}</td></tr>")
+                     f"<td>{value(r['ce'], r['ce_note'])}</td><td>{value(r['rel_ce'], r['rel_ce_note'])}</td></tr>")
     lines.append("</table>")
-    if mce:
-        lines.append("<p>mCE (mean CE over the distortions): " + "; ".join(
-            f"<b>{_e(k)}</b> {np.mean(v):.3f}" for k, v in mce.items()) + "</p>")
+    for why, mark in reasons.items():
+        lines.append(f"<p class='muted'><sup>{mark}</sup> n/a: {_e(why)}.</p>")
+    means = mean_corruption_errors(corruption_errors(runs, baseline))
+    for key, name in (("mce", "mCE"), ("relative_mce", "relative mCE")):
+        m = means[key]
+        if not m["values"]:
+            continue
+        text = (f"<p><b>{name}</b> = mean {'relative CE' if key == 'relative_mce' else 'CE'} over "
+                f"{len(m['distortions'])} distortion{'s' * (len(m['distortions']) != 1)} "
+                f"({_e(', '.join(m['distortions']))}): " + "; ".join(f"<b>{_e(k)}</b> {v:.3f}" for k, v in m["values"].items()))
+        if m["left_out"]:
+            text += f". Left out, undefined for some model: {_e(', '.join(m['left_out']))}"
+        lines.append(text + ".</p>")
+    gaps = left_out_of_comparison(runs)
+    if gaps:
+        lines.append("<p class='note'><b>Not compared</b> (not measured by every run, so not in rAUC, CE or mCE; the curves "
+                     "below still show them): " + "; ".join(_e(g) for g in gaps) + ".</p>")
     lines.append(
         "<p class='note'><b>rAUC</b> = area under top-1(level) / top-1(clean) against the level (trapezoid rule), divided "
         "by the level range: the average share of clean accuracy the model keeps over the levels; 1.0 = nothing lost. "
         f"<b>CE</b> (ImageNet-C, Hendrycks &amp; Dietterich 2019) = &Sigma;<sub>levels</sub> error(model) / "
         f"&Sigma;<sub>levels</sub> error(baseline), error = 1 &minus; top-1; the baseline <b>{_e(base)}</b> scores 1.0 and lower is "
-        "better. <b>Relative CE</b> subtracts each model's clean error first. All are computed on the levels every model "
+        "better. <b>Relative CE</b> = &Sigma;<sub>levels</sub> (error &minus; clean error) of the model / the same sum of the "
+        "baseline: negative when one of the two is more accurate under the distortion than on clean images and the other "
+        "is not; n/a only where the baseline's sum is 0. All are computed on the levels every model "
         "in this report was measured at, so they compare models even when runs used different level grids.</p></section>")
     return "\n".join(lines)
 
@@ -592,11 +751,10 @@ def _section_classes(runs, top: int = 5) -> str:
             if not ks:
                 continue
             rows = class_changes(p["labels"], p["predictions"][clean_k, :, 0], p["predictions"][ks, :, 0])
-            losing = [r for r in rows if r["drop"] > 0]
-            holding = sorted((r for r in rows if r["clean_correct"] > 0), key=lambda r: (r["drop"], -r["distorted_acc"], -r["n"]))
+            losing, holding = class_lists(rows, top)
             table = [f"<div><b>{_e(d)}</b> ({len(ks)} levels)<table><tr><th class='l'></th><th class='l'>class</th>"
                      "<th>clean</th><th>distorted</th><th>drop</th></tr>"]
-            for title, chosen in (("loses most", losing[:top]), ("holds best", holding[:top])):
+            for title, chosen in (("loses most", losing), ("holds best", holding)):
                 if not chosen:
                     table.append(f"<tr><td class='l'>{title}</td><td class='l na' colspan='4'>no class</td></tr>")
                 for j, r in enumerate(chosen):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +23,33 @@ __all__ = ["Z95", "wilson_interval", "McNemarResult", "mcnemar", "correct"]
 Z95 = 1.959963984540054
 
 
+def _count(value, name: str) -> int:
+    """``value`` as a Python int; refuses bools, floats (even ``3.0``), strings and anything non-integral."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer count, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval (Wilson 1927) for ``successes`` out of ``n``; ``(0, 1)`` when ``n == 0``.
 
+    Args:
+        successes: correct images, an integer in ``[0, n]`` (Python or NumPy int; not a bool or float).
+        n: images, an integer ``>= 0``.
+        z: the normal quantile, finite and ``> 0`` (default :data:`Z95`, two-sided 95%).
+
+    Returns:
+        ``(low, high)``, fractions in ``[0, 1]`` with ``low <= successes / n <= high``.
+
     Raises:
-        ValueError: ``successes`` outside ``[0, n]`` or ``n < 0``.
+        TypeError: ``successes`` or ``n`` is not an integer (``1.5``, ``3.0``, ``True``, ``"3"``).
+        ValueError: ``n < 0``, ``successes`` outside ``[0, n]``, or ``z`` not finite and positive.
     """
-    if n < 0 or not 0 <= successes <= max(n, 0):
+    successes, n = _count(successes, "successes"), _count(n, "n")
+    if n < 0 or not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if isinstance(z, bool) or not isinstance(z, numbers.Real) or not math.isfinite(z) or z <= 0:
+        raise ValueError(f"z must be a finite number > 0, got {z!r}")
     if n == 0:
         return (0.0, 1.0)
     p = successes / n
@@ -73,23 +93,51 @@ class McNemarResult:
     p_value: float
 
     def significant_drop(self, alpha: float) -> bool:
-        """True when the candidate is worse and ``p_value < alpha``."""
+        """True when the candidate is worse and ``p_value < alpha``.
+
+        Raises:
+            ValueError: ``alpha`` is not a number in ``(0, 1)`` (a NaN alpha would never fail).
+        """
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
+            raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
         return self.b > self.c and self.p_value < alpha
+
+
+def _paired(values, name: str) -> np.ndarray:
+    """A 1-D boolean array from ``values``: bool dtype as is, an integer array only when it holds just 0 and 1."""
+    array = np.asarray(values)
+    if array.dtype == bool:
+        return array
+    if array.size and np.issubdtype(array.dtype, np.integer):
+        bad = array[(array != 0) & (array != 1)]
+        if bad.size:
+            raise ValueError(f"{name} must say right (True/1) or wrong (False/0) per image, found {bad.flat[0]!r}")
+        return array.astype(bool)
+    if array.size == 0:
+        return array.astype(bool)
+    raise TypeError(f"{name} must be a boolean array (or integers 0/1), got dtype {array.dtype}: "
+                    "a float or NaN is not 'right or wrong'")
 
 
 def mcnemar(baseline_correct, candidate_correct) -> McNemarResult:
     """Exact one-sided McNemar test of "candidate is less accurate than baseline" on paired images.
 
+    ``b`` = images the baseline gets right and the candidate wrong, ``c`` = the reverse; the p-value
+    is ``P(X >= b)`` for ``X ~ Binomial(b + c, 1/2)`` (scipy.stats.binomtest, ``alternative="greater"``);
+    1.0 when ``b + c == 0``.
+
     Args:
-        baseline_correct, candidate_correct: boolean arrays ``(n,)`` over the same images, same order.
+        baseline_correct, candidate_correct: ``(n,)`` arrays over the same images, same order, saying
+            per image whether the model was right: bool dtype, or integers that are all 0 or 1.
 
     Raises:
-        ValueError: the arrays differ in length or are empty.
+        TypeError: an array of another dtype (float, object...): ``nan`` or ``0.5`` is not right-or-wrong.
+        ValueError: integers other than 0/1 (e.g. ``2``), arrays that differ in shape or are not 1-D, or empty.
     """
     from scipy.stats import binomtest
 
-    base = np.asarray(baseline_correct, dtype=bool)
-    cand = np.asarray(candidate_correct, dtype=bool)
+    base = _paired(baseline_correct, "baseline_correct")
+    cand = _paired(candidate_correct, "candidate_correct")
     if base.shape != cand.shape or base.ndim != 1:
         raise ValueError(f"paired arrays must have the same 1-D shape, got {base.shape} and {cand.shape}")
     if base.size == 0:

@@ -30,6 +30,9 @@ Conventions:
   combine them; every bar given must hold. A result equal to its bar passes.
 * Levels must be on the distortion's paper grid (``robustness.DISTORTIONS[name].levels``), written
   as numbers (``blur: {3: ...}``, ``contrast: {0.5: ...}``).
+* The file is read as YAML 1.2 (core schema, ruamel.yaml): ``5e-1`` is the number 0.5, ``010`` is
+  the decimal 10 (JPEG quality 10, not octal 8), ``yes``/``no`` are strings. NaN and infinity
+  (``.nan``, ``.inf``) are refused for every bar and for ``paired.alpha``.
 * A model name must be registered (:func:`robustness.register_model`, e.g. in ``conftest.py``)
   unless its entry says ``source: fixture``: then the pytest fixture ``robustness_model`` (overridden
   in your ``conftest.py``) supplies the model and the name is only a label. Registered names always
@@ -50,7 +53,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import jsonschema
-import yaml
 
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, Condition
@@ -209,48 +211,138 @@ class _Document:
                 return None
             path = path[:-1]
 
-    def convert(self, node: yaml.Node, loader: yaml.SafeLoader, path: tuple = ()) -> Any:
-        self.value_lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
+    def convert(self, value: Any, path: tuple = (), line: int | None = None) -> Any:
+        """Plain data from ruamel.yaml's round-trip objects, recording 1-based lines (``lc`` is 0-based)."""
+        from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+        if line is not None:
+            self.value_lines[path] = line
+        if isinstance(value, CommentedMap):
+            self.value_lines.setdefault(path, value.lc.line + 1)
             out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
-                if isinstance(key, bool) or not isinstance(key, (str, int, float)):
-                    text = str(key)
-                elif isinstance(key, (int, float)):
-                    text = _level_key(key) if math.isfinite(key) else str(key)
-                else:
-                    text = key
+            for key, item in value.items():
+                text = _key_text(key)
                 child = path + (text,)
-                if text in out:
-                    self.problems.append(Problem(key_node.start_mark.line + 1, _dotted(child),
+                position = value.lc.data.get(key)  # None for a key merged in with `<<: *anchor`
+                key_line = value.lc.line + 1 if position is None else position[0] + 1
+                value_line = key_line if position is None else position[2] + 1
+                if text in out:  # e.g. `1` and `1.0`: different YAML keys, the same level
+                    self.problems.append(Problem(key_line, _dotted(child),
                                                  f"duplicate key (first on line {self.key_lines[child]})"))
                     continue
-                self.key_lines[child] = key_node.start_mark.line + 1
-                out[text] = self.convert(value_node, loader, child)
+                self.key_lines[child] = key_line
+                out[text] = self.convert(item, child, value_line)
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, loader, path + (i,)) for i, item in enumerate(node.value)]
-        return loader.construct_object(node, deep=True)
+        if isinstance(value, CommentedSeq):
+            return [self.convert(item, path + (i,), value.lc.item(i)[0] + 1) for i, item in enumerate(value)]
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, str):
+            return str(value)
+        return value  # dates, tagged scalars: left for the schema to refuse
+
+
+def _key_text(key: Any) -> str:
+    """A mapping key as text: numbers in canonical ``%g`` form (``3``, ``0.5``), anything else ``str()``."""
+    if isinstance(key, bool) or not isinstance(key, (str, int, float)):
+        return str(key)
+    if isinstance(key, (int, float)):
+        return _level_key(key) if math.isfinite(key) else str(float(key))
+    return str(key)
 
 
 def _dotted(path: Iterable) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _compose(text: str, source: str) -> tuple[Any, _Document]:
-    document = _Document()
-    loader = yaml.SafeLoader(text)
+def _yaml_reader():
+    """ruamel.yaml's round-trip loader: YAML 1.2 core schema (``5e-1`` is 0.5, ``010`` is 10, ``yes``
+    is a string), every key and value with its line."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="rt")
+
+
+def _duplicate_problem(text: str, error) -> Problem:
+    """A :class:`Problem` for ruamel.yaml's ``DuplicateKeyError``: the duplicate's line and key path,
+    and the line of the first occurrence."""
+    import re
+
+    line = error.problem_mark.line + 1
+    reader = _yaml_reader()
+    reader.allow_duplicate_keys = True  # documented switch: keeps the first occurrence
+    match = re.search(r'duplicate key "(.*?)" with value', str(error.problem or ""))
     try:
-        node = loader.get_single_node()
-        data = None if node is None else document.convert(node, loader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
+        data = reader.load(text)
+    except Exception:  # noqa: BLE001 - only refines the message
+        data = None
+    mark = error.context_mark
+
+    def find(node, path):
+        from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+        if isinstance(node, CommentedMap):
+            if mark is not None and (node.lc.line, node.lc.col) == (mark.line, mark.column):
+                return node, path
+            items = [(_key_text(k), v) for k, v in node.items()]
+        elif isinstance(node, CommentedSeq):
+            items = list(enumerate(node))
+        else:
+            return None
+        for key, child in items:
+            found = find(child, path + (key,))
+            if found:
+                return found
+        return None
+
+    found = find(data, ()) if match else None
+    if found:
+        mapping, path = found
+        wanted = match.group(1)
+        try:  # ruamel names the key as Python prints it: "1.0" for a key equal to 1
+            numeric = _key_text(float(wanted))
+        except ValueError:
+            numeric = None
+        for key in mapping:
+            if str(key) == wanted or (numeric is not None and not isinstance(key, (bool, str))
+                                      and isinstance(key, (int, float)) and _key_text(key) == numeric):
+                return Problem(line, _dotted(path + (_key_text(key),)),
+                               f"duplicate key (first on line {mapping.lc.key(key)[0] + 1})")
+    return Problem(line, "", f"duplicate key: {error.problem}")
+
+
+def _compose(text: str, source: str) -> tuple[Any, _Document]:
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    document = _Document()
+    try:
+        loaded = _yaml_reader().load(text)
+    except DuplicateKeyError as error:
+        raise ThresholdsError(source, [_duplicate_problem(text, error)]) from None
+    except YAMLError as error:
+        mark = getattr(error, "problem_mark", None) if isinstance(error, MarkedYAMLError) else None
         line = None if mark is None else mark.line + 1
-        raise ThresholdsError(source, [Problem(line, "", f"invalid YAML: {error}")]) from None
-    finally:
-        loader.dispose()
+        what = " ".join(str(part) for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part)
+        raise ThresholdsError(source, [Problem(line, "", f"invalid YAML: {what or error}")]) from None
+    data = None if loaded is None else document.convert(loaded, (), 1)
     return data, document
+
+
+def _non_finite(data: Any, document: _Document, path: tuple = ()) -> list[Problem]:
+    """Every NaN or infinite number in ``data`` (JSON Schema's ``minimum``/``maximum`` let NaN through)."""
+    if isinstance(data, dict):
+        return [p for key, value in data.items() for p in _non_finite(value, document, path + (key,))]
+    if isinstance(data, list):
+        return [p for i, value in enumerate(data) for p in _non_finite(value, document, path + (i,))]
+    if isinstance(data, float) and not math.isfinite(data):
+        what = "a fraction in [0, 1]" if path and path[-1] in _BAR_KEYS else "a finite number"
+        return [Problem(document.line(path), _dotted(path), f"must be {what}, got {data!r} (not a finite number)")]
+    return []
 
 
 def _suggest(word: str, options: Iterable[str]) -> str:
@@ -286,7 +378,11 @@ def _explain(error: jsonschema.ValidationError, document: _Document, known_model
                        f"unknown model {name!r}{_suggest(name, known_models)}; registered: {registered}. "
                        "Register it with robustness.register_model (e.g. in conftest.py), or supply it "
                        "from a robustness_model fixture in conftest.py (and mark the entry 'source: fixture')")
-    if error.validator in ("minimum", "maximum") and path and path[-1] in _BAR_KEYS:
+    if error.validator in ("minimum", "maximum") and path and path[-1] in RELATIVE_METRICS:
+        # a share of the clean accuracy, not a percentage: never "1.5% is 0.015"
+        return Problem(line, _dotted(path), f"must be a fraction of the clean accuracy in [0, 1] (0.8 = keep 80% "
+                                            f"of it, 1 = all of it), got {error.instance!r}")
+    if error.validator in ("minimum", "maximum") and path and path[-1] in METRICS:
         value = error.instance
         hint = f" (accuracies are fractions: {value:g}% is {value / 100:g})" if 1 < value <= 100 else ""
         return Problem(line, _dotted(path), f"must be a fraction in [0, 1], got {value!r}{hint}")
@@ -434,8 +530,12 @@ def _validate(data: Any, document: _Document, source: str | None, known_models: 
         problems.append(Problem(document.line(()), "", "the top level must be a mapping with a 'models' key"))
     else:
         validator = jsonschema.Draft202012Validator(thresholds_schema(known, allow_unregistered=allow_unregistered))
-        seen = set()
+        non_finite = _non_finite(data, document)
+        problems += non_finite
+        seen = {(p.key, p.message) for p in non_finite}
         for error in validator.iter_errors(data):
+            if _dotted(error.absolute_path) in {p.key for p in non_finite}:
+                continue  # already said: not a finite number
             problem = _explain(error, document, known)
             if (problem.key, problem.message) not in seen:
                 seen.add((problem.key, problem.message))
@@ -466,7 +566,13 @@ def parse_thresholds_text(text: str, source: str | os.PathLike | None = None, *,
 
 def parse_thresholds(data: Mapping, source: str | None = None, *, known_models: Iterable[str] | None = None) -> Thresholds:
     """Validate an already-loaded document (no line numbers in errors) and return :class:`Thresholds`."""
-    return parse_thresholds_text(yaml.safe_dump(_plain(data), sort_keys=False), source, known_models=known_models)
+    from ruamel.yaml import YAML
+
+    writer = YAML(typ="safe", pure=True)
+    writer.default_flow_style = False
+    buffer = io.StringIO()
+    writer.dump(_plain(data), buffer)
+    return parse_thresholds_text(buffer.getvalue(), source, known_models=known_models)
 
 
 def _plain(data):

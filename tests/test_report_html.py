@@ -16,7 +16,8 @@ import pytest
 
 from robustness.evaluation import ConditionResult
 from robustness.html_report import (
-    ReportError, build_report, class_changes, corruption_errors, find_runs, load_run, relative_auc,
+    ReportError, build_report, class_changes, class_lists, corruption_error, corruption_errors, find_runs,
+    left_out_of_comparison, load_run, mean_corruption_errors, relative_auc, relative_corruption_error,
     summary_table, threshold_verdicts,
 )
 from robustness.report import read_predictions, write_predictions, write_results_json
@@ -103,6 +104,88 @@ def test_corruption_error_relative_to_baseline(runs_dir):
         corruption_errors(runs, baseline="nope")
 
 
+def test_corruption_error_formulas_by_hand():
+    # CE = sum E / sum E_base = (0.4 + 0.6) / (0.2 + 0.3)
+    assert corruption_error([0.4, 0.6], [0.2, 0.3]) == pytest.approx(2.0, abs=1e-14)
+    # relative CE = sum (E - E_clean) / sum (E_base - E_clean_base) = (0.1 + 0.3) / (0.1 + 0.2), not CE's 2.0
+    assert relative_corruption_error([0.4, 0.6], 0.3, [0.2, 0.3], 0.1) == pytest.approx(4 / 3, abs=1e-14)
+    # the baseline more accurate at the level than on clean images: a negative denominator is still defined
+    assert relative_corruption_error([0.35], 0.25, [0.28], 0.30) == pytest.approx(-5.0, abs=1e-12)
+    assert relative_corruption_error([0.28], 0.30, [0.28], 0.30) == pytest.approx(1.0, abs=1e-14)
+    # undefined only where the denominator is 0, or a clean error is missing
+    assert math.isnan(corruption_error([0.5], [0.0]))
+    assert math.isnan(relative_corruption_error([0.5, 0.5], 0.3, [0.3, 0.1], 0.2))
+    assert math.isnan(relative_corruption_error([0.5], math.nan, [0.3], 0.2))
+
+
+def records_run(folder: Path, model: str, clean_top1: float | None, curves: dict) -> Path:
+    """A run folder holding only results.json: the given top-1 per level (top-5 = top-1), n = 100."""
+    records = [] if clean_top1 is None else [
+        {"model": model, "distortion": "clean", "level": 0, "top1": clean_top1, "top5": clean_top1, "n": 100}]
+    for distortion, levels in curves.items():
+        records += [{"model": model, "distortion": distortion, "level": level, "top1": top1, "top5": top1, "n": 100}
+                    for level, top1 in levels.items()]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(records))
+    return folder
+
+
+@pytest.fixture
+def two_models(tmp_path) -> list:
+    """Baseline A (clean error 0.2) and B (clean error 0.3); contrast 0.1 is easier than clean for A, and A's noise
+    errors sum to its clean error (relative CE undefined there)."""
+    records_run(tmp_path / "a", "model_a", 0.80, {"blur": {1: 0.70, 3: 0.50}, "noise": {10: 0.80, 20: 0.80},
+                                                 "contrast": {0.1: 0.82}})
+    records_run(tmp_path / "b", "model_b", 0.70, {"blur": {1: 0.55, 3: 0.40}, "noise": {10: 0.70, 20: 0.50},
+                                                 "contrast": {0.1: 0.60}})
+    return find_runs([tmp_path / "a", tmp_path / "b"])
+
+
+def test_corruption_errors_with_clean_error_and_a_different_baseline(two_models):
+    ce = corruption_errors(two_models)
+    b = ce["model_b"]
+    assert b["blur"][0] == pytest.approx((0.45 + 0.60) / (0.30 + 0.50), abs=1e-14)          # 1.3125
+    assert b["blur"][1] == pytest.approx((0.15 + 0.30) / (0.10 + 0.30), abs=1e-14)          # 1.125
+    assert b["contrast"][0] == pytest.approx(0.40 / 0.18, abs=1e-14)
+    assert b["contrast"][1] == pytest.approx((0.40 - 0.30) / (0.18 - 0.20), abs=1e-12)       # -5.0
+    assert ce["model_a"]["contrast"] == pytest.approx((1.0, 1.0), abs=1e-14)
+    assert b["noise"][0] == pytest.approx(0.8 / 0.4, abs=1e-14) and math.isnan(b["noise"][1])
+    rows = {(r["label"], r["distortion"]): r for r in summary_table(two_models)}
+    assert "sum to its clean error" in rows["model_b", "noise"]["rel_ce_note"] and rows["model_b", "blur"]["rel_ce_note"] == ""
+
+
+def test_mean_corruption_error_names_what_it_averages(two_models):
+    means = mean_corruption_errors(corruption_errors(two_models))
+    mce, rel = means["mce"], means["relative_mce"]
+    assert mce["distortions"] == ["blur", "noise", "contrast"] and mce["left_out"] == []
+    assert mce["values"]["model_b"] == pytest.approx((1.3125 + 2.0 + 0.40 / 0.18) / 3, abs=1e-14)
+    assert mce["values"]["model_a"] == pytest.approx(1.0, abs=1e-14)
+    assert rel["distortions"] == ["blur", "contrast"] and rel["left_out"] == ["noise"]
+    assert rel["values"]["model_b"] == pytest.approx((1.125 - 5.0) / 2, abs=1e-12)
+    page = build_report(two_models, examples=0)
+    assert "<b>mCE</b> = mean CE over 3 distortions (blur, noise, contrast)" in page
+    assert "<b>relative mCE</b> = mean relative CE over 2 distortions (blur, contrast)" in page
+    assert "Left out, undefined for some model: noise" in page
+    assert "n/a<sup>1</sup>" in page and "denominator 0" in page
+
+
+def test_report_compares_only_what_every_run_measured(tmp_path, capsys):
+    """One run with jpeg, one without (and a level only one has): no KeyError, the page says what was left out."""
+    records_run(tmp_path / "a", "model_a", 0.8, {"blur": {1: 0.7, 3: 0.5}, "jpeg": {10: 0.6}})
+    records_run(tmp_path / "b", "model_b", 0.7, {"blur": {1: 0.6}})
+    runs = find_runs([tmp_path / "a", tmp_path / "b"])
+    ce = corruption_errors(runs)
+    assert set(ce["model_a"]) == set(ce["model_b"]) == {"blur"}
+    assert ce["model_b"]["blur"][0] == pytest.approx(0.4 / 0.3, abs=1e-14)  # level 1 only
+    assert left_out_of_comparison(runs) == ["blur level 3: measured only by model_a", "jpeg: measured only by model_a"]
+    assert [(r["label"], r["distortion"]) for r in summary_table(runs)] == [("model_a", "blur"), ("model_b", "blur")]
+    from robustness.cli import main
+
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "r.html"), "--examples", "0"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "Not compared" in page and "jpeg: measured only by model_a" in page
+
+
 def test_summary_uses_levels_common_to_all_models(tmp_path):
     make_run(tmp_path / "a", "model_a", 0.1)
     b = make_run(tmp_path / "b", "model_b", 0.1)
@@ -124,6 +207,18 @@ def test_class_changes_counts():
     assert rows[2]["drop"] == pytest.approx(0.5 - 0.75)
     assert rows[3]["drop"] == pytest.approx(1.0)
     assert [r["cls"] for r in class_changes(labels, clean, distorted)] == [3, 1, 2]
+
+
+def test_class_lists_never_show_a_class_twice():
+    # three classes, all losing: with top=2 the two worst lose most, and only the third can hold best
+    labels = np.array([1, 1, 2, 2, 3, 3])
+    clean = labels.copy()
+    distorted = np.array([[0, 0, 0, 2, 3, 0], [0, 0, 0, 2, 3, 3]])
+    rows = class_changes(labels, clean, distorted)
+    losing, holding = class_lists(rows, top=2)
+    assert [r["cls"] for r in losing] == [1, 2] and [r["cls"] for r in holding] == [3]
+    losing, holding = class_lists(rows, top=5)
+    assert [r["cls"] for r in losing] == [1, 2, 3] and holding == []
 
 
 # ----------------------------------------------------------------------------------------- inputs

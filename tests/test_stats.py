@@ -20,6 +20,16 @@ def test_wilson_known_values():
         wilson_interval(11, 10)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 100, 1000])
+def test_wilson_agrees_with_scipy(n):
+    """An independent implementation: scipy's ``BinomTestResult.proportion_ci(method="wilson")``."""
+    from scipy.stats import binomtest
+
+    for k in range(0, n + 1, max(1, n // 25)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-14)
+
+
 @given(st.integers(1, 2000), st.data())
 def test_wilson_contains_estimate(n, data):
     k = data.draw(st.integers(0, n))
@@ -114,3 +124,63 @@ def test_baseline_roundtrip_and_paired_check(tmp_path):
     save_baseline([result([True] * 100, level=7)], tmp_path, seed=0)
     assert load_baseline(tmp_path, "m", "blur").levels == [3.0, 5.0, 7.0]
     assert load_baseline(tmp_path, "m", "noise") is None
+
+
+# ------------------------------------------------------------------ inputs are refused, not coerced
+
+
+@pytest.mark.parametrize("successes, n, error", [
+    (1.5, 3, TypeError), (2.0, 3, TypeError), (True, 3, TypeError), ("2", 3, TypeError), (1, 3.0, TypeError),
+    (float("nan"), 3, TypeError), (-1, 3, ValueError), (4, 3, ValueError), (0, -1, ValueError),
+])
+def test_wilson_refuses_non_integer_and_out_of_range_counts(successes, n, error):
+    with pytest.raises(error, match="successes|n"):
+        wilson_interval(successes, n)
+
+
+def test_wilson_accepts_numpy_integers_and_refuses_bad_z():
+    assert wilson_interval(np.int64(70), np.int32(100)) == wilson_interval(70, 100)
+    for z in (float("nan"), 0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="z must be"):
+            wilson_interval(7, 10, z)
+
+
+@pytest.mark.parametrize("bad, error", [
+    (np.array([1, 0, 2]), ValueError),                 # 2 is not right-or-wrong (np.asarray(.., bool) made it True)
+    (np.array([1.0, np.nan, 0.0]), TypeError),         # NaN was True too
+    (np.array([0.0, 1.0, 1.0]), TypeError),            # floats are refused outright
+    (np.array(["1", "0", "1"]), TypeError),
+])
+def test_mcnemar_refuses_non_boolean_arrays(bad, error):
+    good = np.array([True, False, True])
+    with pytest.raises(error, match="candidate_correct"):
+        mcnemar(good, bad)
+    with pytest.raises(error, match="baseline_correct"):
+        mcnemar(bad, good)
+
+
+def test_mcnemar_accepts_zero_one_integers_like_booleans():
+    ints = np.array([1, 1, 1, 0, 0])
+    assert mcnemar(ints, np.zeros(5, np.int8)) == mcnemar(ints.astype(bool), np.zeros(5, bool))
+
+
+def test_significant_drop_refuses_nan_alpha():
+    r = mcnemar(np.ones(10, bool), np.zeros(10, bool))
+    for alpha in (float("nan"), 0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="alpha"):
+            r.significant_drop(alpha)
+
+
+def test_a_failure_caused_only_by_the_paired_check_is_headed_by_it(tmp_path):
+    save_baseline([result([True] * 60 + [False] * 40)], tmp_path, seed=0)
+    stored = load_baseline(tmp_path, "m", "blur")
+    paired = PairedSettings(alpha=0.05)
+    worse = result([True] * 45 + [False] * 55)  # 15 lost: significant; the bar 0.1 holds
+    message = judge(Threshold("m", Condition("blur", 3), top1=0.1), worse, baseline=stored, paired=paired).message()
+    head, *lines = message.splitlines()
+    assert head == "m blur level 3 (sigma, px): SIGNIFICANT DROP VS BASELINE"
+    assert "BELOW THRESHOLD" not in message and lines[1].startswith("  ok   top1 45.0%")
+    both = judge(Threshold("m", Condition("blur", 3), top1=0.5), worse, baseline=stored, paired=paired).message()
+    assert both.splitlines()[0].endswith(": BELOW THRESHOLD AND SIGNIFICANT DROP VS BASELINE")
+    only_bar = judge(Threshold("m", Condition("blur", 3), top1=0.5), worse).message()
+    assert only_bar.splitlines()[0].endswith(": BELOW THRESHOLD")

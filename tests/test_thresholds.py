@@ -272,3 +272,111 @@ def test_readme_examples_are_valid(tmp_path):
     for k, block in enumerate(blocks):
         t = load_thresholds(write(tmp_path, block, f"readme{k}.yaml"), known_models=KNOWN)
         assert t.entries
+
+
+# ------------------------------------------------------------ YAML 1.2: the file means what it says
+
+
+def test_yaml_1_2_numbers_exponent_and_leading_zeros(tmp_path):
+    """``5e-1`` is 0.5 (YAML 1.1 read it as a string); ``010`` is decimal 10 (JPEG quality 10, not octal 8)."""
+    path = write(tmp_path, """\
+        models:
+          efficientnet_lite0:
+            clean: {top1: 5e-1}
+            jpeg:
+              010: {top1: 0.25}
+              020: {top1: 1E-1}
+    """)
+    t = load_thresholds(path, known_models=KNOWN)
+    assert t.entries[0].top1 == 0.5
+    assert [(e.condition, e.top1, e.line) for e in t.entries[1:]] == [
+        (Condition("jpeg", 10), 0.25, 5), (Condition("jpeg", 20), 0.1, 6)]
+
+
+@pytest.mark.parametrize("snippet, line, key", [
+    ("clean: {top1: .nan}", 4, "models.efficientnet_lite0.clean.top1"),
+    ("clean: {top5: .inf}", 4, "models.efficientnet_lite0.clean.top5"),
+    ("blur:\n      1: {top1: -.inf}", 5, "models.efficientnet_lite0.blur.1.top1"),
+    ("blur:\n      1: {top1_of_clean: .NaN}", 5, "models.efficientnet_lite0.blur.1.top1_of_clean"),
+])
+def test_nan_and_infinity_are_refused_for_every_bar(tmp_path, snippet, line, key):
+    error = error_for(tmp_path, "defaults: {images: 10}\nmodels:\n  efficientnet_lite0:\n    " + snippet + "\n")
+    assert (error.line, error.key) == (line, key) and len(error.problems) == 1
+    assert "not a finite number" in str(error) and "required nan" not in str(error)
+
+
+@pytest.mark.parametrize("alpha", [".nan", ".inf", "-.inf"])
+def test_nan_and_infinity_are_refused_for_paired_alpha(tmp_path, alpha):
+    error = error_for(tmp_path, f"defaults:\n  paired:\n    alpha: {alpha}\nmodels:\n  efficientnet_lite0: {{clean: {{top1: 0.5}}}}\n")
+    assert (error.line, error.key) == (3, "defaults.paired.alpha") and len(error.problems) == 1
+    assert "not a finite number" in str(error)
+
+
+def test_relative_bar_above_one_is_not_called_a_percentage(tmp_path):
+    error = error_for(tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      1: {top1_of_clean: 1.5}\n")
+    text = str(error)
+    assert error.line == 4 and "fraction of the clean accuracy in [0, 1]" in text and "got 1.5" in text
+    assert "%" not in text.replace("80%", "")  # no "1.5% is 0.015"
+    absolute = str(error_for(tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      1: {top1: 1.5}\n"))
+    assert "1.5% is 0.015" in absolute  # an absolute top-1 of 1.5 may well mean 1.5%
+
+
+def test_exact_duplicate_key_and_syntax_error_lines(tmp_path):
+    error = error_for(tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      3: {top1: 0.5}\n\n      3: {top1: 0.6}\n")
+    assert (error.line, error.key) == (6, "models.efficientnet_lite0.blur.3")
+    assert "duplicate key (first on line 4)" in str(error)
+    error = error_for(tmp_path, "defaults: {images: 10}\nmodels:\n  efficientnet_lite0:\n    clean: {top1: 0.5}\n"
+                                "    blur: [1\n    noise: {}\n")
+    assert error.line == 6 and "invalid YAML" in str(error)
+
+
+def test_parse_thresholds_from_data_refuses_nan():
+    with pytest.raises(ThresholdsError, match="not a finite number"):
+        parse_thresholds({"models": {"efficientnet_lite0": {"clean": {"top1": float("nan")}}}}, known_models=KNOWN)
+
+
+def test_anchors_and_merge_keys_keep_lines(tmp_path):
+    path = write(tmp_path, """\
+        models:
+          efficientnet_lite0:
+            blur:
+              1: &bar {top1: 0.5}
+              2: *bar
+              3:
+                <<: *bar
+                top5: .nan
+    """)
+    with pytest.raises(ThresholdsError) as info:
+        load_thresholds(path, known_models=KNOWN)
+    assert [(p.line, p.key) for p in info.value.problems] == [(8, "models.efficientnet_lite0.blur.3.top5")]
+    path.write_text(path.read_text().replace(".nan", "0.7"))
+    t = load_thresholds(path, known_models=KNOWN)
+    assert [(e.id, e.bars(), e.line) for e in t.entries] == [
+        ("efficientnet_lite0-blur-s1", {"top1": 0.5}, 4), ("efficientnet_lite0-blur-s2", {"top1": 0.5}, 5),
+        ("efficientnet_lite0-blur-s3", {"top1": 0.5, "top5": 0.7}, 6)]
+
+
+def test_repository_gate_has_no_case_that_cannot_fail_and_a_committed_baseline():
+    """Every case of the repository's own gate can fail: no bar of 0, no level that leaves the image as it
+    is (that repeats `clean`); the paired check is on and its baseline covers every case."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from robustness.distortions import distort
+    from robustness.gate import load_baseline
+
+    root = Path(__file__).resolve().parents[1]
+    t = load_thresholds(root / "thresholds.yaml", known_models=KNOWN)
+    image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    for entry in t.entries:
+        assert all(bar > 0 for bar in entry.bars().values()), f"{entry.id}: a bar of 0 cannot fail"
+        if entry.condition.distortion != "clean":
+            changed = distort(image, entry.condition.distortion, entry.condition.level, seed=1)
+            assert not np.array_equal(changed, image), f"{entry.id}: the identity repeats the clean case"
+    assert t.paired is not None and t.paired.baseline == root / "robustness-baseline"
+    for entry in t.entries:
+        baseline = load_baseline(t.paired.baseline, entry.model, entry.condition.distortion)
+        assert baseline is not None, f"{entry.id}: no committed baseline"
+        assert float(entry.condition.level) in baseline.levels and baseline.seed == t.seed
+        assert len(baseline.image_ids) == t.images
