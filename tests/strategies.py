@@ -64,6 +64,35 @@ def levels(name: str):
 
 seeds = st.integers(0, 2**63 - 1)
 
+colours = st.tuples(*[st.integers(0, 255)] * 3)
+#: Colours with at least one channel saturated at 0 or 255.
+saturated_colours = st.tuples(st.integers(0, 255), st.integers(0, 255), st.sampled_from([0, 255])).flatmap(
+    lambda c: st.permutations(c).map(tuple)
+)
+
+
+@st.composite
+def flat_colour_images(draw, max_side: int = 64) -> np.ndarray:
+    """Few-colour images, JPEG 2000's hardest case: one colour, or two split along a row, a column
+    or a diagonal, any colours (often with a channel saturated at 0 or 255), 1x1 to max_side."""
+    height = draw(st.integers(1, max_side), label="height")
+    width = draw(st.integers(1, max_side), label="width")
+    first = draw(st.one_of(colours, saturated_colours), label="colour")
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = first
+    split = draw(st.sampled_from(["none", "rows", "columns", "diagonal"]), label="split")
+    if split != "none":
+        second = draw(st.one_of(colours, saturated_colours), label="second colour")
+        y, x = np.mgrid[:height, :width]
+        if split == "rows":
+            mask = y < draw(st.integers(0, height), label="row")
+        elif split == "columns":
+            mask = x < draw(st.integers(0, width), label="column")
+        else:
+            mask = y * width + x * height < draw(st.integers(0, 2 * height * width), label="offset")
+        image[mask] = second
+    return image
+
 
 def thorough() -> bool:
     """True under the ``thorough`` hypothesis profile (more shared images in the slow checks)."""

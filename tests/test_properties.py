@@ -6,6 +6,8 @@ conftest.py. Natural-image checks (degradation grows with level) live in test_na
 
 from __future__ import annotations
 
+import io
+import math
 import random
 
 import numpy as np
@@ -13,11 +15,26 @@ import pytest
 import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
+from PIL import Image
 from scipy import ndimage, stats
 
 from robustness import DISTORTIONS, distort, psnr
-from robustness.distortions import gaussian_kernel
-from strategies import hoeffding_bound, images, levels, make_image, per_assertion_rate, seeds, two_sided_z
+from robustness.distortions import (
+    JPEG2000_PSNR_TOLERANCE_DB,
+    distort_with_info,
+    gaussian_kernel,
+    jpeg2000_resolutions,
+)
+from strategies import (
+    flat_colour_images,
+    hoeffding_bound,
+    images,
+    levels,
+    make_image,
+    per_assertion_rate,
+    seeds,
+    two_sided_z,
+)
 
 NAMES = list(DISTORTIONS)
 #: Awkward sizes every distortion must handle at every grid level: 1x1, single rows/columns, odd,
@@ -320,13 +337,62 @@ def test_float_results_are_rounded_not_truncated(image, name, data):
 # ------------------------------------------------------------------------------- JPEG 2000
 
 
-@pytest.mark.parametrize("value", [0, 128, 255])
+def direct_jpeg2000_psnrs(image: np.ndarray, target: float) -> list[float]:
+    """PSNR of Pillow's own OpenJPEG encode asked for ``target`` dB (``quality_mode="dB"``), for every
+    configuration the search may use: 1 to ``jpeg2000_resolutions(H, W)`` levels, with and without
+    the colour transform. Independent of the search code; each is one encode the search could find."""
+    results = []
+    for resolutions in range(1, jpeg2000_resolutions(*image.shape[:2]) + 1):
+        for mct in (0, 1):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(
+                buffer, format="JPEG2000", irreversible=True, num_resolutions=resolutions, mct=mct,
+                quality_mode="dB", quality_layers=[float(target)],
+            )
+            buffer.seek(0)
+            results.append(psnr(image, np.asarray(Image.open(buffer).convert("RGB"))))
+    return results
+
+
 @pytest.mark.parametrize("size", [(1, 1), (8, 8), (17, 31), (64, 48)])
-def test_jpeg2000_constant_images_come_back_within_one(value, size):
-    image = np.full((*size, 3), value, dtype=np.uint8)
+def test_jpeg2000_mid_grey_has_no_lossy_encode_and_says_so(size):
+    """128 on every channel level-shifts to zero coefficients: no encode can lose anything, so the
+    image comes back unchanged and the miss is reported, after at most 2 encodes per configuration."""
+    image = np.full((*size, 3), 128, dtype=np.uint8)
     for target in DISTORTIONS["jpeg2000"].levels:
-        out = distort(image, "jpeg2000", target)
-        assert np.max(np.abs(out.astype(int) - value)) <= 1, (size, target)
+        out, info = distort_with_info(image, "jpeg2000", target)
+        np.testing.assert_array_equal(out, image)
+        assert info.achieved_psnr == math.inf and info.target_psnr == target
+        assert not info.within_tolerance
+        assert 1 <= info.encodes <= 2 * 2 * jpeg2000_resolutions(*size)
+
+
+def test_jpeg2000_flat_colour_of_the_issue_lands_within_tolerance():
+    """64x80 of RGB (17, 200, 99) at 30 dB came back at 23.55 dB (blue collapsed to 128): the search
+    stopped at its first lossless encode. It now goes on and lands within 0.5 dB."""
+    image = np.empty((64, 80, 3), dtype=np.uint8)
+    image[:] = (17, 200, 99)
+    out, info = distort_with_info(image, "jpeg2000", 30)
+    assert info.within_tolerance and abs(psnr(image, out) - 30) <= JPEG2000_PSNR_TOLERANCE_DB, info
+
+
+@given(image=flat_colour_images(), target=levels("jpeg2000"))
+def test_jpeg2000_on_flat_colour_lands_within_tolerance_or_says_so_with_the_closest_encode(image, target):
+    """One or two colours, saturated channels, 1x1 to 64x64 (the 64x80 RGB (17, 200, 99) of the
+    issue came back at 23.55 dB for 30 dB although a 30.8 dB encode existed).
+
+    Either the achieved PSNR is within 0.5 dB of the target, or ``distort_with_info`` says it is
+    not, and then the returned encode is at least as close as each of Pillow's direct
+    ``quality_mode="dB"`` encodes over every configuration the search may use.
+    """
+    out, info = distort_with_info(image, "jpeg2000", target)
+    np.testing.assert_array_equal(out, distort(image, "jpeg2000", target))
+    assert info.achieved_psnr == psnr(image, out) and info.target_psnr == target
+    miss = abs(info.achieved_psnr - target)
+    assert info.within_tolerance == (miss <= JPEG2000_PSNR_TOLERANCE_DB)
+    if not info.within_tolerance:
+        closest_direct = min(abs(p - target) for p in direct_jpeg2000_psnrs(image, target))
+        assert miss <= closest_direct, (info, closest_direct)
 
 
 @given(image=images(min_side=8, max_side=64, kinds=("random", "blocks", "gradient")), target=levels("jpeg2000"))
