@@ -263,7 +263,7 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 JPEG2000_PSNR_TOLERANCE_DB = 0.5
 #: Most encodes per coder configuration (one ``dB``-mode encode, then ``rates``-mode search steps).
 _JPEG2000_ENCODES_PER_CONFIG = 5
-#: Fewest wavelet resolution levels the fallback goes down to.
+#: Fewest wavelet resolution levels of the first fallback (as in version 2); 2 and 1 come last.
 _JPEG2000_MIN_RESOLUTIONS = 3
 #: First guess of how fast PSNR falls per doubling of the compression ratio (dB). Deliberately on
 #: the low side of what natural images show (about 1.5-6 dB), so the first correction overshoots and
@@ -401,9 +401,9 @@ def _search_one_configuration(
 def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarray, float, int]:
     """JPEG 2000 round trip at a target PSNR; returns ``(decoded, achieved_psnr_db, encodes)``.
 
-    OpenJPEG through Pillow, always lossy: irreversible 9/7 wavelet, one quality layer, 64x64 code
-    blocks, R, G and B coded as separate components (Pillow's default ``mct=0``, no colour
-    transform), decoded back to RGB. The rate is chosen per image:
+    OpenJPEG through Pillow, lossy wherever a lossy encode exists: irreversible 9/7 wavelet, one
+    quality layer, 64x64 code blocks, R, G and B coded as separate components (Pillow's default
+    ``mct=0``, no colour transform), decoded back to RGB. The rate is chosen per image:
 
     1. The first encode uses :func:`jpeg2000_resolutions` levels and asks OpenJPEG for the target
        directly (``quality_mode="dB"``). On the shared ImageNet images this lands within
@@ -443,6 +443,9 @@ def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarra
     Returns:
         ``(decoded uint8 (H, W, 3), achieved PSNR in dB (``inf`` if unchanged), number of encodes
         made)``.
+
+    Raises:
+        ValueError: if ``image`` is not a ``uint8`` ``(H, W, 3)`` array.
     """
     check_image(image)
     target = float(target_psnr)
