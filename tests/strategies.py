@@ -126,7 +126,7 @@ def per_assertion_rate(assertions_per_example: int, rate: float = FALSE_ALARM_RA
 def two_sided_z(assertions_per_example: int, rate: float = FALSE_ALARM_RATE) -> float:
     """Normal quantile ``z`` with ``P(|N(0, 1)| > z) = per_assertion_rate(...)``.
 
-    ``scipy.stats.norm.isf(alpha / 2)``: 5.54 in ``ci`` and 6.03 in ``thorough`` for 2 assertions
+    ``scipy.stats.norm.isf(alpha / 2)``: 5.53 in ``ci`` and 6.03 in ``thorough`` for 2 assertions
     per example at the default rate 1e-6.
     """
     return float(stats.norm.isf(per_assertion_rate(assertions_per_example, rate) / 2))

@@ -156,7 +156,7 @@ def test_noise_on_mid_grey_is_zero_mean_with_the_level_as_std(level, seed):
 
     False-alarm rate: ``strategies.FALSE_ALARM_RATE`` (1e-6) per run of this test, split over its
     2 assertions on each of ``max_examples + 1`` examples (Bonferroni), i.e. a two-sided normal
-    bound of ``z = norm.isf(1e-6 / (2 * 2 * (max_examples + 1)))``: 5.54 standard errors in ``ci``
+    bound of ``z = norm.isf(1e-6 / (2 * 2 * (max_examples + 1)))``: 5.53 standard errors in ``ci``
     (15 examples + 1 explicit), 6.03 in ``thorough`` (300 + 1). The reference moments come from
     :func:`rounded_noise_distribution` (rounding adds ~1/12 to the variance, clipping at 3.2 std
     removes a little); the sample mean and variance of n = 147 456 independent values are normal
