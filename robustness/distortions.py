@@ -263,6 +263,8 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 JPEG2000_PSNR_TOLERANCE_DB = 0.5
 #: Most encodes per coder configuration (one ``dB``-mode encode, then ``rates``-mode search steps).
 _JPEG2000_ENCODES_PER_CONFIG = 5
+#: Extra encodes per configuration of the last pass (requested PSNR searched, ``quality_mode="dB"``).
+_JPEG2000_DB_REQUESTS_PER_CONFIG = 2
 #: Fewest wavelet resolution levels of the first fallback (as in version 2); 2 and 1 come last.
 _JPEG2000_MIN_RESOLUTIONS = 3
 #: First guess of how fast PSNR falls per doubling of the compression ratio (dB). Deliberately on
@@ -398,6 +400,39 @@ def _search_one_configuration(
     return made
 
 
+def _search_requested_psnr(
+    image: np.ndarray, target: float, first_psnr: float, max_encodes: int, **config
+) -> list[tuple[float, np.ndarray, float]]:
+    """Encodes asking OpenJPEG for other PSNRs than the target: ``[(|psnr - target|, decoded, psnr)]``.
+
+    OpenJPEG's ``quality_mode="dB"`` allocation picks other truncation points than its
+    ``"rates"`` allocation, so on flat colour a request off the target can land where no rate
+    does. Secant steps on the requested PSNR ``q``, starting from the configuration's first encode
+    (``q = target`` gave ``first_psnr``): ``q`` moves by the remaining miss (by -6 dB after a
+    lossless encode), kept within ``target +- 20`` dB and above 1 dB.
+    """
+    made: list[tuple[float, np.ndarray, float]] = []
+    points = [(target, first_psnr)]
+    for _ in range(max_encodes):
+        (q0, p0), (q1, p1) = points[-2] if len(points) > 1 else points[-1], points[-1]
+        if not math.isfinite(p1):
+            q = q1 - 6.0
+        elif len(points) > 1 and math.isfinite(p0) and abs(p1 - p0) > 1e-9:
+            q = q1 + (target - p1) * (q1 - q0) / (p1 - p0)
+        else:
+            q = q1 + (target - p1)
+        q = min(max(q, target - 20.0, 1.0), target + 20.0)
+        if any(abs(q - seen) < 1e-6 for seen, _ in points):
+            break
+        decoded, _ = _jpeg2000_round_trip(image, **config, quality_mode="dB", quality_layers=[q])
+        achieved = psnr(image, decoded)
+        made.append((abs(achieved - target), decoded, achieved))
+        if made[-1][0] <= JPEG2000_PSNR_TOLERANCE_DB:
+            break
+        points.append((q, achieved))
+    return made
+
+
 def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarray, float, int]:
     """JPEG 2000 round trip at a target PSNR; returns ``(decoded, achieved_psnr_db, encodes)``.
 
@@ -425,7 +460,11 @@ def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarra
        Lossless encodes do not end the search (they bracket the target from above), and if
        steps 1-3 still miss, 2 and 1 resolution levels are tried (1 = no wavelet transform, each
        64x64 code-block truncated on its own), without and then with ``mct=1``: up to 5 encodes
-       per configuration, so at most ``5 * 2 * jpeg2000_resolutions(H, W)`` (60) in all.
+       per configuration.
+    5. If no configuration landed, each is tried again in the same order with up to 2 requests
+       for other PSNRs than the target (:func:`_search_requested_psnr`): OpenJPEG's dB-mode
+       allocation reaches truncation points its rate mode does not. At most
+       ``(5 + 2) * 2 * jpeg2000_resolutions(H, W)`` (84) encodes in all.
 
     The encode whose PSNR is closest to the target among all those made is returned (ties: the
     earliest; a lossy encode is always closer than a lossless one). It can still miss the
@@ -450,10 +489,19 @@ def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarra
     check_image(image)
     target = float(target_psnr)
     made: list[tuple[float, np.ndarray, float]] = []
-    for config in _jpeg2000_configurations(*image.shape[:2]):
-        made += _search_one_configuration(image, target, _JPEG2000_ENCODES_PER_CONFIG, **config)
+    configurations = _jpeg2000_configurations(*image.shape[:2])
+    first_psnrs = []  # PSNR of each configuration's first encode (asked for the target in dB)
+    for config in configurations:
+        searched = _search_one_configuration(image, target, _JPEG2000_ENCODES_PER_CONFIG, **config)
+        made += searched
+        first_psnrs.append(searched[0][2])
         if min(m[0] for m in made) <= JPEG2000_PSNR_TOLERANCE_DB:
             break
+    else:  # step 5: no configuration landed
+        for config, first_psnr in zip(configurations, first_psnrs):
+            made += _search_requested_psnr(image, target, first_psnr, _JPEG2000_DB_REQUESTS_PER_CONFIG, **config)
+            if min(m[0] for m in made) <= JPEG2000_PSNR_TOLERANCE_DB:
+                break
     best = min(made, key=lambda m: m[0])  # min() keeps the earliest of equals
     return best[1], best[2], len(made)
 
