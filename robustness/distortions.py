@@ -45,7 +45,7 @@ __all__ = [
 
 #: Bumped whenever a distortion's output for the same input, level and seed changes. Caches of
 #: predictions key on it.
-DISTORTION_CODE_VERSION = "3"  # 3: JPEG 2000 searches on past lossless encodes and to 1-2 levels
+DISTORTION_CODE_VERSION = "3"  # 3: JPEG 2000 on flat colour (past lossless encodes, 1-2 levels, dB requests)
 
 
 def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
