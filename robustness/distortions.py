@@ -28,6 +28,9 @@ __all__ = [
     "Distortion",
     "DISTORTIONS",
     "distort",
+    "distort_with_info",
+    "DistortionInfo",
+    "JPEG2000_PSNR_TOLERANCE_DB",
     "gaussian_blur",
     "gaussian_kernel",
     "gaussian_noise",
@@ -42,7 +45,7 @@ __all__ = [
 
 #: Bumped whenever a distortion's output for the same input, level and seed changes. Caches of
 #: predictions key on it.
-DISTORTION_CODE_VERSION = "2"
+DISTORTION_CODE_VERSION = "3"  # 3: JPEG 2000 on flat colour (past lossless encodes, 1-2 levels, dB requests)
 
 
 def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -260,7 +263,9 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 JPEG2000_PSNR_TOLERANCE_DB = 0.5
 #: Most encodes per coder configuration (one ``dB``-mode encode, then ``rates``-mode search steps).
 _JPEG2000_ENCODES_PER_CONFIG = 5
-#: Fewest wavelet resolution levels the fallback goes down to.
+#: Extra encodes per configuration of the last pass (requested PSNR searched, ``quality_mode="dB"``).
+_JPEG2000_DB_REQUESTS_PER_CONFIG = 2
+#: Fewest wavelet resolution levels of the first fallback (as in version 2); 2 and 1 come last.
 _JPEG2000_MIN_RESOLUTIONS = 3
 #: First guess of how fast PSNR falls per doubling of the compression ratio (dB). Deliberately on
 #: the low side of what natural images show (about 1.5-6 dB), so the first correction overshoots and
@@ -278,10 +283,24 @@ def jpeg2000_resolutions(height: int, width: int) -> int:
 
 
 def _jpeg2000_configurations(height: int, width: int) -> list[dict]:
-    """Coder configurations in the order tried: fewer resolution levels, then with the colour transform."""
+    """Coder configurations in the order tried.
+
+    First the historical order (``DISTORTION_CODE_VERSION`` 2, unchanged so that every image that
+    landed within tolerance then gives the same bytes now): :func:`jpeg2000_resolutions` levels down
+    to 3, then the same with the colour transform (``mct=1``). Then, for images none of those could
+    bring within tolerance (flat or nearly flat colour, saturated channels, two-colour images), the
+    levels below 3 down to 1 (no wavelet decomposition: every 64x64 code-block of the image is
+    truncated on its own), without and then with the colour transform.
+    """
     first = jpeg2000_resolutions(height, width)
     levels = range(first, min(first, _JPEG2000_MIN_RESOLUTIONS) - 1, -1)
-    return [{"resolutions": r} for r in levels] + [{"resolutions": r, "mct": 1} for r in levels]
+    fewer = range(min(first, _JPEG2000_MIN_RESOLUTIONS) - 1, 0, -1)
+    return (
+        [{"resolutions": r} for r in levels]
+        + [{"resolutions": r, "mct": 1} for r in levels]
+        + [{"resolutions": r} for r in fewer]
+        + [{"resolutions": r, "mct": 1} for r in fewer]
+    )
 
 
 def _jpeg2000_round_trip(image: np.ndarray, resolutions: int, **options) -> tuple[np.ndarray, int]:
@@ -309,17 +328,25 @@ def _search_one_configuration(
     bytes)``, against which PSNR is close to linear: before the target is bracketed, one step from
     the nearest sample with the measured slope (2 dB per doubling at first, clamped to 0.5-8);
     once bracketed, Illinois-modified regula falsi (kept 5% inside the bracket), which cannot stall
-    on one side. Stops early within tolerance, on an infinite PSNR, or when the coder keeps
-    returning a size it returned before (no truncation point between the bracket's ends).
+    on one side. Stops early within tolerance, or when the coder keeps returning a size it returned
+    before (no truncation point between the bracket's ends).
+
+    A lossless encode (PSNR ``inf``: flat colour, where the coder's few truncation points lie
+    several dB apart) is a sample above the target like any other, but has no finite distance for
+    regula falsi: a bracket with a lossless end is bisected on ``x``, and when no lossy encode has
+    been seen yet the next encode asks for the highest ratio (``2**20``, the coder's smallest
+    codestream). If even that is lossless, no lossy encode exists in this configuration and the
+    search stops.
     """
     raw_bytes = image.size
     made: list[tuple[float, np.ndarray, float]] = []
     below: list[float] | None = None  # [x, psnr - target] with psnr < target (ratio too high)
-    above: list[float] | None = None  # [x, psnr - target] with psnr >= target
+    above: list[float] | None = None  # [x, psnr - target] with psnr >= target (inf if lossless)
     last_side = ""
     sizes: set[int] = set()
     repeats = 0
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float]] = []  # finite (x, psnr - target) only
+    lossless_at_max_ratio = False
     for step in range(max_encodes):
         if step == 0:
             options = {"quality_mode": "dB", "quality_layers": [target]}
@@ -327,23 +354,31 @@ def _search_one_configuration(
             if below is not None and above is not None:
                 x_lo, f_lo = below
                 x_hi, f_hi = above
-                x = (x_lo * f_hi - x_hi * f_lo) / (f_hi - f_lo)
                 left, right = sorted((x_lo, x_hi))
-                margin = 0.05 * (right - left)
-                x = min(max(x, left + margin), right - margin)
-            else:
+                if math.isfinite(f_hi):
+                    x = (x_lo * f_hi - x_hi * f_lo) / (f_hi - f_lo)
+                    margin = 0.05 * (right - left)
+                    x = min(max(x, left + margin), right - margin)
+                else:
+                    x = 0.5 * (left + right)
+            elif samples:
                 ordered = sorted(samples, key=lambda sample: abs(sample[1]))
                 slope = _JPEG2000_SLOPE_GUESS_DB
                 if len(ordered) >= 2 and abs(ordered[1][0] - ordered[0][0]) > 1e-6:
                     measured = -(ordered[1][1] - ordered[0][1]) / (ordered[1][0] - ordered[0][0])
                     slope = min(max(measured, 0.5), 8.0)
                 x = ordered[0][0] + ordered[0][1] / slope
+            elif lossless_at_max_ratio:
+                break  # every encode this configuration can make is lossless
+            else:
+                x = 20.0  # only lossless encodes so far: ask for the smallest codestream
             options = {"quality_mode": "rates", "quality_layers": [2.0 ** min(max(x, 0.0), 20.0)]}
         decoded, size = _jpeg2000_round_trip(image, **config, **options)
         achieved = psnr(image, decoded)
         made.append((abs(achieved - target), decoded, achieved))
-        if made[-1][0] <= JPEG2000_PSNR_TOLERANCE_DB or not math.isfinite(achieved):
+        if made[-1][0] <= JPEG2000_PSNR_TOLERANCE_DB:
             break
+        lossless_at_max_ratio = step > 0 and not samples and not math.isfinite(achieved)
         if size in sizes:
             repeats += 1
             if repeats >= 2:
@@ -351,24 +386,59 @@ def _search_one_configuration(
         sizes.add(size)
         x = math.log2(max(raw_bytes / max(size, 1), 1.0))
         f = achieved - target
-        samples.append((x, f))
+        if math.isfinite(f):
+            samples.append((x, f))
         if f < 0:
             if last_side == "below" and above is not None:
-                above[1] /= 2.0  # Illinois: the retained end's weight halves
+                above[1] /= 2.0  # Illinois: the retained end's weight halves (inf stays inf)
             below, last_side = [x, f], "below"
-        else:
+        elif above is None or math.isfinite(f) or not math.isfinite(above[1]):
+            # (a lossless sample never replaces a lossy one above the target: it is farther)
             if last_side == "above" and below is not None:
                 below[1] /= 2.0
             above, last_side = [x, f], "above"
     return made
 
 
+def _search_requested_psnr(
+    image: np.ndarray, target: float, first_psnr: float, max_encodes: int, **config
+) -> list[tuple[float, np.ndarray, float]]:
+    """Encodes asking OpenJPEG for other PSNRs than the target: ``[(|psnr - target|, decoded, psnr)]``.
+
+    OpenJPEG's ``quality_mode="dB"`` allocation picks other truncation points than its
+    ``"rates"`` allocation, so on flat colour a request off the target can land where no rate
+    does. Secant steps on the requested PSNR ``q``, starting from the configuration's first encode
+    (``q = target`` gave ``first_psnr``): ``q`` moves by the remaining miss (by -6 dB after a
+    lossless encode), kept within ``target +- 20`` dB and above 1 dB.
+    """
+    made: list[tuple[float, np.ndarray, float]] = []
+    points = [(target, first_psnr)]
+    for _ in range(max_encodes):
+        (q0, p0), (q1, p1) = points[-2] if len(points) > 1 else points[-1], points[-1]
+        if not math.isfinite(p1):
+            q = q1 - 6.0
+        elif len(points) > 1 and math.isfinite(p0) and abs(p1 - p0) > 1e-9:
+            q = q1 + (target - p1) * (q1 - q0) / (p1 - p0)
+        else:
+            q = q1 + (target - p1)
+        q = min(max(q, target - 20.0, 1.0), target + 20.0)
+        if any(abs(q - seen) < 1e-6 for seen, _ in points):
+            break
+        decoded, _ = _jpeg2000_round_trip(image, **config, quality_mode="dB", quality_layers=[q])
+        achieved = psnr(image, decoded)
+        made.append((abs(achieved - target), decoded, achieved))
+        if made[-1][0] <= JPEG2000_PSNR_TOLERANCE_DB:
+            break
+        points.append((q, achieved))
+    return made
+
+
 def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarray, float, int]:
     """JPEG 2000 round trip at a target PSNR; returns ``(decoded, achieved_psnr_db, encodes)``.
 
-    OpenJPEG through Pillow, always lossy: irreversible 9/7 wavelet, one quality layer, 64x64 code
-    blocks, R, G and B coded as separate components (Pillow's default ``mct=0``, no colour
-    transform), decoded back to RGB. The rate is chosen per image:
+    OpenJPEG through Pillow, lossy wherever a lossy encode exists: irreversible 9/7 wavelet, one
+    quality layer, 64x64 code blocks, R, G and B coded as separate components (Pillow's default
+    ``mct=0``, no colour transform), decoded back to RGB. The rate is chosen per image:
 
     1. The first encode uses :func:`jpeg2000_resolutions` levels and asks OpenJPEG for the target
        directly (``quality_mode="dB"``). On the shared ImageNet images this lands within
@@ -383,24 +453,55 @@ def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarra
        low-pass band gives finer steps), down to 3 levels, and then again at each level count
        with the irreversible colour transform (``mct=1``), whose truncation points differ. Such
        images are rare (about 1 in 100 at 20-24 dB) and can take up to about 20 encodes.
+    4. Flat or nearly flat colour (one colour, two colours, a channel saturated at 0 or 255, tiny
+       images) leaves the coder only a handful of truncation points: the DC of each channel is
+       refined one bit-plane at a time, so the PSNR jumps by several dB between them (e.g. 64x80
+       of RGB (17, 200, 99): 23.6 dB at the smallest codestream, then lossless, at 6 levels).
+       Lossless encodes do not end the search (they bracket the target from above), and if
+       steps 1-3 still miss, 2 and 1 resolution levels are tried (1 = no wavelet transform, each
+       64x64 code-block truncated on its own), without and then with ``mct=1``: up to 5 encodes
+       per configuration.
+    5. If no configuration landed, each is tried again in the same order with up to 2 requests
+       for other PSNRs than the target (:func:`_search_requested_psnr`): OpenJPEG's dB-mode
+       allocation reaches truncation points its rate mode does not. At most
+       ``(5 + 2) * 2 * jpeg2000_resolutions(H, W)`` (84) encodes in all.
 
-    The encode whose PSNR is closest to the target is returned (ties: the earliest). Constant
-    images compress to within +-1 of the input and may come back unchanged (PSNR ``inf``).
+    The encode whose PSNR is closest to the target among all those made is returned (ties: the
+    earliest; a lossy encode is always closer than a lossless one). It can still miss the
+    tolerance on such images: some targets lie between two truncation points of every
+    configuration. The caller sees that as ``abs(achieved_psnr - target_psnr) >
+    JPEG2000_PSNR_TOLERANCE_DB``; :func:`distort_with_info` returns it as
+    ``DistortionInfo.within_tolerance``. Where no lossy encode exists at all (mid-grey 128 on
+    every channel, which the level shift maps to zero coefficients) the input comes back
+    unchanged with PSNR ``inf``.
 
     Args:
         image: ``uint8`` array ``(H, W, 3)``, RGB 0-255.
         target_psnr: PSNR in dB against ``image`` (as computed by :func:`psnr`).
 
     Returns:
-        ``(decoded uint8 (H, W, 3), achieved PSNR in dB, number of encodes made)``.
+        ``(decoded uint8 (H, W, 3), achieved PSNR in dB (``inf`` if unchanged), number of encodes
+        made)``.
+
+    Raises:
+        ValueError: if ``image`` is not a ``uint8`` ``(H, W, 3)`` array.
     """
     check_image(image)
     target = float(target_psnr)
     made: list[tuple[float, np.ndarray, float]] = []
-    for config in _jpeg2000_configurations(*image.shape[:2]):
-        made += _search_one_configuration(image, target, _JPEG2000_ENCODES_PER_CONFIG, **config)
-        if min(m[0] for m in made) <= JPEG2000_PSNR_TOLERANCE_DB or not math.isfinite(made[-1][2]):
+    configurations = _jpeg2000_configurations(*image.shape[:2])
+    first_psnrs = []  # PSNR of each configuration's first encode (asked for the target in dB)
+    for config in configurations:
+        searched = _search_one_configuration(image, target, _JPEG2000_ENCODES_PER_CONFIG, **config)
+        made += searched
+        first_psnrs.append(searched[0][2])
+        if min(m[0] for m in made) <= JPEG2000_PSNR_TOLERANCE_DB:
             break
+    else:  # step 5: no configuration landed
+        for config, first_psnr in zip(configurations, first_psnrs):
+            made += _search_requested_psnr(image, target, first_psnr, _JPEG2000_DB_REQUESTS_PER_CONFIG, **config)
+            if min(m[0] for m in made) <= JPEG2000_PSNR_TOLERANCE_DB:
+                break
     best = min(made, key=lambda m: m[0])  # min() keeps the earliest of equals
     return best[1], best[2], len(made)
 
@@ -409,7 +510,8 @@ def jpeg2000(image: np.ndarray, target_psnr: float) -> np.ndarray:
     """JPEG 2000 compression to a target PSNR (Dodge & Karam 2016, Sec. III-D).
 
     See :func:`jpeg2000_with_psnr` for the rate search; on natural images the achieved PSNR lands
-    within 0.5 dB of ``target_psnr``.
+    within 0.5 dB of ``target_psnr``. On flat colour it may not: use :func:`distort_with_info` to
+    learn whether it did.
 
     Args:
         image: ``uint8`` array ``(H, W, 3)``, RGB 0-255.
@@ -552,3 +654,52 @@ def distort(image: np.ndarray, distortion: str, level: float, *, seed: int = 0) 
     spec.check_level(level)
     check_seed(seed)
     return spec.function(image, level, seed)
+
+
+@dataclass(frozen=True)
+class DistortionInfo:
+    """What :func:`distort_with_info` measured about one distorted image.
+
+    Attributes:
+        achieved_psnr: PSNR of the output against the input in dB (:func:`psnr`; ``math.inf``
+            when the output equals the input). Computed for every distortion.
+        target_psnr: the requested PSNR in dB for ``jpeg2000`` (the level), else ``None``.
+        within_tolerance: ``False`` only for ``jpeg2000`` when no encode landed within
+            :data:`JPEG2000_PSNR_TOLERANCE_DB` (0.5 dB) of the target, i.e. when
+            ``abs(achieved_psnr - target_psnr) > 0.5``; the output is then the closest encode the
+            search made (see :func:`jpeg2000_with_psnr`). Always ``True`` for the other
+            distortions, which have no target to miss.
+        encodes: JPEG 2000 encodes made for this image (0 for the other distortions).
+    """
+
+    achieved_psnr: float
+    target_psnr: float | None = None
+    within_tolerance: bool = True
+    encodes: int = 0
+
+
+def distort_with_info(
+    image: np.ndarray, distortion: str, level: float, *, seed: int = 0
+) -> tuple[np.ndarray, DistortionInfo]:
+    """:func:`distort`, and a :class:`DistortionInfo` saying what it achieved.
+
+    The image is bit-identical to ``distort(image, distortion, level, seed=seed)``; the extra cost
+    is one PSNR computation (JPEG 2000 reuses the one its search made). Meant for the evaluation
+    engine to count, per (image, level), the JPEG 2000 encodes that missed the 0.5 dB tolerance:
+    ``not info.within_tolerance``.
+
+    Args, Raises: as :func:`distort`.
+
+    Returns:
+        ``(uint8 array of the input's shape, DistortionInfo)``.
+    """
+    spec = get_distortion(distortion)
+    check_image(image)
+    spec.check_level(level)
+    check_seed(seed)
+    if spec.name == "jpeg2000":
+        out, achieved, encodes = jpeg2000_with_psnr(image, level)
+        within = abs(achieved - float(level)) <= JPEG2000_PSNR_TOLERANCE_DB
+        return out, DistortionInfo(achieved, float(level), within, encodes)
+    out = spec.function(image, level, seed)
+    return out, DistortionInfo(psnr(image, out))

@@ -6,9 +6,12 @@ hypothesis would be far too slow); the drawn parameters still shrink to small, r
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from robustness import DISTORTIONS
 
@@ -61,7 +64,80 @@ def levels(name: str):
 
 seeds = st.integers(0, 2**63 - 1)
 
+colours = st.tuples(*[st.integers(0, 255)] * 3)
+#: Colours with at least one channel saturated at 0 or 255.
+saturated_colours = st.tuples(st.integers(0, 255), st.integers(0, 255), st.sampled_from([0, 255])).flatmap(
+    lambda c: st.permutations(c).map(tuple)
+)
+
+
+@st.composite
+def flat_colour_images(draw, max_side: int = 64) -> np.ndarray:
+    """Few-colour images, JPEG 2000's hardest case: one colour, or two split along a row, a column
+    or a diagonal, any colours (often with a channel saturated at 0 or 255), 1x1 to max_side."""
+    height = draw(st.integers(1, max_side), label="height")
+    width = draw(st.integers(1, max_side), label="width")
+    first = draw(st.one_of(colours, saturated_colours), label="colour")
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = first
+    split = draw(st.sampled_from(["none", "rows", "columns", "diagonal"]), label="split")
+    if split != "none":
+        second = draw(st.one_of(colours, saturated_colours), label="second colour")
+        y, x = np.mgrid[:height, :width]
+        if split == "rows":
+            mask = y < draw(st.integers(0, height), label="row")
+        elif split == "columns":
+            mask = x < draw(st.integers(0, width), label="column")
+        else:
+            mask = y * width + x * height < draw(st.integers(0, 2 * height * width), label="offset")
+        image[mask] = second
+    return image
+
 
 def thorough() -> bool:
     """True under the ``thorough`` hypothesis profile (more shared images in the slow checks)."""
     return settings.get_current_profile_name() == "thorough"
+
+
+# ------------------------------------------------------------------ statistical assertions
+
+#: Family-wise false-alarm rate of each statistical test function, per run, in either profile: the
+#: chance that a correct implementation makes one of its statistical assertions fail, on any of
+#: the examples hypothesis runs. Split evenly (Bonferroni, valid whatever the dependence between
+#: assertions) over ``max_examples`` of the current profile (15 in ``ci``, 300 in ``thorough``:
+#: hypothesis stops after that many passing examples) times the assertions per example.
+FALSE_ALARM_RATE = 1e-6
+
+
+#: Explicit ``@example`` cases a statistical test may add on top of ``max_examples``.
+EXPLICIT_EXAMPLES = 1
+
+
+def per_assertion_rate(assertions_per_example: int, rate: float = FALSE_ALARM_RATE) -> float:
+    """False-alarm rate allowed to one statistical assertion on one example (Bonferroni).
+
+    ``rate / ((max_examples + EXPLICIT_EXAMPLES) * assertions_per_example)``, with
+    ``max_examples`` of the loaded hypothesis profile (``settings.default``), so the family-wise
+    rate is at most ``rate`` in every profile.
+    """
+    return rate / ((settings.default.max_examples + EXPLICIT_EXAMPLES) * assertions_per_example)
+
+
+def two_sided_z(assertions_per_example: int, rate: float = FALSE_ALARM_RATE) -> float:
+    """Normal quantile ``z`` with ``P(|N(0, 1)| > z) = per_assertion_rate(...)``.
+
+    ``scipy.stats.norm.isf(alpha / 2)``: 5.53 in ``ci`` and 6.03 in ``thorough`` for 2 assertions
+    per example at the default rate 1e-6.
+    """
+    return float(stats.norm.isf(per_assertion_rate(assertions_per_example, rate) / 2))
+
+
+def hoeffding_bound(n: int, assertions_per_example: int, value_range: float = 1.0) -> float:
+    """Half-width ``t`` with ``P(|mean - E mean| >= t) <= alpha`` for ``n`` independent values.
+
+    Hoeffding's inequality for values in an interval of width ``value_range``:
+    ``P(|mean - E| >= t) <= 2 exp(-2 n t^2 / range^2)``, so ``t = range sqrt(ln(2 / alpha) / (2 n))``
+    with ``alpha = per_assertion_rate(assertions_per_example)``. No normal approximation needed.
+    """
+    alpha = per_assertion_rate(assertions_per_example)
+    return value_range * math.sqrt(math.log(2.0 / alpha) / (2.0 * n))

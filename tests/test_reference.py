@@ -127,3 +127,35 @@ def test_jpeg2000_reports_the_psnr_it_achieved(image, target):
     assert achieved == pytest.approx(independent_psnr(image, out), abs=1e-9) or achieved == independent_psnr(image, out)
     assert encodes >= 1
     np.testing.assert_array_equal(out, distort(image, "jpeg2000", target))
+
+
+@pytest.mark.parametrize("name", list(DISTORTIONS))
+@given(image=images(max_side=48), data=st.data())
+def test_distort_with_info_returns_distorts_image_and_its_independent_psnr(name, image, data):
+    """Same image as ``distort``; ``achieved_psnr`` equals the exact integer PSNR (1e-9 dB); only
+    JPEG 2000 has a target, a tolerance verdict (|achieved - target| <= 0.5 dB) and encodes."""
+    from robustness.distortions import JPEG2000_PSNR_TOLERANCE_DB, distort_with_info
+
+    level = data.draw(levels(name), label="level")
+    seed = data.draw(seeds, label="seed")
+    out, info = distort_with_info(image, name, level, seed=seed)
+    np.testing.assert_array_equal(out, distort(image, name, level, seed=seed))
+    exact = independent_psnr(image, out)
+    assert info.achieved_psnr == exact or info.achieved_psnr == pytest.approx(exact, abs=1e-9)
+    if name == "jpeg2000":
+        assert info.target_psnr == level and info.encodes >= 1
+        assert info.within_tolerance == (abs(info.achieved_psnr - level) <= JPEG2000_PSNR_TOLERANCE_DB)
+    else:
+        assert info.target_psnr is None and info.within_tolerance and info.encodes == 0
+
+
+def test_distort_with_info_rejects_what_distort_rejects():
+    from robustness.distortions import distort_with_info
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="unknown distortion"):
+        distort_with_info(image, "sharpen", 1)
+    with pytest.raises(ValueError, match="outside the valid range"):
+        distort_with_info(image, "jpeg2000", 80)
+    with pytest.raises(ValueError, match="dtype uint8"):
+        distort_with_info(image.astype(np.float32), "jpeg2000", 30)
