@@ -3,8 +3,8 @@
 Layout (``root`` defaults to ``$ROBUSTNESS_CACHE_DIR`` or ``.robustness-cache`` in the working
 directory)::
 
-    root/v2/<model key>/<condition key>/<chunk>.rpc     checksummed entries (image key -> top-5)
-    root/v2/<model key>/<condition key>/.lock           advisory lock while a process computes it
+    root/v3/<model key>/<condition key>/<chunk>.rpc     checksummed entries (image key -> top-5)
+    root/v3/<model key>/<condition key>/.lock           advisory lock while a process computes it
 
 * **model key** (:func:`model_key`): SHA-256 over what the network *is* and what it *does*:
   the model name, the network's class, the (name, class) of every submodule, the source code of
@@ -31,7 +31,8 @@ pairs per run) and discards a model key's entries on any disagreement; see
 
 A chunk file is ``MAGIC + sha256(payload) hex + "\\n" + payload`` where the payload is an ``.npz``
 (no pickles) holding ``keys`` (``S64`` ASCII hex image keys, shape ``(n,)``), ``top5`` (``int16``
-class indices, shape ``(n, 5)``) and ``meta`` (the JSON of both keys). Chunks are written atomically
+class indices, shape ``(n, 5)``), ``flags`` (``uint8`` shape ``(n,)``: bit 0 set when the distortion
+missed its tolerance for that image, :data:`FLAG_MISSED_TOLERANCE`) and ``meta`` (the JSON of both keys). Chunks are written atomically
 (temporary file in the same folder, fsync, rename). A chunk whose magic, checksum, format, keys or
 values do not check out is reported with a :class:`CacheWarning`, deleted and its images recomputed;
 it is never trusted. The engine writes a chunk every ``flush_interval`` seconds (30 by default) and when a run ends
@@ -57,7 +58,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -66,6 +67,8 @@ from ._io import atomic_write
 __all__ = [
     "PredictionCache",
     "CacheWarning",
+    "CachedPrediction",
+    "FLAG_MISSED_TOLERANCE",
     "CACHE_ENV_VAR",
     "DEFAULT_CACHE_DIR",
     "ENGINE_VERSION",
@@ -86,9 +89,9 @@ __all__ = [
 CACHE_ENV_VAR = "ROBUSTNESS_CACHE_DIR"
 DEFAULT_CACHE_DIR = ".robustness-cache"
 #: Bumped when image loading, seed derivation or preprocessing order in the engine change.
-ENGINE_VERSION = "2"  # 2: model keys include the behaviour fingerprint (caches of version 1 are ignored)
-_FORMAT = "v2"
-_MAGIC = b"ROBUSTNESS-PREDICTIONS-2\n"
+ENGINE_VERSION = "3"  # 2: model keys include the behaviour fingerprint; 3: entries carry flags
+_FORMAT = "v3"
+_MAGIC = b"ROBUSTNESS-PREDICTIONS-3\n"
 #: Number of probe images behind :func:`model_fingerprint`.
 PROBE_IMAGES = 6
 _UNSUPPORTED_LOCK_ERRNOS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
@@ -99,6 +102,20 @@ try:  # POSIX advisory locks; elsewhere processes may duplicate work, never corr
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
+
+
+#: Entry flag: the distortion's output missed its tolerance for this image (JPEG 2000 could not land
+#: within :data:`robustness.distortions.JPEG2000_PSNR_TOLERANCE_DB` of the target PSNR).
+FLAG_MISSED_TOLERANCE = 1
+FLAG_MASK = FLAG_MISSED_TOLERANCE
+
+
+class CachedPrediction(NamedTuple):
+    """One cache entry: ``top5`` (``int16 (5,)`` class indices, best first) and ``flags`` (bits of
+    :data:`FLAG_MASK`)."""
+
+    top5: np.ndarray
+    flags: int
 
 
 class CacheWarning(UserWarning):
@@ -428,8 +445,9 @@ class PredictionCache:
 
     # ------------------------------------------------------------------------------- read/write
 
-    def _read_chunk(self, path: Path, meta_expected: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(keys S64 (n,), top5 int16 (n, 5))``; raise ``ValueError`` if anything is off."""
+    def _read_chunk(self, path: Path, meta_expected: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(keys S64 (n,), top5 int16 (n, 5), flags uint8 (n,))``; raise ``ValueError`` if
+        anything is off."""
         data = path.read_bytes()
         if not data.startswith(_MAGIC):
             raise ValueError("bad magic")
@@ -438,7 +456,7 @@ class PredictionCache:
         if data[header_end - 1:header_end] != b"\n" or hashlib.sha256(payload).hexdigest().encode() != digest:
             raise ValueError("checksum mismatch (truncated or modified)")
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            keys, top5, meta = archive["keys"], archive["top5"], archive["meta"]
+            keys, top5, flags, meta = archive["keys"], archive["top5"], archive["flags"], archive["meta"]
         if json.loads(meta.tobytes().decode()) != meta_expected:
             raise ValueError("entry belongs to a different model or condition")
         if keys.dtype != np.dtype("S64") or keys.ndim != 1:
@@ -447,7 +465,9 @@ class PredictionCache:
             raise ValueError(f"top5 has dtype {top5.dtype} shape {top5.shape}")
         if len(top5) and (top5.min() < 0 or top5.max() > 999):
             raise ValueError("class index outside 0-999")
-        return keys, top5
+        if flags.dtype != np.uint8 or flags.shape != (len(keys),) or (len(flags) and flags.max() > FLAG_MASK):
+            raise ValueError(f"flags have dtype {flags.dtype} shape {flags.shape} or unknown bits")
+        return keys, top5, flags
 
     def _chunks(self, folder: Path) -> list[Path]:
         try:
@@ -455,18 +475,19 @@ class PredictionCache:
         except FileNotFoundError:
             return []
 
-    def load(self, model_key: str, condition_key: str) -> dict[bytes, np.ndarray]:
-        """All valid entries of one (model, condition): image key (``bytes``) -> ``int16 (5,)`` top-5.
+    def load(self, model_key: str, condition_key: str) -> dict[bytes, CachedPrediction]:
+        """All valid entries of one (model, condition): image key (``bytes``) -> :class:`CachedPrediction`
+        (``top5`` ``int16 (5,)``, ``flags`` ``int``).
 
         Corrupt chunks are deleted with a :class:`CacheWarning`; chunks that vanish while reading
         (another process merged them) are skipped.
         """
         folder = self._folder(model_key, condition_key)
         meta = {"model": model_key, "condition": condition_key}
-        entries: dict[bytes, np.ndarray] = {}
+        entries: dict[bytes, CachedPrediction] = {}
         for path in self._chunks(folder):
             try:
-                keys, top5 = self._read_chunk(path, meta)
+                keys, top5, flags = self._read_chunk(path, meta)
             except FileNotFoundError:
                 continue
             except Exception as error:  # noqa: BLE001 - anything unreadable is recomputed, never trusted
@@ -475,25 +496,37 @@ class PredictionCache:
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
-            entries.update(zip(keys.tolist(), top5))
+            entries.update((key, CachedPrediction(row, flag)) for key, row, flag in zip(keys.tolist(), top5, flags.tolist()))
         return entries
 
-    def store(self, model_key: str, condition_key: str, keys: Sequence[bytes] | np.ndarray, top5: np.ndarray) -> Path | None:
-        """Write one chunk atomically: ``keys`` ``(n,)`` image keys, ``top5`` ``(n, 5)`` class indices.
+    def store(self, model_key: str, condition_key: str, keys: Sequence[bytes] | np.ndarray, top5: np.ndarray,
+              flags: Sequence[int] | np.ndarray | None = None) -> Path | None:
+        """Write one chunk atomically: ``keys`` ``(n,)`` image keys, ``top5`` ``(n, 5)`` class indices,
+        ``flags`` ``(n,)`` per-entry bits (:data:`FLAG_MISSED_TOLERANCE`; default all 0).
 
         Returns the chunk's path (``None`` when ``n == 0``).
+
+        Raises:
+            ValueError: shapes that do not match ``keys``, or unknown flag bits.
         """
         keys = np.asarray(keys, dtype="S64")
         top5 = np.asarray(top5).astype(np.int16)
+        flags = np.zeros(len(keys), dtype=np.int64) if flags is None else np.asarray(flags)
+        if flags.dtype.kind not in "iub":
+            raise ValueError(f"flags must be integers, got dtype {flags.dtype}")
+        flags = flags.astype(np.int64)
         if len(keys) == 0:
             return None
         if top5.shape != (len(keys), 5):
             raise ValueError(f"top5 must have shape ({len(keys)}, 5), got {top5.shape}")
+        if flags.shape != (len(keys),) or (flags & ~FLAG_MASK).any() or (flags < 0).any():
+            raise ValueError(f"flags must be {len(keys)} integers using only bits {FLAG_MASK:#x}, got {flags!r}")
+        flags = flags.astype(np.uint8)
         folder = self._folder(model_key, condition_key)
         folder.mkdir(parents=True, exist_ok=True)
         meta = json.dumps({"model": model_key, "condition": condition_key}, sort_keys=True).encode()
         buffer = io.BytesIO()
-        np.savez(buffer, keys=keys, top5=top5, meta=np.frombuffer(meta, dtype=np.uint8))
+        np.savez(buffer, keys=keys, top5=top5, flags=flags, meta=np.frombuffer(meta, dtype=np.uint8))
         payload = buffer.getvalue()
         path = folder / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
         atomic_write(path, _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
@@ -513,7 +546,8 @@ class PredictionCache:
         entries = self.load(model_key, condition_key)
         if entries:
             keys = list(entries)
-            self.store(model_key, condition_key, keys, np.stack([entries[k] for k in keys]))
+            self.store(model_key, condition_key, keys, np.stack([entries[k].top5 for k in keys]),
+                       [entries[k].flags for k in keys])
         for path in chunks:
             with contextlib.suppress(OSError):
                 path.unlink()

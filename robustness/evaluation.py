@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .cache import CacheWarning, PredictionCache, image_keys, model_fingerprint, resolve_cache, verification_sample_size
+from .cache import FLAG_MISSED_TOLERANCE, CacheWarning, PredictionCache, image_keys, model_fingerprint, resolve_cache, verification_sample_size
 from .datasets import ImageDataset
-from .distortions import DISTORTIONS, distort, get_distortion
+from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .models import Classifier, load_model
 
@@ -73,6 +73,9 @@ class ConditionResult:
         labels: int64 ``(n,)`` true class indices.
         predictions: int64 ``(n, 5)`` top-5 class indices per image, best first.
         skipped: unreadable images left out of every condition: image id -> error message.
+        tolerance_misses: how many of the ``n`` images the distortion could not bring within its
+            tolerance (JPEG 2000: the closest encode is more than 0.5 dB from the target PSNR, see
+            :func:`robustness.distortions.distort_with_info`); 0 for the other distortions and clean.
     """
 
     model: str
@@ -85,15 +88,16 @@ class ConditionResult:
     labels: np.ndarray = field(repr=False, default=None)
     predictions: np.ndarray = field(repr=False, default=None)
     skipped: dict[str, str] = field(repr=False, default_factory=dict)
+    tolerance_misses: int = 0
 
     @property
     def condition(self) -> Condition:
         return Condition(self.distortion, self.level)
 
     def to_record(self) -> dict:
-        """The JSON record: model, distortion, level, top1, top5, n."""
+        """The JSON record: model, distortion, level, top1, top5, n, tolerance_misses."""
         return {"model": self.model, "distortion": self.distortion, "level": self.level,
-                "top1": self.top1, "top5": self.top5, "n": self.n}
+                "top1": self.top1, "top5": self.top5, "n": self.n, "tolerance_misses": self.tolerance_misses}
 
 
 def image_seed(base_seed: int, image_id: str, distortion: str, level: float) -> np.random.SeedSequence:
@@ -132,8 +136,9 @@ class _WorkItems(Dataset):
     image once for all its conditions.
 
     ``__getitem__`` returns ``(tensor float32 (3, crop, crop) or None, image index, condition index,
-    error message or None)``; an unreadable image (:class:`ImageLoadError`) yields ``None`` and the
-    message instead of stopping the run.
+    error message or None, missed)``; an unreadable image (:class:`ImageLoadError`) yields ``None``
+    and the message instead of stopping the run; ``missed`` is true when JPEG 2000 could not land
+    within its PSNR tolerance (:func:`robustness.distortions.distort_with_info`).
     """
 
     def __init__(self, dataset: ImageDataset, conditions: Sequence[Condition], preprocessing, seed: int,
@@ -160,25 +165,32 @@ class _WorkItems(Dataset):
         image_index, condition_index = (int(v) for v in self.items[index])
         image, error = self._image(image_index)
         if image is None:
-            return None, image_index, condition_index, error
+            return None, image_index, condition_index, error, False
         condition = self.conditions[condition_index]
+        missed = False
         if condition.distortion != CLEAN:
             seed = image_seed(self.seed, self.dataset[image_index].image_id, condition.distortion, condition.level)
-            image = distort(image, condition.distortion, condition.level, seed=seed)
-        return self.preprocessing(image), image_index, condition_index, None
+            if condition.distortion == "jpeg2000":  # the one distortion with a tolerance it may miss
+                image, info = distort_with_info(image, condition.distortion, condition.level, seed=seed)
+                missed = not info.within_tolerance
+            else:
+                image = distort(image, condition.distortion, condition.level, seed=seed)
+        return self.preprocessing(image), image_index, condition_index, None, missed
 
 
 def _collate(batch):
     """``(float32 (n_ok, 3, crop, crop) or None, int64 (n_ok,) image indices, int64 (n_ok,) condition
-    indices, [(image index, message), ...] for unreadable images)``; in a worker the batch tensor is
-    built in shared memory (``default_collate``)."""
+    indices, bool (n_ok,) missed-tolerance flags, [(image index, message), ...] for unreadable
+    images)``; in a worker the batch tensor is built in shared memory (``default_collate``)."""
     ok = [b for b in batch if b[0] is not None]
     failed = [(b[1], b[3]) for b in batch if b[0] is None]
     if not ok:
-        return None, torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), failed
+        empty = torch.empty(0, dtype=torch.int64)
+        return None, empty, empty, torch.empty(0, dtype=torch.bool), failed
     tensors = default_collate([b[0] for b in ok])
     return (tensors, torch.tensor([b[1] for b in ok], dtype=torch.int64),
-            torch.tensor([b[2] for b in ok], dtype=torch.int64), failed)
+            torch.tensor([b[2] for b in ok], dtype=torch.int64), torch.tensor([b[4] for b in ok], dtype=torch.bool),
+            failed)
 
 
 def default_num_workers(device: str | torch.device) -> int:
@@ -252,6 +264,7 @@ class _Run:
         size = (len(conditions), len(dataset))
         self.predictions = np.full(size + (5,), -1, dtype=np.int64)
         self.done = np.zeros(size, dtype=bool)
+        self.missed = np.zeros(size, dtype=bool)  # the distortion missed its tolerance (JPEG 2000)
         self.served = np.zeros(size, dtype=bool)  # filled from the cache (not computed in this run)
         self.skipped: dict[int, str] = {}
         self.unflushed: dict[int, list[int]] = {}
@@ -279,9 +292,10 @@ class _Run:
             if not entries:
                 continue
             for i, key in enumerate(self.image_keys.tolist()):
-                top5 = entries.get(key)
-                if top5 is not None and not self.done[k, i]:
-                    self.predictions[k, i] = top5
+                entry = entries.get(key)
+                if entry is not None and not self.done[k, i]:
+                    self.predictions[k, i] = entry.top5
+                    self.missed[k, i] = bool(entry.flags & FLAG_MISSED_TOLERANCE)
                     self.done[k, i] = True
                     self.served[k, i] = True
 
@@ -291,15 +305,16 @@ class _Run:
             for k, indices in self.unflushed.items():
                 if indices:
                     self.cache.store(self.model_key, self.condition_keys[k], self.image_keys[indices],
-                                     self.predictions[k, indices])
+                                     self.predictions[k, indices],
+                                     np.where(self.missed[k, indices], FLAG_MISSED_TOLERANCE, 0))
         self.unflushed = {}
         self.last_flush = time.monotonic()
 
     def infer(self, items: np.ndarray, batch_size: int, num_workers: int, bar):
         """Run the model on work ``items`` (int64 ``(n, 2)``: image index, condition index).
 
-        Yields ``(condition indices (b,), image indices (b,), top-5 int64 (b, 5))`` per batch;
-        unreadable images are recorded in ``skipped``.
+        Yields ``(condition indices (b,), image indices (b,), top-5 int64 (b, 5), missed bool (b,))``
+        per batch; unreadable images are recorded in ``skipped``.
         """
         batches = math.ceil(len(items) / batch_size)
         num_workers = min(num_workers, batches) if batches > 1 else 0
@@ -311,7 +326,7 @@ class _Run:
             bar.total = (bar.total or 0) + len(items)
             bar.refresh()
         with torch.inference_mode():
-            for batch, image_index, condition_index, failed in loader:
+            for batch, image_index, condition_index, missed, failed in loader:
                 for i, message in failed:
                     self.skipped.setdefault(i, message)
                 if batch is not None:
@@ -323,7 +338,7 @@ class _Run:
                         raise ValueError(f"model {self.model.name} returned non-finite logits (NaN or inf); "
                                          "its top-5 would be meaningless")
                     top5 = logits.topk(5, dim=1).indices.cpu().numpy()
-                    yield condition_index.numpy(), image_index.numpy(), top5
+                    yield condition_index.numpy(), image_index.numpy(), top5, missed.numpy()
                 if bar is not None:
                     bar.update(len(failed) + (0 if batch is None else len(batch)))
 
@@ -340,8 +355,9 @@ class _Run:
         if len(items) == 0:
             return
         try:
-            for ks, iis, top5 in self.infer(items, batch_size, num_workers, bar):
+            for ks, iis, top5, missed in self.infer(items, batch_size, num_workers, bar):
                 self.predictions[ks, iis] = top5
+                self.missed[ks, iis] = missed
                 self.done[ks, iis] = True
                 for k, i in zip(ks.tolist(), iis.tolist()):
                     self.unflushed.setdefault(k, []).append(i)
@@ -371,7 +387,7 @@ class _Run:
         items = np.ascontiguousarray(picked[:, ::-1])  # (image index, condition index)
         items = items[np.lexsort((items[:, 1], items[:, 0]))]  # image-major: each image decoded once
         mismatches = checked = 0
-        for ks, iis, top5 in self.infer(items, batch_size, num_workers, bar):
+        for ks, iis, top5, _ in self.infer(items, batch_size, num_workers, bar):
             checked += len(ks)
             mismatches += int((self.predictions[ks, iis] != top5).any(axis=1).sum())
         return mismatches, checked
@@ -488,6 +504,7 @@ def evaluate(
             model=model.name, distortion=condition.distortion, level=condition.level,
             top1=float(correct1.mean()), top5=float(correct5.mean()), n=int(keep.sum()),
             image_ids=image_ids, labels=labels, predictions=predictions.copy(), skipped=dict(skipped),
+            tolerance_misses=int(run.missed[k][keep].sum()),
         ))
     return results
 

@@ -27,11 +27,16 @@ def format_table(results: Sequence[ConditionResult]) -> str:
         level = "-" if r.distortion == CLEAN else f"{r.level:g}"
         lines.append(f"{r.model:<20} {r.distortion:<10} {level:>7} {100 * r.top1:8.1f} {100 * r.top5:8.1f} {r.n:>6}"
                      + (f"  ({DISTORTIONS[r.distortion].parameter}, {unit})" if unit else ""))
+    misses = [r for r in results if r.tolerance_misses]
+    for r in misses:
+        lines.append(f"note: {r.model} {r.distortion} {r.level:g}: {r.tolerance_misses} of {r.n} images missed the "
+                     "distortion's tolerance (JPEG 2000: closest encode more than 0.5 dB from the target PSNR)")
     return "\n".join(lines)
 
 
 def write_results_json(results: Sequence[ConditionResult], path: str | os.PathLike) -> None:
-    """Write the records (model, distortion, level, top1, top5, n) as a JSON list, atomically."""
+    """Write the records (model, distortion, level, top1, top5, n, tolerance_misses) as a JSON list,
+    atomically."""
     records = [r.to_record() for r in results]
     atomic_write(path, (json.dumps(records, indent=2) + "\n").encode())
 
@@ -61,6 +66,9 @@ def read_results_json(path: str | os.PathLike) -> list[dict]:
         level = record["level"]
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
             raise ValueError(f"{where}: level must be a finite number, got {level!r}")
+        misses = record.get("tolerance_misses", 0)  # absent in results written before it existed
+        if isinstance(misses, bool) or not isinstance(misses, int) or not 0 <= misses <= n:
+            raise ValueError(f"{where}: tolerance_misses must be an integer in [0, n={n}], got {misses!r}")
     return records
 
 

@@ -137,8 +137,11 @@ def test_valid_checksum_but_wrong_contents_is_not_trusted(dataset, cache):
 
 def test_out_of_range_predictions_are_not_trusted(tmp_path):
     cache = PredictionCache(tmp_path)
-    cache.store("m", "c", [b"a" * 64], np.array([[1, 2, 3, 4, 5]]))
-    assert cache.load("m", "c") == {b"a" * 64: pytest.approx(np.array([1, 2, 3, 4, 5]))}
+    cache.store("m", "c", [b"a" * 64], np.array([[1, 2, 3, 4, 5]]), flags=[1])
+    (entry,) = cache.load("m", "c").values()
+    assert entry.top5.tolist() == [1, 2, 3, 4, 5] and entry.flags == 1
+    with pytest.raises(ValueError, match="flags"):
+        cache.store("m", "c", [b"a" * 64], np.array([[1, 2, 3, 4, 5]]), flags=[2])
     cache.store("m", "c2", [b"a" * 64], np.array([[1, 2, 3, 4, 1000]]))
     with pytest.warns(CacheWarning, match="outside 0-999"):
         assert cache.load("m", "c2") == {}
@@ -212,7 +215,7 @@ def test_stale_temporary_files_are_removed(dataset, cache):
     stale.write_bytes(b"partial")
     fresh.write_bytes(b"partial")
     os.utime(stale, (0, 0))
-    cache.compact(*folder.relative_to(cache.root / "v2").parts)
+    cache.compact(*folder.relative_to(cache.root / "v3").parts)
     assert not stale.exists() and fresh.exists()
     model = tiny_model()
     evaluate(model, dataset, {"contrast": [0.5]}, clean=False, num_workers=0, cache=cache)

@@ -211,7 +211,7 @@ def _plant(cache: PredictionCache, wrong) -> int:
         for old in folder.glob("*.rpc"):
             old.unlink()
         keys = list(entries)
-        cache.store(model, condition, keys, np.stack([wrong(entries[k]) for k in keys]))
+        cache.store(model, condition, keys, np.stack([wrong(entries[k].top5) for k in keys]))
         planted += len(keys)
     return planted
 
@@ -241,7 +241,7 @@ def test_a_subset_of_wrong_entries_found_by_the_sample(dataset, cache):
         for old in folder.glob("*.rpc"):
             old.unlink()
         keys = list(entries)
-        cache.store(folder.parent.name, folder.name, keys, np.stack([(entries[k] + 7) % 1000 for k in keys]))
+        cache.store(folder.parent.name, folder.name, keys, np.stack([(entries[k].top5 + 7) % 1000 for k in keys]))
         break  # plant only the first condition
     model = make_model()
     with pytest.warns(CacheWarning, match="disagree"):
@@ -284,7 +284,7 @@ def test_probe_images_are_deterministic_and_not_flat():
 def test_old_format_cache_is_not_read(dataset, cache):
     """Entries written under the previous format folder (keyed without behaviour) are ignored."""
     run(make_model(), dataset, cache)
-    (cache.root / "v2").rename(cache.root / "v1")
+    (cache.root / "v3").rename(cache.root / "v1")
     model = make_model()
     run(model, dataset, cache)
     assert model.net.seen == PROBE_CALLS + 2 * len(dataset)

@@ -153,3 +153,28 @@ def test_distortion_argument_forms_expand_to_conditions():
     assert conditions_for("blur", clean=False) == [Condition("blur", s) for s in range(1, 10)]
     assert conditions_for([], clean=True) == [Condition("clean", 0)]
     assert conditions_for({"jpeg": [10]}, clean=False) == [Condition("jpeg", 10)]
+
+
+def test_jpeg2000_tolerance_misses_are_counted_in_results_cache_and_json(tmp_path):
+    """A mid-grey image has no lossy JPEG 2000 encode (robustness.distortions.distort_with_info says
+    so): each JPEG 2000 level counts it as a tolerance miss; random-noise images land within 0.5 dB.
+    The count survives the prediction cache and is written to results.json."""
+    from robustness.cache import PredictionCache
+    from robustness.report import format_table, read_results_json, write_results_json
+
+    make_dataset(tmp_path / "data", 3)
+    grey = tmp_path / "data" / imagenet_wnids()[0] / "grey.png"
+    Image.fromarray(np.full((40, 48, 3), 128, dtype=np.uint8)).save(grey)
+    dataset = load_dataset(tmp_path / "data")
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 1000))
+    model = Classifier(net, Preprocessing(36, 32, "bilinear"), "tiny")
+    conditions = {"jpeg2000": [30, 40], "contrast": [0.5]}
+    cache = PredictionCache(tmp_path / "cache", flush_interval=0)
+    for _ in range(2):  # computed, then served from the cache
+        results = evaluate(model, dataset, conditions, num_workers=0, cache=cache)
+        assert [(r.distortion, r.tolerance_misses) for r in results] == [
+            ("clean", 0), ("jpeg2000", 1), ("jpeg2000", 1), ("contrast", 0)]
+    assert [r.tolerance_misses for r in evaluate(model, dataset, conditions, num_workers=0)] == [0, 1, 1, 0]
+    write_results_json(results, tmp_path / "results.json")
+    assert [r["tolerance_misses"] for r in read_results_json(tmp_path / "results.json")] == [0, 1, 1, 0]
+    assert "1 of 4 images missed" in format_table(results)
