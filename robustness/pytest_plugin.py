@@ -41,7 +41,7 @@ from .gate import GateSession, Verdict, save_baseline
 from .thresholds import METRICS, Thresholds, ThresholdsError, load_thresholds, update_thresholds_file
 
 _MARKERS = {"clean": "robustness gate: clean (undistorted) accuracy"} | {
-    name: f"robustness gate: {name} ({spec.parameter}, {spec.unit})" for name, spec in DISTORTIONS.items()
+    name: f"robustness gate: {name} ({spec.label})" for name, spec in DISTORTIONS.items()
 }
 _THRESHOLDS_CACHE = pytest.StashKey[dict]()
 _ROWS = pytest.StashKey[dict]()
