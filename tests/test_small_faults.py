@@ -80,7 +80,8 @@ def test_results_and_figure_are_written_with_the_umask_mode(tmp_path, umask):
     plot_accuracy_vs_level(_results(), tmp_path / "accuracy_vs_level.png")
     assert _mode(tmp_path / "results.json") == 0o644
     assert _mode(tmp_path / "accuracy_vs_level.png") == 0o644
-    assert Image.open(tmp_path / "accuracy_vs_level.png").format == "PNG"
+    with Image.open(tmp_path / "accuracy_vs_level.png") as image:
+        assert image.format == "PNG"
 
 
 # --------------------------------------------------------------------------------- checkpoints
