@@ -707,6 +707,5 @@ def write_report(results: Sequence[str | os.PathLike], output: str | os.PathLike
     runs = find_runs(results)
     page = build_report(runs, thresholds=thresholds, baseline=baseline, data=data, examples=examples)
     output = Path(output)
-    atomic_write(output, page.encode("utf-8"))
-    os.chmod(output, 0o644)
+    atomic_write(output, page.encode("utf-8"))  # mode: 0666 less the umask, or the replaced file's
     return output

@@ -205,6 +205,17 @@ def test_run_name_names_the_model_in_results(project):
     assert {r["model"] for r in _run_records(project, "--name", "tiny-v2")} == {"tiny-v2"}
 
 
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_run_outputs_follow_the_umask(project, umask, mask, expected):
+    umask(mask)
+    output = project / "run"
+    assert cli.main(["run", "--model", "tinynet:build_net", "--preprocessing", "torchvision", *COMMON,
+                     "--output", str(output)]) == 0
+    modes = {p.name: oct(_mode(p)) for p in output.iterdir()}
+    assert {"results.json", "accuracy_vs_level.png", "predictions.npz", "provenance.json", "report.html"} <= set(modes)
+    assert set(modes.values()) == {oct(expected)}, modes
+
+
 def test_calibrate_takes_preprocessing_and_name(project, capsys):
     base = ["calibrate", "--model", "tinynet:build_net", "--thresholds", "t.yaml", "--images", "4", "--no-baseline",
             *COMMON]
