@@ -476,6 +476,19 @@ def _refused_globals(path: Path) -> list[str]:
     return [name for name in found if name not in allowed]
 
 
+def _load_error_reason(error: BaseException) -> str:
+    """The cause of a failed ``torch.load`` in a line, without torch's advice to re-run it with
+    ``weights_only=False`` (which would give up the protection) and without ANSI escape codes."""
+    text = _ANSI_ESCAPE.sub("", str(error))
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        lines = [line.strip() for line in after.splitlines() if line.strip()]
+        if lines:
+            return lines[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else type(error).__name__
+
+
 def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True)``; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``
     and a DataParallel ``module.`` prefix.
@@ -504,9 +517,8 @@ def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Ten
                 "them. Save the weights alone, torch.save(net.state_dict(), PATH) (numbers, numpy scalars and "
                 "strings beside them are fine), or give the model as a module:function factory that builds it"
             ) from None
-        reason = _ANSI_ESCAPE.sub("", str(error)).strip().splitlines()
-        raise ModelError(f"model {model}: cannot read {path} as a state dict with weights_only=True "
-                         f"({reason[0] if reason else type(error).__name__})") from None
+        raise ModelError(f"model {model}: cannot read {path} as a PyTorch checkpoint with weights_only=True "
+                         f"(a corrupt or foreign file? {_load_error_reason(error)})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

@@ -132,6 +132,17 @@ def test_checkpoint_with_code_is_refused_with_a_plain_message(tmp_path, extra, r
     assert "weights_only=False" not in message  # not torch's advice to turn the protection off
 
 
+@pytest.mark.parametrize("content", [b"garbage", b"", b"PK\x03\x04 not really a zip"])
+def test_a_corrupt_checkpoint_is_named_without_torchs_advice(tmp_path, content):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(ModelError) as info:
+        load_model(_TinyNet(), weights=path, preprocessing="torchvision")
+    message = str(info.value)
+    assert str(path) in message and "cannot read" in message
+    assert "\x1b[" not in message and "weights_only=False" not in message and "set to `False`" not in message
+
+
 # --------------------------------------------------------------------------------- register_model
 
 
