@@ -108,8 +108,8 @@ def _load_run_model(args: argparse.Namespace):
         from .models import MODELS_ENV_VAR
         os.environ[MODELS_ENV_VAR] = args.models_dir
     weights = {None: "default", "random": None}.get(args.weights, args.weights)
-    return load_model(args.model, device=args.device, weights=weights,
-                      preprocessing=args.preprocessing, arch=args.arch, background_class=args.background_class or None)
+    return load_model(args.model, device=args.device, weights=weights, preprocessing=args.preprocessing,
+                      arch=args.arch, model_name=args.name, background_class=args.background_class or None)
 
 
 def _load_run_dataset(args: argparse.Namespace):
@@ -135,6 +135,7 @@ def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--preprocessing", default=None, help="how the model was trained: preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields, e.g. 'caffe,crop_size=224'")
     run.add_argument("--models-dir", default=None, help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)")
     run.add_argument("--background-class", action="store_true", help="the model outputs 1001 logits with a background class at index 0")
+    run.add_argument("--name", default=None, help="the model's name in results, reports and thresholds (default: the registered name, the file's stem or the factory's function name)")
     run.add_argument("--manifest", default=None, help="CSV manifest with columns path and label (wnid or class index); paths relative to --data when given, else to the CSV")
     run.add_argument("--devkit", default=None, help="ILSVRC2012 devkit folder for a flat validation folder (default: ../shared/data/imagenet-meta or $ROBUSTNESS_DEVKIT)")
     run.add_argument("--per-class", type=positive_int, default=None, help="deterministic subset: N images per class (seeded)")
@@ -169,26 +170,29 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.import_ and "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
+    imported = {}
     for module in args.import_ or ():
         try:
-            importlib.import_module(module)
+            imported[module] = importlib.import_module(module)
         except ImportError as error:
             return fail(f"--import {module}: {error}")
     from .settings import resolve
 
+    # The thresholds entry: --name, else the model's own name (a registered name, or the spec as given).
+    name = args.name or args.model
     path = Path(resolve("thresholds", flag=args.thresholds, flag_name="--thresholds").value)
     existing = None
     if path.is_file():
         try:
-            existing = load_thresholds(path, known_models=set(list_models()) | {args.model})
+            existing = load_thresholds(path, known_models=set(list_models()) | {name})
         except ThresholdsError as error:
             return fail(f"fix the thresholds file first:\n{error}")
     if args.distortion:
-        conditions = [Condition(name, level) for name in args.distortion for level in DISTORTIONS[name].levels]
-    elif args.all_levels or existing is None or not existing.for_model(args.model):
-        conditions = [Condition(name, level) for name, spec in DISTORTIONS.items() for level in spec.levels]
+        conditions = [Condition(d, level) for d in args.distortion for level in DISTORTIONS[d].levels]
+    elif args.all_levels or existing is None or not existing.for_model(name):
+        conditions = [Condition(distortion, level) for distortion, spec in DISTORTIONS.items() for level in spec.levels]
     else:
-        conditions = [t.condition for t in existing.for_model(args.model) if t.condition.distortion != CLEAN]
+        conditions = [t.condition for t in existing.for_model(name) if t.condition.distortion != CLEAN]
     conditions = [Condition(CLEAN, 0)] + [c for c in dict.fromkeys(conditions) if c.distortion != CLEAN]
     seed = args.seed if args.seed is not None else (existing.seed if existing else 0)
     try:
@@ -198,19 +202,21 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     images, data = args.images, args.data
     try:
         dataset = load_dataset(data, limit=images)
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.device, preprocessing=args.preprocessing, model_name=args.name)
     except (DatasetError, ValueError, ImportError, FileNotFoundError) as error:
-        return fail(str(error))
-    print(f"calibrating {args.model} on {len(dataset)} images from {dataset.root}: clean + {len(conditions) - 1} "
+        return fail(str(error) + _fixture_hint(args.model, imported))
+    if args.name is None and model.name != args.model and args.model in list_models():
+        name = model.name  # a registered model with --preprocessing is another model: NAME+custom-preprocessing
+    print(f"calibrating {name} on {len(dataset)} images from {dataset.root}: clean + {len(conditions) - 1} "
           f"distortion levels, margin {args.margin:g}")
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
     results = evaluate(model, dataset, conditions, seed=seed, batch_size=args.batch_size, num_workers=args.workers,
                        device=args.device, progress=not args.no_progress, cache=cache)
     for result in results:
-        result.model = args.model
+        result.model = name
     print(format_table(results))
     measured = {r.condition: {"top1": r.top1, "top5": r.top5} for r in results}
-    old, new = update_thresholds_file(path, args.model, measured, margin=args.margin, metrics=args.metric,
+    old, new = update_thresholds_file(path, name, measured, margin=args.margin, metrics=args.metric,
                                       defaults={"images": images, "seed": seed}, write=not args.dry_run)
     if existing is not None and existing.images is not None and existing.images != len(dataset):
         print(f"note: calibrated on {len(dataset)} images, but {path} sets defaults.images: {existing.images}")
@@ -221,10 +227,22 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     if not args.no_baseline:
         folder = existing.paired.baseline if existing is not None and existing.paired else path.parent / "robustness-baseline"
-        written = save_baseline(results, folder, seed=seed, model=args.model)
+        written = save_baseline(results, folder, seed=seed, model=name)
         print(f"stored baseline predictions for the paired check in {folder} ({len(written)} files)")
     print(f"wrote {path}")
     return 0
+
+
+def _fixture_hint(model: str, imported: dict) -> str:
+    """For ``calibrate``: when ``model`` is not a registered name, say that a model a conftest.py provides
+    as the ``robustness_model`` pytest fixture is only visible to pytest (``""`` otherwise)."""
+    if model in list_models() or ":" in model or Path(model).expanduser().is_file():
+        return ""
+    defining = [name for name, module in imported.items() if hasattr(module, "robustness_model")]
+    where = f"{', '.join(defining)} defines a robustness_model pytest fixture, but" if defining else "if a conftest.py provides it as the robustness_model pytest fixture,"
+    return (f"\n{where} calibrate cannot run pytest fixtures: calibrate that model with "
+            f"`pytest --robustness-update-thresholds` (it measures and rewrites the thresholds of the models the "
+            f"gate runs), or register it with robustness.register_model in a module and pass --import MODULE")
 
 
 def _add_calibrate(commands) -> None:
@@ -234,7 +252,9 @@ def _add_calibrate(commands) -> None:
                     "decimals. Other models' entries and the file's comments are kept; the entry's existing "
                     "bar keys are recalculated (relative bars stay relative); a diff is shown. Per-image "
                     "predictions are stored as the baseline for the paired (McNemar) check.")
-    calibrate.add_argument("--model", required=True, help="registered model name (see 'robustness list' and --import)")
+    calibrate.add_argument("--model", required=True, help="registered model name (see 'robustness list' and --import), torchvision:ARCH, a TorchScript file or module:function")
+    calibrate.add_argument("--preprocessing", default=None, help="how the model was trained (required for module:function and files): preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields")
+    calibrate.add_argument("--name", default=None, help="the model's name in thresholds.yaml and the baseline (default: --model as given)")
     calibrate.add_argument("--margin", type=margin_fraction, default=None, help="subtracted from each measured accuracy (fraction; default $ROBUSTNESS_MARGIN, else 0.05)")
     calibrate.add_argument("--thresholds", default=None, help="thresholds file to update (default $ROBUSTNESS_THRESHOLDS, else thresholds.yaml)")
     calibrate.add_argument("--distortion", action="append", choices=list(DISTORTIONS),

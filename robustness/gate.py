@@ -52,11 +52,11 @@ class GateError(ValueError):
 
 
 def condition_label(condition: Condition) -> str:
-    """``clean`` or ``blur level 3 (sigma, px)``."""
+    """``clean``, ``blur level 3 (sigma (px))`` or ``jpeg level 10 (quality)``: the parameter is named once."""
     if condition.distortion == CLEAN:
         return CLEAN
     spec = DISTORTIONS[condition.distortion]
-    return f"{spec.name} level {condition.level:g} ({spec.parameter}, {spec.unit})"
+    return f"{spec.name} level {condition.level:g} ({spec.label})"
 
 
 def _pct(x: float) -> str:

@@ -510,6 +510,7 @@ def curves_figure(runs: Sequence[RunData]) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = [d for d in DISTORTIONS if any(d in run.distortions() for run in runs)] or list(DISTORTIONS)
     fig, axes = plt.subplots(2, len(names), figsize=(3.3 * len(names), 5.6), sharey=True, squeeze=False)
@@ -531,7 +532,9 @@ def curves_figure(runs: Sequence[RunData]) -> str:
                     ax.axhline(100 * clean[metric], color=color, ls=":", lw=1)
             if row == 0:
                 ax.set_title(name)
-            ax.set_xlabel(f"{spec.parameter} ({spec.unit})", fontsize=8)
+            ax.set_xlabel(spec.label, fontsize=8)
+            if spec.integer:  # integer grids (JPEG quality): no ticks at 2.5, 7.5
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=8)
@@ -862,6 +865,5 @@ def write_report(results: Sequence[str | os.PathLike], output: str | os.PathLike
     runs = find_runs(results)
     page = build_report(runs, thresholds=thresholds, baseline=baseline, data=data, examples=examples)
     output = Path(output)
-    atomic_write(output, page.encode("utf-8"))
-    os.chmod(output, 0o644)
+    atomic_write(output, page.encode("utf-8"))  # mode: 0666 less the umask, or the replaced file's
     return output

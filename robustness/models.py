@@ -31,6 +31,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 import warnings
 import zipfile
@@ -385,18 +386,30 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {}
 
+#: ANSI terminal escape sequences (torch's errors bold some words), stripped from messages.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-def register_model(name: str, preprocessing: Preprocessing, description: str = "", published: Mapping[str, float] | None = None):
+
+def register_model(name: str, preprocessing: "Preprocessing | str | Mapping[str, Any]", description: str = "",
+                   published: Mapping[str, float] | None = None):
     """Decorator registering a builder function under ``name``.
 
     The builder takes no argument, or one argument ``weights`` (``"default"``, ``None`` for random
-    initialisation, or a state-dict path).
+    initialisation, or a state-dict path). ``preprocessing`` is anything :func:`load_model` accepts: a
+    :class:`Preprocessing`, a preset name such as ``"efficientnet_lite"``, a ``"preset,key=value,..."``
+    string or a mapping of fields; it is parsed here.
+
+    Raises:
+        ModelError (a ``ValueError``): ``preprocessing`` is not a valid description (at registration, not
+            at the first evaluation).
+        ValueError: ``name`` is already registered.
     """
+    parsed = parse_preprocessing(preprocessing)
 
     def decorator(build: Callable[..., torch.nn.Module]):
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = ModelSpec(name, build, preprocessing, description, published)
+        MODELS[name] = ModelSpec(name, build, parsed, description, published)
         return build
 
     return decorator
@@ -425,16 +438,87 @@ def _weights_file(filename: str, model: str) -> Path:
     return path
 
 
+#: numpy's dtype classes for numbers and booleans (``numpy.dtypes.Int64DType``, ...; numpy >= 1.25).
+_NUMPY_DTYPE_CLASSES = (
+    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType", "UInt32DType", "Int64DType",
+    "UInt64DType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType", "UIntDType", "LongDType",
+    "ULongDType", "LongLongDType", "ULongLongDType", "Float16DType", "Float32DType", "Float64DType",
+    "LongDoubleDType", "Complex64DType", "Complex128DType", "CLongDoubleDType",
+)
+
+
+def _numpy_safe_globals() -> list:
+    """The globals a checkpoint needs for numpy scalars such as ``{"epoch": np.int64(90), "best_acc1":
+    np.float64(0.697)}`` (the common training-script checkpoint): numpy's scalar reconstructor under its
+    numpy 1 and numpy 2 module names, ``numpy.dtype`` and the numeric dtype classes. They only rebuild
+    numbers from bytes; no code is run. For ``torch.serialization.safe_globals``; ``[]`` without numpy."""
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return []
+    core = getattr(numpy, "_core", None) or numpy.core
+    scalar = core.multiarray.scalar
+    allowed: list = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), numpy.dtype]
+    dtypes = getattr(numpy, "dtypes", None)
+    allowed += [getattr(dtypes, name) for name in _NUMPY_DTYPE_CLASSES if dtypes is not None and hasattr(dtypes, name)]
+    return allowed
+
+
+def _refused_globals(path: Path) -> list[str]:
+    """The globals of the checkpoint at ``path`` that ``weights_only=True`` refuses, as ``module.name``
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``, less the numpy ones allowed here)."""
+    allowed = {name if isinstance(name, str) else f"{name.__module__}.{name.__qualname__}"
+               for item in _numpy_safe_globals() for name in ([item[1]] if isinstance(item, tuple) else [item])}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint, or an old torch: the message then omits the list
+        return []
+    return [name for name in found if name not in allowed]
+
+
+def _load_error_reason(error: BaseException) -> str:
+    """The cause of a failed ``torch.load`` in a line, without torch's advice to re-run it with
+    ``weights_only=False`` (which would give up the protection) and without ANSI escape codes."""
+    text = _ANSI_ESCAPE.sub("", str(error))
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        lines = [line.strip() for line in after.splitlines() if line.strip()]
+        if lines:
+            return lines[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else type(error).__name__
+
+
 def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True)``; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``
-    and a DataParallel ``module.`` prefix."""
+    and a DataParallel ``module.`` prefix.
+
+    Besides tensors and Python containers, numpy scalars and dtypes are accepted (a checkpoint saved as
+    ``{"epoch": np.int64(90), "best_acc1": np.float64(0.697), "state_dict": ...}``); any other class or
+    function in the file is refused.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ModelError: the file cannot be unpickled with ``weights_only=True`` (the message names the refused
+            globals, e.g. a pickled model class: save ``net.state_dict()`` instead) or holds no state dict.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model {model}: weight file {path} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle errors, zip errors, unsafe globals
-        raise ModelError(f"model {model}: cannot read {path} as a state dict with weights_only=True ({error})") from None
+        refused = _refused_globals(path)
+        if refused:
+            raise ModelError(
+                f"model {model}: {path} holds Python objects that are not weights ({', '.join(refused)}); they could "
+                "run code when loaded, so robustness reads checkpoints with torch.load(weights_only=True) and refuses "
+                "them. Save the weights alone, torch.save(net.state_dict(), PATH) (numbers, numpy scalars and "
+                "strings beside them are fine), or give the model as a module:function factory that builds it"
+            ) from None
+        raise ModelError(f"model {model}: cannot read {path} as a PyTorch checkpoint with weights_only=True "
+                         f"(a corrupt or foreign file? {_load_error_reason(error)})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

@@ -9,7 +9,7 @@ later get their markers when a gate is collected.
 
 from __future__ import annotations
 
-__all__ = ["CLEAN", "DISTORTION_NAMES", "DISTORTION_PARAMETERS", "METRICS", "marker_descriptions"]
+__all__ = ["CLEAN", "DISTORTION_NAMES", "DISTORTION_PARAMETERS", "METRICS", "level_label", "marker_descriptions"]
 
 #: The name of the undistorted condition (also its marker: ``pytest -m clean``).
 CLEAN = "clean"
@@ -33,6 +33,12 @@ METRICS = ("top1", "top5")
 def marker_descriptions() -> dict[str, str]:
     """``{marker: description}`` for ``clean`` and each of :data:`DISTORTION_NAMES`."""
     return {CLEAN: "robustness gate: clean (undistorted) accuracy"} | {
-        name: f"robustness gate: {name} ({parameter}, {unit})"
-        for name, (parameter, unit) in DISTORTION_PARAMETERS.items()
+        name: f"robustness gate: {name} ({level_label(name)})" for name in DISTORTION_PARAMETERS
     }
+
+
+def level_label(distortion: str) -> str:
+    """The level's parameter with its unit, each said once: ``sigma (px)``, ``std (0-255)``, ``quality``
+    (the same rule as :attr:`robustness.distortions.Distortion.label`)."""
+    parameter, unit = DISTORTION_PARAMETERS[distortion]
+    return parameter if unit == parameter else f"{parameter} ({unit})"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -23,10 +23,10 @@ def format_table(results: Sequence[ConditionResult]) -> str:
     lines = [f"{'model':<20} {'distortion':<10} {'level':>7} {'top-1 %':>8} {'top-5 %':>8} {'n':>6}"]
     lines.append("-" * len(lines[0]))
     for r in results:
-        unit = "" if r.distortion == CLEAN else DISTORTIONS[r.distortion].unit
+        label = "" if r.distortion == CLEAN else DISTORTIONS[r.distortion].label
         level = "-" if r.distortion == CLEAN else f"{r.level:g}"
         lines.append(f"{r.model:<20} {r.distortion:<10} {level:>7} {100 * r.top1:8.1f} {100 * r.top5:8.1f} {r.n:>6}"
-                     + (f"  ({DISTORTIONS[r.distortion].parameter}, {unit})" if unit else ""))
+                     + (f"  ({label})" if label else ""))
     misses = [r for r in results if r.tolerance_misses]
     for r in misses:
         lines.append(f"note: {r.model} {r.distortion} {r.level:g}: {r.tolerance_misses} of {r.n} images missed the "
@@ -81,6 +81,7 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = [r.to_record() if isinstance(r, ConditionResult) else r for r in results]
     by_model: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
@@ -103,6 +104,8 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
                 ax.axhline(100 * clean[model], color=color, ls=":", lw=1)
         ax.set_title(f"{name}")
         ax.set_xlabel(spec.label)
+        if spec.integer:  # integer grids (JPEG quality): no ticks at 2.5, 7.5
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy (%)")
@@ -113,17 +116,12 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
     if legend:
         axes[-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, buffer.getvalue())  # the umask's mode, like every other output file
 
 
 # ------------------------------------------------------------------ per-image predictions and provenance

@@ -363,7 +363,7 @@ def _explain(error: jsonschema.ValidationError, document: _Document, known_model
             spec = DISTORTIONS[path[2]]
             grid = ", ".join(f"{v:g}" for v in spec.levels)
             return Problem(line, _dotted(child), f"level {key} is not on the {spec.name} grid "
-                                                 f"({spec.parameter}, {spec.unit}: {grid})")
+                                                 f"({spec.label}: {grid})")
         if len(path) == 2 and path[0] == "models":
             message = f"unknown distortion {key!r}{_suggest(key, options)}; expected one of {', '.join(options)}"
         else:

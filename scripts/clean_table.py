@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustness.evaluation import wilson_interval  # noqa: E402
+from robustness.stats import wilson_interval  # noqa: E402
 from robustness.models import MODELS, list_models  # noqa: E402
 
 
@@ -37,7 +37,14 @@ def row(name: str) -> str:
     return f"| `{name}` | {cells[0]} | {cells[1]} | {n} | {pub('top1')} | {pub('top5')} | {', '.join(verdicts) or '—'} |"
 
 
-print("| model | clean top-1 % (95% CI) | clean top-5 % (95% CI) | n | published top-1 % | published top-5 % | published inside CI |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-for name in list_models():
-    print(row(name))
+def main() -> int:
+    """Print the table, one row per registered model."""
+    print("| model | clean top-1 % (95% CI) | clean top-5 % (95% CI) | n | published top-1 % | published top-5 % | published inside CI |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in list_models():
+        print(row(name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -182,6 +182,7 @@ def test_names_agree_with_the_distortion_registry():
     assert names.DISTORTION_PARAMETERS == {n: (DISTORTIONS[n].parameter, DISTORTIONS[n].unit)
                                            for n in names.DISTORTION_NAMES}
     assert names.METRICS == METRICS
+    assert {n: names.level_label(n) for n in names.DISTORTION_NAMES} == {n: DISTORTIONS[n].label for n in names.DISTORTION_NAMES}
     assert settings.DEFAULT_DATA_DIR == str(DEFAULT_DATA_DIR)
 
 
