@@ -35,7 +35,7 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
     Raises:
         ValueError: a malformed variable, or a device that is not available (the message names it).
     """
-    from .settings import SETTINGS, resolve
+    from .settings import resolve
 
     file_values = {} if thresholds is None else {"data": thresholds.dataset, "images": thresholds.images}
     file_name = "thresholds file" if thresholds is None or thresholds.path is None else str(thresholds.path)

@@ -202,7 +202,7 @@ def test_importing_the_plugin_loads_nothing_heavy():
 def test_an_unrelated_pytest_run_does_not_import_torch(pytester, monkeypatch):
     """The plugin is loaded (entry point) but no gate test is collected: torch, scipy, Pillow stay out."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    pytester.makepyfile(test_plain=f"""
+    pytester.makepyfile(test_plain="""
         import sys
 
         def test_plain(pytestconfig):
