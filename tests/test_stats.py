@@ -178,7 +178,7 @@ def test_a_failure_caused_only_by_the_paired_check_is_headed_by_it(tmp_path):
     worse = result([True] * 45 + [False] * 55)  # 15 lost: significant; the bar 0.1 holds
     message = judge(Threshold("m", Condition("blur", 3), top1=0.1), worse, baseline=stored, paired=paired).message()
     head, *lines = message.splitlines()
-    assert head == "m blur level 3 (sigma, px): SIGNIFICANT DROP VS BASELINE"
+    assert head == "m blur level 3 (sigma (px)): SIGNIFICANT DROP VS BASELINE"
     assert "BELOW THRESHOLD" not in message and lines[1].startswith("  ok   top1 45.0%")
     both = judge(Threshold("m", Condition("blur", 3), top1=0.5), worse, baseline=stored, paired=paired).message()
     assert both.splitlines()[0].endswith(": BELOW THRESHOLD AND SIGNIFICANT DROP VS BASELINE")
