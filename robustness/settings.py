@@ -58,26 +58,24 @@ class BadValue(argparse.ArgumentTypeError, ValueError):
     """A value that does not parse: argparse shows it as a usage error, other callers catch ``ValueError``."""
 
 
-def positive_int(text: str | int) -> int:
-    """An integer >= 1 (image counts, batch sizes). Raises :class:`BadValue`."""
+def _integer_at_least(text: str | int, minimum: int) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise BadValue(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise BadValue(f"must be an integer >= 1, got {text}")
+        raise BadValue(f"must be an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise BadValue(f"must be an integer >= {minimum}, got {text}")
     return value
+
+
+def positive_int(text: str | int) -> int:
+    """An integer >= 1 (image counts, batch sizes). Raises :class:`BadValue`."""
+    return _integer_at_least(text, 1)
 
 
 def non_negative_int(text: str | int) -> int:
     """An integer >= 0 (seeds, worker counts). Raises :class:`BadValue`."""
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise BadValue(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise BadValue(f"must be an integer >= 0, got {text}")
-    return value
+    return _integer_at_least(text, 0)
 
 
 def margin_fraction(text: str | float) -> float:
