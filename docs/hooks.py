@@ -90,16 +90,18 @@ def thresholds_schema_reference() -> str:
     model = schema["properties"]["models"]["additionalProperties"]
     rows.append("| `models.<name>` | mapping; keys: " + ", ".join(f"`{k}`" for k in model["propertyNames"]["enum"]) + " |")
     bars = model["properties"]["blur"]["additionalProperties"]
+    value = bars["additionalProperties"]
+    bar_range = f"{value['type']}s in [{value['minimum']}, {value['maximum']}]"
     for name, sub in model["properties"].items():
-        if name in ("source",):
-            rows.append(f"| `models.<name>.source` | one of " + ", ".join(f"`{v}`" for v in sub["enum"]) + " |")
+        if name == "source":
+            rows.append("| `models.<name>.source` | one of " + ", ".join(f"`{v}`" for v in sub["enum"]) + " |")
         elif name == "clean":
             rows.append("| `models.<name>.clean` | bars: " + ", ".join(f"`{k}`" for k in sub["propertyNames"]["enum"])
-                        + " (fractions in [0, 1]) |")
+                        + f" ({bar_range}) |")
         else:
             levels = ", ".join(f"`{k}`" for k in sub["propertyNames"]["enum"])
             rows.append(f"| `models.<name>.{name}.<level>` | levels {levels}; bars: "
-                        + ", ".join(f"`{k}`" for k in bars["propertyNames"]["enum"]) + " (fractions in [0, 1]) |")
+                        + ", ".join(f"`{k}`" for k in bars["propertyNames"]["enum"]) + f" ({bar_range}) |")
     return ("\n".join(rows) + "\n\n<details><summary>The JSON Schema</summary>\n\n```json\n"
             + json.dumps(schema, indent=2) + "\n```\n\n</details>\n")
 
