@@ -1,6 +1,7 @@
 """The CI test matrix: the test suite with the oldest and the newest supported versions.
 
-    pip install nox && nox -s lowest latest          # what .ci/run runs
+    pip install nox && nox -s lowest latest          # the test matrix
+    nox -s docs                                      # the documentation site, mkdocs build --strict
     nox -s lowest -- tests/test_stats.py -x          # arguments after -- go to pytest
 
 Each session builds a fresh virtualenv (``nox.options.reuse_venv = "no"``), so a green run never
@@ -17,13 +18,16 @@ Both then print ``pytest --version`` and the test tools' versions and run
 ``python -m pytest -W error ...``: every warning is an error (the plugin's own, pytest's, hypothesis'
 and the libraries'), except those the project's ``filterwarnings`` ini option lists (torch's own
 DeprecationWarnings), which pytest applies on top of the interpreter's ``-W error``.
+
+``docs`` installs the ``docs`` extra and runs ``mkdocs build --strict`` (a broken link, a missing page or a
+failing reference-table generator in ``docs/hooks.py`` fails it). ``.ci/run`` runs all three.
 """
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lowest", "latest"]
+nox.options.sessions = ["lowest", "latest", "docs"]
 nox.options.reuse_venv = "no"
 nox.options.error_on_external_run = True
 
@@ -66,3 +70,10 @@ def latest(session: nox.Session) -> None:
     """The newest versions pip can install here."""
     session.install(*PIP_QUIET, "--upgrade", "--upgrade-strategy", "eager", "-e", ".[dev]")
     _run_tests(session)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site: ``mkdocs build --strict`` into ``site/`` (offline; see ``mkdocs.yml``)."""
+    session.install(*PIP_QUIET, "-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"HF_HUB_OFFLINE": "1"})
