@@ -73,6 +73,8 @@ __all__ = [
     "DEFAULT_CACHE_DIR",
     "ENGINE_VERSION",
     "PROBE_IMAGES",
+    "PROBE_RTOL",
+    "ProbeOutput",
     "default_cache_dir",
     "device_identity",
     "file_sha256",
@@ -82,6 +84,8 @@ __all__ = [
     "model_key",
     "probe_batch",
     "probe_images",
+    "probe_difference",
+    "probe_output",
     "resolve_cache",
     "verification_sample_size",
 ]
@@ -283,21 +287,18 @@ def probe_batch(model):
     return torch.stack([torch.as_tensor(model.preprocessing(image)) for image in probe_images(*_probe_size(model))])
 
 
-def model_fingerprint(model, device=None) -> str:
-    """Hex digest of what ``model`` computes: its outputs on :func:`probe_images`.
+class ProbeOutput(NamedTuple):
+    """A model's outputs on the probe batch: ``logits`` ``float64 (PROBE_IMAGES, classes)`` (as
+    computed, then converted) and ``dtype``, the dtype the model returned (e.g. ``torch.float32``)."""
 
-    The probe images (native size larger than the model's resize) go through the model's own
-    ``preprocessing``, are stacked into one float32 batch ``(PROBE_IMAGES, 3, crop, crop)``, moved
-    to ``device`` (default: the device of the model's first parameter, else CPU) and classified
-    under ``torch.inference_mode()``; the model is used as is (the caller puts it in eval mode).
-    Each image's logits ``z`` are quantised before hashing, so float noise in the last bits rarely
-    changes the digest: the output shape and dtype, then per image the top-5 class indices in order,
-    ``max|z|`` to 3 significant digits, and the top-5 logits, mean and standard deviation of ``z`` in
-    units of ``max|z| / 1000``. A spurious change only costs a recompute; a change the quantisation
-    hides is what the engine's verification sample is for.
+    logits: np.ndarray
+    dtype: str
 
-    Returns:
-        32 hex characters.
+
+def probe_output(model, device=None) -> ProbeOutput:
+    """Run ``model`` on :func:`probe_batch` on ``device`` (default: the device of its first parameter,
+    else CPU) under ``torch.inference_mode()``; the model is used as is (the caller puts it in eval
+    mode).
 
     Raises:
         Exception: whatever the model raises on the probe batch (it would fail the evaluation the same way).
@@ -310,11 +311,53 @@ def model_fingerprint(model, device=None) -> str:
     batch = probe_batch(model)
     with torch.inference_mode():
         logits = model(batch.to(device))
-    output_dtype = str(logits.dtype)
-    logits = logits.detach().to("cpu", torch.float64)
-    shape = list(logits.shape)
+    return ProbeOutput(logits.detach().to("cpu", torch.float64).reshape(len(batch), -1).numpy(), str(logits.dtype))
+
+
+#: Largest difference between two probe outputs of the same model, relative to their largest
+#: ``|logit|``, still taken as the same behaviour. Float noise from thread counts moved
+#: EfficientNet-Lite0's probe logits by 7e-7 of their range; an edit that matters moves some logit
+#: by far more (a swap of two classes' logits moves both by their difference).
+PROBE_RTOL = 1e-4
+
+
+def probe_difference(a: ProbeOutput, b: ProbeOutput) -> float:
+    """``max |a - b| / max(|a|, |b|)`` over all probe logits: 0 for identical outputs, ``inf`` when
+    the shapes or output dtypes differ or a value is not finite. Compare with :data:`PROBE_RTOL`."""
+    if a.dtype != b.dtype or a.logits.shape != b.logits.shape:
+        return math.inf
+    if not (np.isfinite(a.logits).all() and np.isfinite(b.logits).all()):
+        return 0.0 if np.array_equal(a.logits, b.logits, equal_nan=True) else math.inf
+    scale = max(float(np.abs(a.logits).max(initial=0.0)), float(np.abs(b.logits).max(initial=0.0)))
+    difference = float(np.abs(a.logits - b.logits).max(initial=0.0))
+    return 0.0 if difference == 0.0 else (math.inf if scale == 0.0 else difference / scale)
+
+
+def model_fingerprint(model, device=None, *, probe: "ProbeOutput | None" = None) -> str:
+    """Hex digest of what ``model`` computes: its outputs on :func:`probe_images`.
+
+    The probe images (native size larger than the model's resize) go through the model's own
+    ``preprocessing``, are stacked into one float32 batch ``(PROBE_IMAGES, 3, crop, crop)``, moved
+    to ``device`` (default: the device of the model's first parameter, else CPU) and classified
+    under ``torch.inference_mode()``; the model is used as is (the caller puts it in eval mode).
+    Each image's logits ``z`` are quantised before hashing, so float noise in the last bits rarely
+    changes the digest: the output shape and dtype, then per image the top-5 class indices in order,
+    ``max|z|`` to 3 significant digits, and the top-5 logits, mean and standard deviation of ``z`` in
+    units of ``max|z| / 1000``. A spurious change only costs a recompute; a change the quantisation
+    hides is what the engine's verification sample is for.
+
+    ``probe``: the model's :func:`probe_output`, when already computed (it is not run again).
+
+    Returns:
+        32 hex characters.
+
+    Raises:
+        Exception: whatever the model raises on the probe batch (it would fail the evaluation the same way).
+    """
+    if probe is None:
+        probe = probe_output(model, device)
     rows = []
-    for z in logits.reshape(len(batch), -1).numpy():
+    for z in probe.logits:
         if not np.isfinite(z).all():
             rows.append(["non-finite", np.flatnonzero(~np.isfinite(z)).tolist()[:10]])
             continue
@@ -326,7 +369,7 @@ def model_fingerprint(model, device=None) -> str:
         unit = scale / 1000
         rows.append([order.tolist(), f"{scale:.3g}", [int(round(z[i] / unit)) for i in order],
                      int(round(z.mean() / unit)), int(round(z.std() / unit))])
-    return _sha256_json({"shape": shape, "dtype": output_dtype, "rows": rows})[:32]
+    return _sha256_json({"shape": list(probe.logits.shape), "dtype": probe.dtype, "rows": rows})[:32]
 
 
 def model_code_digest(model) -> str:
@@ -603,6 +646,27 @@ class PredictionCache:
                 f"{error.strerror}); continuing without them, so parallel workers may compute the same predictions "
                 "twice; put the cache on a local disk (--cache-dir / --robustness-cache-dir) to share the work",
                 CacheWarning, stacklevel=4)
+
+    def _probe_file(self, model_key: str) -> Path:
+        return self.root / _FORMAT / model_key / "probe.npz"
+
+    def stored_probe(self, model_key: str) -> ProbeOutput | None:
+        """The probe output stored with ``model_key``'s entries (:meth:`store_probe`), or ``None``
+        when there is none or it cannot be read (an unreadable one counts as a different behaviour)."""
+        path = self._probe_file(model_key)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return ProbeOutput(archive["logits"].astype(np.float64), str(archive["dtype"]))
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - corrupt: never trusted
+            return ProbeOutput(np.full((0,), np.nan), "unreadable")
+
+    def store_probe(self, model_key: str, probe: ProbeOutput) -> None:
+        """Store the probe output of the model whose predictions go under ``model_key`` (atomically)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, logits=np.asarray(probe.logits, dtype=np.float64), dtype=np.array(probe.dtype))
+        atomic_write(self._probe_file(model_key), buffer.getvalue())
 
     def has_entries(self, model_key: str) -> bool:
         """Whether any chunk of ``model_key`` is on disk (in any condition)."""

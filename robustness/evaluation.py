@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .cache import FLAG_MISSED_TOLERANCE, CacheWarning, PredictionCache, image_keys, model_fingerprint, resolve_cache, verification_sample_size
+from .cache import (FLAG_MISSED_TOLERANCE, PROBE_RTOL, CacheWarning, PredictionCache, image_keys, model_fingerprint,
+                    probe_difference, probe_output, resolve_cache, verification_sample_size)
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
@@ -270,18 +271,33 @@ class _Run:
         self.unflushed: dict[int, list[int]] = {}
         self.last_flush = time.monotonic()
         if cache is not None:
-            fingerprint = model_fingerprint(model, device)
-            self.model_key = cache.model_key(model, device, fingerprint=fingerprint)
-            # Before the first entries of a key are written, check that the model is deterministic: a
-            # second probe run must give the same fingerprint. (A key with entries passed this check when
-            # they were written, and what is read from it is verified below.)
-            if not cache.has_entries(self.model_key) and model_fingerprint(model, device) != fingerprint:
-                warnings.warn(
-                    f"robustness cache: model {model.name} gave different outputs on the same probe images twice in a "
-                    "row (a random layer active in eval mode? non-deterministic kernels?); its predictions cannot be "
-                    "checked against a cache, so it is evaluated without one", CacheWarning, stacklevel=3)
-                cache = None
+            probe = probe_output(model, device)
+            self.model_key = cache.model_key(model, device, fingerprint=model_fingerprint(model, device, probe=probe))
+            if not cache.has_entries(self.model_key):
+                # Before the first entries of a key are written, check that the model is deterministic:
+                # a second probe run must agree (within PROBE_RTOL). Then keep the probe output with them.
+                if probe_difference(probe, probe_output(model, device)) > PROBE_RTOL:
+                    warnings.warn(
+                        f"robustness cache: model {model.name} gave different outputs on the same probe images twice "
+                        "in a row (a random layer active in eval mode? non-deterministic kernels?); its predictions "
+                        "cannot be checked against a cache, so it is evaluated without one", CacheWarning, stacklevel=3)
+                    cache = None
+                else:
+                    cache.store_probe(self.model_key, probe)
             else:
+                # The key's entries were written by a model whose full probe output is stored with them: the
+                # key's fingerprint hashes only a coarse summary (top-5 order, a few statistics), so a change
+                # it misses (two classes' logits swapped outside every probe top-5) still shows here.
+                stored = cache.stored_probe(self.model_key)
+                difference = math.inf if stored is None else probe_difference(stored, probe)
+                if difference > PROBE_RTOL:
+                    warnings.warn(
+                        f"robustness cache: model {model.name} computes differently on the probe images from the "
+                        f"model whose predictions are cached under its key (largest logit difference {difference:.2g} "
+                        "of their range); discarding those entries and recomputing", CacheWarning, stacklevel=3)
+                    cache.discard(self.model_key)
+                    cache.store_probe(self.model_key, probe)
+            if cache is not None:
                 self.image_keys = image_keys(dataset)
                 self.condition_keys = [cache.condition_key(c.distortion, c.level, seed) for c in conditions]
         self.cache = cache

@@ -357,7 +357,8 @@ class Classifier(torch.nn.Module):
                 if tensor.is_quantized:
                     tensor = tensor.dequantize()
                 digest.update(str(tuple(tensor.shape)).encode())
-                digest.update(tensor.contiguous().numpy().tobytes())
+                # raw bytes of any dtype (numpy has no bfloat16 / float8): a flat uint8 view
+                digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             self._weights_digest = digest.hexdigest()[:16]
         return self._weights_digest
 

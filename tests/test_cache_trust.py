@@ -22,8 +22,8 @@ import torch
 
 from robustness import Classifier, Preprocessing, evaluate
 from robustness import cache as cache_module
-from robustness.cache import (PROBE_IMAGES, CacheWarning, PredictionCache, model_fingerprint, model_key,
-                              probe_images, verification_sample_size)
+from robustness.cache import (PROBE_IMAGES, CacheWarning, PredictionCache, ProbeOutput, model_fingerprint, model_key,
+                              probe_difference, probe_images, probe_output, verification_sample_size)
 from robustness.datasets import load_dataset
 from robustness.evaluation import LineProgress, progress_bar
 
@@ -396,3 +396,46 @@ def test_issue_scenario_efficientnet_lite0_edited_forward(tmp_path, monkeypatch)
     assert fresh.top1 != stale.top1
     cached = evaluate(model, images, [], clean=True, num_workers=0, cache=cache)[0]
     assert (cached.top1, cached.predictions.tolist()) == (fresh.top1, fresh.predictions.tolist())
+
+
+def test_two_logits_swapped_outside_every_probe_top5_are_caught(dataset, cache, monkeypatch):
+    """The key's fingerprint hashes a coarse summary of the probe logits (top-5 order, a few
+    statistics), so swapping two classes' logits that no probe image ranks in its top 5 leaves the
+    key unchanged (a label map read from disk does this). The full probe output stored with the
+    entries still differs: the entries are discarded and the result is the no-cache result."""
+    model = make_model()
+    stale = run(model, dataset, cache)
+    probe_top5 = set(np.argsort(-probe_output(model, "cpu").logits, axis=1)[:, :5].ravel().tolist())
+    shown = [c for r in stale for row in r[6] for c in row]  # every class in a dataset top-5
+    a = next(c for c in shown if c not in probe_top5)  # ranked on the dataset, not on the probe
+    b = next(c for c in range(1000) if c not in probe_top5 and c not in shown)
+    fingerprint = model_fingerprint(model, "cpu")
+    original = Net.forward
+
+    def forward(self, x):
+        z = original(self, x)
+        return z[:, [b if c == a else a if c == b else c for c in range(z.shape[1])]]
+
+    monkeypatch.setattr(Net, "forward", forward)
+    assert model_fingerprint(model, "cpu") == fingerprint, "the coarse key must miss it, or this proves nothing"
+    fresh = run(model, dataset)
+    assert fresh != stale
+    with pytest.warns(CacheWarning, match="computes differently on the probe images"):
+        assert run(model, dataset, cache) == fresh
+    monkeypatch.setattr(Net, "forward", original)  # and back: the other model's entries are not trusted either
+    with pytest.warns(CacheWarning, match="computes differently"):
+        assert run(make_model(), dataset, cache) == stale
+
+
+def test_probe_difference_is_relative_and_strict_on_shape_and_dtype():
+    a = ProbeOutput(np.array([[1.0, -4.0], [2.0, 0.5]]), "torch.float32")
+    assert probe_difference(a, a) == 0.0
+    assert probe_difference(a, ProbeOutput(a.logits + [[0, 0.002], [0, 0]], a.dtype)) == pytest.approx(0.002 / 4)
+    assert probe_difference(a, ProbeOutput(a.logits, "torch.bfloat16")) == math.inf
+    assert probe_difference(a, ProbeOutput(a.logits[:1], a.dtype)) == math.inf
+    assert probe_difference(a, ProbeOutput(a.logits * np.nan, a.dtype)) == math.inf
+
+
+def test_bfloat16_weights_have_a_digest():
+    """numpy has no bfloat16: the digest hashes raw bytes, so a bf16 network can be cached."""
+    assert make_model(Net().to(torch.bfloat16)).weights_digest != make_model(Net()).weights_digest

@@ -196,7 +196,8 @@ def test_each_model_is_judged_as_itself(gate):
 def test_unknown_model_fails_collection_once_with_line_and_suggestion(gate):
     gate.makeconftest(CONFTEST + REGISTERED)
     gate.makefile(".yaml", thresholds=THRESHOLDS + "  teamnte:\n    clean: {top1: 0.0}\n")
-    result = gate.runpytest()
+    # -rN: no short test summary, which repeats the message on pytest 8.0 (and cuts it on 9.x)
+    result = gate.runpytest("-rN")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*thresholds.yaml:15: models.teamnte: unknown model 'teamnte' (did you mean 'teamnet'?)*"])
     text = result.stdout.str()
