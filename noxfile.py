@@ -1,7 +1,8 @@
-"""The CI test matrix: the test suite with the oldest and the newest supported versions.
+"""The CI: lint, then the test suite with the oldest and the newest supported versions.
 
-    pip install nox && nox -s lowest latest          # what .ci/run runs
+    pip install nox && nox -s lint lowest latest     # what .ci/run runs
     nox -s lowest -- tests/test_stats.py -x          # arguments after -- go to pytest
+    nox -s lint                                      # ruff check (rules: pyproject.toml [tool.ruff])
 
 Each session builds a fresh virtualenv (``nox.options.reuse_venv = "no"``), so a green run never
 depends on what the machine had preinstalled:
@@ -11,7 +12,9 @@ depends on what the machine had preinstalled:
   declares (torch and torchvision are pinned exactly there), checked after the install by
   ``.ci/check_versions.py``;
 * ``latest``: ``pip install --upgrade --upgrade-strategy eager -e '.[dev]'``, the newest versions pip
-  can install.
+  can install;
+* ``lint``: ``ruff check`` of the whole tree with the rules of ``[tool.ruff]`` (the ruff version is
+  :data:`RUFF`, the one ``.pre-commit-config.yaml`` names; a test checks that they agree).
 
 Both then print ``pytest --version`` and the test tools' versions and run
 ``python -m pytest -W error ...``: every warning is an error (the plugin's own, pytest's, hypothesis'
@@ -23,11 +26,13 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lowest", "latest"]
+nox.options.sessions = ["lint", "lowest", "latest"]
 nox.options.reuse_venv = "no"
 nox.options.error_on_external_run = True
 
 LOWEST_CONSTRAINTS = ".ci/constraints-lowest.txt"
+#: The ruff release the lint session and the pre-commit hook run (rules can change between releases).
+RUFF = "ruff==0.16.9"
 #: Distributions whose versions head each session's log.
 TEST_TOOLS = ("pytest", "pytest-xdist", "execnet", "hypothesis", "pytest-benchmark", "pluggy", "selenium",
               "torch", "torchvision", "numpy", "pillow")
@@ -66,3 +71,11 @@ def latest(session: nox.Session) -> None:
     """The newest versions pip can install here."""
     session.install(*PIP_QUIET, "--upgrade", "--upgrade-strategy", "eager", "-e", ".[dev]")
     _run_tests(session)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """``ruff check`` of the whole tree (rules: ``[tool.ruff]`` in pyproject.toml); no install of the project."""
+    session.install(*PIP_QUIET, RUFF)
+    session.run("ruff", "--version")
+    session.run("ruff", "check", "--no-cache", ".")

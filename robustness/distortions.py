@@ -22,7 +22,6 @@ from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 __all__ = [
     "Distortion",
@@ -165,6 +164,8 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     Raises:
         ValueError: on a bad image or a negative / non-finite sigma.
     """
+    from scipy import ndimage  # here, not at the top: scipy takes ~0.5 s to import and only blur needs it
+
     check_image(image)
     if sigma == 0:
         return image.copy()

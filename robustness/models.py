@@ -45,6 +45,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+# The models folder and the weight files' names live in the torch-free module that `robustness list` reads.
+from .weights import DEFAULT_MODELS_DIR, MODELS_ENV_VAR, OFFLINE_ENV_VAR, WEIGHT_SOURCES, resolve_models_dir
+
 __all__ = [
     "Preprocessing",
     "PREPROCESSING_PRESETS",
@@ -62,9 +65,6 @@ __all__ = [
     "VGGCNNS",
 ]
 
-MODELS_ENV_VAR = "ROBUSTNESS_MODELS"
-OFFLINE_ENV_VAR = "ROBUSTNESS_OFFLINE"
-DEFAULT_MODELS_DIR = Path("..") / "shared" / "models"
 
 _INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -418,14 +418,6 @@ def register_model(name: str, preprocessing: "Preprocessing | str | Mapping[str,
 def list_models() -> list[str]:
     """Names of the registered models, sorted."""
     return sorted(MODELS)
-
-
-def resolve_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
-    """The folder holding shared weight files: ``models_dir``, else ``$ROBUSTNESS_MODELS``, else
-    ``../shared/models`` relative to the working directory (it need not exist)."""
-    if models_dir is None or str(models_dir) == "":
-        models_dir = os.environ.get(MODELS_ENV_VAR) or DEFAULT_MODELS_DIR
-    return Path(models_dir).expanduser()
 
 
 def _weights_file(filename: str, model: str) -> Path:
@@ -902,7 +894,7 @@ def _squeezenet1_0_caffe(weights="default") -> torch.nn.Module:
     if weights is None:
         return net
     if weights == "default":
-        weights = _weights_file("squeezenet1_0_caffe_deepcompression.pth", "squeezenet1_0_caffe")
+        weights = _weights_file(WEIGHT_SOURCES["squeezenet1_0_caffe"].location, "squeezenet1_0_caffe")
     return _load_into(net, weights, "squeezenet1_0_caffe")
 
 
@@ -920,7 +912,7 @@ def _mobilenet_v2_quantized(weights="default") -> torch.nn.Module:
     if weights != "default":
         raise ModelError("mobilenet_v2_quantized is a TorchScript file with its own weights; it has no random "
                          "initialisation and takes no state dict")
-    path = _weights_file("mobilenet_v2_quantized_torchscript.pt", "mobilenet_v2_quantized")
+    path = _weights_file(WEIGHT_SOURCES["mobilenet_v2_quantized"].location, "mobilenet_v2_quantized")
     net = _load_torchscript(path, "mobilenet_v2_quantized")
     net._robustness_digest = _file_digest(path)  # state_dict() of a quantized ScriptModule holds packed params
     return net
@@ -1014,7 +1006,7 @@ class VGGCNNS(torch.nn.Module):
 )
 def _vgg_cnn_s(weights="default") -> torch.nn.Module:
     if weights == "default":
-        path = resolve_models_dir() / "vgg_cnn_s.pth"
+        path = resolve_models_dir() / WEIGHT_SOURCES["vgg_cnn_s"].location
         if not path.is_file():
             raise FileNotFoundError(
                 f"vgg_cnn_s has no public PyTorch weights: convert VGG_CNN_S.caffemodel to a state dict "

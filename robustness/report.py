@@ -14,8 +14,8 @@ from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
 
-__all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "atomic_write",
-           "run_provenance", "write_predictions", "read_predictions"]
+__all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "run_provenance",
+           "write_predictions", "read_predictions"]
 
 
 def format_table(results: Sequence[ConditionResult]) -> str:
@@ -77,10 +77,7 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
 
     Each model is one line; its clean top-1 is a dotted horizontal line. Written atomically as PNG.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
     from matplotlib.ticker import MaxNLocator
 
     records = [r.to_record() if isinstance(r, ConditionResult) else r for r in results]
@@ -92,7 +89,8 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
         else:
             by_model[r["model"]][r["distortion"]].append((r["level"], r["top1"]))
     names = list(DISTORTIONS)
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True)
+    fig = Figure(figsize=(4 * len(names), 3.6))
+    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, names):
         spec = DISTORTIONS[name]
         for index, model in enumerate(sorted(set(by_model) | set(clean))):
@@ -117,10 +115,7 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
         axes[-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=110)
     atomic_write(path, buffer.getvalue())  # the umask's mode, like every other output file
 
 

@@ -719,7 +719,7 @@ def update_thresholds_file(
     rt.dump(document, buffer)
     new_text = buffer.getvalue()
     if write:
-        from .report import atomic_write
+        from ._io import atomic_write
 
         atomic_write(path, new_text.encode("utf-8"))
     return old_text, new_text

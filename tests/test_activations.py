@@ -1,4 +1,4 @@
-"""Conv-layer activations under blur and noise (issue 6): hooks, the per-layer numbers, the figure,
+"""Conv-layer activations under blur and noise: hooks, the per-layer numbers, the figure,
 and the paper's claim on one real image with EfficientNet-Lite0."""
 
 from __future__ import annotations

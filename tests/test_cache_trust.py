@@ -1,5 +1,5 @@
-"""The prediction cache never answers for a changed model (issue 9 section 1), survives filesystems
-without ``flock`` and writes no carriage returns into CI logs (issue 9 section 6).
+"""The prediction cache never answers for a changed model, survives filesystems without ``flock`` and
+writes no carriage returns into CI logs.
 
 For each kind of change that leaves the network's tensors alone (edited ``forward``, a swapped
 parameter-free module, a plain attribute, another TorchScript graph, a dtype change, a device path

@@ -1,4 +1,4 @@
-"""Datasets (issue 4): folder layout, flat ILSVRC2012 validation folder + devkit, CSV manifests,
+"""Datasets: folder layout, flat ILSVRC2012 validation folder + devkit, CSV manifests,
 deterministic subsets. Images are symlinked from the shared set into temporary folders, never copied
 into the repository."""
 

@@ -1,4 +1,4 @@
-"""Model registry, preprocessing and user models (issue 4).
+"""Model registry, preprocessing and user models.
 
 The preprocessing of every built-in model is checked against a reference pipeline written
 independently from the published specification (torchvision transforms on PIL images, Caffe's BGR

@@ -184,7 +184,7 @@ if "teamnet" not in list_models():   # in-process pytester runs share the regist
 
 
 def test_each_model_is_judged_as_itself(gate):
-    """Issue 9 §2: a fixture override supplies only the ``source: fixture`` entries."""
+    """A fixture override supplies only the ``source: fixture`` entries."""
     gate.makeconftest(CONFTEST + REGISTERED)
     gate.makefile(".yaml", thresholds=THRESHOLDS + "  teamnet:\n    clean: {top1: 0.0}\n")
     result = gate.runpytest("-v", "-m", "clean")

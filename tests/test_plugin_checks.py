@@ -1,5 +1,5 @@
-"""The gate fails closed, once, in words (issue 9 §3), resolves settings in one order (§5), and does
-not load torch into unrelated pytest runs (§4). Inner runs reuse test_plugin.py's toy gate."""
+"""The gate fails closed, once, in words, resolves settings in one order, and does not load torch into
+unrelated pytest runs. Inner runs reuse test_plugin.py's toy gate."""
 
 import os
 import subprocess

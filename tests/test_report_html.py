@@ -1,4 +1,4 @@
-"""The HTML report: its numbers, its inputs, its errors, and the page itself (issue 6).
+"""The HTML report: its numbers, its inputs, its errors, and the page itself.
 
 Run folders are built from synthetic predictions on real image ids (fast); one end-to-end test runs
 ``robustness run`` on three real images with EfficientNet-Lite0, then ``robustness report``.

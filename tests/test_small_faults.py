@@ -1,4 +1,4 @@
-"""Issue 9 §6, one test per fault: file modes, numpy scalars in checkpoints, preprocessing strings in
+"""One test per small fault: file modes, numpy scalars in checkpoints, preprocessing strings in
 register_model, calibrate's --preprocessing / --name and its conftest hint, run --name, units named once
 and integer ticks for integer level grids."""
 
