@@ -57,8 +57,9 @@ import os
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -569,7 +570,7 @@ class PredictionCache:
             return
         folder = self._folder(model_key, condition_key)
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".lock", "a+b")
+        handle = open(folder / ".lock", "a+b")  # noqa: SIM115 - held for the lock's lifetime, closed in finally
         try:
             unsupported = None
             try:

@@ -20,7 +20,12 @@ from pathlib import Path
 
 from ._io import safe_name
 from .names import DISTORTION_NAMES
-from .settings import SETTINGS, margin_fraction, non_negative_int, positive_int  # argparse types, shared with the plugin
+from .settings import (  # argparse types, shared with the plugin
+    SETTINGS,
+    margin_fraction,
+    non_negative_int,
+    positive_int,
+)
 
 __all__ = ["main", "build_parser", "CommandError", "USER_ERRORS", "add_activations_arguments", "package_version"]
 
@@ -327,8 +332,8 @@ def _write_run_report(args, model, dataset, results, output: Path) -> int:
     """After ``run``: per-image predictions + provenance, then report.html unless ``--no-report``."""
     import json
 
-    from .report import run_provenance, write_predictions
     from ._io import atomic_write
+    from .report import run_provenance, write_predictions
 
     provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds)
     write_predictions(results, output / "predictions.npz", provenance)

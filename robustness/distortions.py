@@ -16,9 +16,9 @@ from __future__ import annotations
 import io
 import math
 import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class ThresholdFailure(AssertionError):
         verdict: the failing :class:`Verdict` (``None`` when raised without one).
     """
 
-    def __init__(self, message: str, verdict: "Verdict | None" = None):
+    def __init__(self, message: str, verdict: Verdict | None = None):
         super().__init__(message)
         self.verdict = verdict
 
@@ -206,7 +207,7 @@ class Verdict:
 
 
 def judge(threshold: Threshold, result: ConditionResult, *, clean: ConditionResult | None = None,
-          baseline: "Baseline | None" = None, paired: PairedSettings | None = None,
+          baseline: Baseline | None = None, paired: PairedSettings | None = None,
           source: str | None = None) -> Verdict:
     """Compare ``result`` with every bar of ``threshold`` (and the baseline, when given).
 

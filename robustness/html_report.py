@@ -39,17 +39,17 @@ import html
 import io
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
+from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
-from .stats import wilson_interval
-from ._io import atomic_write
 from .report import read_predictions, read_results_json
+from .stats import wilson_interval
 
 __all__ = [
     "ReportError", "RunData", "load_run", "find_runs", "relative_auc", "corruption_error",
@@ -303,7 +303,7 @@ def _ce_table(runs: Sequence[RunData], baseline: str | None) -> dict[str, dict[s
         if not levels:
             continue  # not measured by every run: left out (left_out_of_comparison says so)
 
-        def errors(run: RunData) -> tuple[np.ndarray, float]:
+        def errors(run: RunData, d: str = d, levels: list = levels) -> tuple[np.ndarray, float]:
             by_level = {r["level"]: r for r in run.curve(d)}
             clean = run.clean()
             return (np.array([1.0 - by_level[v]["top1"] for v in levels]),

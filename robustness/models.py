@@ -35,9 +35,10 @@ import re
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +157,7 @@ class Preprocessing:
                 f"mean {fmt(self.mean)}, std {fmt(self.std)} (0-255 scale)")
 
     @classmethod
-    def from_fields(cls, base: "Preprocessing | str | None" = None, **values: Any) -> "Preprocessing":
+    def from_fields(cls, base: Preprocessing | str | None = None, **values: Any) -> Preprocessing:
         """Build a preprocessing from explicit fields, optionally on top of a preset.
 
         Args:
@@ -244,7 +245,7 @@ PREPROCESSING_PRESETS: dict[str, Preprocessing] = {
 }
 
 
-def parse_preprocessing(description: "Preprocessing | str | Mapping[str, Any]") -> Preprocessing:
+def parse_preprocessing(description: Preprocessing | str | Mapping[str, Any]) -> Preprocessing:
     """Turn a preprocessing description into a :class:`Preprocessing`.
 
     Accepted forms:
@@ -390,7 +391,7 @@ MODELS: dict[str, ModelSpec] = {}
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def register_model(name: str, preprocessing: "Preprocessing | str | Mapping[str, Any]", description: str = "",
+def register_model(name: str, preprocessing: Preprocessing | str | Mapping[str, Any], description: str = "",
                    published: Mapping[str, float] | None = None):
     """Decorator registering a builder function under ``name``.
 
@@ -463,7 +464,7 @@ def _refused_globals(path: Path) -> list[str]:
                for item in _numpy_safe_globals() for name in ([item[1]] if isinstance(item, tuple) else [item])}
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint, or an old torch: the message then omits the list
+    except Exception:  # noqa: BLE001 - not a zip checkpoint, or an old torch: the message then omits the list
         return []
     return [name for name in found if name not in allowed]
 
@@ -500,7 +501,7 @@ def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Ten
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, zip errors, unsafe globals
+    except Exception as error:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals
         refused = _refused_globals(path)
         if refused:
             raise ModelError(
@@ -582,7 +583,7 @@ def _load_torchscript(path: str | os.PathLike, model: str) -> torch.nn.Module:
         warnings.simplefilter("ignore")
         try:
             return torch.jit.load(str(path), map_location="cpu")
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - torch.jit raises many types on a foreign file
             raise ModelError(f"model {model}: cannot load {path} as TorchScript ({error})") from None
 
 
@@ -624,7 +625,7 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
     with torch.inference_mode():
         try:
             out = classifier.net(probe)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a user's network may raise anything on a wrong input
             raise ModelError(
                 f"model {classifier.name}: a (1, {', '.join(map(str, classifier.preprocessing.input_size))}) float32 "
                 f"input (its preprocessing's crop_size) fails: {type(error).__name__}: {error}"
@@ -653,11 +654,11 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
 
 
 def load_model(
-    name: "str | os.PathLike | torch.nn.Module",
+    name: str | os.PathLike | torch.nn.Module,
     *,
     device: str | torch.device | None = None,
-    weights: "str | os.PathLike | None" = "default",
-    preprocessing: "Preprocessing | str | Mapping[str, Any] | None" = None,
+    weights: str | os.PathLike | None = "default",
+    preprocessing: Preprocessing | str | Mapping[str, Any] | None = None,
     arch: str | None = None,
     model_name: str | None = None,
     background_class: bool | None = None,

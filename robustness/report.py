@@ -7,8 +7,8 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ._io import atomic_write
 from .distortions import DISTORTIONS

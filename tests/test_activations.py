@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from robustness.activations import (
-    CHANGE_THRESHOLD, activation_study, capture_conv_outputs, conv_layers, format_layer_table, layer_changes,
-    plot_depth, plot_feature_maps,
+    CHANGE_THRESHOLD,
+    activation_study,
+    capture_conv_outputs,
+    conv_layers,
+    format_layer_table,
+    layer_changes,
+    plot_depth,
+    plot_feature_maps,
 )
 from robustness.models import Classifier, Preprocessing
 

@@ -19,15 +19,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_evaluation import make_dataset, table
 
 from robustness import Classifier, Preprocessing, evaluate
 from robustness import cache as cache_module
-from robustness.cache import (PROBE_IMAGES, CacheWarning, PredictionCache, model_fingerprint, model_key,
-                              probe_images, verification_sample_size)
+from robustness.cache import (
+    PROBE_IMAGES,
+    CacheWarning,
+    PredictionCache,
+    model_fingerprint,
+    model_key,
+    probe_images,
+    verification_sample_size,
+)
 from robustness.datasets import load_dataset
 from robustness.evaluation import LineProgress, progress_bar
-
-from test_evaluation import make_dataset, table
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-val-1024"
 CONDITIONS = {"contrast": [0.5]}  # plus clean: 2 conditions, cheap to distort

@@ -16,9 +16,20 @@ import pytest
 
 from robustness.evaluation import ConditionResult
 from robustness.html_report import (
-    ReportError, build_report, class_changes, class_lists, corruption_error, corruption_errors, find_runs,
-    left_out_of_comparison, load_run, mean_corruption_errors, relative_auc, relative_corruption_error,
-    summary_table, threshold_verdicts,
+    ReportError,
+    build_report,
+    class_changes,
+    class_lists,
+    corruption_error,
+    corruption_errors,
+    find_runs,
+    left_out_of_comparison,
+    load_run,
+    mean_corruption_errors,
+    relative_auc,
+    relative_corruption_error,
+    summary_table,
+    threshold_verdicts,
 )
 from robustness.report import read_predictions, write_predictions, write_results_json
 
