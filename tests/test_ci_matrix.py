@@ -131,3 +131,16 @@ def test_ci_runs_both_nox_sessions_and_the_readme_says_so():
     assert "nox" in ci  # the sessions it runs: test_ci_runs_every_default_nox_session
     readme_head = (ROOT / "README.md").read_text().split("\n## ", 1)[0]
     assert "nox -s lowest latest" in readme_head
+
+
+def test_pre_commit_runs_the_ruff_that_ci_runs():
+    """.pre-commit-config.yaml's ruff hook and the `lint` nox session use one ruff release (rules change
+    between releases, so a commit hook and CI that disagree would pass and fail the same tree)."""
+    from ruamel.yaml import YAML
+
+    config = YAML(typ="safe").load((ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    repo = next(r for r in config["repos"] if r["repo"].endswith("/ruff-pre-commit"))
+    noxfile = (ROOT / "noxfile.py").read_text(encoding="utf-8")
+    pinned = noxfile.split('RUFF = "ruff==', 1)[1].split('"', 1)[0]
+    assert repo["rev"] == f"v{pinned}"
+    assert "ruff-check" in {hook["id"] for hook in repo["hooks"]}
