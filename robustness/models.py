@@ -46,6 +46,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from ._checks import is_number
+
 # The models folder and the weight files' names live in the torch-free module that `robustness list` reads.
 from .weights import DEFAULT_MODELS_DIR, MODELS_ENV_VAR, OFFLINE_ENV_VAR, WEIGHT_SOURCES, resolve_models_dir
 
@@ -117,7 +119,7 @@ class Preprocessing:
             raise ValueError(f"preprocessing channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         for key in ("resize_size", "crop_size"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not float(value).is_integer():
+            if not is_number(value) or not float(value).is_integer():
                 raise ValueError(f"preprocessing {key} must be an integer number of pixels, got {value!r}")
             object.__setattr__(self, key, int(value))
         if not (0 < self.crop_size <= self.resize_size):

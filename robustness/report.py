@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._checks import is_number
 from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
@@ -57,17 +58,17 @@ def read_results_json(path: str | os.PathLike) -> list[dict]:
     for index, record in enumerate(records):
         where = f"{path}: record {index} ({record.get('distortion')!r}, level {record.get('level')!r})"
         n = record["n"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_number(n, integer=True) or n < 1:
             raise ValueError(f"{where}: n must be an integer >= 1, got {n!r}")
         for key in ("top1", "top5"):
             value = record[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if not is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{where}: {key} must be a fraction in [0, 1], got {value!r}")
         level = record["level"]
-        if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
+        if not is_number(level) or not math.isfinite(level):
             raise ValueError(f"{where}: level must be a finite number, got {level!r}")
         misses = record.get("tolerance_misses", 0)  # absent in results written before it existed
-        if isinstance(misses, bool) or not isinstance(misses, int) or not 0 <= misses <= n:
+        if not is_number(misses, integer=True) or not 0 <= misses <= n:
             raise ValueError(f"{where}: tolerance_misses must be an integer in [0, n={n}], got {misses!r}")
     return records
 
