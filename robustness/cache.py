@@ -301,7 +301,7 @@ def model_fingerprint(model, device=None) -> str:
         32 hex characters.
 
     Raises:
-        whatever the model raises on the probe batch (it would fail the evaluation the same way).
+        Exception: whatever the model raises on the probe batch (it would fail the evaluation the same way).
     """
     import torch
 

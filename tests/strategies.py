@@ -96,7 +96,9 @@ def flat_colour_images(draw, max_side: int = 64) -> np.ndarray:
 
 def thorough() -> bool:
     """True under the ``thorough`` hypothesis profile (more shared images in the slow checks)."""
-    return settings.get_current_profile_name() == "thorough"
+    # settings.get_current_profile_name() exists only from hypothesis 6.117: compare the settings in
+    # force (settings.default) with the registered profile instead, which every supported version has.
+    return settings.default == settings.get_profile("thorough")
 
 
 # ------------------------------------------------------------------ statistical assertions
