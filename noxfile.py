@@ -1,37 +1,43 @@
-"""The CI test matrix: the test suite with the oldest and the newest supported versions.
+"""The CI: lint, then the test suite with the oldest and the newest supported versions.
 
-    pip install nox && nox -s lowest latest          # the test matrix
-    nox -s docs                                      # the documentation site, mkdocs build --strict
-    nox -s lowest -- tests/test_stats.py -x          # arguments after -- go to pytest
+    pip install nox && nox -s lint lowest latest docs   # what .ci/run runs
+    nox -s lowest latest                                # the test matrix
+    nox -s lowest -- tests/test_stats.py -x             # arguments after -- go to pytest
+    nox -s lint                                         # ruff check (rules: pyproject.toml [tool.ruff])
+    nox -s docs                                         # the documentation site, mkdocs build --strict
 
 Each session builds a fresh virtualenv (``nox.options.reuse_venv = "no"``), so a green run never
 depends on what the machine had preinstalled:
 
 * ``lowest``: ``pip install -c .ci/constraints-lowest.txt -e '.[dev]'``, i.e. exactly the minimum
-  versions of pytest, pytest-xdist, hypothesis, pytest-benchmark and selenium that pyproject.toml
-  declares (torch and torchvision are pinned exactly there), checked after the install by
+  versions of pytest, pytest-xdist, hypothesis, pytest-benchmark, selenium, torch and torchvision that
+  pyproject.toml declares, checked after the install by
   ``.ci/check_versions.py``;
 * ``latest``: ``pip install --upgrade --upgrade-strategy eager -e '.[dev]'``, the newest versions pip
-  can install.
+  can install;
+* ``lint``: ``ruff check`` of the whole tree with the rules of ``[tool.ruff]`` (the ruff version is
+  :data:`RUFF`, the one ``.pre-commit-config.yaml`` names; a test checks that they agree).
 
-Both then print ``pytest --version`` and the test tools' versions and run
+The two test sessions print ``pytest --version`` and the test tools' versions and run
 ``python -m pytest -W error ...``: every warning is an error (the plugin's own, pytest's, hypothesis'
 and the libraries'), except those the project's ``filterwarnings`` ini option lists (torch's own
 DeprecationWarnings), which pytest applies on top of the interpreter's ``-W error``.
 
 ``docs`` installs the ``docs`` extra and runs ``mkdocs build --strict`` (a broken link, a missing page or a
-failing reference-table generator in ``docs/hooks.py`` fails it). ``.ci/run`` runs all three.
+failing reference-table generator in ``docs/hooks.py`` fails it). ``.ci/run`` runs all four.
 """
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lowest", "latest", "docs"]
+nox.options.sessions = ["lint", "lowest", "latest", "docs"]
 nox.options.reuse_venv = "no"
 nox.options.error_on_external_run = True
 
 LOWEST_CONSTRAINTS = ".ci/constraints-lowest.txt"
+#: The ruff release the lint session and the pre-commit hook run (rules can change between releases).
+RUFF = "ruff==0.16.9"
 #: Distributions whose versions head each session's log.
 TEST_TOOLS = ("pytest", "pytest-xdist", "execnet", "hypothesis", "pytest-benchmark", "pluggy", "selenium",
               "torch", "torchvision", "numpy", "pillow")
@@ -70,6 +76,14 @@ def latest(session: nox.Session) -> None:
     """The newest versions pip can install here."""
     session.install(*PIP_QUIET, "--upgrade", "--upgrade-strategy", "eager", "-e", ".[dev]")
     _run_tests(session)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """``ruff check`` of the whole tree (rules: ``[tool.ruff]`` in pyproject.toml); no install of the project."""
+    session.install(*PIP_QUIET, RUFF)
+    session.run("ruff", "--version")
+    session.run("ruff", "check", "--no-cache", ".")
 
 
 @nox.session

@@ -29,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from robustness import DISTORTIONS, evaluate, load_dataset, load_model  # noqa: E402
-from robustness.cache import PredictionCache  # noqa: E402
+from robustness import DISTORTIONS, evaluate, load_dataset, load_model
+from robustness.cache import PredictionCache
 
 
 def cpu_seconds() -> float:

@@ -22,7 +22,7 @@ import io
 import json
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
 #: Column width for argparse's help text (it reads ``$COLUMNS``), so the CLI page does not depend on the

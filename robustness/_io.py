@@ -1,14 +1,25 @@
-"""File-writing helpers shared by the result writers and the prediction cache."""
+"""File helpers shared by the result writers, the baselines and the prediction cache."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "new_file_mode"]
+__all__ = ["atomic_write", "new_file_mode", "safe_name"]
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one file or folder name: every character other than ASCII letters, digits, ``_``,
+    ``.`` and ``-`` becomes ``_`` (model specs hold ``:`` and ``/``, e.g. ``torchvision:resnet18`` ->
+    ``torchvision_resnet18``), and a name of dots only (``.``, ``..``) has its dots replaced too, so
+    the result never climbs out of its folder. Used for run folders and baseline files.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return "_" * len(safe) if set(safe) <= {"."} else safe
 
 
 def new_file_mode() -> int:

@@ -29,14 +29,14 @@ import argparse
 import json
 import math
 import os
-import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from .cli import CommandError, add_activations_arguments  # the options live with the parser (no torch there)
 from .distortions import DISTORTIONS, distort, get_distortion
 
 __all__ = [
@@ -260,13 +260,10 @@ def _mosaic(maps: np.ndarray, reference: np.ndarray, channels: Sequence[int], co
 def _save(fig, path: str | os.PathLike, dpi: int = 80) -> None:
     import io
 
-    import matplotlib.pyplot as plt
-
-    from .report import atomic_write
+    from ._io import atomic_write
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=dpi)  # a pyplot-free Figure: nothing to close
     atomic_write(path, buffer.getvalue())
 
 
@@ -274,15 +271,13 @@ def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 1
     """The paper's Figs. 4-5 for one image: row 1 the input at each level, row 2 the first conv layer,
     row 3 the last, each a grid of ``channels`` channels (the most active ones on the clean image),
     clean and each level side by side. Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
 
     levels = study["levels"]
     spec = DISTORTIONS[study["distortion"]]
     columns = ["clean"] + list(levels)
-    fig, axes = plt.subplots(3, len(columns), figsize=(2.3 * len(columns), 7.2), squeeze=False)
+    fig = Figure(figsize=(2.3 * len(columns), 7.2))
+    axes = fig.subplots(3, len(columns), squeeze=False)
     for row, key in enumerate(("inputs", "first", "last")):
         block = study[key]
         if key != "inputs":
@@ -317,15 +312,14 @@ def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 1
 def plot_depth(studies: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
     """Relative L2 change (left) and share of changed channels (right) against conv-layer index, one
     line per (distortion, level). Written atomically as PNG."""
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    styles = {"blur": plt.cm.Blues, "noise": plt.cm.Reds}
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2)
+    styles = {"blur": colormaps["Blues"], "noise": colormaps["Reds"]}
     for study in studies:
-        cmap = styles.get(study["distortion"], plt.cm.Greens)
+        cmap = styles.get(study["distortion"], colormaps["Greens"])
         spec = DISTORTIONS[study["distortion"]]
         for n, level in enumerate(study["levels"]):
             rows = study["layers"][level]
@@ -352,22 +346,6 @@ def plot_depth(studies: Sequence[dict], path: str | os.PathLike, *, title: str =
 # ------------------------------------------------------------------------------------------ command line
 
 
-def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import non_negative_int as _non_negative_int, positive_int as _positive_int
-
-    parser.add_argument("--model", default="efficientnet_lite0", help="registered model name (default %(default)s)")
-    parser.add_argument("--data", default=None, help="image folder (default as for 'run')")
-    parser.add_argument("--image", default=None, help="one image file, or an image id inside --data (default: the dataset's first image)")
-    parser.add_argument("--images", type=_positive_int, default=1, help="average the numbers over the first N dataset images (figure: the first); default 1")
-    parser.add_argument("--distortion", action="append", choices=list(DISTORTIONS), help="repeatable; default blur and noise")
-    parser.add_argument("--levels", type=float, nargs="+", default=None,
-                        help="levels (with one --distortion); default three of the paper's: blur 1 3 5, noise 20 50 100, others first/middle/last")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="base noise seed (default 0)")
-    parser.add_argument("--channels", type=_positive_int, default=16, help="channels per grid in the figure (default 16)")
-    parser.add_argument("--output", default=None, help="output folder (default runs/activations-<model>)")
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
-
-
 _DEFAULT_LEVELS = {"blur": (1, 3, 5), "noise": (20, 50, 100)}
 
 
@@ -379,16 +357,19 @@ def _default_levels(name: str) -> tuple[float, ...]:
 
 
 def main_activations(args: argparse.Namespace) -> int:
-    """``robustness activations``: figure per distortion, depth curves, per-layer table (printed and JSON)."""
+    """``robustness activations``: figure per distortion, depth curves, per-layer table (printed and JSON).
+
+    Returns 0. Raises :class:`robustness.cli.CommandError` (which ``robustness`` prints, exit status 2) for
+    bad input: an unknown model or image, a level outside the distortion's range.
+    """
+    from ._io import atomic_write
     from .datasets import DatasetError, imagenet_class_names, load_dataset
-    from .images import ImageLoadError, load_image
+    from .images import load_image
     from .models import load_model
-    from .report import atomic_write
 
     distortions = args.distortion or ["blur", "noise"]
     if args.levels is not None and len(distortions) != 1:
-        print("robustness activations: --levels needs exactly one --distortion", file=sys.stderr)
-        return 2
+        raise CommandError("--levels needs exactly one --distortion")
     try:
         model = load_model(args.model, device=args.device)
         if args.image and Path(args.image).is_file():
@@ -409,9 +390,8 @@ def main_activations(args: argparse.Namespace) -> int:
         for name in distortions:
             for level in (args.levels or _default_levels(name)):
                 get_distortion(name).check_level(level)
-    except (ValueError, ImportError, FileNotFoundError, ImageLoadError) as error:
-        print(f"robustness activations: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, ImportError, OSError) as error:  # ImageLoadError and DatasetError are ValueErrors
+        raise CommandError(str(error)) from error
     output = Path(args.output) if args.output else Path("runs") / f"activations-{model.name}"
     names = imagenet_class_names()
     model = model.eval()
@@ -423,8 +403,7 @@ def main_activations(args: argparse.Namespace) -> int:
         try:
             study = activation_study(model, images, name, levels, image_ids=ids, seed=args.seed)
         except ValueError as error:
-            print(f"robustness activations: {error}", file=sys.stderr)
-            return 2
+            raise CommandError(str(error)) from error
         studies.append(study)
         top1 = study["top1"]
         print(f"\n{name}: top-1 of the figure's image: clean {names[top1['clean'][0]]}; "

@@ -57,8 +57,9 @@ import os
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -333,7 +334,7 @@ def probe_difference(a: ProbeOutput, b: ProbeOutput) -> float:
     return 0.0 if difference == 0.0 else (math.inf if scale == 0.0 else difference / scale)
 
 
-def model_fingerprint(model, device=None, *, probe: "ProbeOutput | None" = None) -> str:
+def model_fingerprint(model, device=None, *, probe: ProbeOutput | None = None) -> str:
     """Hex digest of what ``model`` computes: its outputs on :func:`probe_images`.
 
     The probe images (native size larger than the model's resize) go through the model's own
@@ -612,7 +613,7 @@ class PredictionCache:
             return
         folder = self._folder(model_key, condition_key)
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".lock", "a+b")
+        handle = open(folder / ".lock", "a+b")  # noqa: SIM115 - held for the lock's lifetime, closed in finally
         try:
             unsupported = None
             try:

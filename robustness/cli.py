@@ -1,21 +1,68 @@
-"""Command line: ``robustness run``, ``robustness list``, ``robustness calibrate``."""
+"""Command line: ``robustness run | list | calibrate | report | activations`` (also ``python -m robustness``).
+
+Imports are lazy: building the parser imports neither torch nor numpy (the distortion choices come from
+:mod:`robustness.names`), so ``robustness --help``, ``--version`` and ``robustness list`` answer without
+loading torch, and each command imports only the machinery it uses, inside its function.
+
+Exit status: 0 on success; 2 on a usage error (argparse) or bad input (:class:`CommandError`: a missing
+file, a malformed thresholds file, an unknown model, a missing package; the message names it, prefixed
+``robustness COMMAND:``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from .cache import PredictionCache
-from .datasets import DATA_ENV_VAR, DatasetError, load_dataset
-from .distortions import DISTORTIONS
-from .evaluation import evaluate
-from .models import list_models, load_model
-from .report import format_table, plot_accuracy_vs_level, write_results_json
-from .settings import margin_fraction, non_negative_int, positive_int  # argparse types, shared with the pytest plugin
+from ._io import safe_name
+from .names import DISTORTION_NAMES
+from .settings import (  # argparse types, shared with the plugin
+    SETTINGS,
+    margin_fraction,
+    non_negative_int,
+    positive_int,
+)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CommandError", "USER_ERRORS", "add_activations_arguments", "package_version"]
+
+#: The distribution that installs this package (its metadata holds the version).
+DISTRIBUTION = "dnn-image-quality-robustness"
+
+#: Errors that mean bad input rather than a bug: every error of this package is a ``ValueError``
+#: (``DatasetError``, ``ModelError``, ``ThresholdsError``, ``ReportError``, ``ImageLoadError``, ...); a
+#: missing package is an ``ImportError``; a missing or unwritable file an ``OSError``.
+USER_ERRORS = (ValueError, ImportError, OSError)
+
+
+class CommandError(Exception):
+    """Bad input to a command: :func:`main` prints ``robustness COMMAND: MESSAGE`` to stderr and returns 2."""
+
+
+@contextlib.contextmanager
+def _user_errors(prefix: str = "", suffix=lambda error: "") -> Iterator[None]:
+    """Turn the :data:`USER_ERRORS` raised inside into a :class:`CommandError` whose message is
+    ``prefix + str(error) + suffix(error)``."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        raise CommandError(f"{prefix}{error}{suffix(error)}") from error
+
+
+def package_version() -> str:
+    """The installed version of this package (``importlib.metadata``), else ``robustness.__version__``
+    (a source checkout run without installing)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def check_device(device: str | None, option: str = "--device") -> None:
@@ -64,24 +111,18 @@ def _fresh_output_dir(model: str) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    try:
+    from .cache import PredictionCache
+    from .evaluation import evaluate
+    from .report import format_table, plot_accuracy_vs_level, write_results_json
+
+    distortions = _run_distortions(args)
+    with _user_errors():
         resolve_settings(args)
         dataset = _load_run_dataset(args)
-    except (DatasetError, ValueError) as error:
-        print(f"robustness run: {error}", file=sys.stderr)
-        return 2
-    try:
         model = _load_run_model(args)
-    except (ValueError, ImportError, FileNotFoundError) as error:
-        print(f"robustness run: {error}", file=sys.stderr)
-        return 2
-    output = Path(args.output) if args.output else _fresh_output_dir(_safe_name(model.name))
-    try:
+    output = Path(args.output) if args.output else _fresh_output_dir(safe_name(model.name))
+    with _user_errors(f"cannot create output folder {output}: "):
         output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
-    except OSError as error:
-        print(f"robustness run: cannot create output folder {output}: {error}", file=sys.stderr)
-        return 2
-    distortions = _run_distortions(args)
     print(f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}")
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
     results = evaluate(model, dataset, distortions, seed=args.seed, batch_size=args.batch_size,
@@ -95,17 +136,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _write_run_report(args, model, dataset, results, output)
 
 
-def _safe_name(name: str) -> str:
-    """A model name usable as a folder name (specs may hold ':' or '/')."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def _load_run_model(args: argparse.Namespace):
     """The model of ``run``: a registered name or any spec load_model takes, with --weights/--arch/
     --preprocessing/--background-class."""
+    import os
+
+    from .models import MODELS_ENV_VAR, load_model
+
     if args.models_dir:
-        import os
-        from .models import MODELS_ENV_VAR
         os.environ[MODELS_ENV_VAR] = args.models_dir
     weights = {None: "default", "random": None}.get(args.weights, args.weights)
     return load_model(args.model, device=args.device, weights=weights, preprocessing=args.preprocessing,
@@ -114,6 +152,8 @@ def _load_run_model(args: argparse.Namespace):
 
 def _load_run_dataset(args: argparse.Namespace):
     """The dataset of ``run``: folder / flat ILSVRC2012 val / --manifest, then --per-class/--subset, then --limit."""
+    from .datasets import load_dataset
+
     dataset = load_dataset(args.data, manifest=args.manifest, devkit=args.devkit,
                            per_class=args.per_class, total=args.subset, subset_seed=args.subset_seed)
     return dataset.limit(args.limit)
@@ -123,13 +163,13 @@ def _run_distortions(args: argparse.Namespace):
     """--clean-only: just the clean condition; else the chosen distortions (default all five)."""
     if args.clean_only:
         if args.distortion:
-            raise SystemExit("robustness run: --clean-only and --distortion exclude each other")
+            raise CommandError("--clean-only and --distortion exclude each other")
         return {}  # an empty {name: levels} mapping: evaluate() runs the clean condition only
-    return args.distortion or list(DISTORTIONS)
+    return args.distortion or list(DISTORTION_NAMES)
 
 
 def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
-    """Options of ``run`` for user models and datasets (issue 4)."""
+    """Options of ``run`` for user models and datasets."""
     run.add_argument("--weights", default=None, help="state dict for the model (loaded with weights_only=True); 'random' for random initialisation")
     run.add_argument("--arch", default=None, help="torchvision architecture of a state-dict file given as --model")
     run.add_argument("--preprocessing", default=None, help="how the model was trained: preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields, e.g. 'caffe,crop_size=224'")
@@ -145,9 +185,18 @@ def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    print("models:")
-    for name in list_models():
-        print(f"  {name}")
+    """Each built-in model with whether its weights are here and where they come from (no torch: the
+    table of :mod:`robustness.weights`), then each distortion with its paper levels."""
+    from .distortions import DISTORTIONS  # numpy, Pillow, scipy; not torch
+    from .weights import WEIGHT_SOURCES, weight_status
+
+    statuses = [weight_status(name, models_dir=args.models_dir) for name in WEIGHT_SOURCES]
+    width = max(len(status.model) for status in statuses)
+    print("models (weights: here / download = fetched on first use / missing):")
+    for status in statuses:
+        print(f"  {status.model:<{width}}  {status.state:<8}  {status.detail}")
+    print("  (any torchvision architecture, a TorchScript or state-dict file, or module:function also works: "
+          "see 'robustness run --help')")
     print("distortions:")
     for spec in DISTORTIONS.values():
         levels = ", ".join(f"{v:g}" for v in spec.levels)
@@ -160,33 +209,30 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import difflib
     import importlib
 
-    from .evaluation import CLEAN, Condition
+    from .cache import PredictionCache
+    from .datasets import load_dataset
+    from .distortions import DISTORTIONS
+    from .evaluation import CLEAN, Condition, evaluate
     from .gate import save_baseline
-    from .thresholds import ThresholdsError, load_thresholds, update_thresholds_file
-
-    def fail(message: str) -> int:
-        print(f"robustness calibrate: {message}", file=sys.stderr)
-        return 2
+    from .models import list_models, load_model
+    from .report import format_table
+    from .settings import resolve
+    from .thresholds import load_thresholds, update_thresholds_file
 
     if args.import_ and "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     imported = {}
     for module in args.import_ or ():
-        try:
+        with _user_errors(f"--import {module}: "):
             imported[module] = importlib.import_module(module)
-        except ImportError as error:
-            return fail(f"--import {module}: {error}")
-    from .settings import resolve
 
     # The thresholds entry: --name, else the model's own name (a registered name, or the spec as given).
     name = args.name or args.model
     path = Path(resolve("thresholds", flag=args.thresholds, flag_name="--thresholds").value)
     existing = None
     if path.is_file():
-        try:
+        with _user_errors("fix the thresholds file first:\n"):
             existing = load_thresholds(path, known_models=set(list_models()) | {name})
-        except ThresholdsError as error:
-            return fail(f"fix the thresholds file first:\n{error}")
     if args.distortion:
         conditions = [Condition(d, level) for d in args.distortion for level in DISTORTIONS[d].levels]
     elif args.all_levels or existing is None or not existing.for_model(name):
@@ -195,16 +241,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         conditions = [t.condition for t in existing.for_model(name) if t.condition.distortion != CLEAN]
     conditions = [Condition(CLEAN, 0)] + [c for c in dict.fromkeys(conditions) if c.distortion != CLEAN]
     seed = args.seed if args.seed is not None else (existing.seed if existing else 0)
-    try:
+    with _user_errors():
         resolve_settings(args, existing)
-    except ValueError as error:
-        return fail(str(error))
     images, data = args.images, args.data
-    try:
+    with _user_errors(suffix=lambda error: _fixture_hint(args.model, imported)):
         dataset = load_dataset(data, limit=images)
         model = load_model(args.model, device=args.device, preprocessing=args.preprocessing, model_name=args.name)
-    except (DatasetError, ValueError, ImportError, FileNotFoundError) as error:
-        return fail(str(error) + _fixture_hint(args.model, imported))
     if args.name is None and model.name != args.model and args.model in list_models():
         name = model.name  # a registered model with --preprocessing is another model: NAME+custom-preprocessing
     print(f"calibrating {name} on {len(dataset)} images from {dataset.root}: clean + {len(conditions) - 1} "
@@ -236,6 +278,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _fixture_hint(model: str, imported: dict) -> str:
     """For ``calibrate``: when ``model`` is not a registered name, say that a model a conftest.py provides
     as the ``robustness_model`` pytest fixture is only visible to pytest (``""`` otherwise)."""
+    from .models import list_models
+
     if model in list_models() or ":" in model or Path(model).expanduser().is_file():
         return ""
     defining = [name for name, module in imported.items() if hasattr(module, "robustness_model")]
@@ -257,7 +301,7 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--name", default=None, help="the model's name in thresholds.yaml and the baseline (default: --model as given)")
     calibrate.add_argument("--margin", type=margin_fraction, default=None, help="subtracted from each measured accuracy (fraction; default $ROBUSTNESS_MARGIN, else 0.05)")
     calibrate.add_argument("--thresholds", default=None, help="thresholds file to update (default $ROBUSTNESS_THRESHOLDS, else thresholds.yaml)")
-    calibrate.add_argument("--distortion", action="append", choices=list(DISTORTIONS),
+    calibrate.add_argument("--distortion", action="append", choices=list(DISTORTION_NAMES),
                            help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model")
     calibrate.add_argument("--all-levels", action="store_true", help="calibrate every paper level of every distortion")
     calibrate.add_argument("--metric", action="append", choices=["top1", "top5"], help="bars for new entries (repeatable; default top1)")
@@ -276,7 +320,7 @@ def _add_calibrate(commands) -> None:
     calibrate.set_defaults(func=_cmd_calibrate)
 
 
-# ------------------------------------------------------------- report and activations (issue 6)
+# ------------------------------------------------------------- report and activations
 
 
 def _add_run_report_options(run: argparse.ArgumentParser) -> None:
@@ -288,7 +332,8 @@ def _write_run_report(args, model, dataset, results, output: Path) -> int:
     """After ``run``: per-image predictions + provenance, then report.html unless ``--no-report``."""
     import json
 
-    from .report import atomic_write, run_provenance, write_predictions
+    from ._io import atomic_write
+    from .report import run_provenance, write_predictions
 
     provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds)
     write_predictions(results, output / "predictions.npz", provenance)
@@ -296,27 +341,21 @@ def _write_run_report(args, model, dataset, results, output: Path) -> int:
     print(f"wrote {output / 'predictions.npz'} and {output / 'provenance.json'}")
     if args.no_report:
         return 0
-    from .html_report import ReportError, write_report
+    from .html_report import write_report
 
-    try:
+    with _user_errors("report: "):
         path = write_report([output], output / "report.html", thresholds=args.thresholds)
-    except ReportError as error:
-        print(f"robustness run: report: {error}", file=sys.stderr)
-        return 2
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .html_report import ReportError, write_report
+    from .html_report import write_report
 
     output = Path(args.output) if args.output else Path(args.results[0]) / "report.html"
-    try:
+    with _user_errors():
         path = write_report(args.results, output, thresholds=args.thresholds, baseline=args.baseline,
                             data=args.data, examples=args.examples)
-    except ReportError as error:
-        print(f"robustness report: {error}", file=sys.stderr)
-        return 2
     print(f"wrote {path}")
     return 0
 
@@ -337,21 +376,36 @@ def _add_report_commands(commands) -> None:
     report.add_argument("--examples", type=non_negative_int, default=1, help="example images per distortion (default %(default)s)")
     report.set_defaults(func=_cmd_report)
 
-    from .activations import add_activations_arguments
-
     activations = commands.add_parser("activations", help="compare conv-layer feature maps, clean vs distorted (the paper's Fig. 4-5)")
     add_activations_arguments(activations)
     activations.set_defaults(func=_cmd_activations)
 
 
+def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``robustness activations`` (:func:`robustness.activations.main_activations` reads them)."""
+    parser.add_argument("--model", default="efficientnet_lite0", help="registered model name (default %(default)s)")
+    parser.add_argument("--data", default=None, help="image folder (default as for 'run')")
+    parser.add_argument("--image", default=None, help="one image file, or an image id inside --data (default: the dataset's first image)")
+    parser.add_argument("--images", type=positive_int, default=1, help="average the numbers over the first N dataset images (figure: the first); default 1")
+    parser.add_argument("--distortion", action="append", choices=list(DISTORTION_NAMES), help="repeatable; default blur and noise")
+    parser.add_argument("--levels", type=float, nargs="+", default=None,
+                        help="levels (with one --distortion); default three of the paper's: blur 1 3 5, noise 20 50 100, others first/middle/last")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="base noise seed (default 0)")
+    parser.add_argument("--channels", type=positive_int, default=16, help="channels per grid in the figure (default 16)")
+    parser.add_argument("--output", default=None, help="output folder (default runs/activations-<model>)")
+    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``robustness`` argument parser (built without importing torch or numpy)."""
     parser = argparse.ArgumentParser(prog="robustness", description="How image-quality distortions degrade ImageNet classifiers (Dodge & Karam 2016).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="evaluate a model under the distortions and write results.json + a figure")
     run.add_argument("--model", default="efficientnet_lite0", help="registered model name (see 'robustness list'), torchvision:ARCH, a TorchScript or state-dict file, or module:function; default %(default)s")
-    run.add_argument("--data", default=None, help=f"image folder (<wnid>/<file>); default ${DATA_ENV_VAR} or ../shared/data/imagenet-val-1024")
-    run.add_argument("--distortion", action="append", choices=list(DISTORTIONS), help="distortion to run (repeatable); default all five")
+    run.add_argument("--data", default=None, help=f"image folder (<wnid>/<file>); default ${SETTINGS['data'].env} or ../shared/data/imagenet-val-1024")
+    run.add_argument("--distortion", action="append", choices=list(DISTORTION_NAMES), help="distortion to run (repeatable); default all five")
     run.add_argument("--limit", type=positive_int, default=None, help="use the first N images in file-name order")
     run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
     run.add_argument("--seed", type=non_negative_int, default=0, help="base seed for noise (default 0)")
@@ -366,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_report_options(run)
     _add_report_commands(commands)
 
-    lister = commands.add_parser("list", help="list registered models and distortions")
+    lister = commands.add_parser("list", help="list the built-in models (are their weights here, where do they come from) and the distortions")
+    lister.add_argument("--models-dir", default=None, help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)")
     lister.set_defaults(func=_cmd_list)
 
     _add_calibrate(commands)
@@ -374,9 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``robustness`` console script; returns the exit status."""
+    """Entry point of the ``robustness`` console script and of ``python -m robustness``.
+
+    Returns the exit status: 0, or 2 after printing ``robustness COMMAND: MESSAGE`` for a
+    :class:`CommandError`. argparse exits (``SystemExit``, status 2) on a usage error, and on ``--help``
+    and ``--version`` (status 0).
+    """
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as error:
+        print(f"robustness {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

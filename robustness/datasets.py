@@ -29,10 +29,10 @@ import functools
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -124,7 +124,7 @@ class ImageDataset(Sequence[Sample]):
         sample = self.samples[index]
         return load_image(sample.path), sample.label
 
-    def limit(self, count: int | None) -> "ImageDataset":
+    def limit(self, count: int | None) -> ImageDataset:
         """The first ``count`` samples in the dataset's order (all when ``None``)."""
         if count is None:
             return self
@@ -132,7 +132,7 @@ class ImageDataset(Sequence[Sample]):
             raise ValueError(f"image limit must be >= 1, got {count}")
         return self[:count]
 
-    def subset(self, per_class: int | None = None, total: int | None = None, seed: int = 0) -> "ImageDataset":
+    def subset(self, per_class: int | None = None, total: int | None = None, seed: int = 0) -> ImageDataset:
         """A deterministic, seeded subset, returned in the dataset's order.
 
         Each image gets a key ``sha256(f"{seed}:{image_id}")``; within a class, images are ranked by
@@ -206,7 +206,7 @@ def _read_labels_csv(path: Path) -> dict[str, int]:
     table = _wnid_to_index()
     labels: dict[str, int] = {}
     try:
-        handle = open(path, newline="", encoding="utf-8-sig")
+        handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed by the `with` below
     except OSError as error:
         raise DatasetError(f"cannot read {path}: {error}") from None
     with handle:
@@ -326,7 +326,7 @@ def read_devkit_labels(devkit: str | os.PathLike) -> dict[int, int]:
 
             synsets = loadmat(str(meta_path), squeeze_me=True)["synsets"]
             id_to_wnid = {int(row[0]): str(row[1]) for row in synsets if int(row[4]) == 0}
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - scipy.io and a malformed .mat raise many types
             raise DatasetError(f"{meta_path}: cannot read the devkit synsets ({error})") from None
         if len(id_to_wnid) != 1000 or set(id_to_wnid.values()) != set(table):
             raise DatasetError(f"{meta_path}: expected the 1000 ILSVRC2012 leaf synsets, found {len(id_to_wnid)}")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import io
 import math
-import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+
+from ._checks import is_number
 
 __all__ = [
     "Distortion",
@@ -71,7 +71,7 @@ def check_seed(seed) -> None:
     """Raise ``ValueError`` unless ``seed`` is an integer >= 0 or a :class:`numpy.random.SeedSequence`."""
     if isinstance(seed, np.random.SeedSequence):
         return
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not is_number(seed, integer=True) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0 or a numpy SeedSequence, got {seed!r}")
 
 
@@ -138,7 +138,7 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     Raises:
         ValueError: if sigma is not a finite number > 0.
     """
-    if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0):
+    if not (is_number(sigma) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"blur sigma must be a finite number > 0, got {sigma!r}")
     radius = math.ceil(2.0 * sigma)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
@@ -165,6 +165,8 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     Raises:
         ValueError: on a bad image or a negative / non-finite sigma.
     """
+    from scipy import ndimage  # here, not at the top: scipy takes ~0.5 s to import and only blur needs it
+
     check_image(image)
     if sigma == 0:
         return image.copy()
@@ -562,7 +564,7 @@ class Distortion:
 
     def check_level(self, level: float) -> float:
         """Return ``level`` if valid for this distortion, else raise ``ValueError`` naming it."""
-        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not math.isfinite(level):
+        if not is_number(level) or not math.isfinite(level):
             raise ValueError(f"{self.name} level must be a finite number ({self.parameter}), got {level!r}")
         if self.integer and level != int(level):
             raise ValueError(f"{self.name} level ({self.parameter}) must be an integer, got {level!r}")

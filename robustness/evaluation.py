@@ -22,15 +22,25 @@ import sys
 import time
 import warnings
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .cache import (FLAG_MISSED_TOLERANCE, PROBE_RTOL, CacheWarning, PredictionCache, image_keys, model_fingerprint,
-                    probe_difference, probe_output, resolve_cache, verification_sample_size)
+from .cache import (
+    FLAG_MISSED_TOLERANCE,
+    PROBE_RTOL,
+    CacheWarning,
+    PredictionCache,
+    image_keys,
+    model_fingerprint,
+    probe_difference,
+    probe_output,
+    resolve_cache,
+    verification_sample_size,
+)
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError

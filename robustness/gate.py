@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import io
 import os
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ._io import safe_name
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, Condition, ConditionResult, evaluate
@@ -30,7 +31,7 @@ from .thresholds import METRICS, PairedSettings, Threshold, Thresholds
 
 __all__ = [
     "Check", "PairedCheck", "Verdict", "GateSession", "GateError", "ThresholdFailure",
-    "judge", "check_threshold", "describe", "condition_label",
+    "judge", "check_threshold", "condition_label",
     "save_baseline", "load_baseline", "Baseline",
 ]
 
@@ -42,7 +43,7 @@ class ThresholdFailure(AssertionError):
         verdict: the failing :class:`Verdict` (``None`` when raised without one).
     """
 
-    def __init__(self, message: str, verdict: "Verdict | None" = None):
+    def __init__(self, message: str, verdict: Verdict | None = None):
         super().__init__(message)
         self.verdict = verdict
 
@@ -206,7 +207,7 @@ class Verdict:
 
 
 def judge(threshold: Threshold, result: ConditionResult, *, clean: ConditionResult | None = None,
-          baseline: "Baseline | None" = None, paired: PairedSettings | None = None,
+          baseline: Baseline | None = None, paired: PairedSettings | None = None,
           source: str | None = None) -> Verdict:
     """Compare ``result`` with every bar of ``threshold`` (and the baseline, when given).
 
@@ -250,15 +251,6 @@ def judge(threshold: Threshold, result: ConditionResult, *, clean: ConditionResu
     return verdict
 
 
-def describe(threshold: Threshold, result: ConditionResult, metric: str) -> str:
-    """One line: condition, measured ``metric`` with its 95% Wilson interval, the absolute bar, n."""
-    measured = getattr(result, metric)
-    low, high = wilson_interval(int(round(measured * result.n)), result.n)
-    bar = getattr(threshold, metric)
-    return (f"{threshold.model} {condition_label(threshold.condition)}: {metric} {_pct(measured)} "
-            f"(95% CI {_pct(low)}-{_pct(high)}) vs threshold {_pct(bar)} on n={result.n} images")
-
-
 def check_threshold(threshold: Threshold, result: ConditionResult, clean: ConditionResult | None = None) -> None:
     """Raise :class:`ThresholdFailure` if ``result`` is below any bar of ``threshold``.
 
@@ -270,10 +262,6 @@ def check_threshold(threshold: Threshold, result: ConditionResult, clean: Condit
 
 
 # ------------------------------------------------------------------------------------------ baseline
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 @dataclass
@@ -310,7 +298,7 @@ class Baseline:
 
 
 def _baseline_file(folder: Path, model: str, distortion: str) -> Path:
-    return Path(folder) / _safe(model) / f"{_safe(distortion)}.npz"
+    return Path(folder) / safe_name(model) / f"{safe_name(distortion)}.npz"
 
 
 def save_baseline(results: Sequence[ConditionResult], folder: str | os.PathLike, *, seed: int = 0,
@@ -321,7 +309,7 @@ def save_baseline(results: Sequence[ConditionResult], folder: str | os.PathLike,
     seed), written atomically. Levels already stored for that distortion and not in ``results`` are kept.
     Returns the files written.
     """
-    from .report import atomic_write
+    from ._io import atomic_write
 
     groups: dict[tuple[str, str], list[ConditionResult]] = {}
     for r in results:

@@ -39,16 +39,17 @@ import html
 import io
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
+from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
+from .report import read_predictions, read_results_json
 from .stats import wilson_interval
-from .report import atomic_write, read_predictions, read_results_json
 
 __all__ = [
     "ReportError", "RunData", "load_run", "find_runs", "relative_auc", "corruption_error",
@@ -302,7 +303,7 @@ def _ce_table(runs: Sequence[RunData], baseline: str | None) -> dict[str, dict[s
         if not levels:
             continue  # not measured by every run: left out (left_out_of_comparison says so)
 
-        def errors(run: RunData) -> tuple[np.ndarray, float]:
+        def errors(run: RunData, d: str = d, levels: list = levels) -> tuple[np.ndarray, float]:
             by_level = {r["level"]: r for r in run.curve(d)}
             clean = run.clean()
             return (np.array([1.0 - by_level[v]["top1"] for v in levels]),
@@ -457,8 +458,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
             condition = threshold.condition
             record = next((r for r in run.records if r["distortion"] == condition.distortion
                            and (condition.distortion == CLEAN or math.isclose(r["level"], float(condition.level)))), None)
-            bars = threshold.bars() if hasattr(threshold, "bars") else {
-                m: getattr(threshold, m) for m in ("top1", "top5") if getattr(threshold, m, None) is not None}
+            bars = threshold.bars()
             verdict = None
             if record is not None:
                 result = ConditionResult(run.model, record["distortion"], record["level"], record["top1"],
@@ -484,11 +484,8 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
 
 
 def _png_data_uri(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -506,14 +503,12 @@ def _jpeg_data_uri(image: np.ndarray, height: int = 120) -> str:
 def curves_figure(runs: Sequence[RunData]) -> str:
     """Top-1 (upper row) and top-5 (lower row) accuracy (%) vs level, one column per distortion, every
     run in one colour, 95% Wilson bands; clean accuracy dotted. Returns a PNG ``data:`` URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
     from matplotlib.ticker import MaxNLocator
 
     names = [d for d in DISTORTIONS if any(d in run.distortions() for run in runs)] or list(DISTORTIONS)
-    fig, axes = plt.subplots(2, len(names), figsize=(3.3 * len(names), 5.6), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.3 * len(names), 5.6))
+    axes = fig.subplots(2, len(names), sharey=True, squeeze=False)
     for row, metric in enumerate(("top1", "top5")):
         for col, name in enumerate(names):
             ax = axes[row][col]

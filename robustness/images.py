@@ -109,7 +109,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageLoadError(f"{source}: not an image file Pillow can read") from error
     except MemoryError:
         raise
-    except Exception as error:  # noqa: BLE001 - Pillow raises many types on corrupt input
+    except Exception as error:  # Pillow raises many types on corrupt input
         # OSError ("image file is truncated"), SyntaxError, EOFError, struct.error, IndexError,
         # DecompressionBombError/Warning, ...: every undecodable file is the same failure to callers.
         raise ImageLoadError(f"{source}: cannot decode image ({type(error).__name__}: {error})") from error

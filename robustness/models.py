@@ -35,15 +35,21 @@ import re
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
+
+from ._checks import is_number
+
+# The models folder and the weight files' names live in the torch-free module that `robustness list` reads.
+from .weights import DEFAULT_MODELS_DIR, MODELS_ENV_VAR, OFFLINE_ENV_VAR, WEIGHT_SOURCES, resolve_models_dir
 
 __all__ = [
     "Preprocessing",
@@ -62,9 +68,6 @@ __all__ = [
     "VGGCNNS",
 ]
 
-MODELS_ENV_VAR = "ROBUSTNESS_MODELS"
-OFFLINE_ENV_VAR = "ROBUSTNESS_OFFLINE"
-DEFAULT_MODELS_DIR = Path("..") / "shared" / "models"
 
 _INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -116,7 +119,7 @@ class Preprocessing:
             raise ValueError(f"preprocessing channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         for key in ("resize_size", "crop_size"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not float(value).is_integer():
+            if not is_number(value) or not float(value).is_integer():
                 raise ValueError(f"preprocessing {key} must be an integer number of pixels, got {value!r}")
             object.__setattr__(self, key, int(value))
         if not (0 < self.crop_size <= self.resize_size):
@@ -156,7 +159,7 @@ class Preprocessing:
                 f"mean {fmt(self.mean)}, std {fmt(self.std)} (0-255 scale)")
 
     @classmethod
-    def from_fields(cls, base: "Preprocessing | str | None" = None, **values: Any) -> "Preprocessing":
+    def from_fields(cls, base: Preprocessing | str | None = None, **values: Any) -> Preprocessing:
         """Build a preprocessing from explicit fields, optionally on top of a preset.
 
         Args:
@@ -244,7 +247,7 @@ PREPROCESSING_PRESETS: dict[str, Preprocessing] = {
 }
 
 
-def parse_preprocessing(description: "Preprocessing | str | Mapping[str, Any]") -> Preprocessing:
+def parse_preprocessing(description: Preprocessing | str | Mapping[str, Any]) -> Preprocessing:
     """Turn a preprocessing description into a :class:`Preprocessing`.
 
     Accepted forms:
@@ -391,7 +394,7 @@ MODELS: dict[str, ModelSpec] = {}
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def register_model(name: str, preprocessing: "Preprocessing | str | Mapping[str, Any]", description: str = "",
+def register_model(name: str, preprocessing: Preprocessing | str | Mapping[str, Any], description: str = "",
                    published: Mapping[str, float] | None = None):
     """Decorator registering a builder function under ``name``.
 
@@ -419,14 +422,6 @@ def register_model(name: str, preprocessing: "Preprocessing | str | Mapping[str,
 def list_models() -> list[str]:
     """Names of the registered models, sorted."""
     return sorted(MODELS)
-
-
-def resolve_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
-    """The folder holding shared weight files: ``models_dir``, else ``$ROBUSTNESS_MODELS``, else
-    ``../shared/models`` relative to the working directory (it need not exist)."""
-    if models_dir is None or str(models_dir) == "":
-        models_dir = os.environ.get(MODELS_ENV_VAR) or DEFAULT_MODELS_DIR
-    return Path(models_dir).expanduser()
 
 
 def _weights_file(filename: str, model: str) -> Path:
@@ -472,7 +467,7 @@ def _refused_globals(path: Path) -> list[str]:
                for item in _numpy_safe_globals() for name in ([item[1]] if isinstance(item, tuple) else [item])}
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint, or an old torch: the message then omits the list
+    except Exception:  # noqa: BLE001 - not a zip checkpoint, or an old torch: the message then omits the list
         return []
     return [name for name in found if name not in allowed]
 
@@ -509,7 +504,7 @@ def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Ten
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, zip errors, unsafe globals
+    except Exception as error:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals
         refused = _refused_globals(path)
         if refused:
             raise ModelError(
@@ -591,7 +586,7 @@ def _load_torchscript(path: str | os.PathLike, model: str) -> torch.nn.Module:
         warnings.simplefilter("ignore")
         try:
             return torch.jit.load(str(path), map_location="cpu")
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - torch.jit raises many types on a foreign file
             raise ModelError(f"model {model}: cannot load {path} as TorchScript ({error})") from None
 
 
@@ -633,7 +628,7 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
     with torch.inference_mode():
         try:
             out = classifier.net(probe)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a user's network may raise anything on a wrong input
             raise ModelError(
                 f"model {classifier.name}: a (1, {', '.join(map(str, classifier.preprocessing.input_size))}) float32 "
                 f"input (its preprocessing's crop_size) fails: {type(error).__name__}: {error}"
@@ -662,11 +657,11 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
 
 
 def load_model(
-    name: "str | os.PathLike | torch.nn.Module",
+    name: str | os.PathLike | torch.nn.Module,
     *,
     device: str | torch.device | None = None,
-    weights: "str | os.PathLike | None" = "default",
-    preprocessing: "Preprocessing | str | Mapping[str, Any] | None" = None,
+    weights: str | os.PathLike | None = "default",
+    preprocessing: Preprocessing | str | Mapping[str, Any] | None = None,
     arch: str | None = None,
     model_name: str | None = None,
     background_class: bool | None = None,
@@ -903,7 +898,7 @@ def _squeezenet1_0_caffe(weights="default") -> torch.nn.Module:
     if weights is None:
         return net
     if weights == "default":
-        weights = _weights_file("squeezenet1_0_caffe_deepcompression.pth", "squeezenet1_0_caffe")
+        weights = _weights_file(WEIGHT_SOURCES["squeezenet1_0_caffe"].location, "squeezenet1_0_caffe")
     return _load_into(net, weights, "squeezenet1_0_caffe")
 
 
@@ -921,7 +916,7 @@ def _mobilenet_v2_quantized(weights="default") -> torch.nn.Module:
     if weights != "default":
         raise ModelError("mobilenet_v2_quantized is a TorchScript file with its own weights; it has no random "
                          "initialisation and takes no state dict")
-    path = _weights_file("mobilenet_v2_quantized_torchscript.pt", "mobilenet_v2_quantized")
+    path = _weights_file(WEIGHT_SOURCES["mobilenet_v2_quantized"].location, "mobilenet_v2_quantized")
     net = _load_torchscript(path, "mobilenet_v2_quantized")
     net._robustness_digest = _file_digest(path)  # state_dict() of a quantized ScriptModule holds packed params
     return net
@@ -1015,7 +1010,7 @@ class VGGCNNS(torch.nn.Module):
 )
 def _vgg_cnn_s(weights="default") -> torch.nn.Module:
     if weights == "default":
-        path = resolve_models_dir() / "vgg_cnn_s.pth"
+        path = resolve_models_dir() / WEIGHT_SOURCES["vgg_cnn_s"].location
         if not path.is_file():
             raise FileNotFoundError(
                 f"vgg_cnn_s has no public PyTorch weights: convert VGG_CNN_S.caffemodel to a state dict "

@@ -7,15 +7,16 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from ._checks import is_number
 from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
 
-__all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "atomic_write",
-           "run_provenance", "write_predictions", "read_predictions"]
+__all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "run_provenance",
+           "write_predictions", "read_predictions"]
 
 
 def format_table(results: Sequence[ConditionResult]) -> str:
@@ -57,17 +58,17 @@ def read_results_json(path: str | os.PathLike) -> list[dict]:
     for index, record in enumerate(records):
         where = f"{path}: record {index} ({record.get('distortion')!r}, level {record.get('level')!r})"
         n = record["n"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_number(n, integer=True) or n < 1:
             raise ValueError(f"{where}: n must be an integer >= 1, got {n!r}")
         for key in ("top1", "top5"):
             value = record[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if not is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{where}: {key} must be a fraction in [0, 1], got {value!r}")
         level = record["level"]
-        if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
+        if not is_number(level) or not math.isfinite(level):
             raise ValueError(f"{where}: level must be a finite number, got {level!r}")
         misses = record.get("tolerance_misses", 0)  # absent in results written before it existed
-        if isinstance(misses, bool) or not isinstance(misses, int) or not 0 <= misses <= n:
+        if not is_number(misses, integer=True) or not 0 <= misses <= n:
             raise ValueError(f"{where}: tolerance_misses must be an integer in [0, n={n}], got {misses!r}")
     return records
 
@@ -77,10 +78,7 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
 
     Each model is one line; its clean top-1 is a dotted horizontal line. Written atomically as PNG.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
     from matplotlib.ticker import MaxNLocator
 
     records = [r.to_record() if isinstance(r, ConditionResult) else r for r in results]
@@ -92,7 +90,8 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
         else:
             by_model[r["model"]][r["distortion"]].append((r["level"], r["top1"]))
     names = list(DISTORTIONS)
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True)
+    fig = Figure(figsize=(4 * len(names), 3.6))
+    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, names):
         spec = DISTORTIONS[name]
         for index, model in enumerate(sorted(set(by_model) | set(clean))):
@@ -117,10 +116,7 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
         axes[-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=110)
     atomic_write(path, buffer.getvalue())  # the umask's mode, like every other output file
 
 

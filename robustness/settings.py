@@ -30,8 +30,9 @@ import argparse
 import difflib
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 __all__ = [
     "Setting", "SETTINGS", "Resolved", "SettingError", "resolve",

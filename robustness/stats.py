@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._checks import is_number
 
 __all__ = ["Z95", "wilson_interval", "McNemarResult", "mcnemar", "correct"]
 
@@ -25,7 +26,7 @@ Z95 = 1.959963984540054
 
 def _count(value, name: str) -> int:
     """``value`` as a Python int; refuses bools, floats (even ``3.0``), strings and anything non-integral."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+    if not is_number(value, integer=True):
         raise TypeError(f"{name} must be an integer count, got {value!r} ({type(value).__name__})")
     return int(value)
 
@@ -48,7 +49,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     successes, n = _count(successes, "successes"), _count(n, "n")
     if n < 0 or not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    if isinstance(z, bool) or not isinstance(z, numbers.Real) or not math.isfinite(z) or z <= 0:
+    if not is_number(z) or not math.isfinite(z) or z <= 0:
         raise ValueError(f"z must be a finite number > 0, got {z!r}")
     if n == 0:
         return (0.0, 1.0)
@@ -98,7 +99,7 @@ class McNemarResult:
         Raises:
             ValueError: ``alpha`` is not a number in ``(0, 1)`` (a NaN alpha would never fail).
         """
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
+        if not is_number(alpha) or not 0 < alpha < 1:
             raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
         return self.b > self.c and self.p_value < alpha
 

@@ -48,9 +48,10 @@ import difflib
 import io
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jsonschema
 
@@ -719,7 +720,7 @@ def update_thresholds_file(
     rt.dump(document, buffer)
     new_text = buffer.getvalue()
     if write:
-        from .report import atomic_write
+        from ._io import atomic_write
 
         atomic_write(path, new_text.encode("utf-8"))
     return old_text, new_text

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustness.stats import wilson_interval  # noqa: E402
-from robustness.models import MODELS, list_models  # noqa: E402
+from robustness.models import MODELS, list_models
+from robustness.stats import wilson_interval
 
 
 def row(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Conv-layer activations under blur and noise (issue 6): hooks, the per-layer numbers, the figure,
+"""Conv-layer activations under blur and noise: hooks, the per-layer numbers, the figure,
 and the paper's claim on one real image with EfficientNet-Lite0."""
 
 from __future__ import annotations
@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from robustness.activations import (
-    CHANGE_THRESHOLD, activation_study, capture_conv_outputs, conv_layers, format_layer_table, layer_changes,
-    plot_depth, plot_feature_maps,
+    CHANGE_THRESHOLD,
+    activation_study,
+    capture_conv_outputs,
+    conv_layers,
+    format_layer_table,
+    layer_changes,
+    plot_depth,
+    plot_feature_maps,
 )
 from robustness.models import Classifier, Preprocessing
 

@@ -9,14 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_evaluation import CONDITIONS, make_dataset, table, tiny_model, truncated_jpeg
 
 from robustness import cache as cache_module
 from robustness import distortions, evaluate
-from robustness.cache import (PROBE_IMAGES, CacheWarning, PredictionCache, default_cache_dir, resolve_cache,
-                              verification_sample_size)
+from robustness.cache import (
+    PROBE_IMAGES,
+    CacheWarning,
+    PredictionCache,
+    default_cache_dir,
+    resolve_cache,
+    verification_sample_size,
+)
 from robustness.datasets import load_dataset
-
-from test_evaluation import CONDITIONS, make_dataset, table, tiny_model, truncated_jpeg
 
 pytest_plugins = ["pytester"]
 
@@ -377,8 +382,9 @@ def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, mon
 
 
 def test_cli_run_uses_the_cache_and_no_cache_disables_it(tmp_path, monkeypatch, capsys):
-    from robustness import cli, models
     from test_evaluation import _TinyNet
+
+    from robustness import cli, models
 
     seen = []
 

@@ -1,5 +1,5 @@
-"""The prediction cache never answers for a changed model (issue 9 section 1), survives filesystems
-without ``flock`` and writes no carriage returns into CI logs (issue 9 section 6).
+"""The prediction cache never answers for a changed model, survives filesystems without ``flock`` and
+writes no carriage returns into CI logs.
 
 For each kind of change that leaves the network's tensors alone (edited ``forward``, a swapped
 parameter-free module, a plain attribute, another TorchScript graph, a dtype change, a device path
@@ -19,15 +19,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_evaluation import make_dataset, table
 
 from robustness import Classifier, Preprocessing, evaluate
 from robustness import cache as cache_module
-from robustness.cache import (PROBE_IMAGES, CacheWarning, PredictionCache, ProbeOutput, model_fingerprint, model_key,
-                              probe_difference, probe_images, probe_output, verification_sample_size)
+from robustness.cache import (
+    PROBE_IMAGES,
+    CacheWarning,
+    PredictionCache,
+    ProbeOutput,
+    model_fingerprint,
+    model_key,
+    probe_difference,
+    probe_images,
+    probe_output,
+    verification_sample_size,
+)
 from robustness.datasets import load_dataset
 from robustness.evaluation import LineProgress, progress_bar
-
-from test_evaluation import make_dataset, table
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-val-1024"
 CONDITIONS = {"contrast": [0.5]}  # plus clean: 2 conditions, cheap to distort

@@ -70,7 +70,7 @@ def test_lowest_pins_equal_the_declared_lower_bounds():
     """`lowest` tests the minimum pyproject.toml promises: each pin is that package's declared lower bound
     (compared as public versions: a local label such as ``+cpu`` names a build of the same release)."""
     pins, bounds = _pins(), _declared_lower_bounds()
-    for name in ("pytest", "pytest-xdist", "hypothesis", "pytest-benchmark", "selenium"):
+    for name in ("pytest", "pytest-xdist", "hypothesis", "pytest-benchmark", "selenium", "torch", "torchvision"):
         assert name in pins, f"{LOWEST.name} does not pin {name}"
         assert name in bounds, f"pyproject.toml declares no lower bound for {name}"
         assert Version(pins[name].public) == bounds[name], f"{name}: pinned {pins[name]}, declared >= {bounds[name]}"
@@ -94,8 +94,53 @@ def test_check_versions_accepts_the_installed_and_names_a_wrong_pin(tmp_path, ca
         check.pinned(loose)
 
 
+def test_torch_and_torchvision_are_ranges_not_pins():
+    """pyproject.toml gives torch and torchvision a range (lower bound = the `lowest` pin, checked above)
+    with an upper bound, not an exact pin, so a project that uses robustness can pick its torch."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for requirement in map(Requirement, project["dependencies"]):
+        if requirement.name in ("torch", "torchvision"):
+            operators = sorted(spec.operator for spec in requirement.specifier)
+            assert operators == ["<", ">="], f"{requirement}: want a range >=LOWEST,<NEXT_MAJOR"
+
+
+def _nox_sessions() -> list[str]:
+    """``nox.options.sessions`` as noxfile.py sets it (read from its text: nox need not be installed)."""
+    import ast
+
+    tree = ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "nox.options.sessions":
+            return ast.literal_eval(node.value)
+    raise AssertionError("noxfile.py sets no nox.options.sessions")
+
+
+def test_ci_runs_every_default_nox_session():
+    """.ci/run's `nox -s` list names every session `nox` runs by default (lint, lowest, latest, ...)."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    line = next(line for line in ci.splitlines() if "-m nox" in line and " -s " in line)
+    listed = line.split(" -s ", 1)[1].split(" --", 1)[0].split()
+    sessions = _nox_sessions()
+    assert {"lint", "lowest", "latest"} <= set(sessions)
+    assert set(sessions) <= set(listed), f".ci/run runs {listed}, noxfile.py's defaults are {sessions}"
+
+
 def test_ci_runs_both_nox_sessions_and_the_readme_says_so():
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "nox" in ci and "-s lowest latest" in ci
+    assert "nox" in ci  # the sessions it runs: test_ci_runs_every_default_nox_session
     readme_head = (ROOT / "README.md").read_text().split("\n## ", 1)[0]
     assert "nox -s lowest latest" in readme_head
+
+
+def test_pre_commit_runs_the_ruff_that_ci_runs():
+    """.pre-commit-config.yaml's ruff hook and the `lint` nox session use one ruff release (rules change
+    between releases, so a commit hook and CI that disagree would pass and fail the same tree)."""
+    from ruamel.yaml import YAML
+
+    config = YAML(typ="safe").load((ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    repo = next(r for r in config["repos"] if r["repo"].endswith("/ruff-pre-commit"))
+    noxfile = (ROOT / "noxfile.py").read_text(encoding="utf-8")
+    pinned = noxfile.split('RUFF = "ruff==', 1)[1].split('"', 1)[0]
+    assert repo["rev"] == f"v{pinned}"
+    assert "ruff-check" in {hook["id"] for hook in repo["hooks"]}

@@ -1,4 +1,4 @@
-"""Datasets (issue 4): folder layout, flat ILSVRC2012 validation folder + devkit, CSV manifests,
+"""Datasets: folder layout, flat ILSVRC2012 validation folder + devkit, CSV manifests,
 deterministic subsets. Images are symlinked from the shared set into temporary folders, never copied
 into the repository."""
 
@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robustness.datasets import (
-    DatasetError, ImageDataset, Sample, imagenet_wnids, load_dataset, read_devkit_labels, resolve_devkit_dir,
+    DatasetError,
+    ImageDataset,
+    Sample,
+    imagenet_wnids,
+    load_dataset,
+    read_devkit_labels,
+    resolve_devkit_dir,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -220,9 +220,10 @@ def test_truncated_jpeg_really_raises_because_pillow_is_strict(tmp_path):
     Checked after importing everything the package pulls in (a subprocess would cost ~10 s of
     torch import; in this process they are all imported already by the other test modules).
     """
-    import robustness.evaluation  # noqa: F401
-    import robustness.models  # noqa: F401
     import torchvision  # noqa: F401
+
+    import robustness.evaluation
+    import robustness.models  # noqa: F401
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     path = tmp_path / "cut.JPEG"

@@ -1,4 +1,4 @@
-"""`robustness run` end to end on a few real ImageNet validation images (issue 2)."""
+"""`robustness run` end to end on a few real ImageNet validation images."""
 
 import json
 

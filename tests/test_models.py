@@ -1,4 +1,4 @@
-"""Model registry, preprocessing and user models (issue 4).
+"""Model registry, preprocessing and user models.
 
 The preprocessing of every built-in model is checked against a reference pipeline written
 independently from the published specification (torchvision transforms on PIL images, Caffe's BGR
@@ -18,21 +18,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 from PIL import Image
 from torchvision import transforms as T
 
 import robustness
 from robustness.datasets import load_dataset
 from robustness.evaluation import evaluate
-pytest_plugins = ["pytester"]
-
 from robustness.models import (
-    MODELS, PREPROCESSING_PRESETS, VGGCNNS, Classifier, ModelError, Preprocessing, list_models, load_model,
-    parse_preprocessing, resolve_models_dir,
+    MODELS,
+    PREPROCESSING_PRESETS,
+    VGGCNNS,
+    Classifier,
+    ModelError,
+    Preprocessing,
+    list_models,
+    load_model,
+    parse_preprocessing,
+    resolve_models_dir,
 )
+
+pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imagenet-val-1024"

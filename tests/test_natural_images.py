@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from strategies import thorough
 
 from robustness import DISTORTIONS, distort, load_image, psnr
 from robustness.distortions import JPEG2000_PSNR_TOLERANCE_DB, jpeg2000_with_psnr
-from strategies import thorough
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,23 @@ from PIL import Image
 
 import robustness
 
+# isort: split
 # Imported here, outside the in-process pytester runs: modules first imported inside a run are
 # dropped afterwards and re-imported (and assertion-rewritten) by every run, which costs seconds —
 # and torch cannot be imported twice in one process. ``import robustness`` is lazy, so the modules
 # the gate loads are named here.
-import _pytest.stepwise  # noqa: E402,F401
-import hypothesis  # noqa: E402,F401
-import torch  # noqa: E402,F401
-import robustness.cache, robustness.evaluation, robustness.gate, robustness.models  # noqa: E402,F401
-import robustness.pytest_plugin, robustness.report, robustness.thresholds  # noqa: E402,F401
-from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PpmImagePlugin  # noqa: E402,F401
+import _pytest.stepwise  # noqa: F401
+import hypothesis  # noqa: F401
+import torch  # noqa: F401
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PpmImagePlugin  # noqa: F401
 
+import robustness.cache
+import robustness.evaluation
+import robustness.gate
+import robustness.models
+import robustness.pytest_plugin
+import robustness.report
+import robustness.thresholds
 from robustness.datasets import imagenet_wnids
 
 pytest_plugins = ["pytester"]
@@ -184,7 +190,7 @@ if "teamnet" not in list_models():   # in-process pytester runs share the regist
 
 
 def test_each_model_is_judged_as_itself(gate):
-    """Issue 9 §2: a fixture override supplies only the ``source: fixture`` entries."""
+    """A fixture override supplies only the ``source: fixture`` entries."""
     gate.makeconftest(CONFTEST + REGISTERED)
     gate.makefile(".yaml", thresholds=THRESHOLDS + "  teamnet:\n    clean: {top1: 0.0}\n")
     result = gate.runpytest("-v", "-m", "clean")
@@ -301,7 +307,10 @@ def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
     plain = gate.runpytest("-n", "2", "-p", "no:benchmark")   # the user's scheduling is left alone
     for result in (serial, grouped, plain):
         result.assert_outcomes(passed=2, failed=3)
-    rows = lambda r: sorted(line for line in r.stdout.lines if line.startswith("toy  "))
+
+    def rows(r):
+        return sorted(line for line in r.stdout.lines if line.startswith("toy  "))
+
     assert rows(serial) == rows(grouped) == rows(plain) and len(rows(serial)) == 4
     # --dist loadgroup: the two blur levels run on the same worker. xdist marks a grouped case by
     # appending "@<group>" to its node id; pytest 9.2 ignores that rewrite (pytest-xdist issue #1386,

@@ -1,5 +1,5 @@
-"""The gate fails closed, once, in words (issue 9 §3), resolves settings in one order (§5), and does
-not load torch into unrelated pytest runs (§4). Inner runs reuse test_plugin.py's toy gate."""
+"""The gate fails closed, once, in words, resolves settings in one order, and does not load torch into
+unrelated pytest runs. Inner runs reuse test_plugin.py's toy gate."""
 
 import os
 import subprocess
@@ -8,12 +8,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from test_plugin import CONFTEST, TEST, THRESHOLDS, gate, make_images  # noqa: F401  (gate is a fixture)
 
 import robustness
 from robustness import settings
 from robustness.settings import SettingError, resolve
-
-from test_plugin import CONFTEST, TEST, THRESHOLDS, gate, make_images  # noqa: F401  (gate is a fixture)
 
 pytest_plugins = ["pytester"]
 
@@ -143,7 +142,9 @@ def test_data_folder_precedence_in_the_gate(gate, monkeypatch):
     make_images(gate.path / "eight", n=8, wrong=0)
     make_images(gate.path / "six", n=6, wrong=0)
     make_images(gate.path / "four", n=4, wrong=0)
-    rows = lambda result: [line for line in result.stdout.lines if line.startswith("toy  clean")]
+    def rows(result):
+        return [line for line in result.stdout.lines if line.startswith("toy  clean")]
+
     assert "n=10" in rows(gate.runpytest("-m", "clean"))[0]                    # ini
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 4\n  dataset: four"))
     assert "n=4 " in rows(gate.runpytest("-m", "clean"))[0]                    # thresholds.yaml beats ini

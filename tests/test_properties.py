@@ -17,14 +17,6 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage, stats
-
-from robustness import DISTORTIONS, distort, psnr
-from robustness.distortions import (
-    JPEG2000_PSNR_TOLERANCE_DB,
-    distort_with_info,
-    gaussian_kernel,
-    jpeg2000_resolutions,
-)
 from strategies import (
     flat_colour_images,
     hoeffding_bound,
@@ -34,6 +26,14 @@ from strategies import (
     per_assertion_rate,
     seeds,
     two_sided_z,
+)
+
+from robustness import DISTORTIONS, distort, psnr
+from robustness.distortions import (
+    JPEG2000_PSNR_TOLERANCE_DB,
+    distort_with_info,
+    gaussian_kernel,
+    jpeg2000_resolutions,
 )
 
 NAMES = list(DISTORTIONS)

@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
+from strategies import images, levels, seeds
 from torchvision.transforms.v2 import functional as tvf
 
 from robustness import DISTORTIONS, distort, psnr
-from strategies import images, levels, seeds
 
 
 def blur_radius(sigma: float) -> int:

@@ -1,4 +1,4 @@
-"""The HTML report: its numbers, its inputs, its errors, and the page itself (issue 6).
+"""The HTML report: its numbers, its inputs, its errors, and the page itself.
 
 Run folders are built from synthetic predictions on real image ids (fast); one end-to-end test runs
 ``robustness run`` on three real images with EfficientNet-Lite0, then ``robustness report``.
@@ -16,9 +16,20 @@ import pytest
 
 from robustness.evaluation import ConditionResult
 from robustness.html_report import (
-    ReportError, build_report, class_changes, class_lists, corruption_error, corruption_errors, find_runs,
-    left_out_of_comparison, load_run, mean_corruption_errors, relative_auc, relative_corruption_error,
-    summary_table, threshold_verdicts,
+    ReportError,
+    build_report,
+    class_changes,
+    class_lists,
+    corruption_error,
+    corruption_errors,
+    find_runs,
+    left_out_of_comparison,
+    load_run,
+    mean_corruption_errors,
+    relative_auc,
+    relative_corruption_error,
+    summary_table,
+    threshold_verdicts,
 )
 from robustness.report import read_predictions, write_predictions, write_results_json
 

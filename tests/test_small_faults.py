@@ -1,4 +1,4 @@
-"""Issue 9 §6, one test per fault: file modes, numpy scalars in checkpoints, preprocessing strings in
+"""One test per small fault: file modes, numpy scalars in checkpoints, preprocessing strings in
 register_model, calibrate's --preprocessing / --name and its conftest hint, run --name, units named once
 and integer ticks for integer level grids."""
 
@@ -22,7 +22,7 @@ from robustness._io import atomic_write, new_file_mode
 from robustness.distortions import DISTORTIONS
 from robustness.evaluation import CLEAN, Condition, ConditionResult
 from robustness.gate import condition_label
-from robustness.models import MODELS, ModelError, PREPROCESSING_PRESETS, load_model, register_model
+from robustness.models import MODELS, PREPROCESSING_PRESETS, ModelError, load_model, register_model
 from robustness.report import format_table, plot_accuracy_vs_level, write_results_json
 
 # --------------------------------------------------------------------------------- file modes

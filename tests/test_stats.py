@@ -3,7 +3,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from robustness.evaluation import Condition, ConditionResult
 from robustness.gate import ThresholdFailure, check_threshold, judge, load_baseline, save_baseline

@@ -6,8 +6,14 @@ import textwrap
 import pytest
 
 from robustness.evaluation import Condition
-from robustness.thresholds import (ThresholdsError, calibrated_bars, load_thresholds, parse_thresholds,
-                                   thresholds_schema, update_thresholds_file)
+from robustness.thresholds import (
+    ThresholdsError,
+    calibrated_bars,
+    load_thresholds,
+    parse_thresholds,
+    thresholds_schema,
+    update_thresholds_file,
+)
 
 KNOWN = ["efficientnet_lite0"]
 

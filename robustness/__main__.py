@@ -1,0 +1,10 @@
+"""``python -m robustness``: the same command line as the ``robustness`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
