@@ -314,7 +314,10 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
             cache=_cache(pytestconfig), allow_fewer_images=robustness_thresholds.allow_fewer_images,
         )
     except _settings.SettingError as error:
-        pytest.fail(f"robustness: {error}", pytrace=False)
+        problem = str(error)
+    # failed outside the except block: inside it, pytest would print the error twice
+    # ("During handling of the above exception, another exception occurred")
+    pytest.fail(f"robustness: {problem}", pytrace=False)
 
 
 @pytest.fixture
@@ -345,12 +348,21 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
         if model is None:
             pytest.fail(f"robustness: the robustness_model fixture declined {threshold.model!r} (returned None); "
                         "supply the model or remove its entry", pytrace=False)
+        from .models import Classifier
+
+        if not isinstance(model, Classifier):
+            pytest.fail(f"robustness: the robustness_model fixture returned a {type(model).__name__}, not a "
+                        "robustness.Classifier; wrap the network with its preprocessing, e.g. "
+                        "robustness.load_model(net, preprocessing=...)", pytrace=False)
     else:
         model = robustness_session.model(threshold.model)
+    problem = None
     try:
         verdict = robustness_session.verdict(model, threshold)
     except GateError as error:
-        pytest.fail(f"robustness: {error}", pytrace=False)
+        problem = str(error)
+    if problem is not None:  # outside the except block: the error is printed once, not chained
+        pytest.fail(f"robustness: {problem}", pytrace=False)
     props = verdict.properties()
     props.append(("robustness_level_id", threshold.condition.id))
     if robustness_session.thresholds.path is not None:

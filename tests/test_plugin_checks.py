@@ -233,3 +233,27 @@ def test_check_device_without_a_gpu_here(monkeypatch):
     assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0"
     with pytest.raises(ValueError, match=r"\$ROBUSTNESS_DEVICE cuda:1: this machine has 1 CUDA device \(cuda:0..cuda:0\)"):
         check_device("cuda:1", "$ROBUSTNESS_DEVICE")
+
+
+# ---------------------------------------------------------------------------------- review fixes
+
+
+def test_unreadable_image_error_is_printed_once_per_case(gate):
+    """The GateError is not chained to pytest's failure ("During handling of the above exception")."""
+    corrupt_images(gate.path / "images")
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 12"))
+    result = gate.runpytest("-m", "clean or contrast")
+    result.assert_outcomes(errors=2, deselected=3)
+    text = result.stdout.str()
+    assert "During handling of the above exception" not in text, text
+    assert text.count("images asked for could be read") == 2, text
+
+
+def test_raw_module_from_the_model_fixture_is_named(gate):
+    gate.makeconftest(CONFTEST.replace('return Classifier(Toy(int(os.environ.get("TOY_BREAK_AT", "1000"))), pre, "toy")',
+                                       'return Toy(1000)'))
+    result = gate.runpytest("-m", "clean")
+    result.assert_outcomes(errors=1, deselected=4)
+    result.stdout.fnmatch_lines(["*robustness_model fixture returned a Toy, not a robustness.Classifier*"
+                                 "robustness.load_model(net, preprocessing=...)*"])
+    assert "preprocessing'" not in result.stdout.str() and "Traceback" not in result.stdout.str()
