@@ -208,7 +208,8 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     wanted = setup.images.value
     if wanted is not None and len(setup.dataset) < wanted and not thresholds.allow_fewer_images:
         setup.problems.append(
-            f"{setup.images.source} asks for {wanted} images, but {setup.dataset.root} holds only {len(setup.dataset)}: "
+            f"{setup.images.source} asks for {wanted} images, but {setup.dataset.root} (image folder from {data.source}) "
+            f"holds only {len(setup.dataset)}: "
             f"add images, lower the count, or allow it with 'defaults: {{allow_fewer_images: true}}' in {setup.thresholds_path}")
 
 
