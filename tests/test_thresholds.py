@@ -54,11 +54,12 @@ def test_relative_and_shared_settings(tmp_path):
           paired: {alpha: 0.01, metric: top5}
         models:
           efficientnet_lite0:
+            clean: {top1: 0.6}   # a relative bar needs an absolute clean bar for its metric
             jpeg:
               10: {top1_of_clean: 0.8, top1: 0.3}
     """)
     t = load_thresholds(path, known_models=KNOWN)
-    (entry,) = t.entries
+    _, entry = t.entries
     assert entry.relative and entry.bars() == {"top1": 0.3, "top1_of_clean": 0.8}
     assert t.dataset == str(tmp_path / "data/val")
     assert t.paired.alpha == 0.01 and t.paired.metric == "top5"
