@@ -55,6 +55,9 @@ class _State:
         self.rows: dict = {}
         self.updates: dict = {}
         self.skipped: dict[str, str] = {}
+        self.notes: dict[str, list[str]] = {}          # note -> case ids it applies to
+        self.below: list[str] = []                     # calibration: cases below their old bars
+        self.update_n: int | None = None               # calibration: fewest images a case was measured on
         self.markers: set[str] = set(marker_descriptions())
 
 
@@ -183,6 +186,12 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     except ThresholdsError as error:
         setup.problems.append(str(error))
         return
+    paired = thresholds.paired
+    if paired is not None and not paired.baseline.is_dir() and not config.getoption("--robustness-update-thresholds"):
+        setup.problems.append(
+            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist, "
+            "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
+            "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired")
     for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin"):
         try:  # malformed variables or ini values: named here, once, not in every case
             _resolve(config, name)
@@ -208,7 +217,8 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     wanted = setup.images.value
     if wanted is not None and len(setup.dataset) < wanted and not thresholds.allow_fewer_images:
         setup.problems.append(
-            f"{setup.images.source} asks for {wanted} images, but {setup.dataset.root} holds only {len(setup.dataset)}: "
+            f"{setup.images.source} asks for {wanted} images, but {setup.dataset.root} (image folder from {data.source}) "
+            f"holds only {len(setup.dataset)}: "
             f"add images, lower the count, or allow it with 'defaults: {{allow_fewer_images: true}}' in {setup.thresholds_path}")
 
 
@@ -314,7 +324,10 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
             cache=_cache(pytestconfig), allow_fewer_images=robustness_thresholds.allow_fewer_images,
         )
     except _settings.SettingError as error:
-        pytest.fail(f"robustness: {error}", pytrace=False)
+        problem = str(error)
+    # failed outside the except block: inside it, pytest would print the error twice
+    # ("During handling of the above exception, another exception occurred")
+    pytest.fail(f"robustness: {problem}", pytrace=False)
 
 
 @pytest.fixture
@@ -345,12 +358,21 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
         if model is None:
             pytest.fail(f"robustness: the robustness_model fixture declined {threshold.model!r} (returned None); "
                         "supply the model or remove its entry", pytrace=False)
+        from .models import Classifier
+
+        if not isinstance(model, Classifier):
+            pytest.fail(f"robustness: the robustness_model fixture returned a {type(model).__name__}, not a "
+                        "robustness.Classifier; wrap the network with its preprocessing, e.g. "
+                        "robustness.load_model(net, preprocessing=...)", pytrace=False)
     else:
         model = robustness_session.model(threshold.model)
+    problem = None
     try:
         verdict = robustness_session.verdict(model, threshold)
     except GateError as error:
-        pytest.fail(f"robustness: {error}", pytrace=False)
+        problem = str(error)
+    if problem is not None:  # outside the except block: the error is printed once, not chained
+        pytest.fail(f"robustness: {problem}", pytrace=False)
     props = verdict.properties()
     props.append(("robustness_level_id", threshold.condition.id))
     if robustness_session.thresholds.path is not None:
@@ -365,7 +387,8 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
         props.append(("robustness_skipped_images", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
     request.node.user_properties.extend(props)
     if pytestconfig.getoption("--robustness-update-thresholds"):
-        _store_baseline(robustness_session, threshold)
+        if not _too_few(robustness_session.thresholds, verdict.n):
+            _store_baseline(robustness_session, threshold)
         pytest.skip("--robustness-update-thresholds: measured; thresholds are rewritten at the end of the run\n"
                     + verdict.message())
     return verdict
@@ -375,6 +398,11 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
 def robustness_result(robustness_verdict):
     """The measured :class:`robustness.ConditionResult` for this case."""
     return robustness_verdict.result
+
+
+def _too_few(thresholds, n: int) -> bool:
+    """Whether ``n`` images fall short of the file's ``defaults.images`` (and the file does not allow it)."""
+    return thresholds.images is not None and n < thresholds.images and not thresholds.allow_fewer_images
 
 
 def _store_baseline(session, threshold) -> None:
@@ -413,9 +441,15 @@ class _Reporter:
             config = self.config
             state = config.stash[_STATE]
             outcome = report.outcome
+            case = f"{props['robustness_model']} {props.get('robustness_level_id', props['robustness_distortion'])}"
             if report.when == "setup" and report.skipped and config.getoption("--robustness-update-thresholds"):
                 outcome = "measured"
                 _record_update(config, props)
+                if props.get("robustness_passed") is False:
+                    state.below.append(case)
+            for name, value in report.user_properties:
+                if name == "robustness_note":
+                    state.notes.setdefault(str(value), []).append(case)
             key = (props["robustness_model"], props["robustness_distortion"])
             state.rows.setdefault(key, {})[props["robustness_level"]] = (props, outcome)
             for entry in str(props.get("robustness_skipped_images", "")).split("; "):
@@ -430,6 +464,9 @@ def _record_update(config: pytest.Config, props: dict) -> None:
     path = props.get("robustness_thresholds_file")
     if not path:
         return
+    state = config.stash[_STATE]
+    n = int(props["robustness_n"])
+    state.update_n = n if state.update_n is None else min(n, state.update_n)
     model = props["robustness_model"]
     distortion = props["robustness_distortion"]
     level = 0 if distortion == CLEAN else float(props["robustness_level"])
@@ -458,9 +495,11 @@ def _cell(level_id: str, props: dict, outcome: str) -> str:
     return text
 
 
-def summary_lines(rows: dict, skipped: dict[str, str] | None = None) -> list[str]:
+def summary_lines(rows: dict, skipped: dict[str, str] | None = None,
+                  notes: dict[str, list[str]] | None = None) -> list[str]:
     """The summary table from ``{(model, distortion): {level: (props, outcome)}}``, then one line per
-    unreadable image left out (``skipped``: image id -> reason)."""
+    unreadable image left out (``skipped``: image id -> reason), then the cases' notes (``notes``:
+    note -> case ids, e.g. why a configured paired check did not run)."""
     if not rows:
         return []
     order = {CLEAN: -1} | {name: i for i, name in enumerate(DISTORTION_NAMES)}
@@ -483,6 +522,8 @@ def summary_lines(rows: dict, skipped: dict[str, str] | None = None) -> list[str
     if skipped:
         lines.append(f"skipped {len(skipped)} unreadable image(s), left out of every condition:")
         lines += [f"  {image}: {message}" for image, message in sorted(skipped.items())]
+    for note, cases in (notes or {}).items():
+        lines.append(f"note ({len(cases)} case(s): {', '.join(cases)}): {note}")
     return lines
 
 
@@ -492,15 +533,64 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     state = config.stash.get(_STATE, None)
     if state is None:
         return
-    lines = summary_lines(state.rows, state.skipped)
+    lines = summary_lines(state.rows, state.skipped, state.notes)
     if lines:
+        lines += _sample_notes(config, state.rows)
         terminalreporter.write_sep("=", "robustness gate")
         for line in lines:
             red = " FAIL" in line
             terminalreporter.write_line(line, red=red, green=not red and "  pass  " in line,
-                                        yellow=line.startswith(("skipped", "  ")))
+                                        yellow=line.startswith(("skipped", "  ", "note")))
     if config.getoption("--robustness-update-thresholds"):
+        if state.rows:
+            below = (f"; {len(state.below)} case(s) were below their old bars: {', '.join(state.below)}"
+                     if state.below else "; every case met its old bars")
+            terminalreporter.write_line(f"CALIBRATION RUN (--robustness-update-thresholds): no gate case could fail{below}",
+                                        red=True, bold=True)
         _write_updates(terminalreporter, config)
+
+
+def _file_images(config: pytest.Config, path: str):
+    """``(thresholds, images setting)`` for the thresholds file ``path``: its ``defaults.images`` and
+    allow_fewer_images, and where this run's image count came from (``None`` if the file cannot be read)."""
+    from .thresholds import ThresholdsError, load_thresholds
+
+    setup = config.stash[_STATE].setup
+    if setup is not None and setup.thresholds is not None and str(setup.thresholds_path) == str(path):
+        thresholds = setup.thresholds
+    else:  # e.g. the xdist controller, which collects nothing
+        try:
+            thresholds = load_thresholds(path, allow_unregistered=True)
+        except ThresholdsError:
+            return None
+    try:
+        images = _resolve(config, "images", file=thresholds.images, file_name=Path(path).name)
+    except _settings.SettingError:
+        return None
+    return thresholds, images
+
+
+def _sample_notes(config: pytest.Config, rows: dict) -> list[str]:
+    """A note when the cases were measured on fewer images than the thresholds file's ``defaults.images``,
+    naming where the smaller count came from (``$ROBUSTNESS_IMAGES``, ``--robustness-images``, ...)."""
+    lines = []
+    by_file: dict[str, int] = {}
+    for cells in rows.values():
+        for props, _ in cells.values():
+            path, n = props.get("robustness_thresholds_file"), props.get("robustness_n")
+            if path and isinstance(n, int):
+                by_file[path] = min(n, by_file.get(path, n))
+    for path, n in by_file.items():
+        found = _file_images(config, path)
+        if found is None:
+            continue
+        thresholds, images = found
+        if thresholds.images is not None and n < thresholds.images:
+            why = (f"{images.source} asks for {images.value}" if images.value is not None and images.value < thresholds.images
+                   else "the image folder holds fewer (defaults.allow_fewer_images)")
+            lines.append(f"note: measured on n={n} images per condition, fewer than defaults.images: "
+                         f"{thresholds.images} in {path} ({why})")
+    return lines
 
 
 def _write_updates(terminalreporter, config: pytest.Config) -> None:
@@ -522,6 +612,16 @@ def _write_updates(terminalreporter, config: pytest.Config) -> None:
     for (path, model), measured in updates.items():
         by_file[path].append((model, measured))
     for path, models in by_file.items():
+        found = _file_images(config, path)
+        n = config.stash[_STATE].update_n
+        if found is not None and _too_few(found[0], n):
+            thresholds, images = found
+            terminalreporter.write_line(
+                f"robustness: {path} NOT updated: measured on n={n} images per condition ({images.source} asks for "
+                f"{images.value}), fewer than its defaults.images: {thresholds.images}; bars from fewer images would "
+                "not hold for the gate's sample. Rerun with the full count, or set "
+                "'defaults: {allow_fewer_images: true}'", red=True)
+            continue
         before = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
         for model, measured in models:
             update_thresholds_file(path, model, measured, margin=margin)

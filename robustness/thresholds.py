@@ -27,7 +27,9 @@ Conventions:
 * Accuracies are **fractions in [0, 1]** (72% is ``0.72``), never percent.
 * ``top1`` / ``top5`` are absolute minimums; ``top1_of_clean`` / ``top5_of_clean`` are minimums
   relative to the same run's clean accuracy of that model (``0.8`` = keep 80% of clean). A level may
-  combine them; every bar given must hold. A result equal to its bar passes.
+  combine them; every bar given must hold. A result equal to its bar passes. A relative bar needs an
+  absolute ``clean`` bar for its metric in the same model (otherwise a model with clean accuracy 0%
+  would pass it), and the file is refused without one.
 * Levels must be on the distortion's paper grid (``robustness.DISTORTIONS[name].levels``), written
   as numbers (``blur: {3: ...}``, ``contrast: {0.5: ...}``).
 * The file is read as YAML 1.2 (core schema, ruamel.yaml): ``5e-1`` is the number 0.5, ``010`` is
@@ -541,9 +543,36 @@ def _validate(data: Any, document: _Document, source: str | None, known_models: 
             if (problem.key, problem.message) not in seen:
                 seen.add((problem.key, problem.message))
                 problems.append(problem)
+        if not problems:
+            problems += _relative_without_clean(data, document)
     if problems:
         problems.sort(key=lambda p: (p.line is None, p.line or 0, p.key))
         raise ThresholdsError(source, problems)
+
+
+def _relative_without_clean(data: dict, document: _Document) -> list[Problem]:
+    """Every ``*_of_clean`` bar of a model whose ``clean`` entry has no absolute bar for that metric.
+
+    A relative bar alone passes a broken model: with clean top-1 0% the required accuracy is
+    ``bar x 0 = 0``. The absolute clean bar is what catches it.
+    """
+    problems = []
+    for model, spec in data["models"].items():
+        clean = spec.get(CLEAN) or {}
+        for distortion, levels in spec.items():
+            if distortion in (CLEAN, "source"):
+                continue
+            for level, bars in levels.items():
+                for key in bars:
+                    metric = key.replace("_of_clean", "")
+                    if key in RELATIVE_METRICS and metric not in clean:
+                        path = ("models", model, distortion, level, key)
+                        problems.append(Problem(
+                            document.line(path), _dotted(path),
+                            f"a bar relative to clean needs an absolute clean bar for {metric}: add "
+                            f"'clean: {{{metric}: ...}}' to models.{model} (alone, {key} passes a model whose "
+                            f"clean {metric} is 0%: required = {bars[key]:g} x 0)"))
+    return problems
 
 
 def parse_thresholds_text(text: str, source: str | os.PathLike | None = None, *,

@@ -55,7 +55,8 @@ def test_fewer_images_than_asked_fail_unless_the_file_allows_it(gate):
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 16"))
     one_collection_error(gate.runpytest(), "*thresholds.yaml defaults.images asks for 16 images, but * holds only 10*"
                                            "allow_fewer_images: true*")
-    one_collection_error(gate.runpytest("--robustness-images=12"), "*--robustness-images asks for 12 images*")
+    one_collection_error(gate.runpytest("--robustness-images=12"), "*--robustness-images asks for 12 images*"
+                                                                   "(image folder from ini robustness_data)*")
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 16\n  allow_fewer_images: true"))
     result = gate.runpytest()
     result.assert_outcomes(passed=5)
@@ -234,3 +235,80 @@ def test_check_device_without_a_gpu_here(monkeypatch):
     assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0"
     with pytest.raises(ValueError, match=r"\$ROBUSTNESS_DEVICE cuda:1: this machine has 1 CUDA device \(cuda:0..cuda:0\)"):
         check_device("cuda:1", "$ROBUSTNESS_DEVICE")
+
+
+# ---------------------------------------------------------------------------------- review fixes
+
+
+def test_unreadable_image_error_is_printed_once_per_case(gate):
+    """The GateError is not chained to pytest's failure ("During handling of the above exception")."""
+    corrupt_images(gate.path / "images")
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 12"))
+    result = gate.runpytest("-m", "clean or contrast")
+    result.assert_outcomes(errors=2, deselected=3)
+    text = result.stdout.str()
+    assert "During handling of the above exception" not in text, text
+    assert text.count("images asked for could be read") == 2, text
+
+
+def test_raw_module_from_the_model_fixture_is_named(gate):
+    gate.makeconftest(CONFTEST.replace('return Classifier(Toy(int(os.environ.get("TOY_BREAK_AT", "1000"))), pre, "toy")',
+                                       'return Toy(1000)'))
+    result = gate.runpytest("-m", "clean")
+    result.assert_outcomes(errors=1, deselected=4)
+    result.stdout.fnmatch_lines(["*robustness_model fixture returned a Toy, not a robustness.Classifier*"
+                                 "robustness.load_model(net, preprocessing=...)*"])
+    assert "preprocessing'" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+
+
+def test_paired_check_without_its_baseline_is_never_silent(gate):
+    """Review §2: a missing baseline folder fails collection; a missing baseline shows under the table."""
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace(
+        "  images: 10\n", "  images: 10\n  paired: {alpha: 0.05, baseline: nonexistent-dir}\n"))
+    one_collection_error(gate.runpytest("-m", "clean"),
+                         "*sets defaults.paired, but its baseline folder *nonexistent-dir does not exist*")
+    (gate.path / "nonexistent-dir").mkdir()   # the folder, but no baseline for toy in it
+    result = gate.runpytest("-m", "clean or blur")
+    result.assert_outcomes(passed=3, deselected=2)
+    result.stdout.fnmatch_lines(["*= robustness gate =*", "toy  clean *pass*",
+                                 "note (3 case(s): toy clean, toy blur-s1, toy blur-s2): paired check skipped: "
+                                 "no stored baseline for this model and condition*"])
+
+
+def test_calibration_run_says_no_case_could_fail_and_which_were_below(gate, monkeypatch):
+    """Review §5: --robustness-update-thresholds exits 0, and says so loudly, listing the cases below their bars."""
+    monkeypatch.setenv("TOY_BREAK_AT", "7")   # top-1 60%: clean (bar 70%) and blur s1 (70%) below, s2 (0.9 x 60%) not
+    result = gate.runpytest("-m", "clean or blur", "--robustness-update-thresholds")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["CALIBRATION RUN (--robustness-update-thresholds): no gate case could fail; "
+                                 "2 case(s) were below their old bars: toy clean, toy blur-s1"])
+    monkeypatch.delenv("TOY_BREAK_AT")
+    result = gate.runpytest("-m", "clean", "--robustness-update-thresholds")
+    result.stdout.fnmatch_lines(["CALIBRATION RUN *: no gate case could fail; every case met its old bars"])
+
+
+def test_calibration_from_fewer_images_than_the_file_asks_is_refused(gate):
+    """Review §6: bars measured on n=4 are not written into a file with images: 10 (nor a baseline stored)."""
+    before = (gate.path / "thresholds.yaml").read_text()
+    result = gate.runpytest("-m", "clean", "--robustness-images=4", "--robustness-update-thresholds")
+    result.stdout.fnmatch_lines(["*thresholds.yaml NOT updated: measured on n=4 images per condition "
+                                 "(--robustness-images asks for 4), fewer than its defaults.images: 10*"])
+    assert (gate.path / "thresholds.yaml").read_text() == before
+    assert not (gate.path / "robustness-baseline").exists()
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 10\n  allow_fewer_images: true"))
+    result = gate.runpytest("-m", "clean", "--robustness-images=4", "--robustness-update-thresholds")
+    result.stdout.fnmatch_lines(["*robustness thresholds updated*", "+    clean: {top1: 0.95}"])
+    assert "NOT updated" not in result.stdout.str()
+
+
+def test_a_smaller_sample_than_the_file_asks_is_noted_with_its_source(gate, monkeypatch):
+    """Review §7: $ROBUSTNESS_IMAGES=3 under images: 10 is named under the table, not only as n=3."""
+    monkeypatch.setenv("ROBUSTNESS_IMAGES", "3")
+    result = gate.runpytest("-m", "clean")
+    result.assert_outcomes(passed=1, deselected=4)
+    result.stdout.fnmatch_lines(["toy  clean *n=3 *", "note: measured on n=3 images per condition, fewer than "
+                                 "defaults.images: 10 in *thresholds.yaml ($ROBUSTNESS_IMAGES asks for 3)"])
+    monkeypatch.delenv("ROBUSTNESS_IMAGES")
+    result = gate.runpytest("-m", "clean", "--robustness-images=5")
+    result.stdout.fnmatch_lines(["note: measured on n=5 * (--robustness-images asks for 5)"])
+    assert "note: measured" not in gate.runpytest("-m", "clean").stdout.str()

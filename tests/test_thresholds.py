@@ -60,11 +60,12 @@ def test_relative_and_shared_settings(tmp_path):
           paired: {alpha: 0.01, metric: top5}
         models:
           efficientnet_lite0:
+            clean: {top1: 0.6}   # a relative bar needs an absolute clean bar for its metric
             jpeg:
               10: {top1_of_clean: 0.8, top1: 0.3}
     """)
     t = load_thresholds(path, known_models=KNOWN)
-    (entry,) = t.entries
+    _, entry = t.entries
     assert entry.relative and entry.bars() == {"top1": 0.3, "top1_of_clean": 0.8}
     assert t.dataset == str(tmp_path / "data/val")
     assert t.paired.alpha == 0.01 and t.paired.metric == "top5"
@@ -232,6 +233,7 @@ def test_calibrate_cli_writes_thresholds_diff_and_baseline(tmp_path, capsys):
           efficientnet_lite0:
             clean: {top1: 0.7}   # untouched
           _toy_calibrate:
+            clean: {top1: 0.1}   # the relative bar below needs an absolute clean bar
             blur:
               1: {top1: 0.1}
               2: {top1_of_clean: 0.5}
@@ -385,3 +387,16 @@ def test_repository_gate_has_no_case_that_cannot_fail_and_a_committed_baseline()
         assert baseline is not None, f"{entry.id}: no committed baseline"
         assert float(entry.condition.level) in baseline.levels and baseline.seed == t.seed
         assert len(baseline.image_ids) == t.images
+
+
+def test_relative_bar_needs_an_absolute_clean_bar_for_its_metric(tmp_path):
+    """Review §3: ``blur: {2: {top1_of_clean: 0.9}}`` alone passes a model with clean 0% (0.9 x 0 = 0)."""
+    error = error_for(tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      2: {top1_of_clean: 0.9}\n")
+    assert (error.line, error.key) == (4, "models.efficientnet_lite0.blur.2.top1_of_clean") and len(error.problems) == 1
+    assert "needs an absolute clean bar for top1" in str(error) and "'clean: {top1: ...}'" in str(error)
+    # a clean bar for the other metric is not enough; one for the same metric is
+    error = error_for(tmp_path, "models:\n  efficientnet_lite0:\n    clean: {top5: 0.8}\n"
+                                "    blur:\n      2: {top1_of_clean: 0.9, top5_of_clean: 0.9}\n")
+    assert [p.key for p in error.problems] == ["models.efficientnet_lite0.blur.2.top1_of_clean"]
+    path = write(tmp_path, "models:\n  efficientnet_lite0:\n    clean: {top1: 0.5}\n    blur:\n      2: {top1_of_clean: 0.9}\n")
+    assert load_thresholds(path, known_models=KNOWN).entries[1].top1_of_clean == 0.9
