@@ -130,3 +130,15 @@ def test_readme_front_page():
         p.name for p in DOCS.glob("*.md") if p.name != "index.md"}
     for link in links:
         assert (ROOT / link).is_file(), link
+
+
+def test_readme_settings_table_is_the_gating_pages():
+    """The precedence table appears on the front page and in docs/gating.md: the two must not drift."""
+    def table(path):
+        lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("| setting | pytest flag"))
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+        return lines[start:end]
+
+    assert len(table("README.md")) == 11
+    assert table("README.md") == table("docs/gating.md")
