@@ -244,7 +244,7 @@ def test_unreadable_image_error_is_printed_once_per_case(gate):
     """The GateError is not chained to pytest's failure ("During handling of the above exception")."""
     corrupt_images(gate.path / "images")
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 12"))
-    result = gate.runpytest("-m", "clean or contrast")
+    result = gate.runpytest("-rN", "-m", "clean or contrast")  # -rN: pytest 8.0 repeats errors in the short summary
     result.assert_outcomes(errors=2, deselected=3)
     text = result.stdout.str()
     assert "During handling of the above exception" not in text, text
