@@ -41,6 +41,7 @@ from .cache import (
     resolve_cache,
     verification_sample_size,
 )
+from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
@@ -48,28 +49,6 @@ from .models import Classifier, load_model
 
 __all__ = ["Condition", "ConditionResult", "evaluate", "conditions_for", "image_seed", "CLEAN",
            "SkippedImagesWarning", "default_num_workers", "LineProgress", "progress_bar"]
-
-CLEAN = "clean"
-
-
-@dataclass(frozen=True, order=True)
-class Condition:
-    """A (distortion, level) pair; ``Condition("clean", 0)`` is the undistorted image."""
-
-    distortion: str
-    level: float
-
-    def __post_init__(self):
-        if self.distortion != CLEAN:
-            get_distortion(self.distortion).check_level(self.level)
-
-    @property
-    def id(self) -> str:
-        """Readable id: ``clean``, ``blur-s3``, ``noise-50``, ``jpeg-q10``, ``jpeg2000-30db``, ``contrast-0.8``."""
-        if self.distortion == CLEAN:
-            return CLEAN
-        return get_distortion(self.distortion).level_id(self.level)
-
 
 @dataclass
 class ConditionResult:

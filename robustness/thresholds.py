@@ -57,8 +57,8 @@ from typing import Any
 
 import jsonschema
 
+from .conditions import CLEAN, Condition
 from .distortions import DISTORTIONS
-from .evaluation import CLEAN, Condition
 
 __all__ = [
     "Threshold",
