@@ -3,7 +3,7 @@
     pip install nox && nox -s lint lowest latest docs   # what .ci/run runs
     nox -s lowest latest                                # the test matrix
     nox -s lowest -- tests/test_stats.py -x             # arguments after -- go to pytest
-    nox -s lint                                         # ruff check (rules: pyproject.toml [tool.ruff])
+    nox -s lint                                         # ruff check + ruff format --check (pyproject.toml [tool.ruff])
     nox -s docs                                         # the documentation site, mkdocs build --strict
 
 Each session builds a fresh virtualenv (``nox.options.reuse_venv = "no"``), so a green run never
@@ -15,7 +15,7 @@ depends on what the machine had preinstalled:
   ``.ci/check_versions.py``;
 * ``latest``: ``pip install --upgrade --upgrade-strategy eager -e '.[dev]'``, the newest versions pip
   can install;
-* ``lint``: ``ruff check`` of the whole tree with the rules of ``[tool.ruff]`` (the ruff version is
+* ``lint``: ``ruff check`` and ``ruff format --check`` of the whole tree with the settings of ``[tool.ruff]`` (the ruff version is
   :data:`RUFF`, the one ``.pre-commit-config.yaml`` names; a test checks that they agree).
 
 The two test sessions print ``pytest --version`` and the test tools' versions and run
@@ -39,8 +39,19 @@ LOWEST_CONSTRAINTS = ".ci/constraints-lowest.txt"
 #: The ruff release the lint session and the pre-commit hook run (rules can change between releases).
 RUFF = "ruff==0.16.9"
 #: Distributions whose versions head each session's log.
-TEST_TOOLS = ("pytest", "pytest-xdist", "execnet", "hypothesis", "pytest-benchmark", "pluggy", "selenium",
-              "torch", "torchvision", "numpy", "pillow")
+TEST_TOOLS = (
+    "pytest",
+    "pytest-xdist",
+    "execnet",
+    "hypothesis",
+    "pytest-benchmark",
+    "pluggy",
+    "selenium",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pillow",
+)
 #: Quiet installs; a failed install still prints pip's error.
 PIP_QUIET = ("--quiet", "--disable-pip-version-check", "--progress-bar", "off")
 
@@ -52,15 +63,27 @@ def _canonical(name: str) -> str:
 def _run_tests(session: nox.Session) -> None:
     """Print the versions under test, then run pytest with warnings as errors."""
     session.run("python", "-m", "pytest", "--version")
-    freeze = session.run("python", "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check",
-                         silent=True) or ""
+    freeze = (
+        session.run("python", "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check", silent=True) or ""
+    )
     wanted = {_canonical(name) for name in TEST_TOOLS}
     lines = [line for line in freeze.splitlines() if _canonical(line.split("==")[0]) in wanted]
     session.log("test tools: " + ", ".join(lines))
     # Interpreter-level -W error (PYTHONWARNINGS reaches xdist workers too): pytest applies its ini
     # filterwarnings on top of it, so the project's own ignores still hold while everything else fails.
-    session.run("python", "-W", "error", "-m", "pytest", "-W", "error::pytest.PytestWarning", "-p", "no:cacheprovider",
-                *session.posargs, env={"PYTHONWARNINGS": "error", "HF_HUB_OFFLINE": "1"})
+    session.run(
+        "python",
+        "-W",
+        "error",
+        "-m",
+        "pytest",
+        "-W",
+        "error::pytest.PytestWarning",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={"PYTHONWARNINGS": "error", "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @nox.session
@@ -80,10 +103,11 @@ def latest(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """``ruff check`` of the whole tree (rules: ``[tool.ruff]`` in pyproject.toml); no install of the project."""
+    """``ruff check`` and ``ruff format --check`` of the whole tree (``[tool.ruff]`` in pyproject.toml); no install."""
     session.install(*PIP_QUIET, RUFF)
     session.run("ruff", "--version")
     session.run("ruff", "check", "--no-cache", ".")
+    session.run("ruff", "format", "--check", "--no-cache", ".")
 
 
 @nox.session

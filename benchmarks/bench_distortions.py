@@ -84,10 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=os.environ.get("ROBUSTNESS_DATA", "../shared/data/imagenet-val-1024"))
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--jpeg2000-images", type=int, default=48, help="images for the JPEG 2000 rows (encodes vary per image)")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: our numpy/scipy/Pillow paths are single-threaded, "
-                             "and torch's OpenMP pool is erratic on a loaded machine)")
+    parser.add_argument(
+        "--jpeg2000-images", type=int, default=48, help="images for the JPEG 2000 rows (encodes vary per image)"
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: our numpy/scipy/Pillow paths are single-threaded, "
+        "and torch's OpenMP pool is erratic on a loaded machine)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
 
@@ -99,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     j2k_step = max(1, len(paths) // args.jpeg2000_images)
     j2k_images = [load_image(p) for p in paths[::j2k_step][: args.jpeg2000_images]]
     sizes = sorted({f"{i.shape[1]}x{i.shape[0]}" for i in images})
-    print(f"{len(images)} images ({', '.join(sizes[:4])}{', ...' if len(sizes) > 4 else ''}); "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats} per image\n")
+    print(
+        f"{len(images)} images ({', '.join(sizes[:4])}{', ...' if len(sizes) > 4 else ''}); "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats} per image\n"
+    )
     print("| distortion | level | ours (ms/image) | reference | reference (ms/image) | ratio |")
     print("| --- | --- | ---: | --- | ---: | ---: |")
     for name, spec in DISTORTIONS.items():
@@ -112,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                     start = time.perf_counter()
                     encodes.append(jpeg2000_with_psnr(image, level)[2])
                     ours.append(time.perf_counter() - start)
-                print(f"| {name} | {level_id} | {1e3 * np.mean(ours):.1f} | (none; encodes per image) | "
-                      f"{np.mean(encodes):.2f} (max {max(encodes)}, {len(j2k_images)} images) | - |")
+                print(
+                    f"| {name} | {level_id} | {1e3 * np.mean(ours):.1f} | (none; encodes per image) | "
+                    f"{np.mean(encodes):.2f} (max {max(encodes)}, {len(j2k_images)} images) | - |"
+                )
                 continue
             label, reference = REFERENCES[name]
             ours, theirs = [], []
@@ -122,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 ours.append(best_time(lambda: distort(image, name, level, seed=1), args.repeats))  # noqa: B023
                 theirs.append(best_time(lambda: reference(image, level), args.repeats))  # noqa: B023
             ratio = np.mean(ours) / np.mean(theirs)
-            print(f"| {name} | {level_id} | {1e3 * np.mean(ours):.2f} | {label} | {1e3 * np.mean(theirs):.2f} | {ratio:.2f} |")
+            print(
+                f"| {name} | {level_id} | {1e3 * np.mean(ours):.2f} | {label} | {1e3 * np.mean(theirs):.2f} | {ratio:.2f} |"
+            )
     return 0
 
 

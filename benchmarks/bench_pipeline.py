@@ -67,8 +67,16 @@ def model_only(model, batch: torch.Tensor, images: int, device: str) -> tuple[fl
 def end_to_end(model, dataset, name: str, levels, args) -> tuple[float, float, int]:
     """(images/s, CPU s per image, images) of evaluate() without the cache."""
     cpu, start = cpu_seconds(), time.perf_counter()
-    evaluate(model, dataset, {name: levels}, clean=False, batch_size=args.batch_size,
-             num_workers=args.workers, device=args.device, cache=None)
+    evaluate(
+        model,
+        dataset,
+        {name: levels},
+        clean=False,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        cache=None,
+    )
     wall = time.perf_counter() - start
     count = len(dataset) * len(levels)
     return count / wall, (cpu_seconds() - cpu) / count, count
@@ -86,7 +94,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--distortion", action="append", choices=list(DISTORTIONS))
     parser.add_argument("--repeats", type=int, default=1, help="0 skips the table (e.g. with --rerun)")
-    parser.add_argument("--rerun", action="store_true", help="also time a first run vs an unchanged re-run with the cache")
+    parser.add_argument(
+        "--rerun", action="store_true", help="also time a first run vs an unchanged re-run with the cache"
+    )
     parser.add_argument("--json", default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -96,10 +106,14 @@ def main(argv=None) -> int:
     dataset = load_dataset(args.data, limit=args.images)
     batch = torch.stack([model.preprocess(dataset.load(i % len(dataset))[0]) for i in range(args.batch_size)])
     batch = batch.to(args.device)
-    print(f"# {model.name}, batch {args.batch_size}, device {args.device}, torch threads {torch.get_num_threads()}, "
-          f"workers {args.workers if args.workers is not None else 'default'}, cpus {os.cpu_count()}")
-    print(f"{'distortion':<10} {'images':>6} {'e2e img/s':>10} {'model img/s':>11} {'ratio':>6} "
-          f"{'e2e cpu ms/img':>15} {'model cpu ms/img':>17} {'cpu ratio':>9}")
+    print(
+        f"# {model.name}, batch {args.batch_size}, device {args.device}, torch threads {torch.get_num_threads()}, "
+        f"workers {args.workers if args.workers is not None else 'default'}, cpus {os.cpu_count()}"
+    )
+    print(
+        f"{'distortion':<10} {'images':>6} {'e2e img/s':>10} {'model img/s':>11} {'ratio':>6} "
+        f"{'e2e cpu ms/img':>15} {'model cpu ms/img':>17} {'cpu ratio':>9}"
+    )
     rows = []
     for name in (args.distortion or list(DISTORTIONS)) if args.repeats > 0 else []:
         levels = list(DISTORTIONS[name].levels)
@@ -116,25 +130,52 @@ def main(argv=None) -> int:
             measured.append((e2e, model_rate, e2e_cpu, model_cpu))
         k = ratios.index(statistics.median_low(ratios))
         e2e, model_rate, e2e_cpu, model_cpu = measured[k]
-        row = {"distortion": name, "images": count, "e2e_img_s": e2e, "model_img_s": model_rate,
-               "ratio": ratios[k], "e2e_cpu_ms": 1000 * e2e_cpu, "model_cpu_ms": 1000 * model_cpu,
-               "cpu_ratio": statistics.median(cpu_ratios), "all_ratios": ratios}
+        row = {
+            "distortion": name,
+            "images": count,
+            "e2e_img_s": e2e,
+            "model_img_s": model_rate,
+            "ratio": ratios[k],
+            "e2e_cpu_ms": 1000 * e2e_cpu,
+            "model_cpu_ms": 1000 * model_cpu,
+            "cpu_ratio": statistics.median(cpu_ratios),
+            "all_ratios": ratios,
+        }
         rows.append(row)
-        print(f"{name:<10} {count:>6} {e2e:>10.1f} {model_rate:>11.1f} {ratios[k]:>6.2f} {1000 * e2e_cpu:>15.1f} "
-              f"{1000 * model_cpu:>17.1f} {row['cpu_ratio']:>9.2f}", flush=True)
+        print(
+            f"{name:<10} {count:>6} {e2e:>10.1f} {model_rate:>11.1f} {ratios[k]:>6.2f} {1000 * e2e_cpu:>15.1f} "
+            f"{1000 * model_cpu:>17.1f} {row['cpu_ratio']:>9.2f}",
+            flush=True,
+        )
     if args.rerun:
         with tempfile.TemporaryDirectory() as folder:
             cache = PredictionCache(folder)
             names = args.distortion or list(DISTORTIONS)
             start = time.perf_counter()
-            evaluate(model, dataset, names, batch_size=args.batch_size, num_workers=args.workers,
-                     device=args.device, cache=cache)
+            evaluate(
+                model,
+                dataset,
+                names,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                device=args.device,
+                cache=cache,
+            )
             first = time.perf_counter() - start
             start = time.perf_counter()
-            evaluate(model, dataset, names, batch_size=args.batch_size, num_workers=args.workers,
-                     device=args.device, cache=cache)
+            evaluate(
+                model,
+                dataset,
+                names,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                device=args.device,
+                cache=cache,
+            )
             second = time.perf_counter() - start
-        print(f"cache: first run {first:.1f} s, unchanged re-run {second:.2f} s ({100 * second / first:.2f}% of the first)")
+        print(
+            f"cache: first run {first:.1f} s, unchanged re-run {second:.2f} s ({100 * second / first:.2f}% of the first)"
+        )
         rows.append({"rerun_first_s": first, "rerun_second_s": second})
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -43,14 +43,18 @@ def distortion_table() -> str:
     """
     from robustness import DISTORTIONS
 
-    rows = ["| name | level: parameter (unit) | valid range | paper levels | level ids | seeded | what it does |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| name | level: parameter (unit) | valid range | paper levels | level ids | seeded | what it does |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for spec in DISTORTIONS.values():
         valid = f"{_number(spec.minimum)} to {_number(spec.maximum)}" + (", integer" if spec.integer else "")
         levels = ", ".join(_number(v) for v in spec.levels)
         ids = f"`{spec.level_id(spec.levels[0])}` ... `{spec.level_id(spec.levels[-1])}`"
-        rows.append(f"| `{spec.name}` | {spec.label} | {valid} | {levels} | {ids} | "
-                    f"{'yes' if spec.stochastic else 'no'} | {spec.description} |")
+        rows.append(
+            f"| `{spec.name}` | {spec.label} | {valid} | {levels} | {ids} | "
+            f"{'yes' if spec.stochastic else 'no'} | {spec.description} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -64,9 +68,16 @@ def _schema_rows(schema: dict, path: str, rows: list[str]) -> None:
             kind = "one of " + ", ".join(f"`{v}`" for v in sub["enum"])
         else:
             kind = sub.get("type", "mapping" if "propertyNames" in sub or "allOf" in sub else "")
-            limits = [f"{name} {sub[key2]}" for key2, name in (("minimum", ">="), ("exclusiveMinimum", ">"),
-                                                                ("maximum", "<="), ("minLength", "length >="))
-                      if key2 in sub]
+            limits = [
+                f"{name} {sub[key2]}"
+                for key2, name in (
+                    ("minimum", ">="),
+                    ("exclusiveMinimum", ">"),
+                    ("maximum", "<="),
+                    ("minLength", "length >="),
+                )
+                if key2 in sub
+            ]
             if limits:
                 kind += " (" + ", ".join(limits) + ")"
         names = sub.get("propertyNames", {}).get("enum")
@@ -88,7 +99,9 @@ def thresholds_schema_reference() -> str:
     rows = ["| key | value |", "| --- | --- |"]
     _schema_rows(schema, "", rows)
     model = schema["properties"]["models"]["additionalProperties"]
-    rows.append("| `models.<name>` | mapping; keys: " + ", ".join(f"`{k}`" for k in model["propertyNames"]["enum"]) + " |")
+    rows.append(
+        "| `models.<name>` | mapping; keys: " + ", ".join(f"`{k}`" for k in model["propertyNames"]["enum"]) + " |"
+    )
     bars = model["properties"]["blur"]["additionalProperties"]
     value = bars["additionalProperties"]
     bar_range = f"{value['type']}s in [{value['minimum']}, {value['maximum']}]"
@@ -96,14 +109,24 @@ def thresholds_schema_reference() -> str:
         if name == "source":
             rows.append("| `models.<name>.source` | one of " + ", ".join(f"`{v}`" for v in sub["enum"]) + " |")
         elif name == "clean":
-            rows.append("| `models.<name>.clean` | bars: " + ", ".join(f"`{k}`" for k in sub["propertyNames"]["enum"])
-                        + f" ({bar_range}) |")
+            rows.append(
+                "| `models.<name>.clean` | bars: "
+                + ", ".join(f"`{k}`" for k in sub["propertyNames"]["enum"])
+                + f" ({bar_range}) |"
+            )
         else:
             levels = ", ".join(f"`{k}`" for k in sub["propertyNames"]["enum"])
-            rows.append(f"| `models.<name>.{name}.<level>` | levels {levels}; bars: "
-                        + ", ".join(f"`{k}`" for k in bars["propertyNames"]["enum"]) + f" ({bar_range}) |")
-    return ("\n".join(rows) + "\n\n<details><summary>The JSON Schema</summary>\n\n```json\n"
-            + json.dumps(schema, indent=2) + "\n```\n\n</details>\n")
+            rows.append(
+                f"| `models.<name>.{name}.<level>` | levels {levels}; bars: "
+                + ", ".join(f"`{k}`" for k in bars["propertyNames"]["enum"])
+                + f" ({bar_range}) |"
+            )
+    return (
+        "\n".join(rows)
+        + "\n\n<details><summary>The JSON Schema</summary>\n\n```json\n"
+        + json.dumps(schema, indent=2)
+        + "\n```\n\n</details>\n"
+    )
 
 
 def _help(parser, argv: list[str]) -> str:
@@ -158,6 +181,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
 
 def render(markdown: str, where: str = "<page>") -> str:
     """Replace every ``<!-- generated: NAME -->`` line of ``markdown``; ``ValueError`` for an unknown NAME."""
+
     def replace(match: re.Match) -> str:
         name = match.group(1)
         if name not in GENERATORS:

@@ -17,12 +17,22 @@ __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
-    "DISTORTIONS": "distortions", "Distortion": "distortions", "distort": "distortions", "psnr": "distortions",
-    "ImageDataset": "datasets", "load_dataset": "datasets",
-    "load_image": "images", "ImageLoadError": "images",
-    "Classifier": "models", "Preprocessing": "models", "list_models": "models", "load_model": "models",
+    "DISTORTIONS": "distortions",
+    "Distortion": "distortions",
+    "distort": "distortions",
+    "psnr": "distortions",
+    "ImageDataset": "datasets",
+    "load_dataset": "datasets",
+    "load_image": "images",
+    "ImageLoadError": "images",
+    "Classifier": "models",
+    "Preprocessing": "models",
+    "list_models": "models",
+    "load_model": "models",
     "register_model": "models",
-    "Condition": "evaluation", "ConditionResult": "evaluation", "evaluate": "evaluation",
+    "Condition": "evaluation",
+    "ConditionResult": "evaluation",
+    "evaluate": "evaluation",
     "load_thresholds": "thresholds",
 }
 

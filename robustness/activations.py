@@ -40,8 +40,17 @@ from .cli import CommandError, add_activations_arguments  # the options live wit
 from .distortions import DISTORTIONS, distort, get_distortion
 
 __all__ = [
-    "CHANGE_THRESHOLD", "LayerChange", "conv_layers", "capture_conv_outputs", "layer_changes", "activation_study",
-    "plot_feature_maps", "plot_depth", "format_layer_table", "add_activations_arguments", "main_activations",
+    "CHANGE_THRESHOLD",
+    "LayerChange",
+    "conv_layers",
+    "capture_conv_outputs",
+    "layer_changes",
+    "activation_study",
+    "plot_feature_maps",
+    "plot_depth",
+    "format_layer_table",
+    "add_activations_arguments",
+    "main_activations",
 ]
 
 #: A channel counts as changed when its mean absolute response moves by more than this fraction of its clean value.
@@ -91,7 +100,9 @@ def _kind(m: torch.nn.Conv2d) -> str:
     return text
 
 
-def capture_conv_outputs(model: torch.nn.Module, batch: torch.Tensor) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor]:
+def capture_conv_outputs(
+    model: torch.nn.Module, batch: torch.Tensor
+) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor]:
     """Run ``batch`` through ``model`` with a forward hook on every Conv2d.
 
     Args:
@@ -107,8 +118,10 @@ def capture_conv_outputs(model: torch.nn.Module, batch: torch.Tensor) -> tuple[l
     """
     layers = conv_layers(model)
     if not layers:
-        raise ValueError(f"{getattr(model, 'name', type(model).__name__)} has no torch.nn.Conv2d layers to hook "
-                         "(TorchScript and quantized models are not supported)")
+        raise ValueError(
+            f"{getattr(model, 'name', type(model).__name__)} has no torch.nn.Conv2d layers to hook "
+            "(TorchScript and quantized models are not supported)"
+        )
     order: list[str] = []
     maps: dict[str, torch.Tensor] = {}
 
@@ -117,6 +130,7 @@ def capture_conv_outputs(model: torch.nn.Module, batch: torch.Tensor) -> tuple[l
             if name not in maps:
                 order.append(name)
                 maps[name] = output.detach().float().cpu()
+
         return hook
 
     handles = [m.register_forward_hook(hook_for(name)) for name, m in layers]
@@ -157,8 +171,15 @@ def layer_changes(clean: torch.Tensor, distorted: torch.Tensor) -> tuple[float, 
     return rel, float((up | down).sum()) / channels, float(up.sum()) / channels, float(down.sum()) / channels
 
 
-def activation_study(model, images: Sequence[np.ndarray], distortion: str, levels: Sequence[float], *,
-                     image_ids: Sequence[str] | None = None, seed: int = 0) -> dict:
+def activation_study(
+    model,
+    images: Sequence[np.ndarray],
+    distortion: str,
+    levels: Sequence[float],
+    *,
+    image_ids: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict:
     """Per-layer changes for each level, averaged over ``images``.
 
     Args:
@@ -191,8 +212,9 @@ def activation_study(model, images: Sequence[np.ndarray], distortion: str, level
     order: list[str] = []
     modules = dict(conv_layers(model))
     for i, (image, image_id) in enumerate(zip(images, image_ids)):
-        variants = [image] + [distort(image, distortion, level, seed=image_seed(seed, image_id, distortion, level))
-                              for level in levels]
+        variants = [image] + [
+            distort(image, distortion, level, seed=image_seed(seed, image_id, distortion, level)) for level in levels
+        ]
         batch = torch.stack([model.preprocessing(v) for v in variants])
         order, maps, logits = capture_conv_outputs(model, batch)
         top1 = logits.argmax(dim=1).tolist()
@@ -253,7 +275,7 @@ def _mosaic(maps: np.ndarray, reference: np.ndarray, channels: Sequence[int], co
         lo, hi = float(reference[k].min()), float(reference[k].max())
         scaled = (maps[k] - lo) / (hi - lo) if hi > lo else np.zeros_like(maps[k])
         r, c = divmod(n, cols)
-        tile[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = np.clip(scaled, 0, 1)
+        tile[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = np.clip(scaled, 0, 1)
     return tile
 
 
@@ -294,7 +316,13 @@ def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 1
                 label = "clean" if level == "clean" else spec.level_id(level)
                 ax.set_title(label, fontsize=9)
             else:
-                ax.imshow(_mosaic(block[level], reference, strongest, cols), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(
+                    _mosaic(block[level], reference, strongest, cols),
+                    cmap="viridis",
+                    vmin=0,
+                    vmax=1,
+                    interpolation="nearest",
+                )
                 if level != "clean":
                     rows_ = study["layers"][level]
                     r = rows_[0] if key == "first" else rows_[-1]
@@ -303,8 +331,12 @@ def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 1
             if col == 0:
                 name = "input" if key == "inputs" else f"{key} conv\n{block['name'].removeprefix('net.')}"
                 ax.set_ylabel(name, fontsize=8)
-    fig.suptitle(title or f"{study['distortion']}: first and last conv layers, {channels} most active channels,\n"
-                 "each scaled by its clean map's range", fontsize=9)
+    fig.suptitle(
+        title
+        or f"{study['distortion']}: first and last conv layers, {channels} most active channels,\n"
+        "each scaled by its clean map's range",
+        fontsize=9,
+    )
     fig.tight_layout()
     _save(fig, path)
 
@@ -327,7 +359,10 @@ def plot_depth(studies: Sequence[dict], path: str | os.PathLike, *, title: str =
             x = [r.index for r in rows]
             for ax, y in ((axes[0], [r.rel_l2 for r in rows]), (axes[1], [100 * r.changed for r in rows])):
                 ax.plot(x, y, "-", color=color, lw=1.2, label=spec.level_id(level))
-                for marker, test in (("v", lambda r: "dw" in r.kind), ("o", lambda r: "dw" not in r.kind and not r.kind.startswith("1x1"))):
+                for marker, test in (
+                    ("v", lambda r: "dw" in r.kind),
+                    ("o", lambda r: "dw" not in r.kind and not r.kind.startswith("1x1")),
+                ):
                     chosen = [(xi, yi) for xi, yi, r in zip(x, y, rows) if test(r)]
                     if chosen:
                         ax.plot(*zip(*chosen), marker, color=color, ms=3.5, ls="none")
@@ -378,7 +413,11 @@ def main_activations(args: argparse.Namespace) -> int:
         else:
             dataset = load_dataset(args.data)
             if args.image:
-                matches = [i for i, s in enumerate(dataset.samples) if s.image_id == args.image or Path(s.image_id).name == args.image]
+                matches = [
+                    i
+                    for i, s in enumerate(dataset.samples)
+                    if s.image_id == args.image or Path(s.image_id).name == args.image
+                ]
                 if not matches:
                     raise DatasetError(f"image {args.image!r} is neither a file nor an image id in {dataset.root}")
                 chosen = matches[:1]
@@ -388,7 +427,7 @@ def main_activations(args: argparse.Namespace) -> int:
             ids = [dataset[i].image_id for i in chosen]
             labels = [dataset[i].label for i in chosen]
         for name in distortions:
-            for level in (args.levels or _default_levels(name)):
+            for level in args.levels or _default_levels(name):
                 get_distortion(name).check_level(level)
     except (ValueError, ImportError, OSError) as error:  # ImageLoadError and DatasetError are ValueErrors
         raise CommandError(str(error)) from error
@@ -396,8 +435,10 @@ def main_activations(args: argparse.Namespace) -> int:
     names = imagenet_class_names()
     model = model.eval()
     studies = []
-    print(f"model {model.name}  |  {len(images)} image(s), figure from {ids[0]}"
-          + (f" (true class: {names[labels[0]]})" if labels[0] is not None else ""))
+    print(
+        f"model {model.name}  |  {len(images)} image(s), figure from {ids[0]}"
+        + (f" (true class: {names[labels[0]]})" if labels[0] is not None else "")
+    )
     for name in distortions:
         levels = [float(v) if not DISTORTIONS[name].integer else int(v) for v in (args.levels or _default_levels(name))]
         try:
@@ -406,20 +447,41 @@ def main_activations(args: argparse.Namespace) -> int:
             raise CommandError(str(error)) from error
         studies.append(study)
         top1 = study["top1"]
-        print(f"\n{name}: top-1 of the figure's image: clean {names[top1['clean'][0]]}; "
-              + "; ".join(f"{DISTORTIONS[name].level_id(lv)} {names[top1[lv][0]]}" for lv in levels))
+        print(
+            f"\n{name}: top-1 of the figure's image: clean {names[top1['clean'][0]]}; "
+            + "; ".join(f"{DISTORTIONS[name].level_id(lv)} {names[top1[lv][0]]}" for lv in levels)
+        )
         print(format_layer_table(study))
         figure = output / f"feature_maps_{name}.png"
-        plot_feature_maps(study, figure, channels=args.channels,
-                          title=f"{model.name}, {name}, {Path(ids[0]).name}: first and last conv layers,\n"
-                                f"{args.channels} most active channels, each scaled by its clean map's range")
+        plot_feature_maps(
+            study,
+            figure,
+            channels=args.channels,
+            title=f"{model.name}, {name}, {Path(ids[0]).name}: first and last conv layers,\n"
+            f"{args.channels} most active channels, each scaled by its clean map's range",
+        )
         print(f"wrote {figure}")
-    plot_depth(studies, output / "depth.png",
-               title=f"{model.name}: change of each conv layer's output vs clean, mean over {len(images)} image(s)")
-    record = {"model": model.name, "weights_digest": model.weights_digest, "images": ids, "seed": args.seed,
-              "change_threshold": CHANGE_THRESHOLD, "channel_floor": CHANNEL_FLOOR,
-              "studies": [{"distortion": s["distortion"], "levels": s["levels"],
-                           "layers": {f"{lv:g}": [asdict(r) for r in s["layers"][lv]] for lv in s["levels"]}} for s in studies]}
+    plot_depth(
+        studies,
+        output / "depth.png",
+        title=f"{model.name}: change of each conv layer's output vs clean, mean over {len(images)} image(s)",
+    )
+    record = {
+        "model": model.name,
+        "weights_digest": model.weights_digest,
+        "images": ids,
+        "seed": args.seed,
+        "change_threshold": CHANGE_THRESHOLD,
+        "channel_floor": CHANNEL_FLOOR,
+        "studies": [
+            {
+                "distortion": s["distortion"],
+                "levels": s["levels"],
+                "layers": {f"{lv:g}": [asdict(r) for r in s["layers"][lv]] for lv in s["levels"]},
+            }
+            for s in studies
+        ],
+    }
     atomic_write(output / "layers.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote {output / 'depth.png'} and {output / 'layers.json'}")
     return 0

@@ -153,8 +153,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     digest = _FILE_DIGESTS.get(memo)
     if digest is None:
         with open(path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest() if hasattr(hashlib, "file_digest") \
+            digest = (
+                hashlib.file_digest(handle, "sha256").hexdigest()
+                if hasattr(hashlib, "file_digest")
                 else hashlib.sha256(handle.read()).hexdigest()
+            )
         _FILE_DIGESTS[memo] = digest
     return digest
 
@@ -182,13 +185,18 @@ def _environment() -> dict:
 
     try:
         import torchvision
+
         torchvision_version = torchvision.__version__
     except ImportError:  # pragma: no cover
         torchvision_version = None
     return {
-        "torch": torch.__version__, "torchvision": torchvision_version, "numpy": numpy.__version__,
-        "scipy": scipy.__version__, "pillow": PIL.__version__,
-        "libjpeg": features.version("jpg"), "openjpeg": features.version("jpg_2000"),
+        "torch": torch.__version__,
+        "torchvision": torchvision_version,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pillow": PIL.__version__,
+        "libjpeg": features.version("jpg"),
+        "openjpeg": features.version("jpg_2000"),
     }
 
 
@@ -235,8 +243,18 @@ def probe_images(height: int = 323, width: int = 391) -> list[np.ndarray]:
     landscape[(x - 0.72) ** 2 + (y - 0.22) ** 2 < 0.008] = (1.0, 0.92, 0.55)
     images.append(landscape)
 
-    images.append(0.5 + 0.45 * np.stack([np.sin(tau * (9 * x + 3 * y)), np.sin(tau * (4 * x - 7 * y) + 1.0),
-                                         np.sin(tau * 13 * np.hypot(x - 0.4, y - 0.55))], axis=-1))
+    images.append(
+        0.5
+        + 0.45
+        * np.stack(
+            [
+                np.sin(tau * (9 * x + 3 * y)),
+                np.sin(tau * (4 * x - 7 * y) + 1.0),
+                np.sin(tau * 13 * np.hypot(x - 0.4, y - 0.55)),
+            ],
+            axis=-1,
+        )
+    )
 
     checker = ((np.floor(x * 8) + np.floor(y * 6)) % 2)[..., None]
     edges = checker * np.array([0.9, 0.85, 0.2]) + (1 - checker) * np.array([0.1, 0.2, 0.6])
@@ -244,10 +262,15 @@ def probe_images(height: int = 323, width: int = 391) -> list[np.ndarray]:
     images.append(edges)
 
     blobs = np.full((height, width, 3), 0.45)
-    for cx, cy, radius, colour in [(0.2, 0.3, 0.12, (0.9, 0.1, 0.1)), (0.7, 0.25, 0.08, (0.1, 0.8, 0.2)),
-                                   (0.5, 0.7, 0.15, (0.2, 0.3, 0.95)), (0.85, 0.8, 0.06, (0.95, 0.85, 0.1)),
-                                   (0.3, 0.8, 0.05, (0.6, 0.1, 0.7)), (0.55, 0.45, 0.04, (1.0, 1.0, 1.0))]:
-        weight = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius ** 2))[..., None]
+    for cx, cy, radius, colour in [
+        (0.2, 0.3, 0.12, (0.9, 0.1, 0.1)),
+        (0.7, 0.25, 0.08, (0.1, 0.8, 0.2)),
+        (0.5, 0.7, 0.15, (0.2, 0.3, 0.95)),
+        (0.85, 0.8, 0.06, (0.95, 0.85, 0.1)),
+        (0.3, 0.8, 0.05, (0.6, 0.1, 0.7)),
+        (0.55, 0.45, 0.04, (1.0, 1.0, 1.0)),
+    ]:
+        weight = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))[..., None]
         blobs = blobs * (1 - weight) + weight * np.array(colour)
     images.append(blobs)
 
@@ -259,8 +282,11 @@ def probe_images(height: int = 323, width: int = 391) -> list[np.ndarray]:
     radius2 = ((x - 0.5) / 0.3) ** 2 + ((y - 0.5) / 0.36) ** 2
     shade = np.clip(1.0 - 0.8 * ((x - 0.38) ** 2 + (y - 0.36) ** 2) / 0.12, 0.1, 1.0)
     stripes = 0.5 + 0.25 * np.sign(np.sin(tau * 14 * (x + 0.3 * y)))
-    sphere = np.where((radius2 < 1)[..., None], shade[..., None] * np.array([0.85, 0.4, 0.15]),
-                      np.stack([stripes, stripes * 0.9, stripes * 0.7], axis=-1))
+    sphere = np.where(
+        (radius2 < 1)[..., None],
+        shade[..., None] * np.array([0.85, 0.4, 0.15]),
+        np.stack([stripes, stripes * 0.9, stripes * 0.7], axis=-1),
+    )
     images.append(sphere)
 
     assert len(images) == PROBE_IMAGES
@@ -368,8 +394,15 @@ def model_fingerprint(model, device=None, *, probe: ProbeOutput | None = None) -
             rows.append([order.tolist(), 0])
             continue
         unit = scale / 1000
-        rows.append([order.tolist(), f"{scale:.3g}", [int(round(z[i] / unit)) for i in order],
-                     int(round(z.mean() / unit)), int(round(z.std() / unit))])
+        rows.append(
+            [
+                order.tolist(),
+                f"{scale:.3g}",
+                [int(round(z[i] / unit)) for i in order],
+                int(round(z.mean() / unit)),
+                int(round(z.std() / unit)),
+            ]
+        )
     return _sha256_json({"shape": list(probe.logits.shape), "dtype": probe.dtype, "rows": rows})[:32]
 
 
@@ -429,18 +462,20 @@ def model_key(model, device=None, *, fingerprint: str | None = None) -> str:
     tensors = sorted({f"{t.dtype}@{t.device.type}" for t in [*model.parameters(), *model.buffers()]})
     if fingerprint is None:
         fingerprint = model_fingerprint(model, device)
-    return _sha256_json({
-        "name": model.name,
-        "network": f"{type(net).__module__}.{type(net).__qualname__}",
-        "code": model_code_digest(model),
-        "weights": model.weights_digest,
-        "tensors": tensors,
-        "preprocessing": model.preprocessing.to_dict(),
-        "background_class": bool(getattr(model, "background_class", False)),
-        "device": device_identity(device if device is not None else "cpu"),
-        "environment": _environment(),
-        "fingerprint": fingerprint,
-    })[:32]
+    return _sha256_json(
+        {
+            "name": model.name,
+            "network": f"{type(net).__module__}.{type(net).__qualname__}",
+            "code": model_code_digest(model),
+            "weights": model.weights_digest,
+            "tensors": tensors,
+            "preprocessing": model.preprocessing.to_dict(),
+            "background_class": bool(getattr(model, "background_class", False)),
+            "device": device_identity(device if device is not None else "cpu"),
+            "environment": _environment(),
+            "fingerprint": fingerprint,
+        }
+    )[:32]
 
 
 class PredictionCache:
@@ -476,13 +511,15 @@ class PredictionCache:
         from .distortions import DISTORTION_CODE_VERSION, DISTORTIONS
 
         stochastic = distortion in DISTORTIONS and DISTORTIONS[distortion].stochastic
-        return _sha256_json({
-            "distortion": distortion,
-            "level": float(level),
-            "seed": int(seed) if stochastic else None,
-            "distortion_code": DISTORTION_CODE_VERSION,
-            "engine": ENGINE_VERSION,
-        })[:32]
+        return _sha256_json(
+            {
+                "distortion": distortion,
+                "level": float(level),
+                "seed": int(seed) if stochastic else None,
+                "distortion_code": DISTORTION_CODE_VERSION,
+                "engine": ENGINE_VERSION,
+            }
+        )[:32]
 
     def _folder(self, model_key: str, condition_key: str) -> Path:
         return self.root / _FORMAT / model_key / condition_key
@@ -496,8 +533,8 @@ class PredictionCache:
         if not data.startswith(_MAGIC):
             raise ValueError("bad magic")
         header_end = len(_MAGIC) + 65
-        digest, payload = data[len(_MAGIC):header_end - 1], data[header_end:]
-        if data[header_end - 1:header_end] != b"\n" or hashlib.sha256(payload).hexdigest().encode() != digest:
+        digest, payload = data[len(_MAGIC) : header_end - 1], data[header_end:]
+        if data[header_end - 1 : header_end] != b"\n" or hashlib.sha256(payload).hexdigest().encode() != digest:
             raise ValueError("checksum mismatch (truncated or modified)")
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
             keys, top5, flags, meta = archive["keys"], archive["top5"], archive["flags"], archive["meta"]
@@ -535,16 +572,27 @@ class PredictionCache:
             except FileNotFoundError:
                 continue
             except Exception as error:  # noqa: BLE001 - anything unreadable is recomputed, never trusted
-                warnings.warn(f"robustness cache: ignoring corrupt entry {path} ({error}); recomputing it",
-                              CacheWarning, stacklevel=2)
+                warnings.warn(
+                    f"robustness cache: ignoring corrupt entry {path} ({error}); recomputing it",
+                    CacheWarning,
+                    stacklevel=2,
+                )
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
-            entries.update((key, CachedPrediction(row, flag)) for key, row, flag in zip(keys.tolist(), top5, flags.tolist()))
+            entries.update(
+                (key, CachedPrediction(row, flag)) for key, row, flag in zip(keys.tolist(), top5, flags.tolist())
+            )
         return entries
 
-    def store(self, model_key: str, condition_key: str, keys: Sequence[bytes] | np.ndarray, top5: np.ndarray,
-              flags: Sequence[int] | np.ndarray | None = None) -> Path | None:
+    def store(
+        self,
+        model_key: str,
+        condition_key: str,
+        keys: Sequence[bytes] | np.ndarray,
+        top5: np.ndarray,
+        flags: Sequence[int] | np.ndarray | None = None,
+    ) -> Path | None:
         """Write one chunk atomically: ``keys`` ``(n,)`` image keys, ``top5`` ``(n, 5)`` class indices,
         ``flags`` ``(n,)`` per-entry bits (:data:`FLAG_MISSED_TOLERANCE`; default all 0).
 
@@ -590,8 +638,13 @@ class PredictionCache:
         entries = self.load(model_key, condition_key)
         if entries:
             keys = list(entries)
-            self.store(model_key, condition_key, keys, np.stack([entries[k].top5 for k in keys]),
-                       [entries[k].flags for k in keys])
+            self.store(
+                model_key,
+                condition_key,
+                keys,
+                np.stack([entries[k].top5 for k in keys]),
+                [entries[k].flags for k in keys],
+            )
         for path in chunks:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -646,7 +699,9 @@ class PredictionCache:
                 f"robustness cache: {self.root} does not support file locks ({errno.errorcode.get(error.errno, error.errno)}: "
                 f"{error.strerror}); continuing without them, so parallel workers may compute the same predictions "
                 "twice; put the cache on a local disk (--cache-dir / --robustness-cache-dir) to share the work",
-                CacheWarning, stacklevel=4)
+                CacheWarning,
+                stacklevel=4,
+            )
 
     def _probe_file(self, model_key: str) -> Path:
         return self.root / _FORMAT / model_key / "probe.npz"

@@ -90,8 +90,13 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
     for name in ("data", "images", "device", "cache_dir", "no_cache", "workers", "batch_size", "margin"):
         if not hasattr(args, name):
             continue
-        resolved = resolve(name, flag=getattr(args, name), flag_name="--" + name.replace("_", "-"),
-                           file=file_values.get(name), file_name=file_name)
+        resolved = resolve(
+            name,
+            flag=getattr(args, name),
+            flag_name="--" + name.replace("_", "-"),
+            file=file_values.get(name),
+            file_name=file_name,
+        )
         sources[name] = resolved.source
         if resolved.layer == "default" and name in ("data", "cache_dir"):
             continue
@@ -123,10 +128,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else _fresh_output_dir(safe_name(model.name))
     with _user_errors(f"cannot create output folder {output}: "):
         output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
-    print(f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}")
+    print(
+        f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}"
+    )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
-    results = evaluate(model, dataset, distortions, seed=args.seed, batch_size=args.batch_size,
-                       num_workers=args.workers, device=args.device, progress=not args.no_progress, cache=cache)
+    results = evaluate(
+        model,
+        dataset,
+        distortions,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+        cache=cache,
+    )
     print(format_table(results))
     for image_id, message in results[0].skipped.items():
         print(f"skipped unreadable image {image_id}: {message}", file=sys.stderr)
@@ -146,16 +162,29 @@ def _load_run_model(args: argparse.Namespace):
     if args.models_dir:
         os.environ[MODELS_ENV_VAR] = args.models_dir
     weights = {None: "default", "random": None}.get(args.weights, args.weights)
-    return load_model(args.model, device=args.device, weights=weights, preprocessing=args.preprocessing,
-                      arch=args.arch, model_name=args.name, background_class=args.background_class or None)
+    return load_model(
+        args.model,
+        device=args.device,
+        weights=weights,
+        preprocessing=args.preprocessing,
+        arch=args.arch,
+        model_name=args.name,
+        background_class=args.background_class or None,
+    )
 
 
 def _load_run_dataset(args: argparse.Namespace):
     """The dataset of ``run``: folder / flat ILSVRC2012 val / --manifest, then --per-class/--subset, then --limit."""
     from .datasets import load_dataset
 
-    dataset = load_dataset(args.data, manifest=args.manifest, devkit=args.devkit,
-                           per_class=args.per_class, total=args.subset, subset_seed=args.subset_seed)
+    dataset = load_dataset(
+        args.data,
+        manifest=args.manifest,
+        devkit=args.devkit,
+        per_class=args.per_class,
+        total=args.subset,
+        subset_seed=args.subset_seed,
+    )
     return dataset.limit(args.limit)
 
 
@@ -170,16 +199,51 @@ def _run_distortions(args: argparse.Namespace):
 
 def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
     """Options of ``run`` for user models and datasets."""
-    run.add_argument("--weights", default=None, help="state dict for the model (loaded with weights_only=True); 'random' for random initialisation")
+    run.add_argument(
+        "--weights",
+        default=None,
+        help="state dict for the model (loaded with weights_only=True); 'random' for random initialisation",
+    )
     run.add_argument("--arch", default=None, help="torchvision architecture of a state-dict file given as --model")
-    run.add_argument("--preprocessing", default=None, help="how the model was trained: preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields, e.g. 'caffe,crop_size=224'")
-    run.add_argument("--models-dir", default=None, help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)")
-    run.add_argument("--background-class", action="store_true", help="the model outputs 1001 logits with a background class at index 0")
-    run.add_argument("--name", default=None, help="the model's name in results, reports and thresholds (default: the registered name, the file's stem or the factory's function name)")
-    run.add_argument("--manifest", default=None, help="CSV manifest with columns path and label (wnid or class index); paths relative to --data when given, else to the CSV")
-    run.add_argument("--devkit", default=None, help="ILSVRC2012 devkit folder for a flat validation folder (default: ../shared/data/imagenet-meta or $ROBUSTNESS_DEVKIT)")
-    run.add_argument("--per-class", type=positive_int, default=None, help="deterministic subset: N images per class (seeded)")
-    run.add_argument("--subset", type=positive_int, default=None, help="deterministic subset: N images in total, spread over classes (seeded)")
+    run.add_argument(
+        "--preprocessing",
+        default=None,
+        help="how the model was trained: preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields, e.g. 'caffe,crop_size=224'",
+    )
+    run.add_argument(
+        "--models-dir",
+        default=None,
+        help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)",
+    )
+    run.add_argument(
+        "--background-class",
+        action="store_true",
+        help="the model outputs 1001 logits with a background class at index 0",
+    )
+    run.add_argument(
+        "--name",
+        default=None,
+        help="the model's name in results, reports and thresholds (default: the registered name, the file's stem or the factory's function name)",
+    )
+    run.add_argument(
+        "--manifest",
+        default=None,
+        help="CSV manifest with columns path and label (wnid or class index); paths relative to --data when given, else to the CSV",
+    )
+    run.add_argument(
+        "--devkit",
+        default=None,
+        help="ILSVRC2012 devkit folder for a flat validation folder (default: ../shared/data/imagenet-meta or $ROBUSTNESS_DEVKIT)",
+    )
+    run.add_argument(
+        "--per-class", type=positive_int, default=None, help="deterministic subset: N images per class (seeded)"
+    )
+    run.add_argument(
+        "--subset",
+        type=positive_int,
+        default=None,
+        help="deterministic subset: N images in total, spread over classes (seeded)",
+    )
     run.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of --per-class/--subset (default 0)")
     run.add_argument("--clean-only", action="store_true", help="evaluate the undistorted images only")
 
@@ -195,8 +259,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("models (weights: here / download = fetched on first use / missing):")
     for status in statuses:
         print(f"  {status.model:<{width}}  {status.state:<8}  {status.detail}")
-    print("  (any torchvision architecture, a TorchScript or state-dict file, or module:function also works: "
-          "see 'robustness run --help')")
+    print(
+        "  (any torchvision architecture, a TorchScript or state-dict file, or module:function also works: "
+        "see 'robustness run --help')"
+    )
     print("distortions:")
     for spec in DISTORTIONS.values():
         levels = ", ".join(f"{v:g}" for v in spec.levels)
@@ -249,26 +315,50 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=args.device, preprocessing=args.preprocessing, model_name=args.name)
     if args.name is None and model.name != args.model and args.model in list_models():
         name = model.name  # a registered model with --preprocessing is another model: NAME+custom-preprocessing
-    print(f"calibrating {name} on {len(dataset)} images from {dataset.root}: clean + {len(conditions) - 1} "
-          f"distortion levels, margin {args.margin:g}")
+    print(
+        f"calibrating {name} on {len(dataset)} images from {dataset.root}: clean + {len(conditions) - 1} "
+        f"distortion levels, margin {args.margin:g}"
+    )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
-    results = evaluate(model, dataset, conditions, seed=seed, batch_size=args.batch_size, num_workers=args.workers,
-                       device=args.device, progress=not args.no_progress, cache=cache)
+    results = evaluate(
+        model,
+        dataset,
+        conditions,
+        seed=seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+        cache=cache,
+    )
     for result in results:
         result.model = name
     print(format_table(results))
     measured = {r.condition: {"top1": r.top1, "top5": r.top5} for r in results}
-    old, new = update_thresholds_file(path, name, measured, margin=args.margin, metrics=args.metric,
-                                      defaults={"images": images, "seed": seed}, write=not args.dry_run)
+    old, new = update_thresholds_file(
+        path,
+        name,
+        measured,
+        margin=args.margin,
+        metrics=args.metric,
+        defaults={"images": images, "seed": seed},
+        write=not args.dry_run,
+    )
     if existing is not None and existing.images is not None and existing.images != len(dataset):
         print(f"note: calibrated on {len(dataset)} images, but {path} sets defaults.images: {existing.images}")
-    diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{path} (before)", f"{path} (after)"))
+    diff = "".join(
+        difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{path} (before)", f"{path} (after)")
+    )
     print(diff if diff else f"{path}: no change")
     if args.dry_run:
         print("dry run: nothing written")
         return 0
     if not args.no_baseline:
-        folder = existing.paired.baseline if existing is not None and existing.paired else path.parent / "robustness-baseline"
+        folder = (
+            existing.paired.baseline
+            if existing is not None and existing.paired
+            else path.parent / "robustness-baseline"
+        )
         written = save_baseline(results, folder, seed=seed, model=name)
         print(f"stored baseline predictions for the paired check in {folder} ({len(written)} files)")
     print(f"wrote {path}")
@@ -283,40 +373,96 @@ def _fixture_hint(model: str, imported: dict) -> str:
     if model in list_models() or ":" in model or Path(model).expanduser().is_file():
         return ""
     defining = [name for name, module in imported.items() if hasattr(module, "robustness_model")]
-    where = f"{', '.join(defining)} defines a robustness_model pytest fixture, but" if defining else "if a conftest.py provides it as the robustness_model pytest fixture,"
-    return (f"\n{where} calibrate cannot run pytest fixtures: calibrate that model with "
-            f"`pytest --robustness-update-thresholds` (it measures and rewrites the thresholds of the models the "
-            f"gate runs), or register it with robustness.register_model in a module and pass --import MODULE")
+    where = (
+        f"{', '.join(defining)} defines a robustness_model pytest fixture, but"
+        if defining
+        else "if a conftest.py provides it as the robustness_model pytest fixture,"
+    )
+    return (
+        f"\n{where} calibrate cannot run pytest fixtures: calibrate that model with "
+        f"`pytest --robustness-update-thresholds` (it measures and rewrites the thresholds of the models the "
+        f"gate runs), or register it with robustness.register_model in a module and pass --import MODULE"
+    )
 
 
 def _add_calibrate(commands) -> None:
     calibrate = commands.add_parser(
-        "calibrate", help="measure a model and write its thresholds (measured - margin) into thresholds.yaml",
+        "calibrate",
+        help="measure a model and write its thresholds (measured - margin) into thresholds.yaml",
         description="Measure MODEL and write its thresholds: measured accuracy minus --margin, floored to 3 "
-                    "decimals. Other models' entries and the file's comments are kept; the entry's existing "
-                    "bar keys are recalculated (relative bars stay relative); a diff is shown. Per-image "
-                    "predictions are stored as the baseline for the paired (McNemar) check.")
-    calibrate.add_argument("--model", required=True, help="registered model name (see 'robustness list' and --import), torchvision:ARCH, a TorchScript file or module:function")
-    calibrate.add_argument("--preprocessing", default=None, help="how the model was trained (required for module:function and files): preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields")
-    calibrate.add_argument("--name", default=None, help="the model's name in thresholds.yaml and the baseline (default: --model as given)")
-    calibrate.add_argument("--margin", type=margin_fraction, default=None, help="subtracted from each measured accuracy (fraction; default $ROBUSTNESS_MARGIN, else 0.05)")
-    calibrate.add_argument("--thresholds", default=None, help="thresholds file to update (default $ROBUSTNESS_THRESHOLDS, else thresholds.yaml)")
-    calibrate.add_argument("--distortion", action="append", choices=list(DISTORTION_NAMES),
-                           help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model")
+        "decimals. Other models' entries and the file's comments are kept; the entry's existing "
+        "bar keys are recalculated (relative bars stay relative); a diff is shown. Per-image "
+        "predictions are stored as the baseline for the paired (McNemar) check.",
+    )
+    calibrate.add_argument(
+        "--model",
+        required=True,
+        help="registered model name (see 'robustness list' and --import), torchvision:ARCH, a TorchScript file or module:function",
+    )
+    calibrate.add_argument(
+        "--preprocessing",
+        default=None,
+        help="how the model was trained (required for module:function and files): preset (torchvision, caffe, inception, efficientnet_lite) and/or key=value fields",
+    )
+    calibrate.add_argument(
+        "--name", default=None, help="the model's name in thresholds.yaml and the baseline (default: --model as given)"
+    )
+    calibrate.add_argument(
+        "--margin",
+        type=margin_fraction,
+        default=None,
+        help="subtracted from each measured accuracy (fraction; default $ROBUSTNESS_MARGIN, else 0.05)",
+    )
+    calibrate.add_argument(
+        "--thresholds",
+        default=None,
+        help="thresholds file to update (default $ROBUSTNESS_THRESHOLDS, else thresholds.yaml)",
+    )
+    calibrate.add_argument(
+        "--distortion",
+        action="append",
+        choices=list(DISTORTION_NAMES),
+        help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model",
+    )
     calibrate.add_argument("--all-levels", action="store_true", help="calibrate every paper level of every distortion")
-    calibrate.add_argument("--metric", action="append", choices=["top1", "top5"], help="bars for new entries (repeatable; default top1)")
-    calibrate.add_argument("--images", type=positive_int, default=None, help="images per condition (default the file's defaults.images, else all)")
-    calibrate.add_argument("--data", default=None, help="image folder (default the file's defaults.dataset, $ROBUSTNESS_DATA or ../shared/data/imagenet-val-1024)")
-    calibrate.add_argument("--seed", type=non_negative_int, default=None, help="base seed (default the file's defaults.seed, else 0)")
-    calibrate.add_argument("--import", dest="import_", action="append", metavar="MODULE", help="import MODULE first (e.g. one that calls register_model)")
+    calibrate.add_argument(
+        "--metric", action="append", choices=["top1", "top5"], help="bars for new entries (repeatable; default top1)"
+    )
+    calibrate.add_argument(
+        "--images",
+        type=positive_int,
+        default=None,
+        help="images per condition (default the file's defaults.images, else all)",
+    )
+    calibrate.add_argument(
+        "--data",
+        default=None,
+        help="image folder (default the file's defaults.dataset, $ROBUSTNESS_DATA or ../shared/data/imagenet-val-1024)",
+    )
+    calibrate.add_argument(
+        "--seed", type=non_negative_int, default=None, help="base seed (default the file's defaults.seed, else 0)"
+    )
+    calibrate.add_argument(
+        "--import",
+        dest="import_",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first (e.g. one that calls register_model)",
+    )
     calibrate.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
     calibrate.add_argument("--no-baseline", action="store_true", help="do not store baseline predictions")
-    calibrate.add_argument("--batch-size", type=positive_int, default=None, help="default $ROBUSTNESS_BATCH_SIZE, else 32")
-    calibrate.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
+    calibrate.add_argument(
+        "--batch-size", type=positive_int, default=None, help="default $ROBUSTNESS_BATCH_SIZE, else 32"
+    )
+    calibrate.add_argument(
+        "--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))"
+    )
     calibrate.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
     calibrate.add_argument("--no-cache", action="store_true", help="do not read or write the prediction cache")
-    calibrate.add_argument("--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)")
+    calibrate.add_argument(
+        "--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)"
+    )
     calibrate.set_defaults(func=_cmd_calibrate)
 
 
@@ -324,7 +470,11 @@ def _add_calibrate(commands) -> None:
 
 
 def _add_run_report_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--no-report", action="store_true", help="do not write report.html (predictions.npz and provenance.json are always written)")
+    run.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write report.html (predictions.npz and provenance.json are always written)",
+    )
     run.add_argument("--thresholds", default=None, help="thresholds.yaml whose verdicts the report shows")
 
 
@@ -354,8 +504,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     output = Path(args.output) if args.output else Path(args.results[0]) / "report.html"
     with _user_errors():
-        path = write_report(args.results, output, thresholds=args.thresholds, baseline=args.baseline,
-                            data=args.data, examples=args.examples)
+        path = write_report(
+            args.results,
+            output,
+            thresholds=args.thresholds,
+            baseline=args.baseline,
+            data=args.data,
+            examples=args.examples,
+        )
     print(f"wrote {path}")
     return 0
 
@@ -368,15 +524,31 @@ def _cmd_activations(args: argparse.Namespace) -> int:
 
 def _add_report_commands(commands) -> None:
     report = commands.add_parser("report", help="write a self-contained HTML report from one or more run folders")
-    report.add_argument("results", nargs="+", help="run folder(s) holding results.json (or a folder of run folders); several models share the axes")
-    report.add_argument("--output", "-o", default=None, help="HTML file to write; default RESULTS/report.html (first folder)")
+    report.add_argument(
+        "results",
+        nargs="+",
+        help="run folder(s) holding results.json (or a folder of run folders); several models share the axes",
+    )
+    report.add_argument(
+        "--output", "-o", default=None, help="HTML file to write; default RESULTS/report.html (first folder)"
+    )
     report.add_argument("--thresholds", default=None, help="thresholds.yaml: show pass/fail and margin per level")
-    report.add_argument("--baseline", default=None, help="model whose errors normalise the corruption error (default: the first model)")
-    report.add_argument("--data", default=None, help="image folder for the example strips (default: the dataset root recorded by the run)")
-    report.add_argument("--examples", type=non_negative_int, default=1, help="example images per distortion (default %(default)s)")
+    report.add_argument(
+        "--baseline", default=None, help="model whose errors normalise the corruption error (default: the first model)"
+    )
+    report.add_argument(
+        "--data",
+        default=None,
+        help="image folder for the example strips (default: the dataset root recorded by the run)",
+    )
+    report.add_argument(
+        "--examples", type=non_negative_int, default=1, help="example images per distortion (default %(default)s)"
+    )
     report.set_defaults(func=_cmd_report)
 
-    activations = commands.add_parser("activations", help="compare conv-layer feature maps, clean vs distorted (the paper's Fig. 4-5)")
+    activations = commands.add_parser(
+        "activations", help="compare conv-layer feature maps, clean vs distorted (the paper's Fig. 4-5)"
+    )
     add_activations_arguments(activations)
     activations.set_defaults(func=_cmd_activations)
 
@@ -385,27 +557,61 @@ def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``robustness activations`` (:func:`robustness.activations.main_activations` reads them)."""
     parser.add_argument("--model", default="efficientnet_lite0", help="registered model name (default %(default)s)")
     parser.add_argument("--data", default=None, help="image folder (default as for 'run')")
-    parser.add_argument("--image", default=None, help="one image file, or an image id inside --data (default: the dataset's first image)")
-    parser.add_argument("--images", type=positive_int, default=1, help="average the numbers over the first N dataset images (figure: the first); default 1")
-    parser.add_argument("--distortion", action="append", choices=list(DISTORTION_NAMES), help="repeatable; default blur and noise")
-    parser.add_argument("--levels", type=float, nargs="+", default=None,
-                        help="levels (with one --distortion); default three of the paper's: blur 1 3 5, noise 20 50 100, others first/middle/last")
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="one image file, or an image id inside --data (default: the dataset's first image)",
+    )
+    parser.add_argument(
+        "--images",
+        type=positive_int,
+        default=1,
+        help="average the numbers over the first N dataset images (figure: the first); default 1",
+    )
+    parser.add_argument(
+        "--distortion", action="append", choices=list(DISTORTION_NAMES), help="repeatable; default blur and noise"
+    )
+    parser.add_argument(
+        "--levels",
+        type=float,
+        nargs="+",
+        default=None,
+        help="levels (with one --distortion); default three of the paper's: blur 1 3 5, noise 20 50 100, others first/middle/last",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="base noise seed (default 0)")
-    parser.add_argument("--channels", type=positive_int, default=16, help="channels per grid in the figure (default 16)")
+    parser.add_argument(
+        "--channels", type=positive_int, default=16, help="channels per grid in the figure (default 16)"
+    )
     parser.add_argument("--output", default=None, help="output folder (default runs/activations-<model>)")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``robustness`` argument parser (built without importing torch or numpy)."""
-    parser = argparse.ArgumentParser(prog="robustness", description="How image-quality distortions degrade ImageNet classifiers (Dodge & Karam 2016).")
+    parser = argparse.ArgumentParser(
+        prog="robustness",
+        description="How image-quality distortions degrade ImageNet classifiers (Dodge & Karam 2016).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="evaluate a model under the distortions and write results.json + a figure")
-    run.add_argument("--model", default="efficientnet_lite0", help="registered model name (see 'robustness list'), torchvision:ARCH, a TorchScript or state-dict file, or module:function; default %(default)s")
-    run.add_argument("--data", default=None, help=f"image folder (<wnid>/<file>); default ${SETTINGS['data'].env} or ../shared/data/imagenet-val-1024")
-    run.add_argument("--distortion", action="append", choices=list(DISTORTION_NAMES), help="distortion to run (repeatable); default all five")
+    run.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="registered model name (see 'robustness list'), torchvision:ARCH, a TorchScript or state-dict file, or module:function; default %(default)s",
+    )
+    run.add_argument(
+        "--data",
+        default=None,
+        help=f"image folder (<wnid>/<file>); default ${SETTINGS['data'].env} or ../shared/data/imagenet-val-1024",
+    )
+    run.add_argument(
+        "--distortion",
+        action="append",
+        choices=list(DISTORTION_NAMES),
+        help="distortion to run (repeatable); default all five",
+    )
     run.add_argument("--limit", type=positive_int, default=None, help="use the first N images in file-name order")
     run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
     run.add_argument("--seed", type=non_negative_int, default=0, help="base seed for noise (default 0)")
@@ -415,13 +621,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_dataset_options(run)
     run.add_argument("--no-cache", action="store_true", help="do not read or write the prediction cache")
-    run.add_argument("--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)")
+    run.add_argument(
+        "--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)"
+    )
     run.set_defaults(func=_cmd_run)
     _add_run_report_options(run)
     _add_report_commands(commands)
 
-    lister = commands.add_parser("list", help="list the built-in models (are their weights here, where do they come from) and the distortions")
-    lister.add_argument("--models-dir", default=None, help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)")
+    lister = commands.add_parser(
+        "list", help="list the built-in models (are their weights here, where do they come from) and the distortions"
+    )
+    lister.add_argument(
+        "--models-dir",
+        default=None,
+        help="folder of shared weight files (default $ROBUSTNESS_MODELS or ../shared/models)",
+    )
     lister.set_defaults(func=_cmd_list)
 
     _add_calibrate(commands)

@@ -167,9 +167,14 @@ class ImageDataset(Sequence[Sample]):
             ranked.extend((rank, class_key, sample) for rank, sample in enumerate(members))
         if total is not None:
             if total > len(ranked):
-                raise ValueError(f"subset total {total} exceeds the {len(ranked)} images available in {self.description}")
+                raise ValueError(
+                    f"subset total {total} exceeds the {len(ranked)} images available in {self.description}"
+                )
             ranked = sorted(ranked, key=lambda item: (item[0], item[1]))[:total]
-        parts = [f"per_class={per_class}" if per_class is not None else "", f"total={total}" if total is not None else ""]
+        parts = [
+            f"per_class={per_class}" if per_class is not None else "",
+            f"total={total}" if total is not None else "",
+        ]
         note = ", ".join(p for p in parts if p)
         return ImageDataset([item[2] for item in ranked], self.root, f"{self.description} [subset {note}, seed {seed}]")
 
@@ -213,7 +218,9 @@ def _read_labels_csv(path: Path) -> dict[str, int]:
         reader = csv.DictReader(handle)
         fields = set(reader.fieldnames or ())
         if "path" not in fields or not fields & {"wnid", "class_index", "label"}:
-            raise DatasetError(f"{path}: needs a 'path' column and a 'label', 'wnid' or 'class_index' column, has {sorted(fields)}")
+            raise DatasetError(
+                f"{path}: needs a 'path' column and a 'label', 'wnid' or 'class_index' column, has {sorted(fields)}"
+            )
         for line, row in enumerate(reader, start=2):
             rel = (row["path"] or "").strip().replace("\\", "/")
             while rel.startswith("./"):
@@ -233,7 +240,9 @@ def _read_labels_csv(path: Path) -> dict[str, int]:
                     if index_text != label_text:
                         raise DatasetError(f"{path}:{line}: label {label_text} disagrees with class_index {index_text}")
                 else:
-                    raise DatasetError(f"{path}:{line}: label {label_text!r} is neither an ImageNet wnid nor a class index 0-999")
+                    raise DatasetError(
+                        f"{path}:{line}: label {label_text!r} is neither an ImageNet wnid nor a class index 0-999"
+                    )
             if wnid and wnid not in table:
                 raise DatasetError(f"{path}:{line}: unknown wnid {wnid!r}")
             if index_text:
@@ -316,7 +325,9 @@ def read_devkit_labels(devkit: str | os.PathLike) -> dict[int, int]:
     folder = Path(devkit)
     found = _devkit_files(folder)
     if found is None:
-        raise DatasetError(f"{folder}: no ILSVRC2012 devkit files (ground truth + meta.mat, or ILSVRC2012_val_wnid.csv)")
+        raise DatasetError(
+            f"{folder}: no ILSVRC2012 devkit files (ground truth + meta.mat, or ILSVRC2012_val_wnid.csv)"
+        )
     table = _wnid_to_index()
     kind, first, meta_path = found
     labels: dict[int, int] = {}
@@ -446,7 +457,9 @@ def load_dataset(
         dataset = ImageDataset(_flat_val_samples(root, flat, devkit), root, f"{root} (flat ILSVRC2012 val)")
         return dataset.subset(per_class, total, subset_seed).limit(limit)
     if not files:
-        raise DatasetError(f"dataset folder {root} holds no images in <wnid>/<file> sub-folders or ILSVRC2012_val_* files")
+        raise DatasetError(
+            f"dataset folder {root} holds no images in <wnid>/<file> sub-folders or ILSVRC2012_val_* files"
+        )
     labels_csv = root / "labels.csv"
     csv_labels = _read_labels_csv(labels_csv) if labels_csv.is_file() else None
     table = _wnid_to_index()
@@ -459,8 +472,10 @@ def load_dataset(
             label = csv_labels[rel]
             folder = file.parent.name
             if folder in table and table[folder] != label:
-                raise DatasetError(f"{labels_csv}: label {label} ({imagenet_wnids()[label]}) for {rel} contradicts "
-                                   f"its folder {folder} (class {table[folder]})")
+                raise DatasetError(
+                    f"{labels_csv}: label {label} ({imagenet_wnids()[label]}) for {rel} contradicts "
+                    f"its folder {folder} (class {table[folder]})"
+                )
         else:
             wnid = file.parent.name
             if wnid not in table:
@@ -471,6 +486,7 @@ def load_dataset(
         found = {sample.image_id for sample in samples}
         missing = sorted(set(csv_labels) - found)
         if missing:
-            raise DatasetError(f"{labels_csv}: {len(missing)} listed image(s) not found under {root}, "
-                               f"e.g. {', '.join(missing[:3])}")
+            raise DatasetError(
+                f"{labels_csv}: {len(missing)} listed image(s) not found under {root}, e.g. {', '.join(missing[:3])}"
+            )
     return ImageDataset(samples, root).subset(per_class, total, subset_seed).limit(limit)

@@ -308,9 +308,7 @@ def _jpeg2000_configurations(height: int, width: int) -> list[dict]:
 def _jpeg2000_round_trip(image: np.ndarray, resolutions: int, **options) -> tuple[np.ndarray, int]:
     """Encode ``image`` with OpenJPEG (irreversible 9/7, one layer) and decode it; return (decoded, bytes)."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(
-        buffer, format="JPEG2000", irreversible=True, num_resolutions=resolutions, **options
-    )
+    Image.fromarray(image).save(buffer, format="JPEG2000", irreversible=True, num_resolutions=resolutions, **options)
     size = buffer.tell()
     buffer.seek(0)
     with Image.open(buffer) as decoded:
@@ -593,27 +591,57 @@ _REGISTRY: dict[str, Distortion] = {
     d.name: d
     for d in (
         Distortion(
-            "blur", "sigma", "px", _levels(1, 9, 1), 0.0, 100.0,
-            lambda image, level, seed: gaussian_blur(image, level), id_format="s{:g}",
+            "blur",
+            "sigma",
+            "px",
+            _levels(1, 9, 1),
+            0.0,
+            100.0,
+            lambda image, level, seed: gaussian_blur(image, level),
+            id_format="s{:g}",
             description="Gaussian blur, exact weights over a +-2 sigma window, reflect borders",
         ),
         Distortion(
-            "noise", "std", "0-255", _levels(10, 100, 10), 0.0, 255.0,
-            lambda image, level, seed: gaussian_noise(image, level, seed), stochastic=True,
+            "noise",
+            "std",
+            "0-255",
+            _levels(10, 100, 10),
+            0.0,
+            255.0,
+            lambda image, level, seed: gaussian_noise(image, level, seed),
+            stochastic=True,
             description="additive N(0, std^2) per pixel and channel, rounded and clipped",
         ),
         Distortion(
-            "jpeg", "quality", "quality", _levels(2, 20, 2), 1, 100,
-            lambda image, level, seed: jpeg(image, int(level)), id_format="q{:g}", integer=True,
+            "jpeg",
+            "quality",
+            "quality",
+            _levels(2, 20, 2),
+            1,
+            100,
+            lambda image, level, seed: jpeg(image, int(level)),
+            id_format="q{:g}",
+            integer=True,
             description="Pillow/libjpeg round trip at that quality, 4:2:0",
         ),
         Distortion(
-            "jpeg2000", "psnr", "dB", _levels(20, 40, 2), 15.0, 60.0,
-            lambda image, level, seed: jpeg2000(image, level), id_format="{:g}db",
+            "jpeg2000",
+            "psnr",
+            "dB",
+            _levels(20, 40, 2),
+            15.0,
+            60.0,
+            lambda image, level, seed: jpeg2000(image, level),
+            id_format="{:g}db",
             description="OpenJPEG (Pillow) round trip searched to the target PSNR",
         ),
         Distortion(
-            "contrast", "weight", "fraction", _levels(0.0, 1.0, 0.1), 0.0, 1.0,
+            "contrast",
+            "weight",
+            "fraction",
+            _levels(0.0, 1.0, 0.1),
+            0.0,
+            1.0,
             lambda image, level, seed: contrast(image, level),
             description="blend toward mid-grey: (1 - w) * image + w * 128",
         ),

@@ -47,8 +47,19 @@ from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .models import Classifier, load_model
 
-__all__ = ["Condition", "ConditionResult", "evaluate", "conditions_for", "image_seed", "CLEAN",
-           "SkippedImagesWarning", "default_num_workers", "LineProgress", "progress_bar"]
+__all__ = [
+    "Condition",
+    "ConditionResult",
+    "evaluate",
+    "conditions_for",
+    "image_seed",
+    "CLEAN",
+    "SkippedImagesWarning",
+    "default_num_workers",
+    "LineProgress",
+    "progress_bar",
+]
+
 
 @dataclass
 class ConditionResult:
@@ -86,8 +97,15 @@ class ConditionResult:
 
     def to_record(self) -> dict:
         """The JSON record: model, distortion, level, top1, top5, n, tolerance_misses."""
-        return {"model": self.model, "distortion": self.distortion, "level": self.level,
-                "top1": self.top1, "top5": self.top5, "n": self.n, "tolerance_misses": self.tolerance_misses}
+        return {
+            "model": self.model,
+            "distortion": self.distortion,
+            "level": self.level,
+            "top1": self.top1,
+            "top5": self.top5,
+            "n": self.n,
+            "tolerance_misses": self.tolerance_misses,
+        }
 
 
 def image_seed(base_seed: int, image_id: str, distortion: str, level: float) -> np.random.SeedSequence:
@@ -98,7 +116,9 @@ def image_seed(base_seed: int, image_id: str, distortion: str, level: float) -> 
     )
 
 
-def conditions_for(distortions: Iterable[str] | Mapping[str, Sequence[float]] | None = None, *, clean: bool = True) -> list[Condition]:
+def conditions_for(
+    distortions: Iterable[str] | Mapping[str, Sequence[float]] | None = None, *, clean: bool = True
+) -> list[Condition]:
     """Expand distortion names (paper levels) or a ``{name: levels}`` mapping into conditions.
 
     ``None`` means all five distortions at the paper's levels. The clean condition comes first when
@@ -112,7 +132,7 @@ def conditions_for(distortions: Iterable[str] | Mapping[str, Sequence[float]] | 
     conditions = [Condition(CLEAN, 0)] if clean else []
     for name, levels in mapping.items():
         spec = get_distortion(name)
-        for level in (spec.levels if levels is None else levels):
+        for level in spec.levels if levels is None else levels:
             conditions.append(Condition(name, level))
     return conditions
 
@@ -131,8 +151,9 @@ class _WorkItems(Dataset):
     within its PSNR tolerance (:func:`robustness.distortions.distort_with_info`).
     """
 
-    def __init__(self, dataset: ImageDataset, conditions: Sequence[Condition], preprocessing, seed: int,
-                 items: np.ndarray):
+    def __init__(
+        self, dataset: ImageDataset, conditions: Sequence[Condition], preprocessing, seed: int, items: np.ndarray
+    ):
         self.dataset = dataset
         self.conditions = list(conditions)
         self.preprocessing = preprocessing
@@ -178,9 +199,13 @@ def _collate(batch):
         empty = torch.empty(0, dtype=torch.int64)
         return None, empty, empty, torch.empty(0, dtype=torch.bool), failed
     tensors = default_collate([b[0] for b in ok])
-    return (tensors, torch.tensor([b[1] for b in ok], dtype=torch.int64),
-            torch.tensor([b[2] for b in ok], dtype=torch.int64), torch.tensor([b[4] for b in ok], dtype=torch.bool),
-            failed)
+    return (
+        tensors,
+        torch.tensor([b[1] for b in ok], dtype=torch.int64),
+        torch.tensor([b[2] for b in ok], dtype=torch.int64),
+        torch.tensor([b[4] for b in ok], dtype=torch.bool),
+        failed,
+    )
 
 
 def default_num_workers(device: str | torch.device) -> int:
@@ -240,6 +265,7 @@ def progress_bar(desc: str, file=None):
     isatty = getattr(file, "isatty", None)
     if isatty is not None and isatty():
         from tqdm.auto import tqdm
+
         return tqdm(total=0, unit="img", desc=desc, dynamic_ncols=True, file=file)
     return LineProgress(desc, file)
 
@@ -248,8 +274,15 @@ class _Run:
     """One evaluation's state: the prediction table, what is done, what came from the cache, and
     what is not yet on disk."""
 
-    def __init__(self, model: Classifier, dataset: ImageDataset, conditions: list[Condition], seed: int,
-                 device, cache: PredictionCache | None):
+    def __init__(
+        self,
+        model: Classifier,
+        dataset: ImageDataset,
+        conditions: list[Condition],
+        seed: int,
+        device,
+        cache: PredictionCache | None,
+    ):
         self.model, self.dataset, self.conditions, self.seed, self.device = model, dataset, conditions, seed, device
         size = (len(conditions), len(dataset))
         self.predictions = np.full(size + (5,), -1, dtype=np.int64)
@@ -269,7 +302,10 @@ class _Run:
                     warnings.warn(
                         f"robustness cache: model {model.name} gave different outputs on the same probe images twice "
                         "in a row (a random layer active in eval mode? non-deterministic kernels?); its predictions "
-                        "cannot be checked against a cache, so it is evaluated without one", CacheWarning, stacklevel=3)
+                        "cannot be checked against a cache, so it is evaluated without one",
+                        CacheWarning,
+                        stacklevel=3,
+                    )
                     cache = None
                 else:
                     cache.store_probe(self.model_key, probe)
@@ -283,7 +319,10 @@ class _Run:
                     warnings.warn(
                         f"robustness cache: model {model.name} computes differently on the probe images from the "
                         f"model whose predictions are cached under its key (largest logit difference {difference:.2g} "
-                        "of their range); discarding those entries and recomputing", CacheWarning, stacklevel=3)
+                        "of their range); discarding those entries and recomputing",
+                        CacheWarning,
+                        stacklevel=3,
+                    )
                     cache.discard(self.model_key)
                     cache.store_probe(self.model_key, probe)
             if cache is not None:
@@ -309,9 +348,13 @@ class _Run:
         if self.cache is not None:
             for k, indices in self.unflushed.items():
                 if indices:
-                    self.cache.store(self.model_key, self.condition_keys[k], self.image_keys[indices],
-                                     self.predictions[k, indices],
-                                     np.where(self.missed[k, indices], FLAG_MISSED_TOLERANCE, 0))
+                    self.cache.store(
+                        self.model_key,
+                        self.condition_keys[k],
+                        self.image_keys[indices],
+                        self.predictions[k, indices],
+                        np.where(self.missed[k, indices], FLAG_MISSED_TOLERANCE, 0),
+                    )
         self.unflushed = {}
         self.last_flush = time.monotonic()
 
@@ -325,8 +368,9 @@ class _Run:
         num_workers = min(num_workers, batches) if batches > 1 else 0
         work = _WorkItems(self.dataset, self.conditions, self.model.preprocessing, self.seed, items)
         on_cuda = torch.device(self.device).type == "cuda"
-        loader = DataLoader(work, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=_collate, pin_memory=on_cuda)
+        loader = DataLoader(
+            work, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=on_cuda
+        )
         if bar is not None:
             bar.total = (bar.total or 0) + len(items)
             bar.refresh()
@@ -337,11 +381,15 @@ class _Run:
                 if batch is not None:
                     logits = self.model(batch.to(self.device, non_blocking=on_cuda))
                     if logits.ndim != 2 or logits.shape[1] != 1000:
-                        raise ValueError(f"model {self.model.name} returned logits of shape "
-                                         f"{tuple(logits.shape)}, expected (N, 1000)")
+                        raise ValueError(
+                            f"model {self.model.name} returned logits of shape "
+                            f"{tuple(logits.shape)}, expected (N, 1000)"
+                        )
                     if not torch.isfinite(logits).all():
-                        raise ValueError(f"model {self.model.name} returned non-finite logits (NaN or inf); "
-                                         "its top-5 would be meaningless")
+                        raise ValueError(
+                            f"model {self.model.name} returned non-finite logits (NaN or inf); "
+                            "its top-5 would be meaningless"
+                        )
                     top5 = logits.topk(5, dim=1).indices.cpu().numpy()
                     yield condition_index.numpy(), image_index.numpy(), top5, missed.numpy()
                 if bar is not None:
@@ -494,8 +542,11 @@ def evaluate(
     skipped = {dataset[i].image_id: message for i, message in sorted(run.skipped.items())}
     if skipped:
         listing = "; ".join(skipped.values())
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s), left out of every condition: {listing}",
-                      SkippedImagesWarning, stacklevel=2)
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable image(s), left out of every condition: {listing}",
+            SkippedImagesWarning,
+            stacklevel=2,
+        )
     labels = np.asarray([sample.label for sample in dataset], dtype=np.int64)[keep]
     image_ids = [sample.image_id for sample, k in zip(dataset, keep) if k]
     assert run.done[:, keep].all(), "internal error: an (image, condition) pair was not evaluated"
@@ -505,12 +556,21 @@ def evaluate(
         predictions = run.predictions[k][keep]
         correct1 = predictions[:, 0] == labels
         correct5 = (predictions == labels[:, None]).any(axis=1)
-        results.append(ConditionResult(
-            model=model.name, distortion=condition.distortion, level=condition.level,
-            top1=float(correct1.mean()), top5=float(correct5.mean()), n=int(keep.sum()),
-            image_ids=image_ids, labels=labels, predictions=predictions.copy(), skipped=dict(skipped),
-            tolerance_misses=int(run.missed[k][keep].sum()),
-        ))
+        results.append(
+            ConditionResult(
+                model=model.name,
+                distortion=condition.distortion,
+                level=condition.level,
+                top1=float(correct1.mean()),
+                top5=float(correct5.mean()),
+                n=int(keep.sum()),
+                image_ids=image_ids,
+                labels=labels,
+                predictions=predictions.copy(),
+                skipped=dict(skipped),
+                tolerance_misses=int(run.missed[k][keep].sum()),
+            )
+        )
     return results
 
 
@@ -536,8 +596,9 @@ def _compute_with_cache(run: _Run, cache: PredictionCache, batch_size: int, num_
             _fill_compute_compact(run, cache, busy, batch_size, num_workers, bar)
 
 
-def _fill_compute_compact(run: _Run, cache: PredictionCache, condition_indices: list[int], batch_size: int,
-                          num_workers: int, bar) -> None:
+def _fill_compute_compact(
+    run: _Run, cache: PredictionCache, condition_indices: list[int], batch_size: int, num_workers: int, bar
+) -> None:
     run.fill_from_cache(condition_indices)
     run.compute(condition_indices, batch_size, num_workers, bar)
     for k in condition_indices:
@@ -550,9 +611,12 @@ def _verify_cache(run: _Run, cache: PredictionCache, batch_size: int, num_worker
     mismatches, checked = run.verify(batch_size, num_workers, bar)
     if mismatches == 0:
         return
-    warnings.warn(f"robustness cache: cached predictions of {run.model.name} disagree with the model on {mismatches}/"
-                  f"{checked} re-checked (image, condition) pairs; discarding its cache entries and recomputing",
-                  CacheWarning, stacklevel=3)
+    warnings.warn(
+        f"robustness cache: cached predictions of {run.model.name} disagree with the model on {mismatches}/"
+        f"{checked} re-checked (image, condition) pairs; discarding its cache entries and recomputing",
+        CacheWarning,
+        stacklevel=3,
+    )
     cache.discard(run.model_key)
     run.discard_cached()
     run.compute(range(len(run.conditions)), batch_size, num_workers, bar)

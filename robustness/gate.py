@@ -30,9 +30,18 @@ from .stats import McNemarResult, correct, mcnemar, wilson_interval
 from .thresholds import METRICS, PairedSettings, Threshold, Thresholds
 
 __all__ = [
-    "Check", "PairedCheck", "Verdict", "GateSession", "GateError", "ThresholdFailure",
-    "judge", "check_threshold", "condition_label",
-    "save_baseline", "load_baseline", "Baseline",
+    "Check",
+    "PairedCheck",
+    "Verdict",
+    "GateSession",
+    "GateError",
+    "ThresholdFailure",
+    "judge",
+    "check_threshold",
+    "condition_label",
+    "save_baseline",
+    "load_baseline",
+    "Baseline",
 ]
 
 
@@ -112,9 +121,11 @@ class PairedCheck:
     def describe(self) -> str:
         r = self.result
         verdict = "significant drop" if not self.passed else "no significant drop"
-        return (f"paired vs baseline: {self.metric} {_pct(r.baseline)} -> {_pct(r.candidate)} on the same "
-                f"{r.n} images ({r.b} lost, {r.c} gained), one-sided McNemar p={r.p_value:.3g}: {verdict} "
-                f"at alpha {self.alpha:g}")
+        return (
+            f"paired vs baseline: {self.metric} {_pct(r.baseline)} -> {_pct(r.candidate)} on the same "
+            f"{r.n} images ({r.b} lost, {r.c} gained), one-sided McNemar p={r.p_value:.3g}: {verdict} "
+            f"at alpha {self.alpha:g}"
+        )
 
 
 @dataclass
@@ -168,7 +179,8 @@ class Verdict:
         if self.paired is not None and not self.paired.passed:
             causes.append("SIGNIFICANT DROP VS BASELINE")
         head = f"{self.threshold.model} {condition_label(self.threshold.condition)}: " + (
-            " AND ".join(causes) if causes else "passes")
+            " AND ".join(causes) if causes else "passes"
+        )
         lines = [head, "  measured " + self.measured_line()]
         lines += ["  " + ("ok   " if c.passed else "FAIL ") + c.describe() for c in self.checks]
         if self.paired is not None:
@@ -188,27 +200,42 @@ class Verdict:
         """Flat ``(name, value)`` pairs for JUnit XML (``record_property``), all prefixed ``robustness_``."""
         t, r = self.threshold, self.result
         props: list[tuple[str, Any]] = [
-            ("robustness_model", t.model), ("robustness_distortion", t.condition.distortion),
-            ("robustness_level", f"{t.condition.level:g}"), ("robustness_n", r.n),
+            ("robustness_model", t.model),
+            ("robustness_distortion", t.condition.distortion),
+            ("robustness_level", f"{t.condition.level:g}"),
+            ("robustness_n", r.n),
         ]
         for metric in METRICS:
             low, high = self.interval(metric)
-            props += [(f"robustness_{metric}", round(getattr(r, metric), 6)),
-                      (f"robustness_{metric}_ci_low", round(low, 6)), (f"robustness_{metric}_ci_high", round(high, 6))]
+            props += [
+                (f"robustness_{metric}", round(getattr(r, metric), 6)),
+                (f"robustness_{metric}_ci_low", round(low, 6)),
+                (f"robustness_{metric}_ci_high", round(high, 6)),
+            ]
         for c in self.checks:
             props.append((f"robustness_{c.key}_required", round(c.required, 6)))
         if self.paired is not None:
             p = self.paired.result
-            props += [("robustness_paired_metric", self.paired.metric), ("robustness_paired_baseline", round(p.baseline, 6)),
-                      ("robustness_paired_lost", p.b), ("robustness_paired_gained", p.c),
-                      ("robustness_paired_p", float(f"{p.p_value:.6g}"))]
+            props += [
+                ("robustness_paired_metric", self.paired.metric),
+                ("robustness_paired_baseline", round(p.baseline, 6)),
+                ("robustness_paired_lost", p.b),
+                ("robustness_paired_gained", p.c),
+                ("robustness_paired_p", float(f"{p.p_value:.6g}")),
+            ]
         props.append(("robustness_passed", self.passed))
         return props
 
 
-def judge(threshold: Threshold, result: ConditionResult, *, clean: ConditionResult | None = None,
-          baseline: Baseline | None = None, paired: PairedSettings | None = None,
-          source: str | None = None) -> Verdict:
+def judge(
+    threshold: Threshold,
+    result: ConditionResult,
+    *,
+    clean: ConditionResult | None = None,
+    baseline: Baseline | None = None,
+    paired: PairedSettings | None = None,
+    source: str | None = None,
+) -> Verdict:
     """Compare ``result`` with every bar of ``threshold`` (and the baseline, when given).
 
     Args:
@@ -230,24 +257,33 @@ def judge(threshold: Threshold, result: ConditionResult, *, clean: ConditionResu
             checks.append(Check(key, metric, measured, bar, bar))
         else:
             if clean is None:
-                raise ValueError(f"{threshold.id}: {key} needs the model's clean result "
-                                 "(use the robustness_verdict fixture or pass clean=)")
+                raise ValueError(
+                    f"{threshold.id}: {key} needs the model's clean result "
+                    "(use the robustness_verdict fixture or pass clean=)"
+                )
             base = getattr(clean, metric)
             checks.append(Check(key, metric, measured, bar * base, bar, base))
     verdict = Verdict(threshold, result, checks, source=source)
     if paired is not None:
         if baseline is None:
-            verdict.notes.append("paired check skipped: no stored baseline for this model and condition "
-                                 "(run `robustness calibrate` to store one)")
+            verdict.notes.append(
+                "paired check skipped: no stored baseline for this model and condition "
+                "(run `robustness calibrate` to store one)"
+            )
         else:
             pairs = baseline.pair(result)
             if isinstance(pairs, str):
                 verdict.notes.append(f"paired check skipped: {pairs}")
             else:
                 base_correct, cand_correct = pairs
-                verdict.paired = PairedCheck(paired.metric, paired.alpha, mcnemar(
-                    correct(base_correct[0], base_correct[1], paired.metric),
-                    correct(cand_correct[0], cand_correct[1], paired.metric)))
+                verdict.paired = PairedCheck(
+                    paired.metric,
+                    paired.alpha,
+                    mcnemar(
+                        correct(base_correct[0], base_correct[1], paired.metric),
+                        correct(cand_correct[0], cand_correct[1], paired.metric),
+                    ),
+                )
     return verdict
 
 
@@ -276,7 +312,9 @@ class Baseline:
     levels: list[float]
     predictions: np.ndarray  # (levels, n, 5)
 
-    def pair(self, result: ConditionResult) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | str:
+    def pair(
+        self, result: ConditionResult
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | str:
         """``((baseline_preds, labels), (candidate_preds, labels))`` on the shared images, or a reason string."""
         keys = [f"{float(v):g}" for v in self.levels]
         key = f"{float(result.level):g}"
@@ -301,8 +339,9 @@ def _baseline_file(folder: Path, model: str, distortion: str) -> Path:
     return Path(folder) / safe_name(model) / f"{safe_name(distortion)}.npz"
 
 
-def save_baseline(results: Sequence[ConditionResult], folder: str | os.PathLike, *, seed: int = 0,
-                  model: str | None = None) -> list[Path]:
+def save_baseline(
+    results: Sequence[ConditionResult], folder: str | os.PathLike, *, seed: int = 0, model: str | None = None
+) -> list[Path]:
     """Store the per-image predictions of ``results`` as baselines, one ``.npz`` per (model, distortion).
 
     Files: ``<folder>/<model>/<distortion>.npz`` (image ids, labels, levels, int16 top-5 predictions,
@@ -326,8 +365,12 @@ def save_baseline(results: Sequence[ConditionResult], folder: str | os.PathLike,
         ordered = sorted(levels.values(), key=lambda item: item[0])
         buffer = io.BytesIO()
         np.savez_compressed(
-            buffer, model=np.array(name), distortion=np.array(distortion), seed=np.array(seed),
-            image_ids=np.array(image_ids), labels=np.asarray(items[0].labels, dtype=np.int16),
+            buffer,
+            model=np.array(name),
+            distortion=np.array(distortion),
+            seed=np.array(seed),
+            image_ids=np.array(image_ids),
+            labels=np.asarray(items[0].labels, dtype=np.int16),
             levels=np.array([lv for lv, _ in ordered], dtype=np.float64),
             predictions=np.stack([p for _, p in ordered]).astype(np.int16),
         )
@@ -342,9 +385,15 @@ def load_baseline(folder: str | os.PathLike, model: str, distortion: str) -> Bas
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
-        return Baseline(str(data["model"]), str(data["distortion"]), int(data["seed"]),
-                        [str(x) for x in data["image_ids"]], data["labels"].astype(np.int64),
-                        [float(x) for x in data["levels"]], data["predictions"].astype(np.int64))
+        return Baseline(
+            str(data["model"]),
+            str(data["distortion"]),
+            int(data["seed"]),
+            [str(x) for x in data["image_ids"]],
+            data["labels"].astype(np.int64),
+            [float(x) for x in data["levels"]],
+            data["predictions"].astype(np.int64),
+        )
 
 
 # ------------------------------------------------------------------------------------------ session
@@ -367,9 +416,18 @@ class GateSession:
         skipped: unreadable images left out so far: image id -> reason.
     """
 
-    def __init__(self, dataset: ImageDataset, thresholds: Thresholds, *, device=None, batch_size: int = 32,
-                 num_workers: int | None = None, cache=None, evaluate_options: dict | None = None,
-                 allow_fewer_images: bool | None = None):
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        thresholds: Thresholds,
+        *,
+        device=None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        cache=None,
+        evaluate_options: dict | None = None,
+        allow_fewer_images: bool | None = None,
+    ):
         self.dataset = dataset
         self.thresholds = thresholds
         self.device = device
@@ -408,8 +466,16 @@ class GateSession:
             raise self._error
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SkippedImagesWarning)
-            results = evaluate(model, self.dataset, conditions, seed=self.thresholds.seed, batch_size=self.batch_size,
-                               num_workers=self.num_workers, device=self.device, **self.evaluate_options)
+            results = evaluate(
+                model,
+                self.dataset,
+                conditions,
+                seed=self.thresholds.seed,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                device=self.device,
+                **self.evaluate_options,
+            )
         for condition, result in zip(conditions, results):
             result.model = name
             self.skipped.update(result.skipped)
@@ -421,7 +487,8 @@ class GateSession:
             self._error = GateError(
                 f"only {results[0].n} of the {len(self.dataset)} images asked for could be read "
                 f"({len(skipped)} unreadable: {listing}); fix or remove them, or allow judging on fewer "
-                f"images with 'defaults: {{allow_fewer_images: true}}'{where}")
+                f"images with 'defaults: {{allow_fewer_images: true}}'{where}"
+            )
             raise self._error
 
     def measure(self, model: Classifier, name: str, condition: Condition) -> ConditionResult:
@@ -429,8 +496,9 @@ class GateSession:
         distortion evaluates every level the thresholds list for that model at once."""
         key = (name, condition)
         if key not in self._results:
-            conditions = [t.condition for t in self.thresholds.for_model(name)
-                          if t.condition.distortion == condition.distortion]
+            conditions = [
+                t.condition for t in self.thresholds.for_model(name) if t.condition.distortion == condition.distortion
+            ]
             self._evaluate(model, name, list(dict.fromkeys(conditions + [condition])))
         return self._results[key]
 
@@ -447,8 +515,10 @@ class GateSession:
         if paired is not None:
             baseline = load_baseline(paired.baseline, threshold.model, threshold.condition.distortion)
             if baseline is not None and baseline.seed != self.thresholds.seed:
-                note = (f"paired check skipped: the baseline was measured with seed {baseline.seed}, "
-                        f"this run uses seed {self.thresholds.seed}")
+                note = (
+                    f"paired check skipped: the baseline was measured with seed {baseline.seed}, "
+                    f"this run uses seed {self.thresholds.seed}"
+                )
                 baseline, paired = None, None
         source = None
         if self.thresholds.path is not None:

@@ -52,9 +52,22 @@ from .report import read_predictions, read_results_json
 from .stats import wilson_interval
 
 __all__ = [
-    "ReportError", "RunData", "load_run", "find_runs", "relative_auc", "corruption_error",
-    "relative_corruption_error", "corruption_errors", "mean_corruption_errors", "left_out_of_comparison",
-    "summary_table", "class_lists", "class_changes", "threshold_verdicts", "build_report", "write_report",
+    "ReportError",
+    "RunData",
+    "load_run",
+    "find_runs",
+    "relative_auc",
+    "corruption_error",
+    "relative_corruption_error",
+    "corruption_errors",
+    "mean_corruption_errors",
+    "left_out_of_comparison",
+    "summary_table",
+    "class_lists",
+    "class_changes",
+    "threshold_verdicts",
+    "build_report",
+    "write_report",
 ]
 
 RESULTS_FILE = "results.json"
@@ -123,7 +136,12 @@ def load_run(folder: str | os.PathLike) -> RunData:
         if r["distortion"] != CLEAN and r["distortion"] not in DISTORTIONS:
             raise ReportError(f"{results_path}: unknown distortion {r['distortion']!r}")
         try:
-            r["level"], r["top1"], r["top5"], r["n"] = float(r["level"]), float(r["top1"]), float(r["top5"]), int(r["n"])
+            r["level"], r["top1"], r["top5"], r["n"] = (
+                float(r["level"]),
+                float(r["top1"]),
+                float(r["top5"]),
+                int(r["n"]),
+            )
         except (TypeError, ValueError):
             raise ReportError(f"{results_path}: non-numeric level/top1/top5/n in {r!r}") from None
     predictions = None
@@ -261,8 +279,9 @@ def corruption_error(errors: Sequence[float], baseline_errors: Sequence[float]) 
     return math.nan if abs(denominator) <= ZERO_DENOMINATOR else float(e.sum()) / denominator
 
 
-def relative_corruption_error(errors: Sequence[float], clean_error: float, baseline_errors: Sequence[float],
-                              baseline_clean_error: float) -> float:
+def relative_corruption_error(
+    errors: Sequence[float], clean_error: float, baseline_errors: Sequence[float], baseline_clean_error: float
+) -> float:
     """ImageNet-C relative corruption error (Hendrycks & Dietterich, ICLR 2019, Sec. 3):
     ``sum_s (E_s - E_clean) / sum_s (E_s^base - E_clean^base)``.
 
@@ -288,7 +307,9 @@ def relative_corruption_error(errors: Sequence[float], clean_error: float, basel
 def _baseline_run(runs: Sequence[RunData], baseline: str | None) -> RunData:
     base = runs[0] if baseline is None else next((r for r in runs if baseline in (r.label, r.model)), None)
     if base is None:
-        raise ReportError(f"baseline model {baseline!r} is not in the report; models: {', '.join(r.label for r in runs)}")
+        raise ReportError(
+            f"baseline model {baseline!r} is not in the report; models: {', '.join(r.label for r in runs)}"
+        )
     return base
 
 
@@ -306,28 +327,38 @@ def _ce_table(runs: Sequence[RunData], baseline: str | None) -> dict[str, dict[s
         def errors(run: RunData, d: str = d, levels: list = levels) -> tuple[np.ndarray, float]:
             by_level = {r["level"]: r for r in run.curve(d)}
             clean = run.clean()
-            return (np.array([1.0 - by_level[v]["top1"] for v in levels]),
-                    math.nan if clean is None else 1.0 - clean["top1"])
+            return (
+                np.array([1.0 - by_level[v]["top1"] for v in levels]),
+                math.nan if clean is None else 1.0 - clean["top1"],
+            )
 
         base_e, base_clean = errors(base)
         for run in runs:
             e, clean = errors(run)
             ce = corruption_error(e, base_e)
             rel = relative_corruption_error(e, clean, base_e, base_clean)
-            why_ce = "" if not math.isnan(ce) else f"undefined: the baseline {base.label} makes no top-1 error at these levels"
+            why_ce = (
+                ""
+                if not math.isnan(ce)
+                else f"undefined: the baseline {base.label} makes no top-1 error at these levels"
+            )
             if not math.isnan(rel):
                 why_rel = ""
             elif math.isnan(clean) or math.isnan(base_clean):
                 who = run.label if math.isnan(clean) else base.label
                 why_rel = f"undefined: no clean result for {who}"
             else:
-                why_rel = (f"undefined: the baseline {base.label}'s errors at these levels sum to its clean error "
-                           "(denominator 0)")
+                why_rel = (
+                    f"undefined: the baseline {base.label}'s errors at these levels sum to its clean error "
+                    "(denominator 0)"
+                )
             out[run.label][d] = (ce, rel, why_ce, why_rel)
     return out
 
 
-def corruption_errors(runs: Sequence[RunData], baseline: str | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+def corruption_errors(
+    runs: Sequence[RunData], baseline: str | None = None
+) -> dict[str, dict[str, tuple[float, float]]]:
     """ImageNet-C corruption error and relative corruption error per (run label, distortion).
 
     Computed with :func:`corruption_error` and :func:`relative_corruption_error` over the levels every
@@ -376,9 +407,14 @@ def summary_table(runs: Sequence[RunData], baseline: str | None = None) -> list[
             if not levels:
                 continue  # some run lacks this distortion: left_out_of_comparison() names it
             curve = [r for r in run.curve(d) if r["level"] in levels]
-            row = {"label": run.label, "distortion": d, "levels": levels,
-                   "clean_top1": math.nan if clean is None else clean["top1"],
-                   "rauc_top1": math.nan, "rauc_top5": math.nan}
+            row = {
+                "label": run.label,
+                "distortion": d,
+                "levels": levels,
+                "clean_top1": math.nan if clean is None else clean["top1"],
+                "rauc_top1": math.nan,
+                "rauc_top5": math.nan,
+            }
             if clean is not None and curve:
                 row["rauc_top1"] = relative_auc([r["level"] for r in curve], [r["top1"] for r in curve], clean["top1"])
                 row["rauc_top5"] = relative_auc([r["level"] for r in curve], [r["top5"] for r in curve], clean["top5"])
@@ -409,9 +445,18 @@ def class_changes(labels: np.ndarray, clean_top1: np.ndarray, distorted_top1: np
         clean_correct = int((clean_top1[mask] == cls).sum())
         distorted_correct = int((distorted_top1[:, mask] == cls).sum())
         total = int(distorted_top1.shape[0] * n)
-        rows.append({"cls": int(cls), "n": n, "clean_correct": clean_correct, "distorted_correct": distorted_correct,
-                     "distorted_total": total, "clean_acc": clean_correct / n, "distorted_acc": distorted_correct / total,
-                     "drop": clean_correct / n - distorted_correct / total})
+        rows.append(
+            {
+                "cls": int(cls),
+                "n": n,
+                "clean_correct": clean_correct,
+                "distorted_correct": distorted_correct,
+                "distorted_total": total,
+                "clean_acc": clean_correct / n,
+                "distorted_acc": distorted_correct / total,
+                "drop": clean_correct / n - distorted_correct / total,
+            }
+        )
     rows.sort(key=lambda r: (-r["drop"], -r["n"], r["cls"]))
     return rows
 
@@ -426,8 +471,10 @@ def class_lists(rows: Sequence[dict], top: int = 5) -> tuple[list[dict], list[di
     """
     losing = sorted((r for r in rows if r["drop"] > 0), key=lambda r: (-r["drop"], -r["n"], r["cls"]))[:top]
     shown = {r["cls"] for r in losing}
-    holding = sorted((r for r in rows if r["clean_correct"] > 0 and r["cls"] not in shown),
-                     key=lambda r: (r["drop"], -r["distorted_acc"], -r["n"], r["cls"]))[:top]
+    holding = sorted(
+        (r for r in rows if r["clean_correct"] > 0 and r["cls"] not in shown),
+        key=lambda r: (r["drop"], -r["distorted_acc"], -r["n"], r["cls"]),
+    )[:top]
     return losing, holding
 
 
@@ -452,30 +499,55 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
     verdicts = []
     for run in runs:
         clean_record = run.clean()
-        clean = None if clean_record is None else ConditionResult(
-            run.model, CLEAN, 0.0, clean_record["top1"], clean_record["top5"], clean_record["n"])
+        clean = (
+            None
+            if clean_record is None
+            else ConditionResult(run.model, CLEAN, 0.0, clean_record["top1"], clean_record["top5"], clean_record["n"])
+        )
         for threshold in thresholds.for_model(run.model):
             condition = threshold.condition
-            record = next((r for r in run.records if r["distortion"] == condition.distortion
-                           and (condition.distortion == CLEAN or math.isclose(r["level"], float(condition.level)))), None)
+            record = next(
+                (
+                    r
+                    for r in run.records
+                    if r["distortion"] == condition.distortion
+                    and (condition.distortion == CLEAN or math.isclose(r["level"], float(condition.level)))
+                ),
+                None,
+            )
             bars = threshold.bars()
             verdict = None
             if record is not None:
-                result = ConditionResult(run.model, record["distortion"], record["level"], record["top1"],
-                                         record["top5"], record["n"])
+                result = ConditionResult(
+                    run.model, record["distortion"], record["level"], record["top1"], record["top5"], record["n"]
+                )
                 try:
                     verdict = judge(threshold, result, clean=clean)
                 except ValueError:  # a relative bar, and the run has no clean result
                     verdict = None
             checks = {c.key: c for c in verdict.checks} if verdict is not None else {}
             for key, bar in bars.items():
-                row = {"label": run.label, "condition": condition.id, "metric": key, "threshold": bar,
-                       "measured": math.nan, "margin": math.nan, "n": 0, "passed": None,
-                       "text": f"{run.model} {condition.id}: not measured by this run"}
+                row = {
+                    "label": run.label,
+                    "condition": condition.id,
+                    "metric": key,
+                    "threshold": bar,
+                    "measured": math.nan,
+                    "margin": math.nan,
+                    "n": 0,
+                    "passed": None,
+                    "text": f"{run.model} {condition.id}: not measured by this run",
+                }
                 check = checks.get(key)
                 if check is not None:
-                    row.update(measured=check.measured, threshold=check.required, margin=check.measured - check.required,
-                               n=record["n"], passed=check.passed, text=f"{run.model} {condition.id}: {check.describe()}")
+                    row.update(
+                        measured=check.measured,
+                        threshold=check.required,
+                        margin=check.measured - check.required,
+                        n=record["n"],
+                        passed=check.passed,
+                        text=f"{run.model} {condition.id}: {check.describe()}",
+                    )
                 verdicts.append(row)
     return verdicts
 
@@ -520,7 +592,9 @@ def curves_figure(runs: Sequence[RunData]) -> str:
                     x = [r["level"] for r in curve]
                     y = [100 * r[metric] for r in curve]
                     bands = [wilson_interval(round(r[metric] * r["n"]), r["n"]) for r in curve]
-                    ax.fill_between(x, [100 * b[0] for b in bands], [100 * b[1] for b in bands], color=color, alpha=0.18, lw=0)
+                    ax.fill_between(
+                        x, [100 * b[0] for b in bands], [100 * b[1] for b in bands], color=color, alpha=0.18, lw=0
+                    )
                     ax.plot(x, y, "o-", color=color, ms=3.5, lw=1.5, label=run.label)
                 clean = run.clean()
                 if clean is not None:
@@ -591,11 +665,15 @@ def _section_summary(runs, baseline, rows) -> str:
     worst = sorted((r for r in rows if not math.isnan(r["rauc_top1"])), key=lambda r: r["rauc_top1"])
     if worst:
         w = worst[0]
-        lines.append(f"<p class='tldr'>Most damaging distortion: <b>{_e(w['distortion'])}</b> for <b>{_e(w['label'])}</b>, "
-                     f"which keeps on average {_pct(w['rauc_top1'], 0)} of its clean top-1 accuracy "
-                     f"({_pct(w['clean_top1'])}) over the measured levels.</p>")
-    lines.append("<table><tr><th class='l'>model</th><th class='l'>distortion</th><th>levels compared</th><th>clean top-1</th>"
-                 "<th>rAUC top-1</th><th>rAUC top-5</th><th>CE</th><th>relative CE</th></tr>")
+        lines.append(
+            f"<p class='tldr'>Most damaging distortion: <b>{_e(w['distortion'])}</b> for <b>{_e(w['label'])}</b>, "
+            f"which keeps on average {_pct(w['rauc_top1'], 0)} of its clean top-1 accuracy "
+            f"({_pct(w['clean_top1'])}) over the measured levels.</p>"
+        )
+    lines.append(
+        "<table><tr><th class='l'>model</th><th class='l'>distortion</th><th>levels compared</th><th>clean top-1</th>"
+        "<th>rAUC top-1</th><th>rAUC top-5</th><th>CE</th><th>relative CE</th></tr>"
+    )
     reasons: dict[str, int] = {}
 
     def value(number: float, why: str) -> str:
@@ -606,9 +684,11 @@ def _section_summary(runs, baseline, rows) -> str:
 
     for r in rows:
         levels = ", ".join(f"{v:g}" for v in r["levels"])
-        lines.append(f"<tr><td class='l'>{_e(r['label'])}</td><td class='l'>{_e(r['distortion'])}</td><td>{_e(levels)}</td>"
-                     f"<td>{_pct(r['clean_top1'])}</td><td>{_num(r['rauc_top1'])}</td><td>{_num(r['rauc_top5'])}</td>"
-                     f"<td>{value(r['ce'], r['ce_note'])}</td><td>{value(r['rel_ce'], r['rel_ce_note'])}</td></tr>")
+        lines.append(
+            f"<tr><td class='l'>{_e(r['label'])}</td><td class='l'>{_e(r['distortion'])}</td><td>{_e(levels)}</td>"
+            f"<td>{_pct(r['clean_top1'])}</td><td>{_num(r['rauc_top1'])}</td><td>{_num(r['rauc_top5'])}</td>"
+            f"<td>{value(r['ce'], r['ce_note'])}</td><td>{value(r['rel_ce'], r['rel_ce_note'])}</td></tr>"
+        )
     lines.append("</table>")
     for why, mark in reasons.items():
         lines.append(f"<p class='muted'><sup>{mark}</sup> n/a: {_e(why)}.</p>")
@@ -617,16 +697,21 @@ def _section_summary(runs, baseline, rows) -> str:
         m = means[key]
         if not m["values"]:
             continue
-        text = (f"<p><b>{name}</b> = mean {'relative CE' if key == 'relative_mce' else 'CE'} over "
-                f"{len(m['distortions'])} distortion{'s' * (len(m['distortions']) != 1)} "
-                f"({_e(', '.join(m['distortions']))}): " + "; ".join(f"<b>{_e(k)}</b> {v:.3f}" for k, v in m["values"].items()))
+        text = (
+            f"<p><b>{name}</b> = mean {'relative CE' if key == 'relative_mce' else 'CE'} over "
+            f"{len(m['distortions'])} distortion{'s' * (len(m['distortions']) != 1)} "
+            f"({_e(', '.join(m['distortions']))}): "
+            + "; ".join(f"<b>{_e(k)}</b> {v:.3f}" for k, v in m["values"].items())
+        )
         if m["left_out"]:
             text += f". Left out, undefined for some model: {_e(', '.join(m['left_out']))}"
         lines.append(text + ".</p>")
     gaps = left_out_of_comparison(runs)
     if gaps:
-        lines.append("<p class='note'><b>Not compared</b> (not measured by every run, so not in rAUC, CE or mCE; the curves "
-                     "below still show them): " + "; ".join(_e(g) for g in gaps) + ".</p>")
+        lines.append(
+            "<p class='note'><b>Not compared</b> (not measured by every run, so not in rAUC, CE or mCE; the curves "
+            "below still show them): " + "; ".join(_e(g) for g in gaps) + ".</p>"
+        )
     lines.append(
         "<p class='note'><b>rAUC</b> = area under top-1(level) / top-1(clean) against the level (trapezoid rule), divided "
         "by the level range: the average share of clean accuracy the model keeps over the levels; 1.0 = nothing lost. "
@@ -635,26 +720,31 @@ def _section_summary(runs, baseline, rows) -> str:
         "better. <b>Relative CE</b> = &Sigma;<sub>levels</sub> (error &minus; clean error) of the model / the same sum of the "
         "baseline: negative when one of the two is more accurate under the distortion than on clean images and the other "
         "is not; n/a only where the baseline's sum is 0. All are computed on the levels every model "
-        "in this report was measured at, so they compare models even when runs used different level grids.</p></section>")
+        "in this report was measured at, so they compare models even when runs used different level grids.</p></section>"
+    )
     return "\n".join(lines)
 
 
 def _section_curves(runs) -> str:
     uri = curves_figure(runs)
-    parts = ["<section id='curves'><h2>Accuracy against distortion level</h2>",
-             "<p>Top-1 (upper row) and top-5 (lower row) accuracy per distortion; one colour per model, shaded: 95% "
-             "Wilson interval for the number of images; dotted: the model's clean accuracy. Higher is better.</p>",
-             f"<img class='curves' alt='accuracy against level, one panel per distortion' src='{uri}'>",
-             "<details><summary>the numbers</summary><table><tr><th class='l'>model</th><th class='l'>distortion</th>"
-             "<th>level</th><th>top-1</th><th>95% interval</th><th>top-5</th><th>n</th></tr>"]
+    parts = [
+        "<section id='curves'><h2>Accuracy against distortion level</h2>",
+        "<p>Top-1 (upper row) and top-5 (lower row) accuracy per distortion; one colour per model, shaded: 95% "
+        "Wilson interval for the number of images; dotted: the model's clean accuracy. Higher is better.</p>",
+        f"<img class='curves' alt='accuracy against level, one panel per distortion' src='{uri}'>",
+        "<details><summary>the numbers</summary><table><tr><th class='l'>model</th><th class='l'>distortion</th>"
+        "<th>level</th><th>top-1</th><th>95% interval</th><th>top-5</th><th>n</th></tr>",
+    ]
     for run in runs:
         for r in [run.clean()] + [x for d in run.distortions() for x in run.curve(d)]:
             if r is None:
                 continue
             low, high = wilson_interval(round(r["top1"] * r["n"]), r["n"])
-            parts.append(f"<tr><td class='l'>{_e(run.label)}</td><td class='l'>{_e(r['distortion'])}</td>"
-                         f"<td>{_e(_level_text(r['distortion'], r['level']))}</td><td>{_pct(r['top1'])}</td>"
-                         f"<td>{_pct(low)}&ndash;{_pct(high)}</td><td>{_pct(r['top5'])}</td><td>{r['n']}</td></tr>")
+            parts.append(
+                f"<tr><td class='l'>{_e(run.label)}</td><td class='l'>{_e(r['distortion'])}</td>"
+                f"<td>{_e(_level_text(r['distortion'], r['level']))}</td><td>{_pct(r['top1'])}</td>"
+                f"<td>{_pct(low)}&ndash;{_pct(high)}</td><td>{_pct(r['top5'])}</td><td>{r['n']}</td></tr>"
+            )
     parts.append("</table></details></section>")
     return "\n".join(parts)
 
@@ -677,13 +767,17 @@ def _section_examples(runs, data, count) -> str:
     from .images import ImageLoadError, load_image
 
     names = _class_names()
-    parts = ["<section id='examples'><h2>What the distortions look like, and what the model says</h2>",
-             "<p>The same image at every level of each distortion (thumbnails re-encoded as JPEG quality 90 for the page). "
-             "Under each: the level and each model's top-1 label, <span class='ok-t'>&#10004; right</span> or "
-             "<span class='bad-t'>&#10008; wrong</span> (green / red frame: the first model).</p>"]
+    parts = [
+        "<section id='examples'><h2>What the distortions look like, and what the model says</h2>",
+        "<p>The same image at every level of each distortion (thumbnails re-encoded as JPEG quality 90 for the page). "
+        "Under each: the level and each model's top-1 label, <span class='ok-t'>&#10004; right</span> or "
+        "<span class='bad-t'>&#10008; wrong</span> (green / red frame: the first model).</p>",
+    ]
     with_preds = [run for run in runs if run.predictions is not None]
     if not with_preds:
-        parts.append("<p class='na'>Not available: no run folder holds predictions.npz (written by <code>robustness run</code>).</p></section>")
+        parts.append(
+            "<p class='na'>Not available: no run folder holds predictions.npz (written by <code>robustness run</code>).</p></section>"
+        )
         return "\n".join(parts)
     first = with_preds[0]
     root = Path(data) if data else Path(first.provenance.get("dataset_root", ""))
@@ -701,16 +795,25 @@ def _section_examples(runs, data, count) -> str:
             except ImageLoadError as error:
                 parts.append(f"<p class='na'>Image not available ({_e(error)}); pass <code>--data DIR</code>.</p>")
                 break
-            parts.append(f"<p class='muted'>{_e(image_id)} &mdash; true class: <b>{_e(names[label])}</b></p><div class='strip'>")
+            parts.append(
+                f"<p class='muted'>{_e(image_id)} &mdash; true class: <b>{_e(names[label])}</b></p><div class='strip'>"
+            )
             conditions = [(CLEAN, 0.0)] + [(d, r["level"]) for r in first.curve(d)]
             for distortion, level in conditions:
-                shown = image if distortion == CLEAN else distort(image, d, level, seed=image_seed(seed, image_id, d, level))
+                shown = (
+                    image
+                    if distortion == CLEAN
+                    else distort(image, d, level, seed=image_seed(seed, image_id, d, level))
+                )
                 captions, first_ok = [], None
                 for run in with_preds:
                     p = run.predictions
                     try:
-                        k = next(k for k, c in enumerate(p["conditions"]) if c[0] == distortion
-                                 and (distortion == CLEAN or math.isclose(c[1], level)))
+                        k = next(
+                            k
+                            for k, c in enumerate(p["conditions"])
+                            if c[0] == distortion and (distortion == CLEAN or math.isclose(c[1], level))
+                        )
                         i = p["image_ids"].index(image_id)
                     except (StopIteration, ValueError):
                         continue
@@ -718,11 +821,16 @@ def _section_examples(runs, data, count) -> str:
                     ok = top1 == label
                     first_ok = ok if first_ok is None else first_ok
                     who = f"{_e(run.label)}: " if len(with_preds) > 1 else ""
-                    captions.append(f"<span class='{'ok-t' if ok else 'bad-t'}'>{who}{'&#10004;' if ok else '&#10008;'} {_e(names[top1])}</span>")
+                    captions.append(
+                        f"<span class='{'ok-t' if ok else 'bad-t'}'>{who}{'&#10004;' if ok else '&#10008;'} {_e(names[top1])}</span>"
+                    )
                 css = "" if first_ok is None else ("ok" if first_ok else "bad")
-                parts.append(f"<figure class='{css}'><img alt='{_e(d)} {_e(_level_text(distortion, level))}' "
-                             f"src='{_jpeg_data_uri(shown)}'><figcaption><b>{_e(_level_text(distortion, level))}</b><br>"
-                             + "<br>".join(captions) + "</figcaption></figure>")
+                parts.append(
+                    f"<figure class='{css}'><img alt='{_e(d)} {_e(_level_text(distortion, level))}' "
+                    f"src='{_jpeg_data_uri(shown)}'><figcaption><b>{_e(_level_text(distortion, level))}</b><br>"
+                    + "<br>".join(captions)
+                    + "</figcaption></figure>"
+                )
             parts.append("</div>")
     parts.append("</section>")
     return "\n".join(parts)
@@ -730,9 +838,11 @@ def _section_examples(runs, data, count) -> str:
 
 def _section_classes(runs, top: int = 5) -> str:
     names = _class_names()
-    parts = ["<section id='classes'><h2>Which classes suffer</h2>",
-             "<p>Per class: clean top-1 correct out of its images, and distorted top-1 correct pooled over all levels of the "
-             "distortion (images &times; levels). With a few images per class these are anecdotes, not estimates: read the counts.</p>"]
+    parts = [
+        "<section id='classes'><h2>Which classes suffer</h2>",
+        "<p>Per class: clean top-1 correct out of its images, and distorted top-1 correct pooled over all levels of the "
+        "distortion (images &times; levels). With a few images per class these are anecdotes, not estimates: read the counts.</p>",
+    ]
     with_preds = [run for run in runs if run.predictions is not None]
     if not with_preds:
         parts.append("<p class='na'>Not available: no run folder holds predictions.npz.</p></section>")
@@ -750,15 +860,19 @@ def _section_classes(runs, top: int = 5) -> str:
                 continue
             rows = class_changes(p["labels"], p["predictions"][clean_k, :, 0], p["predictions"][ks, :, 0])
             losing, holding = class_lists(rows, top)
-            table = [f"<div><b>{_e(d)}</b> ({len(ks)} levels)<table><tr><th class='l'></th><th class='l'>class</th>"
-                     "<th>clean</th><th>distorted</th><th>drop</th></tr>"]
+            table = [
+                f"<div><b>{_e(d)}</b> ({len(ks)} levels)<table><tr><th class='l'></th><th class='l'>class</th>"
+                "<th>clean</th><th>distorted</th><th>drop</th></tr>"
+            ]
             for title, chosen in (("loses most", losing), ("holds best", holding)):
                 if not chosen:
                     table.append(f"<tr><td class='l'>{title}</td><td class='l na' colspan='4'>no class</td></tr>")
                 for j, r in enumerate(chosen):
                     head = f"<td class='l' rowspan='{len(chosen)}'>{title}</td>" if j == 0 else ""
-                    table.append(f"<tr>{head}<td class='l'>{_e(names[r['cls']])}</td><td>{r['clean_correct']}/{r['n']}</td>"
-                                 f"<td>{r['distorted_correct']}/{r['distorted_total']}</td><td>{100 * r['drop']:+.0f} pp</td></tr>")
+                    table.append(
+                        f"<tr>{head}<td class='l'>{_e(names[r['cls']])}</td><td>{r['clean_correct']}/{r['n']}</td>"
+                        f"<td>{r['distorted_correct']}/{r['distorted_total']}</td><td>{100 * r['drop']:+.0f} pp</td></tr>"
+                    )
             table.append("</table></div>")
             parts.append("".join(table))
         parts.append("</div>")
@@ -769,28 +883,40 @@ def _section_classes(runs, top: int = 5) -> str:
 def _section_thresholds(runs, thresholds) -> str:
     parts = ["<section id='thresholds'><h2>Thresholds verdicts</h2>"]
     if thresholds is None:
-        parts.append("<p class='na'>No thresholds file was given (<code>--thresholds thresholds.yaml</code>), so there is no verdict.</p></section>")
+        parts.append(
+            "<p class='na'>No thresholds file was given (<code>--thresholds thresholds.yaml</code>), so there is no verdict.</p></section>"
+        )
         return "\n".join(parts)
     verdicts = threshold_verdicts(runs, thresholds)
     failed = sum(1 for v in verdicts if v["passed"] is False)
     passed = sum(1 for v in verdicts if v["passed"] is True)
     missing = sum(1 for v in verdicts if v["passed"] is None)
-    verdict = "<span class='fail'>FAIL</span>" if failed else ("<span class='pass'>PASS</span>" if passed else "<span class='na'>no verdict</span>")
-    parts.append(f"<p class='tldr'>{verdict}: {passed} passed, {failed} failed, {missing} not measured by this run "
-                 f"(file <code>{_e(thresholds)}</code>). Margin = measured &minus; threshold, in percentage points; a result "
-                 "equal to its threshold passes.</p>")
+    verdict = (
+        "<span class='fail'>FAIL</span>"
+        if failed
+        else ("<span class='pass'>PASS</span>" if passed else "<span class='na'>no verdict</span>")
+    )
+    parts.append(
+        f"<p class='tldr'>{verdict}: {passed} passed, {failed} failed, {missing} not measured by this run "
+        f"(file <code>{_e(thresholds)}</code>). Margin = measured &minus; threshold, in percentage points; a result "
+        "equal to its threshold passes.</p>"
+    )
     if not verdicts:
         parts.append("<p class='na'>The file has no entries for the models in this report.</p>")
     else:
-        parts.append("<table><tr><th class='l'>model</th><th class='l'>condition</th><th>bar</th><th>measured</th>"
-                     "<th>required</th><th>margin</th><th>n</th><th class='l'>verdict</th></tr>")
+        parts.append(
+            "<table><tr><th class='l'>model</th><th class='l'>condition</th><th>bar</th><th>measured</th>"
+            "<th>required</th><th>margin</th><th>n</th><th class='l'>verdict</th></tr>"
+        )
         for v in verdicts:
             cls = "na" if v["passed"] is None else ("pass" if v["passed"] else "fail")
             word = "not measured" if v["passed"] is None else ("pass" if v["passed"] else "FAIL")
             margin = "n/a" if math.isnan(v["margin"]) else f"{100 * v['margin']:+.1f} pp"
-            parts.append(f"<tr title='{_e(v['text'])}'><td class='l'>{_e(v['label'])}</td><td class='l'>{_e(v['condition'])}</td>"
-                         f"<td>{v['metric']}</td><td>{_pct(v['measured'])}</td><td>{_pct(v['threshold'])}</td><td>{margin}</td>"
-                         f"<td>{v['n']}</td><td class='l {cls}'>{word}</td></tr>")
+            parts.append(
+                f"<tr title='{_e(v['text'])}'><td class='l'>{_e(v['label'])}</td><td class='l'>{_e(v['condition'])}</td>"
+                f"<td>{v['metric']}</td><td>{_pct(v['measured'])}</td><td>{_pct(v['threshold'])}</td><td>{margin}</td>"
+                f"<td>{v['n']}</td><td class='l {cls}'>{word}</td></tr>"
+            )
         parts.append("</table>")
     parts.append("</section>")
     return "\n".join(parts)
@@ -804,21 +930,40 @@ def _section_provenance(runs) -> str:
         prep = p.get("preprocessing") or {}
         prep_text = ", ".join(f"{k}={v}" for k, v in prep.items()) if prep else "not recorded"
         versions = ", ".join(f"{k} {v}" for k, v in (p.get("versions") or {}).items()) or "not recorded"
-        rows = [("model", run.model), ("run folder", str(run.folder)), ("weights digest (SHA-256, 16 hex)", p.get("weights_digest", "not recorded")),
-                ("preprocessing", prep_text), ("dataset", p.get("dataset_root", "not recorded")),
-                ("images", p.get("images", clean["n"] if clean else "not recorded")), ("noise seed", p.get("seed", "not recorded")),
-                ("thresholds file", p.get("thresholds") or "none"), ("versions", versions), ("date (UTC)", p.get("date", "not recorded")),
-                ("command", " ".join(p.get("command", [])) or "not recorded")]
-        parts.append(f"<h3>{_e(run.label)}</h3><table>" + "".join(
-            f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in rows) + "</table>")
+        rows = [
+            ("model", run.model),
+            ("run folder", str(run.folder)),
+            ("weights digest (SHA-256, 16 hex)", p.get("weights_digest", "not recorded")),
+            ("preprocessing", prep_text),
+            ("dataset", p.get("dataset_root", "not recorded")),
+            ("images", p.get("images", clean["n"] if clean else "not recorded")),
+            ("noise seed", p.get("seed", "not recorded")),
+            ("thresholds file", p.get("thresholds") or "none"),
+            ("versions", versions),
+            ("date (UTC)", p.get("date", "not recorded")),
+            ("command", " ".join(p.get("command", [])) or "not recorded"),
+        ]
+        parts.append(
+            f"<h3>{_e(run.label)}</h3><table>"
+            + "".join(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in rows)
+            + "</table>"
+        )
         if not p:
-            parts.append("<p class='na'>This run folder has no provenance.json (written by <code>robustness run</code>).</p>")
+            parts.append(
+                "<p class='na'>This run folder has no provenance.json (written by <code>robustness run</code>).</p>"
+            )
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def build_report(runs: Sequence[RunData], *, thresholds: str | os.PathLike | None = None, baseline: str | None = None,
-                 data: str | os.PathLike | None = None, examples: int = 1) -> str:
+def build_report(
+    runs: Sequence[RunData],
+    *,
+    thresholds: str | os.PathLike | None = None,
+    baseline: str | None = None,
+    data: str | os.PathLike | None = None,
+    examples: int = 1,
+) -> str:
     """The report page as an HTML string (see the module docstring for the sections).
 
     Args:
@@ -834,21 +979,37 @@ def build_report(runs: Sequence[RunData], *, thresholds: str | os.PathLike | Non
     models = ", ".join(run.label for run in runs)
     n = ", ".join(str((run.clean() or run.records[0])["n"]) for run in runs)
     title = f"Robustness report: {models}"
-    body = [f"<h1>{_e(title)}</h1>",
-            f"<p class='muted'>How blur, noise, JPEG, JPEG 2000 and contrast reduction (Dodge &amp; Karam 2016, arXiv:1604.04004) "
-            f"change ImageNet classification accuracy. Images per condition: {_e(n)}.</p>",
-            "<nav><a href='#summary'>summary</a><a href='#curves'>curves</a><a href='#examples'>examples</a>"
-            "<a href='#classes'>classes</a><a href='#thresholds'>thresholds</a><a href='#provenance'>provenance</a></nav>",
-            _section_summary(runs, baseline, rows), _section_curves(runs), _section_examples(runs, data, examples),
-            _section_classes(runs), _section_thresholds(runs, thresholds), _section_provenance(runs)]
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='muted'>How blur, noise, JPEG, JPEG 2000 and contrast reduction (Dodge &amp; Karam 2016, arXiv:1604.04004) "
+        f"change ImageNet classification accuracy. Images per condition: {_e(n)}.</p>",
+        "<nav><a href='#summary'>summary</a><a href='#curves'>curves</a><a href='#examples'>examples</a>"
+        "<a href='#classes'>classes</a><a href='#thresholds'>thresholds</a><a href='#provenance'>provenance</a></nav>",
+        _section_summary(runs, baseline, rows),
+        _section_curves(runs),
+        _section_examples(runs, data, examples),
+        _section_classes(runs),
+        _section_thresholds(runs, thresholds),
+        _section_provenance(runs),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
-def write_report(results: Sequence[str | os.PathLike], output: str | os.PathLike, *, thresholds=None, baseline=None,
-                 data=None, examples: int = 1) -> Path:
+def write_report(
+    results: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    thresholds=None,
+    baseline=None,
+    data=None,
+    examples: int = 1,
+) -> Path:
     """Read run folders (see :func:`find_runs`), build the page and write it to ``output`` atomically.
 
     Returns:

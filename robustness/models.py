@@ -114,7 +114,9 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"preprocessing interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
+            raise ValueError(
+                f"preprocessing interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"preprocessing channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         for key in ("resize_size", "crop_size"):
@@ -123,7 +125,9 @@ class Preprocessing:
                 raise ValueError(f"preprocessing {key} must be an integer number of pixels, got {value!r}")
             object.__setattr__(self, key, int(value))
         if not (0 < self.crop_size <= self.resize_size):
-            raise ValueError(f"preprocessing needs 0 < crop_size <= resize_size, got {self.crop_size}, {self.resize_size}")
+            raise ValueError(
+                f"preprocessing needs 0 < crop_size <= resize_size, got {self.crop_size}, {self.resize_size}"
+            )
         for key in ("mean", "std"):
             value = getattr(self, key)
             if isinstance(value, (str, bytes)) or len(value) != 3:
@@ -155,8 +159,10 @@ class Preprocessing:
     def describe(self) -> str:
         """One line, e.g. ``resize 256 bilinear, crop 227, BGR, mean 104/117/123, std 1/1/1 (0-255 scale)``."""
         fmt = lambda values: "/".join(f"{v:g}" for v in values)  # noqa: E731
-        return (f"resize {self.resize_size} {self.interpolation}, crop {self.crop_size}, {self.channel_order}, "
-                f"mean {fmt(self.mean)}, std {fmt(self.std)} (0-255 scale)")
+        return (
+            f"resize {self.resize_size} {self.interpolation}, crop {self.crop_size}, {self.channel_order}, "
+            f"mean {fmt(self.mean)}, std {fmt(self.std)} (0-255 scale)"
+        )
 
     @classmethod
     def from_fields(cls, base: Preprocessing | str | None = None, **values: Any) -> Preprocessing:
@@ -268,7 +274,9 @@ def parse_preprocessing(description: Preprocessing | str | Mapping[str, Any]) ->
     if isinstance(description, Mapping):
         return Preprocessing.from_fields(**dict(description))
     if not isinstance(description, str):
-        raise ModelError(f"preprocessing must be a preset name, a 'key=value,...' string, a mapping or a Preprocessing, got {type(description).__name__}")
+        raise ModelError(
+            f"preprocessing must be a preset name, a 'key=value,...' string, a mapping or a Preprocessing, got {type(description).__name__}"
+        )
     text = description.strip()
     if text.startswith("{"):
         try:
@@ -285,7 +293,9 @@ def parse_preprocessing(description: Preprocessing | str | Mapping[str, Any]) ->
     values: dict[str, Any] = {}
     for part in parts:
         if "=" not in part:
-            raise ModelError(f"preprocessing item {part!r} in {text!r} is not key=value (a preset name can only come first)")
+            raise ModelError(
+                f"preprocessing item {part!r} in {text!r} is not key=value (a preset name can only come first)"
+            )
         key, value = (s.strip() for s in part.split("=", 1))
         if key in ("mean", "std"):
             try:
@@ -327,8 +337,15 @@ class Classifier(torch.nn.Module):
             class (TF-slim / TF Hub convention); it is dropped so the output is the 1000 classes.
     """
 
-    def __init__(self, net: torch.nn.Module, preprocessing: Preprocessing, name: str, weights_digest: str | None = None,
-                 *, background_class: bool = False):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        preprocessing: Preprocessing,
+        name: str,
+        weights_digest: str | None = None,
+        *,
+        background_class: bool = False,
+    ):
         super().__init__()
         self.net = net.eval()
         self.preprocessing = preprocessing
@@ -394,8 +411,12 @@ MODELS: dict[str, ModelSpec] = {}
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def register_model(name: str, preprocessing: Preprocessing | str | Mapping[str, Any], description: str = "",
-                   published: Mapping[str, float] | None = None):
+def register_model(
+    name: str,
+    preprocessing: Preprocessing | str | Mapping[str, Any],
+    description: str = "",
+    published: Mapping[str, float] | None = None,
+):
     """Decorator registering a builder function under ``name``.
 
     The builder takes no argument, or one argument ``weights`` (``"default"``, ``None`` for random
@@ -436,10 +457,32 @@ def _weights_file(filename: str, model: str) -> Path:
 
 #: numpy's dtype classes for numbers and booleans (``numpy.dtypes.Int64DType``, ...; numpy >= 1.25).
 _NUMPY_DTYPE_CLASSES = (
-    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType", "UInt32DType", "Int64DType",
-    "UInt64DType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType", "UIntDType", "LongDType",
-    "ULongDType", "LongLongDType", "ULongLongDType", "Float16DType", "Float32DType", "Float64DType",
-    "LongDoubleDType", "Complex64DType", "Complex128DType", "CLongDoubleDType",
+    "BoolDType",
+    "Int8DType",
+    "UInt8DType",
+    "Int16DType",
+    "UInt16DType",
+    "Int32DType",
+    "UInt32DType",
+    "Int64DType",
+    "UInt64DType",
+    "ByteDType",
+    "UByteDType",
+    "ShortDType",
+    "UShortDType",
+    "IntDType",
+    "UIntDType",
+    "LongDType",
+    "ULongDType",
+    "LongLongDType",
+    "ULongLongDType",
+    "Float16DType",
+    "Float32DType",
+    "Float64DType",
+    "LongDoubleDType",
+    "Complex64DType",
+    "Complex128DType",
+    "CLongDoubleDType",
 )
 
 
@@ -463,8 +506,11 @@ def _numpy_safe_globals() -> list:
 def _refused_globals(path: Path) -> list[str]:
     """The globals of the checkpoint at ``path`` that ``weights_only=True`` refuses, as ``module.name``
     (``torch.serialization.get_unsafe_globals_in_checkpoint``, less the numpy ones allowed here)."""
-    allowed = {name if isinstance(name, str) else f"{name.__module__}.{name.__qualname__}"
-               for item in _numpy_safe_globals() for name in ([item[1]] if isinstance(item, tuple) else [item])}
+    allowed = {
+        name if isinstance(name, str) else f"{name.__module__}.{name.__qualname__}"
+        for item in _numpy_safe_globals()
+        for name in ([item[1]] if isinstance(item, tuple) else [item])
+    }
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - not a zip checkpoint, or an old torch: the message then omits the list
@@ -513,8 +559,10 @@ def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Ten
                 "them. Save the weights alone, torch.save(net.state_dict(), PATH) (numbers, numpy scalars and "
                 "strings beside them are fine), or give the model as a module:function factory that builds it"
             ) from None
-        raise ModelError(f"model {model}: cannot read {path} as a PyTorch checkpoint with weights_only=True "
-                         f"(a corrupt or foreign file? {_load_error_reason(error)})") from None
+        raise ModelError(
+            f"model {model}: cannot read {path} as a PyTorch checkpoint with weights_only=True "
+            f"(a corrupt or foreign file? {_load_error_reason(error)})"
+        ) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
@@ -522,7 +570,7 @@ def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Ten
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"model {model}: {path} is not a state dict (a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -634,8 +682,10 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
                 f"input (its preprocessing's crop_size) fails: {type(error).__name__}: {error}"
             ) from None
     if isinstance(out, (tuple, list)) or hasattr(out, "logits"):
-        raise ModelError(f"model {classifier.name} returns {type(out).__name__}, not a logits tensor (N, 1000); "
-                         "put it in eval mode or wrap it to return the main logits")
+        raise ModelError(
+            f"model {classifier.name} returns {type(out).__name__}, not a logits tensor (N, 1000); "
+            "put it in eval mode or wrap it to return the main logits"
+        )
     shape = tuple(out.shape)
     if len(shape) != 2:
         raise ModelError(f"model {classifier.name} returns shape {shape}; expected logits (N, 1000)")
@@ -645,14 +695,20 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
     elif classes == 1001 and background_class is not False and background_class is not None:
         classifier.background_class = True
     elif classes == 1001:
-        raise ModelError(f"model {classifier.name} outputs 1001 classes; if index 0 is a background class "
-                         "(TF-slim convention) pass background_class=True (CLI: --background-class)")
+        raise ModelError(
+            f"model {classifier.name} outputs 1001 classes; if index 0 is a background class "
+            "(TF-slim convention) pass background_class=True (CLI: --background-class)"
+        )
     elif classes == 1000:
-        raise ModelError(f"model {classifier.name} outputs 1000 classes, so it has no background class to drop; "
-                         "leave background_class off")
+        raise ModelError(
+            f"model {classifier.name} outputs 1000 classes, so it has no background class to drop; "
+            "leave background_class off"
+        )
     else:
-        raise ModelError(f"model {classifier.name} outputs {classes} classes; robustness scores the 1000 ImageNet-1k "
-                         "classes in sorted-wnid order (1001 with background_class=True is also accepted)")
+        raise ModelError(
+            f"model {classifier.name} outputs {classes} classes; robustness scores the 1000 ImageNet-1k "
+            "classes in sorted-wnid order (1001 with background_class=True is also accepted)"
+        )
     return classifier
 
 
@@ -727,15 +783,19 @@ def load_model(
             resolved = model_name or path.stem
             if _is_torchscript(path):
                 if weights not in ("default", None):
-                    raise ModelError(f"model {resolved}: {path} is TorchScript; it carries its own weights (drop weights=)")
+                    raise ModelError(
+                        f"model {resolved}: {path} is TorchScript; it carries its own weights (drop weights=)"
+                    )
                 net = _load_torchscript(path, resolved)
                 digest = _file_digest(path)
             elif arch is not None:
                 net, _ = _torchvision_model(arch, "DEFAULT", None)
                 _load_into(net, path, resolved)
             else:
-                raise ModelError(f"model {resolved}: {path} is not TorchScript; for a state dict pass arch= "
-                                 "(a torchvision architecture name, CLI --arch) or use a module:function factory")
+                raise ModelError(
+                    f"model {resolved}: {path} is not TorchScript; for a state dict pass arch= "
+                    "(a torchvision architecture name, CLI --arch) or use a module:function factory"
+                )
             pre = _need_preprocessing(preprocessing, resolved)
         elif ":" in text and all(p.isidentifier() for p in text.split(":", 1)[0].split(".")):
             factory = _import_factory(text)
@@ -789,8 +849,11 @@ def _torchvision_preprocessing(weights_enum) -> Preprocessing:
     transform = weights_enum.transforms()
     interpolation = {v: k for k, v in _INTERPOLATIONS.items()}[transform.interpolation]
     return Preprocessing(
-        resize_size=int(transform.resize_size[0]), crop_size=int(transform.crop_size[0]), interpolation=interpolation,
-        mean=tuple(255 * m for m in transform.mean), std=tuple(255 * s for s in transform.std),
+        resize_size=int(transform.resize_size[0]),
+        crop_size=int(transform.crop_size[0]),
+        interpolation=interpolation,
+        mean=tuple(255 * m for m in transform.mean),
+        std=tuple(255 * s for s in transform.std),
     )
 
 
@@ -848,7 +911,9 @@ def _efficientnet_lite(variant: int, weights="default") -> torch.nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as error:
-        raise ImportError(f"efficientnet_lite{variant} needs the PyPI package efficientnet-lite-pytorch: pip install it ({error})") from error
+        raise ImportError(
+            f"efficientnet_lite{variant} needs the PyPI package efficientnet-lite-pytorch: pip install it ({error})"
+        ) from error
     net = EfficientNet.from_name(f"efficientnet-lite{variant}")
     if weights is None:
         return net
@@ -914,8 +979,10 @@ def _squeezenet1_0_caffe(weights="default") -> torch.nn.Module:
 )
 def _mobilenet_v2_quantized(weights="default") -> torch.nn.Module:
     if weights != "default":
-        raise ModelError("mobilenet_v2_quantized is a TorchScript file with its own weights; it has no random "
-                         "initialisation and takes no state dict")
+        raise ModelError(
+            "mobilenet_v2_quantized is a TorchScript file with its own weights; it has no random "
+            "initialisation and takes no state dict"
+        )
     path = _weights_file(WEIGHT_SOURCES["mobilenet_v2_quantized"].location, "mobilenet_v2_quantized")
     net = _load_torchscript(path, "mobilenet_v2_quantized")
     net._robustness_digest = _file_digest(path)  # state_dict() of a quantized ScriptModule holds packed params
@@ -926,7 +993,13 @@ def _mobilenet_v2_quantized(weights="default") -> torch.nn.Module:
 
 _TORCHVISION_REGISTRY = {
     # name: (arch, weights enum member, published top-1, top-5, note)
-    "alexnet": ("alexnet", "IMAGENET1K_V1", 56.522, 79.066, "stand-in for the paper's Caffe reference model (CaffeNet)"),
+    "alexnet": (
+        "alexnet",
+        "IMAGENET1K_V1",
+        56.522,
+        79.066,
+        "stand-in for the paper's Caffe reference model (CaffeNet)",
+    ),
     "vgg16": ("vgg16", "IMAGENET1K_V1", 71.592, 90.382, "the paper's VGG-16"),
     "googlenet": ("googlenet", "IMAGENET1K_V1", 69.778, 89.530, "the paper's GoogLeNet"),
     "resnet50": ("resnet50", "IMAGENET1K_V1", 76.130, 92.862, "a post-paper reference"),
@@ -938,7 +1011,8 @@ def _register_torchvision(name: str, arch: str, enum_name: str, top1: float, top
 
     weights_enum = models.get_model_weights(arch)[enum_name]
     register_model(
-        name, _torchvision_preprocessing(weights_enum),
+        name,
+        _torchvision_preprocessing(weights_enum),
         f"torchvision {arch} {enum_name} ({note}); weights from the torch hub cache or downloaded "
         f"(published top-1 {top1}%, top-5 {top5}%)",
         {"top1": top1, "top5": top5},

@@ -55,9 +55,9 @@ class _State:
         self.rows: dict = {}
         self.updates: dict = {}
         self.skipped: dict[str, str] = {}
-        self.notes: dict[str, list[str]] = {}          # note -> case ids it applies to
-        self.below: list[str] = []                     # calibration: cases below their old bars
-        self.update_n: int | None = None               # calibration: fewest images a case was measured on
+        self.notes: dict[str, list[str]] = {}  # note -> case ids it applies to
+        self.below: list[str] = []  # calibration: cases below their old bars
+        self.update_n: int | None = None  # calibration: fewest images a case was measured on
         self.markers: set[str] = set(marker_descriptions())
 
 
@@ -91,38 +91,93 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """
     s = _settings.SETTINGS
     group = parser.getgroup("robustness", "image-quality robustness gate (write --robustness-data=DIR, with '=')")
-    group.addoption("--robustness-data", default=None, metavar="DIR",
-                    help=f"image folder (<wnid>/<file>); ${s['data'].env}, thresholds.yaml defaults.dataset, ini robustness_data")
-    group.addoption("--robustness-thresholds", default=None, metavar="FILE",
-                    help=f"thresholds file; ${s['thresholds'].env}, ini robustness_thresholds, default thresholds.yaml in the rootdir")
-    group.addoption("--robustness-images", type=_settings.positive_int, default=None, metavar="N",
-                    help=f"images per condition; ${s['images'].env}, defaults.images, ini robustness_images, default all")
-    group.addoption("--robustness-device", default=None,
-                    help=f"torch device: cpu, cuda, cuda:N, mps; ${s['device'].env}, ini robustness_device, default cuda when available")
-    group.addoption("--robustness-batch-size", type=_settings.positive_int, default=None, metavar="N",
-                    help=f"inference batch size (does not change results); ${s['batch_size'].env}, ini robustness_batch_size, default 32")
-    group.addoption("--robustness-workers", type=_settings.non_negative_int, default=None, metavar="N",
-                    help=f"DataLoader workers; ${s['workers'].env}, ini robustness_workers, default min(2, cpus)")
-    group.addoption("--robustness-update-thresholds", action="store_true", default=False,
-                    help="calibrate: rewrite the thresholds of the models run from the measured values (minus "
-                         "--robustness-margin), store baseline predictions, show a diff; gate cases do not fail")
-    group.addoption("--robustness-margin", type=_settings.margin_fraction, default=None,
-                    help=f"margin subtracted by --robustness-update-thresholds (fraction); ${s['margin'].env}, ini robustness_margin, default 0.05")
-    group.addoption("--robustness-no-cache", action="store_true", default=False,
-                    help=f"do not read or write the prediction cache; ${s['no_cache'].env}=1, ini robustness_no_cache")
-    group.addoption("--robustness-cache-dir", default=None, metavar="DIR",
-                    help=f"prediction cache folder; ${s['cache_dir'].env}, ini robustness_cache_dir, default <rootdir>/.robustness-cache")
+    group.addoption(
+        "--robustness-data",
+        default=None,
+        metavar="DIR",
+        help=f"image folder (<wnid>/<file>); ${s['data'].env}, thresholds.yaml defaults.dataset, ini robustness_data",
+    )
+    group.addoption(
+        "--robustness-thresholds",
+        default=None,
+        metavar="FILE",
+        help=f"thresholds file; ${s['thresholds'].env}, ini robustness_thresholds, default thresholds.yaml in the rootdir",
+    )
+    group.addoption(
+        "--robustness-images",
+        type=_settings.positive_int,
+        default=None,
+        metavar="N",
+        help=f"images per condition; ${s['images'].env}, defaults.images, ini robustness_images, default all",
+    )
+    group.addoption(
+        "--robustness-device",
+        default=None,
+        help=f"torch device: cpu, cuda, cuda:N, mps; ${s['device'].env}, ini robustness_device, default cuda when available",
+    )
+    group.addoption(
+        "--robustness-batch-size",
+        type=_settings.positive_int,
+        default=None,
+        metavar="N",
+        help=f"inference batch size (does not change results); ${s['batch_size'].env}, ini robustness_batch_size, default 32",
+    )
+    group.addoption(
+        "--robustness-workers",
+        type=_settings.non_negative_int,
+        default=None,
+        metavar="N",
+        help=f"DataLoader workers; ${s['workers'].env}, ini robustness_workers, default min(2, cpus)",
+    )
+    group.addoption(
+        "--robustness-update-thresholds",
+        action="store_true",
+        default=False,
+        help="calibrate: rewrite the thresholds of the models run from the measured values (minus "
+        "--robustness-margin), store baseline predictions, show a diff; gate cases do not fail",
+    )
+    group.addoption(
+        "--robustness-margin",
+        type=_settings.margin_fraction,
+        default=None,
+        help=f"margin subtracted by --robustness-update-thresholds (fraction); ${s['margin'].env}, ini robustness_margin, default 0.05",
+    )
+    group.addoption(
+        "--robustness-no-cache",
+        action="store_true",
+        default=False,
+        help=f"do not read or write the prediction cache; ${s['no_cache'].env}=1, ini robustness_no_cache",
+    )
+    group.addoption(
+        "--robustness-cache-dir",
+        default=None,
+        metavar="DIR",
+        help=f"prediction cache folder; ${s['cache_dir'].env}, ini robustness_cache_dir, default <rootdir>/.robustness-cache",
+    )
     parser.addini("robustness_data", "image folder for the robustness gate, relative to the rootdir", default="")
-    parser.addini("robustness_thresholds", "thresholds file, relative to the rootdir (default thresholds.yaml)", default="")
-    parser.addini("robustness_images", "images per condition when no flag, variable or defaults.images sets it", default="")
+    parser.addini(
+        "robustness_thresholds", "thresholds file, relative to the rootdir (default thresholds.yaml)", default=""
+    )
+    parser.addini(
+        "robustness_images", "images per condition when no flag, variable or defaults.images sets it", default=""
+    )
     parser.addini("robustness_device", "torch device for the gate (default cuda when available, else cpu)", default="")
     parser.addini("robustness_batch_size", "inference batch size (default 32)", default="")
     parser.addini("robustness_workers", "DataLoader workers (default min(2, cpus))", default="")
     parser.addini("robustness_cache_dir", "prediction cache folder, relative to the rootdir", default="")
     parser.addini("robustness_no_cache", "do not read or write the prediction cache", type="bool", default=False)
-    parser.addini("robustness_margin", "calibration margin (fraction) for --robustness-update-thresholds (default 0.05)", default="")
-    parser.addini("robustness_xdist_loadgroup", "mark each gate case with xdist_group('robustness-<model>-<distortion>') "
-                  "for pytest -n N --dist loadgroup (default true)", type="bool", default=True)
+    parser.addini(
+        "robustness_margin",
+        "calibration margin (fraction) for --robustness-update-thresholds (default 0.05)",
+        default="",
+    )
+    parser.addini(
+        "robustness_xdist_loadgroup",
+        "mark each gate case with xdist_group('robustness-<model>-<distortion>') "
+        "for pytest -n N --dist loadgroup (default true)",
+        type="bool",
+        default=True,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -176,9 +231,11 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
         message = f"thresholds file {setup.thresholds_path} not found (from {path.source}; rootdir {config.rootpath})"
         for written in _space_separated(config):
             option, value = written.split(" ", 1)
-            message += (f". The command line has '{written}' with a space: pytest then takes {value} for a test path "
-                        f"and may choose the rootdir from it (pytest's rule for arguments it does not know yet); "
-                        f"write {option}={value}")
+            message += (
+                f". The command line has '{written}' with a space: pytest then takes {value} for a test path "
+                f"and may choose the rootdir from it (pytest's rule for arguments it does not know yet); "
+                f"write {option}={value}"
+            )
         setup.problems.append(message)
         return
     try:
@@ -191,7 +248,8 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
         setup.problems.append(
             f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist, "
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
-            "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired")
+            "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
+        )
     for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin"):
         try:  # malformed variables or ini values: named here, once, not in every case
             _resolve(config, name)
@@ -203,8 +261,13 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     except ValueError as error:
         setup.problems.append(str(error))
     setup.images = _resolve(config, "images", file=thresholds.images, file_name=setup.thresholds_path.name)
-    setup.data = data = _resolve(config, "data", file=thresholds.dataset, file_name=setup.thresholds_path.name,
-                                 default=str(config.rootpath / _settings.DEFAULT_DATA_DIR))
+    setup.data = data = _resolve(
+        config,
+        "data",
+        file=thresholds.dataset,
+        file_name=setup.thresholds_path.name,
+        default=str(config.rootpath / _settings.DEFAULT_DATA_DIR),
+    )
     if data.layer == "default" and not Path(data.value).is_dir():
         return  # maybe a robustness_dataset fixture supplies the images; the default fixture says what to set
     from .datasets import DatasetError, load_dataset
@@ -219,7 +282,8 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
         setup.problems.append(
             f"{setup.images.source} asks for {wanted} images, but {setup.dataset.root} (image folder from {data.source}) "
             f"holds only {len(setup.dataset)}: "
-            f"add images, lower the count, or allow it with 'defaults: {{allow_fewer_images: true}}' in {setup.thresholds_path}")
+            f"add images, lower the count, or allow it with 'defaults: {{allow_fewer_images: true}}' in {setup.thresholds_path}"
+        )
 
 
 # ---------------------------------------------------------------------------------- test generation
@@ -240,7 +304,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             from .distortions import DISTORTIONS
 
             spec = DISTORTIONS[distortion]
-            config.addinivalue_line("markers", f"{distortion}: robustness gate: {distortion} ({spec.parameter}, {spec.unit})")
+            config.addinivalue_line(
+                "markers", f"{distortion}: robustness gate: {distortion} ({spec.parameter}, {spec.unit})"
+            )
             state.markers.add(distortion)
         marks = [getattr(pytest.mark, distortion), pytest.mark.robustness]
         if group:
@@ -274,10 +340,13 @@ def robustness_thresholds(pytestconfig: pytest.Config, robustness_thresholds_pat
     if not requested.is_absolute():
         requested = pytestconfig.rootpath / requested
     if requested.absolute() != setup.thresholds_path:
-        pytest.fail(f"robustness: a robustness_thresholds_path fixture returns {robustness_thresholds_path}, but the "
-                    f"cases were generated from {setup.thresholds_path}; choose the file with "
-                    "--robustness-thresholds=FILE, $ROBUSTNESS_THRESHOLDS or ini robustness_thresholds instead "
-                    "of overriding the fixture", pytrace=False)
+        pytest.fail(
+            f"robustness: a robustness_thresholds_path fixture returns {robustness_thresholds_path}, but the "
+            f"cases were generated from {setup.thresholds_path}; choose the file with "
+            "--robustness-thresholds=FILE, $ROBUSTNESS_THRESHOLDS or ini robustness_thresholds instead "
+            "of overriding the fixture",
+            pytrace=False,
+        )
     return setup.thresholds
 
 
@@ -295,9 +364,12 @@ def robustness_dataset(pytestconfig: pytest.Config, robustness_thresholds):
     """
     setup = _ready(pytestconfig)
     if setup.dataset is None:
-        pytest.fail(f"robustness: no image folder: the built-in default {setup.data.value} does not exist; set "
-                    "--robustness-data=DIR, $ROBUSTNESS_DATA, defaults.dataset in the thresholds file or ini "
-                    "robustness_data (or override the robustness_dataset fixture)", pytrace=False)
+        pytest.fail(
+            f"robustness: no image folder: the built-in default {setup.data.value} does not exist; set "
+            "--robustness-data=DIR, $ROBUSTNESS_DATA, defaults.dataset in the thresholds file or ini "
+            "robustness_data (or override the robustness_dataset fixture)",
+            pytrace=False,
+        )
     return setup.dataset
 
 
@@ -307,7 +379,9 @@ def _cache(config: pytest.Config):
         return None
     from .cache import PredictionCache
 
-    return PredictionCache(_resolve(config, "cache_dir", default=str(config.rootpath / _settings.DEFAULT_CACHE_DIR)).value)
+    return PredictionCache(
+        _resolve(config, "cache_dir", default=str(config.rootpath / _settings.DEFAULT_CACHE_DIR)).value
+    )
 
 
 @pytest.fixture(scope="session")
@@ -318,10 +392,13 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
     setup = _ready(pytestconfig)
     try:
         return GateSession(
-            robustness_dataset, robustness_thresholds, device=setup.device,
+            robustness_dataset,
+            robustness_thresholds,
+            device=setup.device,
             batch_size=_resolve(pytestconfig, "batch_size").value,
             num_workers=_resolve(pytestconfig, "workers").value,
-            cache=_cache(pytestconfig), allow_fewer_images=robustness_thresholds.allow_fewer_images,
+            cache=_cache(pytestconfig),
+            allow_fewer_images=robustness_thresholds.allow_fewer_images,
         )
     except _settings.SettingError as error:
         problem = str(error)
@@ -340,9 +417,12 @@ def robustness_model(robustness_threshold, robustness_session):
     This default supplies registered names and fails for ``source: fixture`` entries.
     """
     if robustness_threshold.source == "fixture":
-        pytest.fail(f"robustness: the thresholds entry {robustness_threshold.model!r} says 'source: fixture', but no "
-                    "conftest.py overrides the robustness_model fixture (define one returning a "
-                    "robustness.Classifier, or register the model with robustness.register_model)", pytrace=False)
+        pytest.fail(
+            f"robustness: the thresholds entry {robustness_threshold.model!r} says 'source: fixture', but no "
+            "conftest.py overrides the robustness_model fixture (define one returning a "
+            "robustness.Classifier, or register the model with robustness.register_model)",
+            pytrace=False,
+        )
     return robustness_session.model(robustness_threshold.model)
 
 
@@ -356,14 +436,20 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
     if threshold.source == "fixture":
         model = request.getfixturevalue("robustness_model")
         if model is None:
-            pytest.fail(f"robustness: the robustness_model fixture declined {threshold.model!r} (returned None); "
-                        "supply the model or remove its entry", pytrace=False)
+            pytest.fail(
+                f"robustness: the robustness_model fixture declined {threshold.model!r} (returned None); "
+                "supply the model or remove its entry",
+                pytrace=False,
+            )
         from .models import Classifier
 
         if not isinstance(model, Classifier):
-            pytest.fail(f"robustness: the robustness_model fixture returned a {type(model).__name__}, not a "
-                        "robustness.Classifier; wrap the network with its preprocessing, e.g. "
-                        "robustness.load_model(net, preprocessing=...)", pytrace=False)
+            pytest.fail(
+                f"robustness: the robustness_model fixture returned a {type(model).__name__}, not a "
+                "robustness.Classifier; wrap the network with its preprocessing, e.g. "
+                "robustness.load_model(net, preprocessing=...)",
+                pytrace=False,
+            )
     else:
         model = robustness_session.model(threshold.model)
     problem = None
@@ -389,8 +475,10 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
     if pytestconfig.getoption("--robustness-update-thresholds"):
         if not _too_few(robustness_session.thresholds, verdict.n):
             _store_baseline(robustness_session, threshold)
-        pytest.skip("--robustness-update-thresholds: measured; thresholds are rewritten at the end of the run\n"
-                    + verdict.message())
+        pytest.skip(
+            "--robustness-update-thresholds: measured; thresholds are rewritten at the end of the run\n"
+            + verdict.message()
+        )
     return verdict
 
 
@@ -482,7 +570,9 @@ def _record_update(config: pytest.Config, props: dict) -> None:
 def _cell(level_id: str, props: dict, outcome: str) -> str:
     parts = []
     for metric in METRICS:
-        required = [props[k] for k in (f"robustness_{metric}_required", f"robustness_{metric}_of_clean_required") if k in props]
+        required = [
+            props[k] for k in (f"robustness_{metric}_required", f"robustness_{metric}_of_clean_required") if k in props
+        ]
         if required:
             parts.append(f"{100 * props[f'robustness_{metric}']:.1f}/{100 * max(required):.1f}")
     text = f"{level_id} " + ",".join(parts) if parts else level_id
@@ -495,8 +585,9 @@ def _cell(level_id: str, props: dict, outcome: str) -> str:
     return text
 
 
-def summary_lines(rows: dict, skipped: dict[str, str] | None = None,
-                  notes: dict[str, list[str]] | None = None) -> list[str]:
+def summary_lines(
+    rows: dict, skipped: dict[str, str] | None = None, notes: dict[str, list[str]] | None = None
+) -> list[str]:
     """The summary table from ``{(model, distortion): {level: (props, outcome)}}``, then one line per
     unreadable image left out (``skipped``: image id -> reason), then the cases' notes (``notes``:
     note -> case ids, e.g. why a configured paired check did not run)."""
@@ -505,20 +596,31 @@ def summary_lines(rows: dict, skipped: dict[str, str] | None = None,
     order = {CLEAN: -1} | {name: i for i, name in enumerate(DISTORTION_NAMES)}
     width = max(len(m) for m, _ in rows)
     lines = ["measured/required accuracy % per level (n = images per condition); FAIL = below threshold"]
-    for (model, distortion) in sorted(rows, key=lambda k: (k[0], order.get(k[1], 99), k[1])):
+    for model, distortion in sorted(rows, key=lambda k: (k[0], order.get(k[1], 99), k[1])):
         cells = rows[(model, distortion)]
         items = sorted(cells.items(), key=lambda kv: float(kv[0]))
         failed = sum(outcome == "failed" for _, (_, outcome) in items)
-        metrics = [m for m in METRICS if any(f"robustness_{m}_required" in p or f"robustness_{m}_of_clean_required" in p
-                                             for _, (p, _) in items)]
+        metrics = [
+            m
+            for m in METRICS
+            if any(f"robustness_{m}_required" in p or f"robustness_{m}_of_clean_required" in p for _, (p, _) in items)
+        ]
         n = {p.get("robustness_n") for _, (p, _) in items}
         verdict = f"FAIL {failed}/{len(items)}" if failed else "pass"
         if all(outcome == "measured" for _, (_, outcome) in items):
             verdict = "measured"
-        text = "  ".join(_cell(str(p.get("robustness_level_id", level)).removeprefix(f"{distortion}-")
-                               if distortion != CLEAN else "", p, outcome).strip() for level, (p, outcome) in items)
-        lines.append(f"{model:<{width}}  {distortion:<8}  {'/'.join(metrics) or '-':<9} n={'/'.join(map(str, sorted(n)))}"
-                     f"  {verdict:<9}  {text}")
+        text = "  ".join(
+            _cell(
+                str(p.get("robustness_level_id", level)).removeprefix(f"{distortion}-") if distortion != CLEAN else "",
+                p,
+                outcome,
+            ).strip()
+            for level, (p, outcome) in items
+        )
+        lines.append(
+            f"{model:<{width}}  {distortion:<8}  {'/'.join(metrics) or '-':<9} n={'/'.join(map(str, sorted(n)))}"
+            f"  {verdict:<9}  {text}"
+        )
     if skipped:
         lines.append(f"skipped {len(skipped)} unreadable image(s), left out of every condition:")
         lines += [f"  {image}: {message}" for image, message in sorted(skipped.items())]
@@ -539,14 +641,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_sep("=", "robustness gate")
         for line in lines:
             red = " FAIL" in line
-            terminalreporter.write_line(line, red=red, green=not red and "  pass  " in line,
-                                        yellow=line.startswith(("skipped", "  ", "note")))
+            terminalreporter.write_line(
+                line, red=red, green=not red and "  pass  " in line, yellow=line.startswith(("skipped", "  ", "note"))
+            )
     if config.getoption("--robustness-update-thresholds"):
         if state.rows:
-            below = (f"; {len(state.below)} case(s) were below their old bars: {', '.join(state.below)}"
-                     if state.below else "; every case met its old bars")
-            terminalreporter.write_line(f"CALIBRATION RUN (--robustness-update-thresholds): no gate case could fail{below}",
-                                        red=True, bold=True)
+            below = (
+                f"; {len(state.below)} case(s) were below their old bars: {', '.join(state.below)}"
+                if state.below
+                else "; every case met its old bars"
+            )
+            terminalreporter.write_line(
+                f"CALIBRATION RUN (--robustness-update-thresholds): no gate case could fail{below}", red=True, bold=True
+            )
         _write_updates(terminalreporter, config)
 
 
@@ -586,10 +693,15 @@ def _sample_notes(config: pytest.Config, rows: dict) -> list[str]:
             continue
         thresholds, images = found
         if thresholds.images is not None and n < thresholds.images:
-            why = (f"{images.source} asks for {images.value}" if images.value is not None and images.value < thresholds.images
-                   else "the image folder holds fewer (defaults.allow_fewer_images)")
-            lines.append(f"note: measured on n={n} images per condition, fewer than defaults.images: "
-                         f"{thresholds.images} in {path} ({why})")
+            why = (
+                f"{images.source} asks for {images.value}"
+                if images.value is not None and images.value < thresholds.images
+                else "the image folder holds fewer (defaults.allow_fewer_images)"
+            )
+            lines.append(
+                f"note: measured on n={n} images per condition, fewer than defaults.images: "
+                f"{thresholds.images} in {path} ({why})"
+            )
     return lines
 
 
@@ -620,7 +732,9 @@ def _write_updates(terminalreporter, config: pytest.Config) -> None:
                 f"robustness: {path} NOT updated: measured on n={n} images per condition ({images.source} asks for "
                 f"{images.value}), fewer than its defaults.images: {thresholds.images}; bars from fewer images would "
                 "not hold for the gate's sample. Rerun with the full count, or set "
-                "'defaults: {allow_fewer_images: true}'", red=True)
+                "'defaults: {allow_fewer_images: true}'",
+                red=True,
+            )
             continue
         before = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
         for model, measured in models:

@@ -15,8 +15,15 @@ from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
 
-__all__ = ["format_table", "write_results_json", "read_results_json", "plot_accuracy_vs_level", "run_provenance",
-           "write_predictions", "read_predictions"]
+__all__ = [
+    "format_table",
+    "write_results_json",
+    "read_results_json",
+    "plot_accuracy_vs_level",
+    "run_provenance",
+    "write_predictions",
+    "read_predictions",
+]
 
 
 def format_table(results: Sequence[ConditionResult]) -> str:
@@ -26,12 +33,16 @@ def format_table(results: Sequence[ConditionResult]) -> str:
     for r in results:
         label = "" if r.distortion == CLEAN else DISTORTIONS[r.distortion].label
         level = "-" if r.distortion == CLEAN else f"{r.level:g}"
-        lines.append(f"{r.model:<20} {r.distortion:<10} {level:>7} {100 * r.top1:8.1f} {100 * r.top5:8.1f} {r.n:>6}"
-                     + (f"  ({label})" if label else ""))
+        lines.append(
+            f"{r.model:<20} {r.distortion:<10} {level:>7} {100 * r.top1:8.1f} {100 * r.top5:8.1f} {r.n:>6}"
+            + (f"  ({label})" if label else "")
+        )
     misses = [r for r in results if r.tolerance_misses]
     for r in misses:
-        lines.append(f"note: {r.model} {r.distortion} {r.level:g}: {r.tolerance_misses} of {r.n} images missed the "
-                     "distortion's tolerance (JPEG 2000: closest encode more than 0.5 dB from the target PSNR)")
+        lines.append(
+            f"note: {r.model} {r.distortion} {r.level:g}: {r.tolerance_misses} of {r.n} images missed the "
+            "distortion's tolerance (JPEG 2000: closest encode more than 0.5 dB from the target PSNR)"
+        )
     return "\n".join(lines)
 
 
@@ -126,8 +137,9 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
 PREDICTIONS_FORMAT = 1
 
 
-def run_provenance(model, dataset, *, seed: int, command: Sequence[str] | None = None,
-                   thresholds: str | os.PathLike | None = None) -> dict:
+def run_provenance(
+    model, dataset, *, seed: int, command: Sequence[str] | None = None, thresholds: str | os.PathLike | None = None
+) -> dict:
     """What a run was: model name, weights digest, preprocessing, dataset root and image count, seed,
     package versions, UTC date and the command line, as a JSON-ready dict.
 
@@ -164,7 +176,9 @@ def run_provenance(model, dataset, *, seed: int, command: Sequence[str] | None =
     }
 
 
-def write_predictions(results: Sequence[ConditionResult], path: str | os.PathLike, provenance: dict | None = None) -> None:
+def write_predictions(
+    results: Sequence[ConditionResult], path: str | os.PathLike, provenance: dict | None = None
+) -> None:
     """Write every image's top-5 predictions per condition to ``path`` (``.npz``), atomically.
 
     Arrays in the file:

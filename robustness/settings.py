@@ -35,9 +35,20 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "Setting", "SETTINGS", "Resolved", "SettingError", "resolve",
-    "positive_int", "non_negative_int", "margin_fraction", "boolean",
-    "check_device", "BadValue", "DEFAULT_DATA_DIR", "DEFAULT_CACHE_DIR", "DEFAULT_THRESHOLDS",
+    "Setting",
+    "SETTINGS",
+    "Resolved",
+    "SettingError",
+    "resolve",
+    "positive_int",
+    "non_negative_int",
+    "margin_fraction",
+    "boolean",
+    "check_device",
+    "BadValue",
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_CACHE_DIR",
+    "DEFAULT_THRESHOLDS",
 ]
 
 #: Built-in default image folder (relative: to the working directory for the CLI, the rootdir under pytest).
@@ -135,17 +146,50 @@ class Setting:
     default: Any
 
 
-SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
-    Setting("thresholds", "--robustness-thresholds", "ROBUSTNESS_THRESHOLDS", None, "robustness_thresholds", _text, DEFAULT_THRESHOLDS),
-    Setting("data", "--robustness-data", "ROBUSTNESS_DATA", "dataset", "robustness_data", _text, DEFAULT_DATA_DIR),
-    Setting("images", "--robustness-images", "ROBUSTNESS_IMAGES", "images", "robustness_images", positive_int, None),
-    Setting("device", "--robustness-device", "ROBUSTNESS_DEVICE", None, "robustness_device", _text, None),
-    Setting("cache_dir", "--robustness-cache-dir", "ROBUSTNESS_CACHE_DIR", None, "robustness_cache_dir", _text, DEFAULT_CACHE_DIR),
-    Setting("no_cache", "--robustness-no-cache", "ROBUSTNESS_NO_CACHE", None, "robustness_no_cache", boolean, False),
-    Setting("workers", "--robustness-workers", "ROBUSTNESS_WORKERS", None, "robustness_workers", non_negative_int, None),
-    Setting("batch_size", "--robustness-batch-size", "ROBUSTNESS_BATCH_SIZE", None, "robustness_batch_size", positive_int, 32),
-    Setting("margin", "--robustness-margin", "ROBUSTNESS_MARGIN", None, "robustness_margin", margin_fraction, 0.05),
-)}
+SETTINGS: Mapping[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "thresholds",
+            "--robustness-thresholds",
+            "ROBUSTNESS_THRESHOLDS",
+            None,
+            "robustness_thresholds",
+            _text,
+            DEFAULT_THRESHOLDS,
+        ),
+        Setting("data", "--robustness-data", "ROBUSTNESS_DATA", "dataset", "robustness_data", _text, DEFAULT_DATA_DIR),
+        Setting(
+            "images", "--robustness-images", "ROBUSTNESS_IMAGES", "images", "robustness_images", positive_int, None
+        ),
+        Setting("device", "--robustness-device", "ROBUSTNESS_DEVICE", None, "robustness_device", _text, None),
+        Setting(
+            "cache_dir",
+            "--robustness-cache-dir",
+            "ROBUSTNESS_CACHE_DIR",
+            None,
+            "robustness_cache_dir",
+            _text,
+            DEFAULT_CACHE_DIR,
+        ),
+        Setting(
+            "no_cache", "--robustness-no-cache", "ROBUSTNESS_NO_CACHE", None, "robustness_no_cache", boolean, False
+        ),
+        Setting(
+            "workers", "--robustness-workers", "ROBUSTNESS_WORKERS", None, "robustness_workers", non_negative_int, None
+        ),
+        Setting(
+            "batch_size",
+            "--robustness-batch-size",
+            "ROBUSTNESS_BATCH_SIZE",
+            None,
+            "robustness_batch_size",
+            positive_int,
+            32,
+        ),
+        Setting("margin", "--robustness-margin", "ROBUSTNESS_MARGIN", None, "robustness_margin", margin_fraction, 0.05),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -166,8 +210,17 @@ def _unset(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
-def resolve(name: str, *, flag: Any = None, flag_name: str | None = None, environ: Mapping[str, str] | None = None,
-            file: Any = None, file_name: str = "thresholds.yaml", ini: Any = None, default: Any = ...) -> Resolved:
+def resolve(
+    name: str,
+    *,
+    flag: Any = None,
+    flag_name: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    file: Any = None,
+    file_name: str = "thresholds.yaml",
+    ini: Any = None,
+    default: Any = ...,
+) -> Resolved:
     """Resolve setting ``name``: flag > environment variable > thresholds.yaml defaults > ini > default.
 
     Args:
@@ -238,8 +291,10 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
     match = _DEVICE.match(text.lower())
     kind = match.group("type") if match else None
     if kind not in _DEVICE_TYPES:
-        guess = _ALIASES.get(kind or "") or next(iter(difflib.get_close_matches(kind or text.lower(), _DEVICE_TYPES, n=1)), None)
-        suggestion = guess + text[len(kind):] if guess and kind else guess
+        guess = _ALIASES.get(kind or "") or next(
+            iter(difflib.get_close_matches(kind or text.lower(), _DEVICE_TYPES, n=1)), None
+        )
+        suggestion = guess + text[len(kind) :] if guess and kind else guess
         hint = f" (did you mean {suggestion!r}?)" if guess else ""
         raise ValueError(f"{option} {text}: not a torch device{hint}; use cpu, cuda, cuda:N or mps")
     if kind == "cpu":
@@ -254,8 +309,9 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
             raise ValueError(f"{option} {text}: CUDA is not available on this machine (use cpu)")
         count = torch.cuda.device_count()
         if index is not None and index >= count:
-            raise ValueError(f"{option} {text}: this machine has {count} CUDA device{'s' * (count != 1)} "
-                             f"(cuda:0..cuda:{count - 1})")
+            raise ValueError(
+                f"{option} {text}: this machine has {count} CUDA device{'s' * (count != 1)} (cuda:0..cuda:{count - 1})"
+            )
     elif kind == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():

@@ -116,8 +116,10 @@ def _paired(values, name: str) -> np.ndarray:
         return array.astype(bool)
     if array.size == 0:
         return array.astype(bool)
-    raise TypeError(f"{name} must be a boolean array (or integers 0/1), got dtype {array.dtype}: "
-                    "a float or NaN is not 'right or wrong'")
+    raise TypeError(
+        f"{name} must be a boolean array (or integers 0/1), got dtype {array.dtype}: "
+        "a float or NaN is not 'right or wrong'"
+    )
 
 
 def mcnemar(baseline_correct, candidate_correct) -> McNemarResult:

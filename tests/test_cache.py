@@ -258,10 +258,21 @@ def _worker(barrier, queue, data, cache_root):
     model = tiny_model()
     dataset = load_dataset(data)
     barrier.wait(timeout=60)  # both processes start evaluating together
-    results = evaluate(model, dataset, {"noise": [30, 60], "blur": [2]}, batch_size=2, num_workers=0,
-                       cache=PredictionCache(cache_root, flush_interval=0))
-    queue.put({"seen": model.net.seen, "top1": [r.top1 for r in results],
-               "predictions": [r.predictions.tolist() for r in results]})
+    results = evaluate(
+        model,
+        dataset,
+        {"noise": [30, 60], "blur": [2]},
+        batch_size=2,
+        num_workers=0,
+        cache=PredictionCache(cache_root, flush_interval=0),
+    )
+    queue.put(
+        {
+            "seen": model.net.seen,
+            "top1": [r.top1 for r in results],
+            "predictions": [r.predictions.tolist() for r in results],
+        }
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX advisory locks")
@@ -272,8 +283,9 @@ def test_concurrent_processes_share_the_work(tmp_path):
     make_dataset(tmp_path / "data", 6)
     context = multiprocessing.get_context("fork")
     barrier, queue = context.Barrier(2), context.Queue()
-    procs = [context.Process(target=_worker, args=(barrier, queue, tmp_path / "data", tmp_path / "cache"))
-             for _ in range(2)]
+    procs = [
+        context.Process(target=_worker, args=(barrier, queue, tmp_path / "data", tmp_path / "cache")) for _ in range(2)
+    ]
     for proc in procs:
         proc.start()
     outputs = [queue.get(timeout=120) for _ in procs]
@@ -287,7 +299,7 @@ def test_concurrent_processes_share_the_work(tmp_path):
     assert outputs[0]["top1"] == outputs[1]["top1"]
 
 
-_CONFTEST = '''
+_CONFTEST = """
 import os
 import pytest
 import torch
@@ -324,9 +336,9 @@ def _tiny():
 @pytest.fixture
 def robustness_model(_tiny):
     return _tiny
-'''
+"""
 
-_THRESHOLDS = '''
+_THRESHOLDS = """
 defaults: {images: 6, seed: 0}
 models:
   tiny:
@@ -338,7 +350,7 @@ models:
     blur:
       2: {top1: 1.0}
       4: {top1: 0.0}
-'''
+"""
 
 
 def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, monkeypatch):
@@ -348,18 +360,22 @@ def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, mon
     make_dataset(tmp_path / "data", 6)
     log = tmp_path / "inferred.log"
     tests_dir = Path(__file__).resolve().parent
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tests_dir.parent), str(tests_dir), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tests_dir.parent), str(tests_dir), os.environ.get("PYTHONPATH", "")])
+    )
     monkeypatch.setenv("TINY_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("TINY_LOG", str(log))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     pytester.makeconftest(_CONFTEST)
     pytester.makefile(".yaml", thresholds=_THRESHOLDS)
-    pytester.makepyfile(test_gate="""
+    pytester.makepyfile(
+        test_gate="""
         from robustness.gate import check_threshold
 
         def test_accuracy(robustness_threshold, robustness_result):
             check_threshold(robustness_threshold, robustness_result)
-    """)
+    """
+    )
 
     def inferred() -> tuple[int, int]:
         """(images classified outside the behaviour probe, probe runs: 1 or 2 per evaluate() with a cache)."""
@@ -367,7 +383,14 @@ def test_gate_under_xdist_same_verdicts_and_shared_cache(pytester, tmp_path, mon
         log.unlink(missing_ok=True)
         return sum(int(line) for line in lines if line != "probe"), lines.count("probe")
 
-    common = ["-p", "no:cacheprovider", "-p", "no:benchmark", "--robustness-workers=0", f"--robustness-cache-dir={tmp_path / 'cache'}"]
+    common = [
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:benchmark",
+        "--robustness-workers=0",
+        f"--robustness-cache-dir={tmp_path / 'cache'}",
+    ]
     serial = pytester.runpytest("-p", "no:xdist", "--robustness-no-cache", *common[:5])
     serial.assert_outcomes(passed=3, failed=2)
     assert inferred() == (6 * 5, 0) and not (tmp_path / "cache").exists()
@@ -398,8 +421,22 @@ def test_cli_run_uses_the_cache_and_no_cache_disables_it(tmp_path, monkeypatch, 
     root = tmp_path / "data"
     make_dataset(root, 3)
     truncated_jpeg(root / "n01440764" / "broken.jpg")
-    args = ["run", "--model", "tiny-cli", "--data", str(root), "--distortion", "contrast", "--no-progress",
-            "--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")]
+    args = [
+        "run",
+        "--model",
+        "tiny-cli",
+        "--data",
+        str(root),
+        "--distortion",
+        "contrast",
+        "--no-progress",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert cli.main(args) == 0
     probe = sum(seen) - 3 * 12 - PROBE  # load_model may run one probe image through the model

@@ -128,8 +128,13 @@ def _device_path(model, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "SIMULATED-OTHER-CPU")
 
 
-KINDS = {"edited-forward": _edit_forward, "swapped-parameter-free-module": _swap_activation,
-         "plain-attribute": _plain_attribute, "dtype": _dtype, "device-path": _device_path}
+KINDS = {
+    "edited-forward": _edit_forward,
+    "swapped-parameter-free-module": _swap_activation,
+    "plain-attribute": _plain_attribute,
+    "dtype": _dtype,
+    "device-path": _device_path,
+}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -225,7 +230,9 @@ def _plant(cache: PredictionCache, wrong) -> int:
     return planted
 
 
-@pytest.mark.parametrize("wrong", [lambda t: (t + 1) % 1000, lambda t: t[[1, 0, 2, 3, 4]]], ids=["other-classes", "swapped-order"])
+@pytest.mark.parametrize(
+    "wrong", [lambda t: (t + 1) % 1000, lambda t: t[[1, 0, 2, 3, 4]]], ids=["other-classes", "swapped-order"]
+)
 def test_planted_wrong_predictions_are_discarded_and_recomputed(dataset, cache, wrong):
     reference = run(make_model(), dataset, cache)
     assert _plant(cache, wrong) == 2 * len(dataset)

@@ -13,13 +13,27 @@ from robustness.distortions import DISTORTIONS
 from robustness.stats import wilson_interval
 
 
-@pytest.mark.parametrize("value, number, integer", [
-    (3, True, True), (-2, True, True), (np.int64(4), True, True), (np.uint8(1), True, True),
-    (2.5, True, False), (3.0, True, False), (np.float32(0.5), True, False), (math.nan, True, False),
-    (Fraction(1, 2), True, False),
-    (True, False, False), (False, False, False), (np.bool_(True), False, False),
-    ("3", False, False), (None, False, False), (1 + 0j, False, False), ([1], False, False),
-])
+@pytest.mark.parametrize(
+    "value, number, integer",
+    [
+        (3, True, True),
+        (-2, True, True),
+        (np.int64(4), True, True),
+        (np.uint8(1), True, True),
+        (2.5, True, False),
+        (3.0, True, False),
+        (np.float32(0.5), True, False),
+        (math.nan, True, False),
+        (Fraction(1, 2), True, False),
+        (True, False, False),
+        (False, False, False),
+        (np.bool_(True), False, False),
+        ("3", False, False),
+        (None, False, False),
+        (1 + 0j, False, False),
+        ([1], False, False),
+    ],
+)
 def test_is_number(value, number, integer):
     assert is_number(value) is number
     assert is_number(value, integer=True) is integer

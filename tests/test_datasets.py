@@ -128,8 +128,8 @@ def test_csv_manifest_with_wnid_and_index_labels(shared, tmp_path):
     with open(manifest, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label"])
-        writer.writerow([rows[0]["path"], rows[0]["wnid"]])           # relative to --data, wnid
-        writer.writerow([rows[1]["path"], rows[1]["class_index"]])    # class index
+        writer.writerow([rows[0]["path"], rows[0]["wnid"]])  # relative to --data, wnid
+        writer.writerow([rows[1]["path"], rows[1]["class_index"]])  # class index
         writer.writerow([str(DATA / rows[2]["path"]), rows[2]["wnid"]])  # absolute path
     dataset = load_dataset(DATA, manifest=manifest)
     assert {s.image_id: s.label for s in dataset} == {r["path"]: int(r["class_index"]) for r in rows[:3]}
@@ -142,14 +142,20 @@ def test_csv_manifest_with_wnid_and_index_labels(shared, tmp_path):
     assert [(s.image_id, s.label) for s in only] == [("imgs/a.JPEG", int(rows[5]["class_index"]))]
 
 
-@pytest.mark.parametrize("body, message", [
-    ("path,label\nx.JPEG,n99999999\n", r"manifest.csv:2: label 'n99999999' is neither an ImageNet wnid nor a class index"),
-    ("path,label\nx.JPEG,1000\n", "manifest.csv:2: class_index 1000 is outside 0-999"),
-    ("path,label\nx.JPEG,\n", "manifest.csv:2: row has no label"),
-    ("file,label\nx.JPEG,3\n", "manifest.csv: needs a 'path' column"),
-    ("path,label\nmissing.JPEG,3\n", "manifest.csv: image missing.JPEG not found"),
-    ("path,wnid,class_index\nx.JPEG,n01440764,5\n", "class_index 5 disagrees with wnid n01440764"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            "path,label\nx.JPEG,n99999999\n",
+            r"manifest.csv:2: label 'n99999999' is neither an ImageNet wnid nor a class index",
+        ),
+        ("path,label\nx.JPEG,1000\n", "manifest.csv:2: class_index 1000 is outside 0-999"),
+        ("path,label\nx.JPEG,\n", "manifest.csv:2: row has no label"),
+        ("file,label\nx.JPEG,3\n", "manifest.csv: needs a 'path' column"),
+        ("path,label\nmissing.JPEG,3\n", "manifest.csv: image missing.JPEG not found"),
+        ("path,wnid,class_index\nx.JPEG,n01440764,5\n", "class_index 5 disagrees with wnid n01440764"),
+    ],
+)
 def test_manifest_errors_name_file_line_and_value(tmp_path, body, message):
     (tmp_path / "x.JPEG").symlink_to(next(DATA.glob("*/*.JPEG")))
     (tmp_path / "manifest.csv").write_text(body)

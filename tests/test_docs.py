@@ -85,8 +85,17 @@ def test_thresholds_reference_is_the_schema(hooks):
     schema = json.loads(re.search(r"```json\n(.*?)```", text, re.S).group(1))
     assert schema == thresholds_schema(allow_unregistered=True)
     rows = _table_rows(text)
-    for key in ("version", "defaults", "defaults.images", "defaults.seed", "defaults.dataset",
-                "defaults.paired", "defaults.paired.alpha", "defaults.allow_fewer_images", "models"):
+    for key in (
+        "version",
+        "defaults",
+        "defaults.images",
+        "defaults.seed",
+        "defaults.dataset",
+        "defaults.paired",
+        "defaults.paired.alpha",
+        "defaults.allow_fewer_images",
+        "models",
+    ):
         assert key in rows, key
     for name, spec in DISTORTIONS.items():
         row = rows[f"models.<name>.{name}.<level>"][0]
@@ -127,13 +136,15 @@ def test_readme_front_page():
     assert "def test_accuracy(robustness_verdict):\n    robustness_verdict.check()" in readme
     links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", readme)
     assert {Path(link).name for link in links if link.endswith(".md")} >= {
-        p.name for p in DOCS.glob("*.md") if p.name != "index.md"}
+        p.name for p in DOCS.glob("*.md") if p.name != "index.md"
+    }
     for link in links:
         assert (ROOT / link).is_file(), link
 
 
 def test_readme_settings_table_is_the_gating_pages():
     """The precedence table appears on the front page and in docs/gating.md: the two must not drift."""
+
     def table(path):
         lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith("| setting | pytest flag"))

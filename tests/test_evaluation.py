@@ -113,7 +113,12 @@ def test_truncated_image_is_skipped_and_reported(tmp_path):
         assert r.n == 4 and bad.name not in " ".join(r.image_ids)
         assert list(r.skipped) == [f"{imagenet_wnids()[3]}/img999.jpg"]
         assert str(bad) in r.skipped[f"{imagenet_wnids()[3]}/img999.jpg"]
-        assert (r.top1, r.top5, r.image_ids, r.predictions.tolist()) == (ref.top1, ref.top5, ref.image_ids, ref.predictions.tolist())
+        assert (r.top1, r.top5, r.image_ids, r.predictions.tolist()) == (
+            ref.top1,
+            ref.top5,
+            ref.image_ids,
+            ref.predictions.tolist(),
+        )
 
 
 def test_every_image_unreadable_is_an_error(tmp_path):
@@ -173,7 +178,11 @@ def test_jpeg2000_tolerance_misses_are_counted_in_results_cache_and_json(tmp_pat
     for _ in range(2):  # computed, then served from the cache
         results = evaluate(model, dataset, conditions, num_workers=0, cache=cache)
         assert [(r.distortion, r.tolerance_misses) for r in results] == [
-            ("clean", 0), ("jpeg2000", 1), ("jpeg2000", 1), ("contrast", 0)]
+            ("clean", 0),
+            ("jpeg2000", 1),
+            ("jpeg2000", 1),
+            ("contrast", 0),
+        ]
     assert [r.tolerance_misses for r in evaluate(model, dataset, conditions, num_workers=0)] == [0, 1, 1, 0]
     write_results_json(results, tmp_path / "results.json")
     assert [r["tolerance_misses"] for r in read_results_json(tmp_path / "results.json")] == [0, 1, 1, 0]

@@ -22,8 +22,24 @@ def data_dir():
 
 def test_run_writes_results_and_figure(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
-    status = main(["run", "--model", "efficientnet_lite0", "--data", str(data_dir), "--limit", "3",
-                   "--distortion", "blur", "--distortion", "contrast", "--output", str(out), "--no-progress"])
+    status = main(
+        [
+            "run",
+            "--model",
+            "efficientnet_lite0",
+            "--data",
+            str(data_dir),
+            "--limit",
+            "3",
+            "--distortion",
+            "blur",
+            "--distortion",
+            "contrast",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert status == 0
     records = json.loads((out / "results.json").read_text())
     expected = [("clean", 0)] + [(d, level) for d in ("blur", "contrast") for level in DISTORTIONS[d].levels]
@@ -64,20 +80,38 @@ def test_run_rejects_unknown_distortion(data_dir):
 def test_run_fails_before_evaluating_when_output_cannot_be_created(tmp_path, data_dir, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")
-    status = main(["run", "--data", str(data_dir), "--limit", "1", "--distortion", "contrast",
-                   "--output", str(blocker / "x"), "--no-progress"])
+    status = main(
+        [
+            "run",
+            "--data",
+            str(data_dir),
+            "--limit",
+            "1",
+            "--distortion",
+            "contrast",
+            "--output",
+            str(blocker / "x"),
+            "--no-progress",
+        ]
+    )
     assert status == 2
     captured = capsys.readouterr()
     assert "cannot create output folder" in captured.err and "afile" in captured.err
     assert "top-1" not in captured.out  # nothing was evaluated
 
 
-@pytest.mark.parametrize("argv", [
-    ["run", "--limit", "0"], ["run", "--seed", "-1"], ["run", "--batch-size", "0"], ["run", "--workers", "-1"],
-    ["calibrate", "--model", "efficientnet_lite0", "--margin", "5"],
-    ["calibrate", "--model", "efficientnet_lite0", "--images", "0"],
-    ["activations", "--images", "0"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--limit", "0"],
+        ["run", "--seed", "-1"],
+        ["run", "--batch-size", "0"],
+        ["run", "--workers", "-1"],
+        ["calibrate", "--model", "efficientnet_lite0", "--margin", "5"],
+        ["calibrate", "--model", "efficientnet_lite0", "--images", "0"],
+        ["activations", "--images", "0"],
+    ],
+)
 def test_bad_numeric_arguments_are_rejected_by_name(argv, capsys):
     with pytest.raises(SystemExit):
         main(argv)

@@ -47,7 +47,9 @@ def jpeg2000_runs(natural_images):
 
 
 def test_jpeg2000_lands_within_half_a_db_of_every_target(jpeg2000_runs):
-    misses = {key: round(run[0], 3) for key, run in jpeg2000_runs.items() if abs(run[0] - key[1]) > JPEG2000_PSNR_TOLERANCE_DB}
+    misses = {
+        key: round(run[0], 3) for key, run in jpeg2000_runs.items() if abs(run[0] - key[1]) > JPEG2000_PSNR_TOLERANCE_DB
+    }
     assert not misses
 
 

@@ -109,24 +109,28 @@ def gate(pytester, monkeypatch):
     pytester.makeconftest(CONFTEST)
     pytester.makefile(".yaml", thresholds=THRESHOLDS)
     pytester.makepyfile(test_gate=TEST)
-    pytester.makeini("[pytest]\nrobustness_data = images\naddopts = -W error --robustness-workers 0 -p no:cacheprovider -p no:unraisableexception\n")
+    pytester.makeini(
+        "[pytest]\nrobustness_data = images\naddopts = -W error --robustness-workers 0 -p no:cacheprovider -p no:unraisableexception\n"
+    )
     return pytester
 
 
 def test_passing_gate_ids_markers_and_summary(gate):
     result = gate.runpytest("-v")
     result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines([
-        "*test_gate.py::test_accuracy[[]toy-clean[]] PASSED*",
-        "*test_accuracy[[]toy-blur-s1[]] PASSED*",
-        "*test_accuracy[[]toy-contrast-0.5[]] PASSED*",
-        "*test_accuracy[[]toy-jpeg-q20[]] PASSED*",
-        "*= robustness gate =*",
-        "toy  clean *top1 *n=10  pass * 80.0/70.0",
-        "toy  blur *top1 *n=10  pass *s1 80.0/70.0  s2 80.0/72.0",
-        "toy  jpeg *top5 *pass *q20 *.*/50.0",
-        "toy  contrast *pass *0.5 0.0/0.0",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_gate.py::test_accuracy[[]toy-clean[]] PASSED*",
+            "*test_accuracy[[]toy-blur-s1[]] PASSED*",
+            "*test_accuracy[[]toy-contrast-0.5[]] PASSED*",
+            "*test_accuracy[[]toy-jpeg-q20[]] PASSED*",
+            "*= robustness gate =*",
+            "toy  clean *top1 *n=10  pass * 80.0/70.0",
+            "toy  blur *top1 *n=10  pass *s1 80.0/70.0  s2 80.0/72.0",
+            "toy  jpeg *top5 *pass *q20 *.*/50.0",
+            "toy  contrast *pass *0.5 0.0/0.0",
+        ]
+    )
 
 
 def test_markers_select_distortions(gate):
@@ -140,15 +144,17 @@ def test_regression_fails_with_message_and_summary_row(gate, monkeypatch):
     monkeypatch.setenv("TOY_BREAK_AT", "7")  # classes 7..10 now wrong: top-1 50%
     result = gate.runpytest()
     result.assert_outcomes(passed=2, failed=3)
-    result.stdout.fnmatch_lines([
-        "*ThresholdFailure: toy clean: BELOW THRESHOLD",
-        "*measured top1 60.0% (95% CI 31.3%-83.2%), top5 60.0% (95% CI 31.3%-83.2%), n=10 images",
-        "*FAIL top1 60.0% < required 70.0%",
-        "*threshold set at *thresholds.yaml:7",
-        "*= robustness gate =*",
-        "toy  blur *FAIL 1/2 *s1 60.0/70.0 FAIL  s2 60.0/54.0",
-        "FAILED test_gate.py::test_accuracy[[]toy-clean[]] - *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ThresholdFailure: toy clean: BELOW THRESHOLD",
+            "*measured top1 60.0% (95% CI 31.3%-83.2%), top5 60.0% (95% CI 31.3%-83.2%), n=10 images",
+            "*FAIL top1 60.0% < required 70.0%",
+            "*threshold set at *thresholds.yaml:7",
+            "*= robustness gate =*",
+            "toy  blur *FAIL 1/2 *s1 60.0/70.0 FAIL  s2 60.0/54.0",
+            "FAILED test_gate.py::test_accuracy[[]toy-clean[]] - *",
+        ]
+    )
 
 
 def test_junit_properties(gate):
@@ -169,13 +175,15 @@ def test_bad_thresholds_fail_collection_with_file_line_key(gate):
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("1: {top1: 0.7}", "1: {tpo1: 0.7}").replace("20: {", "21: {"))
     result = gate.runpytest()
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines([
-        "*thresholds.yaml:9: models.toy.blur.1.tpo1: unknown key 'tpo1' (did you mean 'top1'?)*",
-        "*thresholds.yaml:14: models.toy.jpeg.21: level 21 is not on the jpeg grid*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*thresholds.yaml:9: models.toy.blur.1.tpo1: unknown key 'tpo1' (did you mean 'top1'?)*",
+            "*thresholds.yaml:14: models.toy.jpeg.21: level 21 is not on the jpeg grid*",
+        ]
+    )
 
 
-REGISTERED = '''
+REGISTERED = """
 
 from robustness import register_model, list_models
 
@@ -186,7 +194,7 @@ def _teamnet():
 
 if "teamnet" not in list_models():   # in-process pytester runs share the registry
     register_model("teamnet", Preprocessing(8, 8, "nearest", mean=(0, 0, 0), std=(1, 1, 1)))(_teamnet)
-'''
+"""
 
 
 def test_each_model_is_judged_as_itself(gate):
@@ -205,23 +213,34 @@ def test_unknown_model_fails_collection_once_with_line_and_suggestion(gate):
     # -rN: no short test summary, which repeats the message on pytest 8.0 (and cuts it on 9.x)
     result = gate.runpytest("-rN")
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines(["*thresholds.yaml:15: models.teamnte: unknown model 'teamnte' (did you mean 'teamnet'?)*"])
+    result.stdout.fnmatch_lines(
+        ["*thresholds.yaml:15: models.teamnte: unknown model 'teamnte' (did you mean 'teamnet'?)*"]
+    )
     text = result.stdout.str()
     assert text.count("unknown model 'teamnte'") == 1 and text.count("ERROR collecting") == 1
     assert "Traceback" not in text and "robustness_verdict" not in text
     # a conftest.py overriding robustness_model does not lift the check: the entry must say source: fixture
-    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("    source: fixture   # the conftest's robustness_model\n", ""))
+    gate.makefile(
+        ".yaml", thresholds=THRESHOLDS.replace("    source: fixture   # the conftest's robustness_model\n", "")
+    )
     result = gate.runpytest()
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines(["*thresholds.yaml:5: models.toy: unknown model 'toy'*register_model*robustness_model fixture*"])
+    result.stdout.fnmatch_lines(
+        ["*thresholds.yaml:5: models.toy: unknown model 'toy'*register_model*robustness_model fixture*"]
+    )
 
 
 def test_fixture_may_decline_an_entry(gate):
-    gate.makeconftest(CONFTEST.replace('''@pytest.fixture(scope="session")
-def robustness_model():''', '''@pytest.fixture
+    gate.makeconftest(
+        CONFTEST.replace(
+            """@pytest.fixture(scope="session")
+def robustness_model():""",
+            """@pytest.fixture
 def robustness_model(robustness_threshold):
     if robustness_threshold.condition.distortion == "jpeg":
-        return None'''))
+        return None""",
+        )
+    )
     result = gate.runpytest()
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(["*robustness: the robustness_model fixture declined 'toy' (returned None)*"])
@@ -237,18 +256,24 @@ def test_thresholds_file_from_option_variable_or_ini_not_a_fixture(gate, monkeyp
     gate.runpytest().assert_outcomes(passed=4, failed=1)
     monkeypatch.delenv("ROBUSTNESS_THRESHOLDS")
     # the old collection-time fixture override is refused in words, never silently ignored
-    gate.makeconftest(CONFTEST + textwrap.dedent('''
+    gate.makeconftest(
+        CONFTEST
+        + textwrap.dedent("""
         @pytest.fixture(scope="session")
         def robustness_thresholds_path(pytestconfig):
             return "gate/strict.yaml"
-    '''))
+    """)
+    )
     result = gate.runpytest()
     result.assert_outcomes(errors=5)
-    result.stdout.fnmatch_lines(["*robustness_thresholds_path fixture returns gate/strict.yaml*--robustness-thresholds=FILE*"])
+    result.stdout.fnmatch_lines(
+        ["*robustness_thresholds_path fixture returns gate/strict.yaml*--robustness-thresholds=FILE*"]
+    )
 
 
 def test_dataset_fixture_override_and_legacy_three_line_test(gate):
-    gate.makepyfile(test_gate=textwrap.dedent("""\
+    gate.makepyfile(
+        test_gate=textwrap.dedent("""\
         import pytest
         from robustness import load_dataset
         from robustness.gate import check_threshold
@@ -261,7 +286,8 @@ def test_dataset_fixture_override_and_legacy_three_line_test(gate):
             if robustness_threshold.relative:
                 pytest.skip("relative bars need robustness_verdict")
             check_threshold(robustness_threshold, robustness_result)
-    """))
+    """)
+    )
     result = gate.runpytest()
     result.assert_outcomes(passed=4, skipped=1)
     result.stdout.fnmatch_lines(["toy  clean *n=8 * 100.0/70.0"])
@@ -270,15 +296,17 @@ def test_dataset_fixture_override_and_legacy_three_line_test(gate):
 def test_update_thresholds_option(gate):
     result = gate.runpytest("--robustness-update-thresholds", "--robustness-margin", "0.2")
     result.assert_outcomes(skipped=5)
-    result.stdout.fnmatch_lines([
-        "*= robustness thresholds updated (margin 0.2) =*",
-        "-    clean: {top1: 0.7}",
-        "+    clean: {top1: 0.6}",
-        "-      1: {top1: 0.7}",
-        "-      2: {top1_of_clean: 0.9}",
-        "+      1: {top1: 0.6}",
-        "+      2: {top1_of_clean: 0.8}",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= robustness thresholds updated (margin 0.2) =*",
+            "-    clean: {top1: 0.7}",
+            "+    clean: {top1: 0.6}",
+            "-      1: {top1: 0.7}",
+            "-      2: {top1_of_clean: 0.9}",
+            "+      1: {top1: 0.6}",
+            "+      2: {top1_of_clean: 0.8}",
+        ]
+    )
     text = (gate.path / "thresholds.yaml").read_text()
     assert "# toy gate" in text and "# the conftest's robustness_model" in text
     assert "0.5: {top1: 0.0}" in text
@@ -287,14 +315,22 @@ def test_update_thresholds_option(gate):
 
 
 def test_paired_check_against_baseline(gate, monkeypatch):
-    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("  images: 10\n", "  images: 10\n  paired: {alpha: 0.1}\n")
-                  .replace("clean: {top1: 0.7}", "clean: {top1: 0.0}").replace("1: {top1: 0.7}", "1: {top1: 0.0}"))
+    gate.makefile(
+        ".yaml",
+        thresholds=THRESHOLDS.replace("  images: 10\n", "  images: 10\n  paired: {alpha: 0.1}\n")
+        .replace("clean: {top1: 0.7}", "clean: {top1: 0.0}")
+        .replace("1: {top1: 0.7}", "1: {top1: 0.0}"),
+    )
     gate.runpytest("--robustness-update-thresholds", "--robustness-margin", "0.5").assert_outcomes(skipped=5)
-    monkeypatch.setenv("TOY_BREAK_AT", "5")   # 4 of the 8 right images now wrong: p = 1/16 < 0.1
+    monkeypatch.setenv("TOY_BREAK_AT", "5")  # 4 of the 8 right images now wrong: p = 1/16 < 0.1
     result = gate.runpytest()
-    result.stdout.fnmatch_lines(["*FAIL paired vs baseline: top1 80.0% -> 40.0% on the same 10 images (4 lost, 0 gained)*"])
+    result.stdout.fnmatch_lines(
+        ["*FAIL paired vs baseline: top1 80.0% -> 40.0% on the same 10 images (4 lost, 0 gained)*"]
+    )
     assert "toy  clean" in result.stdout.str()
-    result.assert_outcomes(failed=3, passed=2)   # clean, blur 1, blur 2 (relative bar also fails); contrast 0/0, jpeg top5
+    result.assert_outcomes(
+        failed=3, passed=2
+    )  # clean, blur 1, blur 2 (relative bar also fails); contrast 0/0, jpeg top5
 
 
 def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
@@ -304,7 +340,7 @@ def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(robustness.__file__).resolve().parents[1]))
     serial = gate.runpytest()
     grouped = gate.runpytest("-n", "2", "--dist", "loadgroup", "-v", "-p", "no:benchmark")
-    plain = gate.runpytest("-n", "2", "-p", "no:benchmark")   # the user's scheduling is left alone
+    plain = gate.runpytest("-n", "2", "-p", "no:benchmark")  # the user's scheduling is left alone
     for result in (serial, grouped, plain):
         result.assert_outcomes(passed=2, failed=3)
 
@@ -318,8 +354,13 @@ def test_xdist_same_verdicts_and_grouping(gate, monkeypatch):
     # -v lines read "[gw1] [ 50%] PASSED test_gate.py::test_accuracy[toy-blur-s1]@robustness-toy-blur"
     if "@robustness-toy-blur" not in grouped.stdout.str():
         pytest.xfail("this pytest/xdist pair does not group by xdist_group (pytest-xdist issue #1386)")
-    workers = {match.group(1) for line in grouped.stdout.lines if "toy-blur" in line
-               for match in [re.search(r"\[(gw\d+)\]", line)] if match}
+    workers = {
+        match.group(1)
+        for line in grouped.stdout.lines
+        if "toy-blur" in line
+        for match in [re.search(r"\[(gw\d+)\]", line)]
+        if match
+    }
     assert len(workers) == 1, grouped.stdout.str()
 
 
@@ -327,5 +368,7 @@ def test_source_fixture_without_override_is_a_clear_error(gate):
     gate.makeconftest("")
     result = gate.runpytest()
     result.assert_outcomes(errors=5)
-    result.stdout.fnmatch_lines(["*'toy' says 'source: fixture', but no conftest.py overrides the robustness_model fixture*"])
+    result.stdout.fnmatch_lines(
+        ["*'toy' says 'source: fixture', but no conftest.py overrides the robustness_model fixture*"]
+    )
     assert "Traceback" not in result.stdout.str() and "def robustness_model" not in result.stdout.str()

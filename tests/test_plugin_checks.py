@@ -31,13 +31,17 @@ def one_collection_error(result, *patterns):
 
 
 def test_device_typo_or_unavailable_fails_once_at_collection(gate, monkeypatch):
-    one_collection_error(gate.runpytest("--robustness-device=gpu"),
-                         "*--robustness-device gpu: not a torch device (did you mean 'cuda'?)*")
+    one_collection_error(
+        gate.runpytest("--robustness-device=gpu"),
+        "*--robustness-device gpu: not a torch device (did you mean 'cuda'?)*",
+    )
     import torch
 
     if not torch.cuda.is_available():
-        one_collection_error(gate.runpytest("--robustness-device=cuda"),
-                             "*--robustness-device cuda: CUDA is not available on this machine (use cpu)*")
+        one_collection_error(
+            gate.runpytest("--robustness-device=cuda"),
+            "*--robustness-device cuda: CUDA is not available on this machine (use cpu)*",
+        )
         monkeypatch.setenv("ROBUSTNESS_DEVICE", "cuda:3")
         one_collection_error(gate.runpytest(), "*$ROBUSTNESS_DEVICE cuda:3: CUDA is not available*")
     monkeypatch.setenv("ROBUSTNESS_DEVICE", "cpu")
@@ -45,18 +49,24 @@ def test_device_typo_or_unavailable_fails_once_at_collection(gate, monkeypatch):
 
 
 def test_missing_or_empty_data_folder_fails_once(gate):
-    one_collection_error(gate.runpytest("--robustness-data=nowhere"),
-                         "*dataset folder nowhere does not exist* (image folder from --robustness-data)")
+    one_collection_error(
+        gate.runpytest("--robustness-data=nowhere"),
+        "*dataset folder nowhere does not exist* (image folder from --robustness-data)",
+    )
     (gate.path / "empty").mkdir()
     one_collection_error(gate.runpytest("--robustness-data=empty"), "*empty holds no images*")
 
 
 def test_fewer_images_than_asked_fail_unless_the_file_allows_it(gate):
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 16"))
-    one_collection_error(gate.runpytest(), "*thresholds.yaml defaults.images asks for 16 images, but * holds only 10*"
-                                           "allow_fewer_images: true*")
-    one_collection_error(gate.runpytest("--robustness-images=12"), "*--robustness-images asks for 12 images*"
-                                                                   "(image folder from ini robustness_data)*")
+    one_collection_error(
+        gate.runpytest(),
+        "*thresholds.yaml defaults.images asks for 16 images, but * holds only 10*allow_fewer_images: true*",
+    )
+    one_collection_error(
+        gate.runpytest("--robustness-images=12"),
+        "*--robustness-images asks for 12 images*(image folder from ini robustness_data)*",
+    )
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 16\n  allow_fewer_images: true"))
     result = gate.runpytest()
     result.assert_outcomes(passed=5)
@@ -78,14 +88,21 @@ def test_unreadable_images_fail_unless_allowed_and_are_reported(gate):
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 12"))
     result = gate.runpytest()
     result.assert_outcomes(errors=5)
-    result.stdout.fnmatch_lines(["*only 10 of the 12 images asked for could be read (2 unreadable: *broken_0.png*"
-                                 "allow_fewer_images: true*"])
+    result.stdout.fnmatch_lines(
+        ["*only 10 of the 12 images asked for could be read (2 unreadable: *broken_0.png*allow_fewer_images: true*"]
+    )
     assert "SkippedImagesWarning" not in result.stdout.str()
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 12\n  allow_fewer_images: true"))
-    result = gate.runpytest("--junitxml=out.xml")   # -W error (ini addopts): no warning escapes either
+    result = gate.runpytest("--junitxml=out.xml")  # -W error (ini addopts): no warning escapes either
     result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines(["toy  clean *n=10  pass*", "skipped 2 unreadable image(s), left out of every condition:",
-                                 "  */broken_0.png: *", "  */broken_1.png: *"])
+    result.stdout.fnmatch_lines(
+        [
+            "toy  clean *n=10  pass*",
+            "skipped 2 unreadable image(s), left out of every condition:",
+            "  */broken_0.png: *",
+            "  */broken_1.png: *",
+        ]
+    )
     root = ET.parse(gate.path / "out.xml").getroot()
     props = {p.get("name"): p.get("value") for p in next(root.iter("testcase")).iter("property")}
     assert props["robustness_skipped"] == "2" and props["robustness_n"] == "10"
@@ -98,8 +115,11 @@ def test_space_separated_path_option_is_named(gate, tmp_path_factory):
     # pytest does not know --robustness-data yet when it picks the rootdir: the folder counts as a
     # test path, the rootdir moves there (ini file and all), and thresholds.yaml is not found
     result = gate.runpytest("--robustness-data", str(elsewhere))
-    one_collection_error(result, f"*thresholds file * not found*'--robustness-data {elsewhere}' with a space*"
-                                 f"write --robustness-data={elsewhere}*")
+    one_collection_error(
+        result,
+        f"*thresholds file * not found*'--robustness-data {elsewhere}' with a space*"
+        f"write --robustness-data={elsewhere}*",
+    )
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 4"))
     result = gate.runpytest(f"--robustness-data={elsewhere}")
     result.assert_outcomes(passed=5)
@@ -111,7 +131,9 @@ def test_space_separated_path_option_is_named(gate, tmp_path_factory):
 
 def test_resolve_takes_the_first_layer_that_is_set():
     env = {"ROBUSTNESS_IMAGES": "20"}
-    assert resolve("images", flag=10, environ=env, file=30, ini="40") == settings.Resolved(10, "flag", "--robustness-images")
+    assert resolve("images", flag=10, environ=env, file=30, ini="40") == settings.Resolved(
+        10, "flag", "--robustness-images"
+    )
     assert resolve("images", environ=env, file=30, ini="40") == settings.Resolved(20, "env", "$ROBUSTNESS_IMAGES")
     assert resolve("images", environ={}, file=30, ini="40").value == 30
     assert resolve("images", environ={}, file=30, ini="40").source == "thresholds.yaml defaults.images"
@@ -125,11 +147,14 @@ def test_resolve_takes_the_first_layer_that_is_set():
     assert resolve("margin", environ={}).value == 0.05
 
 
-@pytest.mark.parametrize("name, text, words", [
-    ("images", "abc", "$ROBUSTNESS_IMAGES='abc': must be an integer >= 1"),
-    ("margin", "5", "$ROBUSTNESS_MARGIN='5': must be a fraction in [0, 1)"),
-    ("no_cache", "maybe", "$ROBUSTNESS_NO_CACHE='maybe'"),
-])
+@pytest.mark.parametrize(
+    "name, text, words",
+    [
+        ("images", "abc", "$ROBUSTNESS_IMAGES='abc': must be an integer >= 1"),
+        ("margin", "5", "$ROBUSTNESS_MARGIN='5': must be a fraction in [0, 1)"),
+        ("no_cache", "maybe", "$ROBUSTNESS_NO_CACHE='maybe'"),
+    ],
+)
 def test_a_malformed_variable_is_named(name, text, words):
     with pytest.raises(SettingError) as info:
         resolve(name, environ={settings.SETTINGS[name].env: text})
@@ -143,20 +168,24 @@ def test_data_folder_precedence_in_the_gate(gate, monkeypatch):
     make_images(gate.path / "eight", n=8, wrong=0)
     make_images(gate.path / "six", n=6, wrong=0)
     make_images(gate.path / "four", n=4, wrong=0)
+
     def rows(result):
         return [line for line in result.stdout.lines if line.startswith("toy  clean")]
 
-    assert "n=10" in rows(gate.runpytest("-m", "clean"))[0]                    # ini
+    assert "n=10" in rows(gate.runpytest("-m", "clean"))[0]  # ini
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 4\n  dataset: four"))
-    assert "n=4 " in rows(gate.runpytest("-m", "clean"))[0]                    # thresholds.yaml beats ini
+    assert "n=4 " in rows(gate.runpytest("-m", "clean"))[0]  # thresholds.yaml beats ini
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "dataset: four"))
     monkeypatch.setenv("ROBUSTNESS_DATA", "six")
-    assert "n=6 " in rows(gate.runpytest("-m", "clean"))[0]                    # variable beats the file
-    assert "n=8 " in rows(gate.runpytest("-m", "clean", "--robustness-data=eight"))[0]   # flag beats all
+    assert "n=6 " in rows(gate.runpytest("-m", "clean"))[0]  # variable beats the file
+    assert "n=8 " in rows(gate.runpytest("-m", "clean", "--robustness-data=eight"))[0]  # flag beats all
     monkeypatch.setenv("ROBUSTNESS_IMAGES", "zero")
-    monkeypatch.setenv("ROBUSTNESS_BATCH_SIZE", "0")   # (the ini's addopts give --robustness-workers: a flag wins)
-    one_collection_error(gate.runpytest(), "*$ROBUSTNESS_BATCH_SIZE='0': must be an integer >= 1*",
-                         "*$ROBUSTNESS_IMAGES='zero': must be an integer >= 1*")
+    monkeypatch.setenv("ROBUSTNESS_BATCH_SIZE", "0")  # (the ini's addopts give --robustness-workers: a flag wins)
+    one_collection_error(
+        gate.runpytest(),
+        "*$ROBUSTNESS_BATCH_SIZE='0': must be an integer >= 1*",
+        "*$ROBUSTNESS_IMAGES='zero': must be an integer >= 1*",
+    )
 
 
 def test_cli_uses_the_same_settings(tmp_path, monkeypatch, capsys):
@@ -180,11 +209,14 @@ def test_names_agree_with_the_distortion_registry():
     from robustness.distortions import DISTORTIONS
     from robustness.thresholds import METRICS
 
-    assert names.DISTORTION_NAMES == tuple(DISTORTIONS)[:len(names.DISTORTION_NAMES)]
-    assert names.DISTORTION_PARAMETERS == {n: (DISTORTIONS[n].parameter, DISTORTIONS[n].unit)
-                                           for n in names.DISTORTION_NAMES}
+    assert names.DISTORTION_NAMES == tuple(DISTORTIONS)[: len(names.DISTORTION_NAMES)]
+    assert names.DISTORTION_PARAMETERS == {
+        n: (DISTORTIONS[n].parameter, DISTORTIONS[n].unit) for n in names.DISTORTION_NAMES
+    }
     assert names.METRICS == METRICS
-    assert {n: names.level_label(n) for n in names.DISTORTION_NAMES} == {n: DISTORTIONS[n].label for n in names.DISTORTION_NAMES}
+    assert {n: names.level_label(n) for n in names.DISTORTION_NAMES} == {
+        n: DISTORTIONS[n].label for n in names.DISTORTION_NAMES
+    }
     assert settings.DEFAULT_DATA_DIR == str(DEFAULT_DATA_DIR)
 
 
@@ -194,33 +226,46 @@ HEAVY = ("torch", "torchvision", "scipy", "PIL", "numpy", "matplotlib")
 
 
 def test_importing_the_plugin_loads_nothing_heavy():
-    code = ("import sys, robustness, robustness.pytest_plugin; "
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = f"import sys, robustness, robustness.pytest_plugin; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_thresholds_and_conditions_load_without_torch():
     """Layering: the thresholds layer (schema, parsing, calibration) knows conditions, not the engine."""
-    code = ("import sys, robustness.thresholds, robustness.conditions; "
-            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = (
+        "import sys, robustness.thresholds, robustness.conditions; "
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_an_unrelated_pytest_run_does_not_import_torch(pytester, monkeypatch):
     """The plugin is loaded (entry point) but no gate test is collected: torch, scipy, Pillow stay out."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    pytester.makepyfile(test_plain="""
+    pytester.makepyfile(
+        test_plain="""
         import sys
 
         def test_plain(pytestconfig):
             assert pytestconfig.pluginmanager.hasplugin("robustness")
             loaded = [m for m in ("torch", "torchvision", "scipy", "PIL") if m in sys.modules]
             assert not loaded, loaded
-    """)
+    """
+    )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
     result.assert_outcomes(passed=1)
 
@@ -242,7 +287,9 @@ def test_check_device_without_a_gpu_here(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0"
-    with pytest.raises(ValueError, match=r"\$ROBUSTNESS_DEVICE cuda:1: this machine has 1 CUDA device \(cuda:0..cuda:0\)"):
+    with pytest.raises(
+        ValueError, match=r"\$ROBUSTNESS_DEVICE cuda:1: this machine has 1 CUDA device \(cuda:0..cuda:0\)"
+    ):
         check_device("cuda:1", "$ROBUSTNESS_DEVICE")
 
 
@@ -261,36 +308,57 @@ def test_unreadable_image_error_is_printed_once_per_case(gate):
 
 
 def test_raw_module_from_the_model_fixture_is_named(gate):
-    gate.makeconftest(CONFTEST.replace('return Classifier(Toy(int(os.environ.get("TOY_BREAK_AT", "1000"))), pre, "toy")',
-                                       'return Toy(1000)'))
+    gate.makeconftest(
+        CONFTEST.replace(
+            'return Classifier(Toy(int(os.environ.get("TOY_BREAK_AT", "1000"))), pre, "toy")', "return Toy(1000)"
+        )
+    )
     result = gate.runpytest("-m", "clean")
     result.assert_outcomes(errors=1, deselected=4)
-    result.stdout.fnmatch_lines(["*robustness_model fixture returned a Toy, not a robustness.Classifier*"
-                                 "robustness.load_model(net, preprocessing=...)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*robustness_model fixture returned a Toy, not a robustness.Classifier*"
+            "robustness.load_model(net, preprocessing=...)*"
+        ]
+    )
     assert "preprocessing'" not in result.stdout.str() and "Traceback" not in result.stdout.str()
 
 
 def test_paired_check_without_its_baseline_is_never_silent(gate):
     """Review §2: a missing baseline folder fails collection; a missing baseline shows under the table."""
-    gate.makefile(".yaml", thresholds=THRESHOLDS.replace(
-        "  images: 10\n", "  images: 10\n  paired: {alpha: 0.05, baseline: nonexistent-dir}\n"))
-    one_collection_error(gate.runpytest("-m", "clean"),
-                         "*sets defaults.paired, but its baseline folder *nonexistent-dir does not exist*")
-    (gate.path / "nonexistent-dir").mkdir()   # the folder, but no baseline for toy in it
+    gate.makefile(
+        ".yaml",
+        thresholds=THRESHOLDS.replace(
+            "  images: 10\n", "  images: 10\n  paired: {alpha: 0.05, baseline: nonexistent-dir}\n"
+        ),
+    )
+    one_collection_error(
+        gate.runpytest("-m", "clean"), "*sets defaults.paired, but its baseline folder *nonexistent-dir does not exist*"
+    )
+    (gate.path / "nonexistent-dir").mkdir()  # the folder, but no baseline for toy in it
     result = gate.runpytest("-m", "clean or blur")
     result.assert_outcomes(passed=3, deselected=2)
-    result.stdout.fnmatch_lines(["*= robustness gate =*", "toy  clean *pass*",
-                                 "note (3 case(s): toy clean, toy blur-s1, toy blur-s2): paired check skipped: "
-                                 "no stored baseline for this model and condition*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*= robustness gate =*",
+            "toy  clean *pass*",
+            "note (3 case(s): toy clean, toy blur-s1, toy blur-s2): paired check skipped: "
+            "no stored baseline for this model and condition*",
+        ]
+    )
 
 
 def test_calibration_run_says_no_case_could_fail_and_which_were_below(gate, monkeypatch):
     """Review §5: --robustness-update-thresholds exits 0, and says so loudly, listing the cases below their bars."""
-    monkeypatch.setenv("TOY_BREAK_AT", "7")   # top-1 60%: clean (bar 70%) and blur s1 (70%) below, s2 (0.9 x 60%) not
+    monkeypatch.setenv("TOY_BREAK_AT", "7")  # top-1 60%: clean (bar 70%) and blur s1 (70%) below, s2 (0.9 x 60%) not
     result = gate.runpytest("-m", "clean or blur", "--robustness-update-thresholds")
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["CALIBRATION RUN (--robustness-update-thresholds): no gate case could fail; "
-                                 "2 case(s) were below their old bars: toy clean, toy blur-s1"])
+    result.stdout.fnmatch_lines(
+        [
+            "CALIBRATION RUN (--robustness-update-thresholds): no gate case could fail; "
+            "2 case(s) were below their old bars: toy clean, toy blur-s1"
+        ]
+    )
     monkeypatch.delenv("TOY_BREAK_AT")
     result = gate.runpytest("-m", "clean", "--robustness-update-thresholds")
     result.stdout.fnmatch_lines(["CALIBRATION RUN *: no gate case could fail; every case met its old bars"])
@@ -300,8 +368,12 @@ def test_calibration_from_fewer_images_than_the_file_asks_is_refused(gate):
     """Review §6: bars measured on n=4 are not written into a file with images: 10 (nor a baseline stored)."""
     before = (gate.path / "thresholds.yaml").read_text()
     result = gate.runpytest("-m", "clean", "--robustness-images=4", "--robustness-update-thresholds")
-    result.stdout.fnmatch_lines(["*thresholds.yaml NOT updated: measured on n=4 images per condition "
-                                 "(--robustness-images asks for 4), fewer than its defaults.images: 10*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*thresholds.yaml NOT updated: measured on n=4 images per condition "
+            "(--robustness-images asks for 4), fewer than its defaults.images: 10*"
+        ]
+    )
     assert (gate.path / "thresholds.yaml").read_text() == before
     assert not (gate.path / "robustness-baseline").exists()
     gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 10\n  allow_fewer_images: true"))
@@ -315,8 +387,13 @@ def test_a_smaller_sample_than_the_file_asks_is_noted_with_its_source(gate, monk
     monkeypatch.setenv("ROBUSTNESS_IMAGES", "3")
     result = gate.runpytest("-m", "clean")
     result.assert_outcomes(passed=1, deselected=4)
-    result.stdout.fnmatch_lines(["toy  clean *n=3 *", "note: measured on n=3 images per condition, fewer than "
-                                 "defaults.images: 10 in *thresholds.yaml ($ROBUSTNESS_IMAGES asks for 3)"])
+    result.stdout.fnmatch_lines(
+        [
+            "toy  clean *n=3 *",
+            "note: measured on n=3 images per condition, fewer than "
+            "defaults.images: 10 in *thresholds.yaml ($ROBUSTNESS_IMAGES asks for 3)",
+        ]
+    )
     monkeypatch.delenv("ROBUSTNESS_IMAGES")
     result = gate.runpytest("-m", "clean", "--robustness-images=5")
     result.stdout.fnmatch_lines(["note: measured on n=5 * (--robustness-images asks for 5)"])

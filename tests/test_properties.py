@@ -259,11 +259,15 @@ def test_blurring_a_bright_line_draws_the_documented_kernel(sigma, axis):
     else:
         image[centre, :] = 255
     out = distort(image, "blur", sigma)
-    profiles = out[:, centre - radius:centre + radius + 1] if axis == 1 else out[centre - radius:centre + radius + 1, :].transpose(1, 0, 2)
+    profiles = (
+        out[:, centre - radius : centre + radius + 1]
+        if axis == 1
+        else out[centre - radius : centre + radius + 1, :].transpose(1, 0, 2)
+    )
     expected = np.rint(255 * kernel)
     assert np.all(np.abs(profiles.astype(int) - expected[None, :, None]) <= 1)
     # Nothing outside the window: the kernel is cut at +-radius.
-    outside = np.delete(out, np.s_[centre - radius:centre + radius + 1], axis=1 if axis == 1 else 0)
+    outside = np.delete(out, np.s_[centre - radius : centre + radius + 1], axis=1 if axis == 1 else 0)
     assert not outside.any()
     profile = profiles[size // 2, :, 0].astype(np.float64)
     spread = kernel_std(profile / profile.sum())
@@ -315,7 +319,9 @@ def test_float_results_are_rounded_not_truncated(image, name, data):
     x = image.astype(np.float64)
     if name == "blur":
         kernel = gaussian_kernel(level)
-        exact = ndimage.correlate1d(ndimage.correlate1d(x, kernel, axis=0, mode="reflect"), kernel, axis=1, mode="reflect")
+        exact = ndimage.correlate1d(
+            ndimage.correlate1d(x, kernel, axis=0, mode="reflect"), kernel, axis=1, mode="reflect"
+        )
     elif name == "noise":
         exact = x + np.random.default_rng(seed).normal(0.0, level, image.shape)
     else:
@@ -348,8 +354,13 @@ def direct_jpeg2000_psnrs(image: np.ndarray, target: float) -> list[float]:
         for mct in (0, 1):
             buffer = io.BytesIO()
             Image.fromarray(image).save(
-                buffer, format="JPEG2000", irreversible=True, num_resolutions=resolutions, mct=mct,
-                quality_mode="dB", quality_layers=[float(target)],
+                buffer,
+                format="JPEG2000",
+                irreversible=True,
+                num_resolutions=resolutions,
+                mct=mct,
+                quality_mode="dB",
+                quality_layers=[float(target)],
             )
             buffer.seek(0)
             results.append(psnr(image, np.asarray(Image.open(buffer).convert("RGB"))))
@@ -380,7 +391,8 @@ def test_jpeg2000_flat_colour_of_the_issue_lands_within_tolerance():
 
 
 @pytest.mark.parametrize(
-    "colour, size, target", [((130, 69, 78), (83, 64), 30), ((226, 110, 79), (96, 55), 24), ((51, 14, 68), (30, 24), 34)]
+    "colour, size, target",
+    [((130, 69, 78), (83, 64), 30), ((226, 110, 79), (96, 55), 24), ((51, 14, 68), (30, 24), 34)],
 )
 def test_jpeg2000_flat_colours_that_only_a_requested_psnr_off_the_target_reaches(colour, size, target):
     """The rate search of every configuration misses these by more than 0.5 dB (closest 31.26, 22.38

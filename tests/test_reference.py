@@ -53,7 +53,7 @@ def test_blur_matches_torchvision_away_from_the_borders(image, sigma):
         return
     tensor = torch.from_numpy(image).permute(2, 0, 1)
     reference = tvf.gaussian_blur(tensor, [2 * radius + 1] * 2, [float(sigma)] * 2).permute(1, 2, 0).numpy()
-    inner = np.s_[radius:height - radius, radius:width - radius]
+    inner = np.s_[radius : height - radius, radius : width - radius]
     diff = np.abs(distort(image, "blur", sigma)[inner].astype(int) - reference[inner].astype(int))
     assert diff.max() <= 1
     assert np.mean(diff > 0) <= 1e-3

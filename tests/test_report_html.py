@@ -48,7 +48,9 @@ def _image_ids(n: int) -> tuple[list[str], np.ndarray]:
     return [f"n0000000{i}/img{i}.JPEG" for i in range(n)], np.arange(n) * 7
 
 
-def make_run(folder: Path, model: str, accuracy_drop: float, n: int = 6, seed: int = 0, provenance: dict | None = None) -> Path:
+def make_run(
+    folder: Path, model: str, accuracy_drop: float, n: int = 6, seed: int = 0, provenance: dict | None = None
+) -> Path:
     """A run folder with results.json, predictions.npz and provenance.json from synthetic predictions:
     clean all right, and at each level the first ``round(drop * level_index * n)`` images wrong."""
     ids, labels = _image_ids(n)
@@ -69,9 +71,17 @@ def make_run(folder: Path, model: str, accuracy_drop: float, n: int = 6, seed: i
             results.append(result(distortion, level, min(n, round(accuracy_drop * k * n))))
     folder.mkdir(parents=True, exist_ok=True)
     write_results_json(results, folder / "results.json")
-    provenance = provenance or {"model": model, "weights_digest": "0123456789abcdef", "dataset_root": str(DATA.resolve()),
-                                "images": n, "seed": 0, "preprocessing": {"resize_size": 256, "crop_size": 224},
-                                "versions": {"python": "3"}, "date": "2026-01-01T00:00:00+00:00", "command": ["robustness", "run"]}
+    provenance = provenance or {
+        "model": model,
+        "weights_digest": "0123456789abcdef",
+        "dataset_root": str(DATA.resolve()),
+        "images": n,
+        "seed": 0,
+        "preprocessing": {"resize_size": 256, "crop_size": 224},
+        "versions": {"python": "3"},
+        "date": "2026-01-01T00:00:00+00:00",
+        "command": ["robustness", "run"],
+    }
     write_predictions(results, folder / "predictions.npz", provenance)
     (folder / "provenance.json").write_text(json.dumps(provenance))
     return folder
@@ -131,11 +141,16 @@ def test_corruption_error_formulas_by_hand():
 
 def records_run(folder: Path, model: str, clean_top1: float | None, curves: dict) -> Path:
     """A run folder holding only results.json: the given top-1 per level (top-5 = top-1), n = 100."""
-    records = [] if clean_top1 is None else [
-        {"model": model, "distortion": "clean", "level": 0, "top1": clean_top1, "top5": clean_top1, "n": 100}]
+    records = (
+        []
+        if clean_top1 is None
+        else [{"model": model, "distortion": "clean", "level": 0, "top1": clean_top1, "top5": clean_top1, "n": 100}]
+    )
     for distortion, levels in curves.items():
-        records += [{"model": model, "distortion": distortion, "level": level, "top1": top1, "top5": top1, "n": 100}
-                    for level, top1 in levels.items()]
+        records += [
+            {"model": model, "distortion": distortion, "level": level, "top1": top1, "top5": top1, "n": 100}
+            for level, top1 in levels.items()
+        ]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(records))
     return folder
@@ -145,24 +160,35 @@ def records_run(folder: Path, model: str, clean_top1: float | None, curves: dict
 def two_models(tmp_path) -> list:
     """Baseline A (clean error 0.2) and B (clean error 0.3); contrast 0.1 is easier than clean for A, and A's noise
     errors sum to its clean error (relative CE undefined there)."""
-    records_run(tmp_path / "a", "model_a", 0.80, {"blur": {1: 0.70, 3: 0.50}, "noise": {10: 0.80, 20: 0.80},
-                                                 "contrast": {0.1: 0.82}})
-    records_run(tmp_path / "b", "model_b", 0.70, {"blur": {1: 0.55, 3: 0.40}, "noise": {10: 0.70, 20: 0.50},
-                                                 "contrast": {0.1: 0.60}})
+    records_run(
+        tmp_path / "a",
+        "model_a",
+        0.80,
+        {"blur": {1: 0.70, 3: 0.50}, "noise": {10: 0.80, 20: 0.80}, "contrast": {0.1: 0.82}},
+    )
+    records_run(
+        tmp_path / "b",
+        "model_b",
+        0.70,
+        {"blur": {1: 0.55, 3: 0.40}, "noise": {10: 0.70, 20: 0.50}, "contrast": {0.1: 0.60}},
+    )
     return find_runs([tmp_path / "a", tmp_path / "b"])
 
 
 def test_corruption_errors_with_clean_error_and_a_different_baseline(two_models):
     ce = corruption_errors(two_models)
     b = ce["model_b"]
-    assert b["blur"][0] == pytest.approx((0.45 + 0.60) / (0.30 + 0.50), abs=1e-14)          # 1.3125
-    assert b["blur"][1] == pytest.approx((0.15 + 0.30) / (0.10 + 0.30), abs=1e-14)          # 1.125
+    assert b["blur"][0] == pytest.approx((0.45 + 0.60) / (0.30 + 0.50), abs=1e-14)  # 1.3125
+    assert b["blur"][1] == pytest.approx((0.15 + 0.30) / (0.10 + 0.30), abs=1e-14)  # 1.125
     assert b["contrast"][0] == pytest.approx(0.40 / 0.18, abs=1e-14)
-    assert b["contrast"][1] == pytest.approx((0.40 - 0.30) / (0.18 - 0.20), abs=1e-12)       # -5.0
+    assert b["contrast"][1] == pytest.approx((0.40 - 0.30) / (0.18 - 0.20), abs=1e-12)  # -5.0
     assert ce["model_a"]["contrast"] == pytest.approx((1.0, 1.0), abs=1e-14)
     assert b["noise"][0] == pytest.approx(0.8 / 0.4, abs=1e-14) and math.isnan(b["noise"][1])
     rows = {(r["label"], r["distortion"]): r for r in summary_table(two_models)}
-    assert "sum to its clean error" in rows["model_b", "noise"]["rel_ce_note"] and rows["model_b", "blur"]["rel_ce_note"] == ""
+    assert (
+        "sum to its clean error" in rows["model_b", "noise"]["rel_ce_note"]
+        and rows["model_b", "blur"]["rel_ce_note"] == ""
+    )
 
 
 def test_mean_corruption_error_names_what_it_averages(two_models):
@@ -192,7 +218,10 @@ def test_report_compares_only_what_every_run_measured(tmp_path, capsys):
     assert [(r["label"], r["distortion"]) for r in summary_table(runs)] == [("model_a", "blur"), ("model_b", "blur")]
     from robustness.cli import main
 
-    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "r.html"), "--examples", "0"]) == 0
+    assert (
+        main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "r.html"), "--examples", "0"])
+        == 0
+    )
     page = (tmp_path / "r.html").read_text()
     assert "Not compared" in page and "jpeg: measured only by model_a" in page
 
@@ -213,7 +242,12 @@ def test_class_changes_counts():
     clean = np.array([1, 1, 2, 0, 3])
     distorted = np.array([[1, 0, 2, 0, 0], [0, 0, 2, 2, 0]])
     rows = {r["cls"]: r for r in class_changes(labels, clean, distorted)}
-    assert (rows[1]["clean_correct"], rows[1]["n"], rows[1]["distorted_correct"], rows[1]["distorted_total"]) == (2, 2, 1, 4)
+    assert (rows[1]["clean_correct"], rows[1]["n"], rows[1]["distorted_correct"], rows[1]["distorted_total"]) == (
+        2,
+        2,
+        1,
+        4,
+    )
     assert rows[1]["drop"] == pytest.approx(0.75)
     assert rows[2]["drop"] == pytest.approx(0.5 - 0.75)
     assert rows[3]["drop"] == pytest.approx(1.0)
@@ -344,9 +378,27 @@ def real_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("real") / "lite0"
     thresholds = out.parent / "thresholds.yaml"
-    thresholds.write_text("models:\n  efficientnet_lite0:\n    clean: {top1: 0.3}\n    blur:\n      2: {top1: 0.3}\n      9: {top1: 0.9}\n")
-    rc = main(["run", "--limit", "3", "--distortion", "blur", "--data", str(DATA), "--output", str(out),
-               "--no-progress", "--workers", "0", "--thresholds", str(thresholds)])
+    thresholds.write_text(
+        "models:\n  efficientnet_lite0:\n    clean: {top1: 0.3}\n    blur:\n      2: {top1: 0.3}\n      9: {top1: 0.9}\n"
+    )
+    rc = main(
+        [
+            "run",
+            "--limit",
+            "3",
+            "--distortion",
+            "blur",
+            "--data",
+            str(DATA),
+            "--output",
+            str(out),
+            "--no-progress",
+            "--workers",
+            "0",
+            "--thresholds",
+            str(thresholds),
+        ]
+    )
     assert rc == 0
     return out, thresholds
 
@@ -389,15 +441,27 @@ def _chrome_driver(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
 
-    chromium = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
+    chromium = next(
+        (p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p),
+        None,
+    )
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
         pytest.skip("no headless browser: install Debian's chromium and chromium-driver (.ci/run does)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1300,2000",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1300,2000",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
@@ -419,7 +483,8 @@ def test_report_in_a_headless_browser(real_run, tmp_path):
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) >= 1 + 10  # curves + clean and 9 blur levels
         broken = driver.execute_script(
-            "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
+            "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)"
+        )
         assert broken == []
         errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
         assert errors == [], errors

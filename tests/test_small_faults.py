@@ -65,8 +65,16 @@ def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
 
 def _results() -> list[ConditionResult]:
     def result(distortion, level, top1):
-        return ConditionResult(model="m", distortion=distortion, level=level, top1=top1, top5=min(1.0, top1 + 0.2),
-                               n=4, predictions=np.zeros((4, 5), dtype=np.int64), labels=np.zeros(4, dtype=np.int64))
+        return ConditionResult(
+            model="m",
+            distortion=distortion,
+            level=level,
+            top1=top1,
+            top5=min(1.0, top1 + 0.2),
+            n=4,
+            predictions=np.zeros((4, 5), dtype=np.int64),
+            labels=np.zeros(4, dtype=np.int64),
+        )
 
     results = [result(CLEAN, 0, 0.75)]
     for name, spec in DISTORTIONS.items():
@@ -109,17 +117,29 @@ class _NotWeights:
 def test_checkpoint_with_numpy_scalars_loads(tmp_path):
     source = _TinyNet()
     path = tmp_path / "checkpoint.pth"
-    torch.save({"epoch": np.int64(90), "best_acc1": np.float64(0.697), "lr": np.float32(0.1),
-                "done": np.bool_(True), "arch": "tiny", "state_dict": source.state_dict()}, path)
+    torch.save(
+        {
+            "epoch": np.int64(90),
+            "best_acc1": np.float64(0.697),
+            "lr": np.float32(0.1),
+            "done": np.bool_(True),
+            "arch": "tiny",
+            "state_dict": source.state_dict(),
+        },
+        path,
+    )
     loaded = load_model(_TinyNet(), weights=path, preprocessing="torchvision")
     assert torch.equal(loaded.net.fc.weight, source.fc.weight)
     assert torch.equal(loaded.net.fc.bias, source.fc.bias)
 
 
-@pytest.mark.parametrize("extra, refused", [
-    (_NotWeights(1), "_NotWeights"),
-    (argparse.Namespace(lr=0.1), "argparse.Namespace"),
-])
+@pytest.mark.parametrize(
+    "extra, refused",
+    [
+        (_NotWeights(1), "_NotWeights"),
+        (argparse.Namespace(lr=0.1), "argparse.Namespace"),
+    ],
+)
 def test_checkpoint_with_code_is_refused_with_a_plain_message(tmp_path, extra, refused):
     path = tmp_path / "checkpoint.pth"
     torch.save({"epoch": np.int64(3), "args": extra, "state_dict": _TinyNet().state_dict()}, path)
@@ -179,7 +199,8 @@ def test_register_model_rejects_a_bad_preprocessing_at_once(registered):
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A working directory with a factory module ``tinynet.py`` and 4 images in 2 classes."""
-    (tmp_path / "tinynet.py").write_text(textwrap.dedent("""
+    (tmp_path / "tinynet.py").write_text(
+        textwrap.dedent("""
         import torch
 
         def build_net():
@@ -188,7 +209,8 @@ def project(tmp_path, monkeypatch):
 
         def robustness_model():  # what a conftest.py fixture looks like to an import
             return build_net()
-    """))
+    """)
+    )
     rng = np.random.default_rng(0)
     for wnid in ("n01440764", "n01443537"):
         folder = tmp_path / "data" / wnid
@@ -205,8 +227,20 @@ COMMON = ["--data", "data", "--distortion", "contrast", "--no-progress", "--no-c
 
 def _run_records(project: Path, *extra: str) -> list[dict]:
     output = project / "out"
-    code = cli.main(["run", "--model", "tinynet:build_net", "--preprocessing", "torchvision", *COMMON,
-                     "--no-report", "--output", str(output), *extra])
+    code = cli.main(
+        [
+            "run",
+            "--model",
+            "tinynet:build_net",
+            "--preprocessing",
+            "torchvision",
+            *COMMON,
+            "--no-report",
+            "--output",
+            str(output),
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads((output / "results.json").read_text())
 
@@ -220,16 +254,29 @@ def test_run_name_names_the_model_in_results(project):
 def test_run_outputs_follow_the_umask(project, umask, mask, expected):
     umask(mask)
     output = project / "run"
-    assert cli.main(["run", "--model", "tinynet:build_net", "--preprocessing", "torchvision", *COMMON,
-                     "--output", str(output)]) == 0
+    assert (
+        cli.main(
+            ["run", "--model", "tinynet:build_net", "--preprocessing", "torchvision", *COMMON, "--output", str(output)]
+        )
+        == 0
+    )
     modes = {p.name: oct(_mode(p)) for p in output.iterdir()}
     assert {"results.json", "accuracy_vs_level.png", "predictions.npz", "provenance.json", "report.html"} <= set(modes)
     assert set(modes.values()) == {oct(expected)}, modes
 
 
 def test_calibrate_takes_preprocessing_and_name(project, capsys):
-    base = ["calibrate", "--model", "tinynet:build_net", "--thresholds", "t.yaml", "--images", "4", "--no-baseline",
-            *COMMON]
+    base = [
+        "calibrate",
+        "--model",
+        "tinynet:build_net",
+        "--thresholds",
+        "t.yaml",
+        "--images",
+        "4",
+        "--no-baseline",
+        *COMMON,
+    ]
     assert cli.main(base) == 2
     err = capsys.readouterr().err
     assert "--preprocessing" in err  # the error's advice is an option calibrate has

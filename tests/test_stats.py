@@ -1,6 +1,5 @@
 """Statistics of verdicts: Wilson intervals, McNemar, judge() and stored baselines."""
 
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -71,8 +70,17 @@ def result(top1_correct, distortion="blur", level=3, model="m"):
     labels = np.arange(n, dtype=np.int64)
     preds = np.stack([labels + 1000 * (~top1_correct)] + [labels + 2000 + k for k in range(4)], axis=1) % 1000
     preds[:, 0] = np.where(top1_correct, labels, (labels + 1) % 1000)
-    return ConditionResult(model, distortion, level, float(top1_correct.mean()), float(top1_correct.mean()), n,
-                           [f"img{i}" for i in range(n)], labels, preds)
+    return ConditionResult(
+        model,
+        distortion,
+        level,
+        float(top1_correct.mean()),
+        float(top1_correct.mean()),
+        n,
+        [f"img{i}" for i in range(n)],
+        labels,
+        preds,
+    )
 
 
 def test_judge_absolute_relative_and_message():
@@ -119,7 +127,9 @@ def test_baseline_roundtrip_and_paired_check(tmp_path):
     v = judge(t, result([True] * 58 + [False] * 42), baseline=stored, paired=paired)
     assert v.paired.result.b == 2 and v.passed
     # no baseline for that level: a note, no paired check
-    v = judge(Threshold("m", Condition("blur", 7), top1=0.0), result([True] * 100, level=7), baseline=stored, paired=paired)
+    v = judge(
+        Threshold("m", Condition("blur", 7), top1=0.0), result([True] * 100, level=7), baseline=stored, paired=paired
+    )
     assert v.paired is None and "no blur level 7" in v.notes[0]
     # adding a level keeps the stored ones
     save_baseline([result([True] * 100, level=7)], tmp_path, seed=0)
@@ -130,10 +140,20 @@ def test_baseline_roundtrip_and_paired_check(tmp_path):
 # ------------------------------------------------------------------ inputs are refused, not coerced
 
 
-@pytest.mark.parametrize("successes, n, error", [
-    (1.5, 3, TypeError), (2.0, 3, TypeError), (True, 3, TypeError), ("2", 3, TypeError), (1, 3.0, TypeError),
-    (float("nan"), 3, TypeError), (-1, 3, ValueError), (4, 3, ValueError), (0, -1, ValueError),
-])
+@pytest.mark.parametrize(
+    "successes, n, error",
+    [
+        (1.5, 3, TypeError),
+        (2.0, 3, TypeError),
+        (True, 3, TypeError),
+        ("2", 3, TypeError),
+        (1, 3.0, TypeError),
+        (float("nan"), 3, TypeError),
+        (-1, 3, ValueError),
+        (4, 3, ValueError),
+        (0, -1, ValueError),
+    ],
+)
 def test_wilson_refuses_non_integer_and_out_of_range_counts(successes, n, error):
     with pytest.raises(error, match="successes|n"):
         wilson_interval(successes, n)
@@ -146,12 +166,15 @@ def test_wilson_accepts_numpy_integers_and_refuses_bad_z():
             wilson_interval(7, 10, z)
 
 
-@pytest.mark.parametrize("bad, error", [
-    (np.array([1, 0, 2]), ValueError),                 # 2 is not right-or-wrong (np.asarray(.., bool) made it True)
-    (np.array([1.0, np.nan, 0.0]), TypeError),         # NaN was True too
-    (np.array([0.0, 1.0, 1.0]), TypeError),            # floats are refused outright
-    (np.array(["1", "0", "1"]), TypeError),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (np.array([1, 0, 2]), ValueError),  # 2 is not right-or-wrong (np.asarray(.., bool) made it True)
+        (np.array([1.0, np.nan, 0.0]), TypeError),  # NaN was True too
+        (np.array([0.0, 1.0, 1.0]), TypeError),  # floats are refused outright
+        (np.array(["1", "0", "1"]), TypeError),
+    ],
+)
 def test_mcnemar_refuses_non_boolean_arrays(bad, error):
     good = np.array([True, False, True])
     with pytest.raises(error, match="candidate_correct"):

@@ -32,7 +32,9 @@ def error_for(tmp_path, text) -> ThresholdsError:
 
 
 def test_current_format_loads(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         defaults: {images: 100, seed: 0}
         models:
           efficientnet_lite0:
@@ -42,17 +44,24 @@ def test_current_format_loads(tmp_path):
               3.0: {top1: 0.4, top5: 0.6}
             contrast:
               0.5: {top1: 0.2}
-    """)
+    """,
+    )
     t = load_thresholds(path, known_models=KNOWN)
     assert t.images == 100 and t.seed == 0 and t.paired is None
-    assert [e.id for e in t.entries] == ["efficientnet_lite0-clean", "efficientnet_lite0-blur-s1",
-                                        "efficientnet_lite0-blur-s3", "efficientnet_lite0-contrast-0.5"]
+    assert [e.id for e in t.entries] == [
+        "efficientnet_lite0-clean",
+        "efficientnet_lite0-blur-s1",
+        "efficientnet_lite0-blur-s3",
+        "efficientnet_lite0-contrast-0.5",
+    ]
     assert t.entries[2].top5 == 0.6 and t.entries[2].line == 7
     assert t.entries[1].condition == Condition("blur", 1)
 
 
 def test_relative_and_shared_settings(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         version: 1
         defaults:
           images: 50
@@ -63,7 +72,8 @@ def test_relative_and_shared_settings(tmp_path):
             clean: {top1: 0.6}   # a relative bar needs an absolute clean bar for its metric
             jpeg:
               10: {top1_of_clean: 0.8, top1: 0.3}
-    """)
+    """,
+    )
     t = load_thresholds(path, known_models=KNOWN)
     _, entry = t.entries
     assert entry.relative and entry.bars() == {"top1": 0.3, "top1_of_clean": 0.8}
@@ -72,17 +82,35 @@ def test_relative_and_shared_settings(tmp_path):
     assert t.paired.baseline == tmp_path / "robustness-baseline"
 
 
-@pytest.mark.parametrize("snippet, line, key, words", [
-    ("blur:\n      1: {tpo1: 0.5}", 5, "models.efficientnet_lite0.blur.1.tpo1", ["unknown key 'tpo1'", "did you mean 'top1'"]),
-    ("blur:\n      2.5: {top1: 0.5}", 5, "models.efficientnet_lite0.blur.2.5", ["not on the blur grid", "1, 2, 3"]),
-    ("jpeg:\n      11: {top1: 0.5}", 5, "models.efficientnet_lite0.jpeg.11", ["not on the jpeg grid"]),
-    ("jepg:\n      10: {top1: 0.5}", 4, "models.efficientnet_lite0.jepg", ["unknown distortion 'jepg'", "did you mean 'jpeg'"]),
-    ("blur:\n      1: {top1: 72}", 5, "models.efficientnet_lite0.blur.1.top1", ["fraction in [0, 1]", "72% is 0.72"]),
-    ("blur:\n      1: {top1: -0.1}", 5, "models.efficientnet_lite0.blur.1.top1", ["fraction in [0, 1]"]),
-    ("blur:\n      1: {top1: high}", 5, "models.efficientnet_lite0.blur.1.top1", ["not of type 'number'"]),
-    ("blur:\n      1: {}", 5, "models.efficientnet_lite0.blur.1", ["must not be empty"]),
-    ("clean: {top1_of_clean: 0.5}", 4, "models.efficientnet_lite0.clean.top1_of_clean", ["unknown key"]),
-])
+@pytest.mark.parametrize(
+    "snippet, line, key, words",
+    [
+        (
+            "blur:\n      1: {tpo1: 0.5}",
+            5,
+            "models.efficientnet_lite0.blur.1.tpo1",
+            ["unknown key 'tpo1'", "did you mean 'top1'"],
+        ),
+        ("blur:\n      2.5: {top1: 0.5}", 5, "models.efficientnet_lite0.blur.2.5", ["not on the blur grid", "1, 2, 3"]),
+        ("jpeg:\n      11: {top1: 0.5}", 5, "models.efficientnet_lite0.jpeg.11", ["not on the jpeg grid"]),
+        (
+            "jepg:\n      10: {top1: 0.5}",
+            4,
+            "models.efficientnet_lite0.jepg",
+            ["unknown distortion 'jepg'", "did you mean 'jpeg'"],
+        ),
+        (
+            "blur:\n      1: {top1: 72}",
+            5,
+            "models.efficientnet_lite0.blur.1.top1",
+            ["fraction in [0, 1]", "72% is 0.72"],
+        ),
+        ("blur:\n      1: {top1: -0.1}", 5, "models.efficientnet_lite0.blur.1.top1", ["fraction in [0, 1]"]),
+        ("blur:\n      1: {top1: high}", 5, "models.efficientnet_lite0.blur.1.top1", ["not of type 'number'"]),
+        ("blur:\n      1: {}", 5, "models.efficientnet_lite0.blur.1", ["must not be empty"]),
+        ("clean: {top1_of_clean: 0.5}", 4, "models.efficientnet_lite0.clean.top1_of_clean", ["unknown key"]),
+    ],
+)
 def test_errors_name_file_line_and_key(tmp_path, snippet, line, key, words):
     error = error_for(tmp_path, "defaults: {images: 10}\nmodels:\n  efficientnet_lite0:\n    " + snippet + "\n")
     assert (error.line, error.key) == (line, key)
@@ -102,7 +130,9 @@ def test_top_level_typo_and_defaults_typo(tmp_path):
 
 
 def test_unknown_model_needs_source_fixture(tmp_path):
-    error = error_for(tmp_path, "models:\n  efficientnet_lite0: {clean: {top1: 0.5}}\n  my_net:\n    clean: {top1: 0.5}\n")
+    error = error_for(
+        tmp_path, "models:\n  efficientnet_lite0: {clean: {top1: 0.5}}\n  my_net:\n    clean: {top1: 0.5}\n"
+    )
     assert (error.line, error.key) == (3, "models.my_net")
     assert "unknown model 'my_net'" in str(error) and "source: fixture" in str(error)
     lax = write(tmp_path, "models:\n  my_net:\n    clean: {top1: 0.5}\n", "lax.yaml")
@@ -118,7 +148,9 @@ def test_registry_is_the_default_list_of_models(tmp_path):
 
 
 def test_duplicate_keys_and_bad_yaml(tmp_path):
-    error = error_for(tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      1: {top1: 0.5}\n      1.0: {top1: 0.6}\n")
+    error = error_for(
+        tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      1: {top1: 0.5}\n      1.0: {top1: 0.6}\n"
+    )
     assert error.line == 5 and "duplicate key (first on line 4)" in str(error)
     error = error_for(tmp_path, "models:\n  efficientnet_lite0: {clean: {top1: 0.5}\n")
     assert "invalid YAML" in str(error) and error.line is not None
@@ -147,7 +179,9 @@ def test_calibrated_bars_floor_and_relative():
 
 
 def test_update_keeps_other_models_and_comments(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         # Release thresholds: fractions.
         defaults:
           images: 100   # first 100 images
@@ -159,9 +193,13 @@ def test_update_keeps_other_models_and_comments(tmp_path):
           other:
             source: fixture
             clean: {top1: 0.5}  # keep me
-    """)
-    measured = {Condition("clean", 0): {"top1": 0.76, "top5": 0.9}, Condition("blur", 3): {"top1": 0.5, "top5": 0.7},
-                Condition("contrast", 0.5): {"top1": 0.4, "top5": 0.6}}
+    """,
+    )
+    measured = {
+        Condition("clean", 0): {"top1": 0.76, "top5": 0.9},
+        Condition("blur", 3): {"top1": 0.5, "top5": 0.7},
+        Condition("contrast", 0.5): {"top1": 0.4, "top5": 0.6},
+    }
     old, new = update_thresholds_file(path, "efficientnet_lite0", measured, margin=0.05)
     assert path.read_text() == new and old != new
     assert "# Release thresholds: fractions." in new and "# first 100 images" in new and "# keep me" in new
@@ -169,7 +207,7 @@ def test_update_keeps_other_models_and_comments(tmp_path):
     t = load_thresholds(path, known_models=KNOWN)
     bars = {e.id: e.bars() for e in t.entries}
     assert bars["efficientnet_lite0-clean"] == {"top1": 0.71}
-    assert bars["efficientnet_lite0-blur-s3"] == {"top1_of_clean": 0.607}   # stays relative
+    assert bars["efficientnet_lite0-blur-s3"] == {"top1_of_clean": 0.607}  # stays relative
     assert bars["efficientnet_lite0-contrast-0.5"] == {"top1": 0.35}
     assert bars["other-clean"] == {"top1": 0.5}
     diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True)))
@@ -178,8 +216,14 @@ def test_update_keeps_other_models_and_comments(tmp_path):
 
 def test_update_creates_a_file(tmp_path):
     path = tmp_path / "new.yaml"
-    update_thresholds_file(path, "mine", {Condition("blur", 1): {"top1": 0.6, "top5": 0.8}}, margin=0.1,
-                           metrics=["top1", "top5"], source="fixture")
+    update_thresholds_file(
+        path,
+        "mine",
+        {Condition("blur", 1): {"top1": 0.6, "top5": 0.8}},
+        margin=0.1,
+        metrics=["top1", "top5"],
+        source="fixture",
+    )
     t = load_thresholds(path, known_models=[])
     assert t.entries[0].bars() == {"top1": 0.5, "top5": 0.7} and t.sources == {"mine": "fixture"}
 
@@ -226,7 +270,9 @@ def test_calibrate_cli_writes_thresholds_diff_and_baseline(tmp_path, capsys):
 
     _register_toy()
     data = _images(tmp_path / "images")
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         # gate thresholds
         defaults: {images: 10, seed: 0}
         models:
@@ -237,9 +283,22 @@ def test_calibrate_cli_writes_thresholds_diff_and_baseline(tmp_path, capsys):
             blur:
               1: {top1: 0.1}
               2: {top1_of_clean: 0.5}
-    """)
-    args = ["calibrate", "--model", TOY, "--thresholds", str(path), "--data", str(data), "--margin", "0.1",
-            "--workers", "0", "--no-progress"]
+    """,
+    )
+    args = [
+        "calibrate",
+        "--model",
+        TOY,
+        "--thresholds",
+        str(path),
+        "--data",
+        str(data),
+        "--margin",
+        "0.1",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(args + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "-      1: {top1: 0.1}" in out and "+      1: {top1: 0.7}" in out and "dry run" in out
@@ -251,7 +310,10 @@ def test_calibrate_cli_writes_thresholds_diff_and_baseline(tmp_path, capsys):
     assert "# gate thresholds" in text and "clean: {top1: 0.7}   # untouched" in text
     t = load_thresholds(path)
     assert {e.id: e.bars() for e in t.for_model(TOY)} == {
-        f"{TOY}-blur-s1": {"top1": 0.7}, f"{TOY}-blur-s2": {"top1_of_clean": 0.9}, f"{TOY}-clean": {"top1": 0.7}}
+        f"{TOY}-blur-s1": {"top1": 0.7},
+        f"{TOY}-blur-s2": {"top1_of_clean": 0.9},
+        f"{TOY}-clean": {"top1": 0.7},
+    }
     baseline = load_baseline(tmp_path / "robustness-baseline", TOY, "blur")
     assert baseline.levels == [1.0, 2.0] and len(baseline.image_ids) == 10
     # unchanged model, same margin: no change
@@ -273,7 +335,7 @@ def test_readme_examples_are_valid(tmp_path):
     from pathlib import Path
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "gating.md").read_text()
-    section = page[:page.index("## CI recipes")]  # below it: CI configuration files, not thresholds
+    section = page[: page.index("## CI recipes")]  # below it: CI configuration files, not thresholds
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
     assert len(blocks) >= 2
     for k, block in enumerate(blocks):
@@ -286,26 +348,34 @@ def test_readme_examples_are_valid(tmp_path):
 
 def test_yaml_1_2_numbers_exponent_and_leading_zeros(tmp_path):
     """``5e-1`` is 0.5 (YAML 1.1 read it as a string); ``010`` is decimal 10 (JPEG quality 10, not octal 8)."""
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         models:
           efficientnet_lite0:
             clean: {top1: 5e-1}
             jpeg:
               010: {top1: 0.25}
               020: {top1: 1E-1}
-    """)
+    """,
+    )
     t = load_thresholds(path, known_models=KNOWN)
     assert t.entries[0].top1 == 0.5
     assert [(e.condition, e.top1, e.line) for e in t.entries[1:]] == [
-        (Condition("jpeg", 10), 0.25, 5), (Condition("jpeg", 20), 0.1, 6)]
+        (Condition("jpeg", 10), 0.25, 5),
+        (Condition("jpeg", 20), 0.1, 6),
+    ]
 
 
-@pytest.mark.parametrize("snippet, line, key", [
-    ("clean: {top1: .nan}", 4, "models.efficientnet_lite0.clean.top1"),
-    ("clean: {top5: .inf}", 4, "models.efficientnet_lite0.clean.top5"),
-    ("blur:\n      1: {top1: -.inf}", 5, "models.efficientnet_lite0.blur.1.top1"),
-    ("blur:\n      1: {top1_of_clean: .NaN}", 5, "models.efficientnet_lite0.blur.1.top1_of_clean"),
-])
+@pytest.mark.parametrize(
+    "snippet, line, key",
+    [
+        ("clean: {top1: .nan}", 4, "models.efficientnet_lite0.clean.top1"),
+        ("clean: {top5: .inf}", 4, "models.efficientnet_lite0.clean.top5"),
+        ("blur:\n      1: {top1: -.inf}", 5, "models.efficientnet_lite0.blur.1.top1"),
+        ("blur:\n      1: {top1_of_clean: .NaN}", 5, "models.efficientnet_lite0.blur.1.top1_of_clean"),
+    ],
+)
 def test_nan_and_infinity_are_refused_for_every_bar(tmp_path, snippet, line, key):
     error = error_for(tmp_path, "defaults: {images: 10}\nmodels:\n  efficientnet_lite0:\n    " + snippet + "\n")
     assert (error.line, error.key) == (line, key) and len(error.problems) == 1
@@ -314,7 +384,9 @@ def test_nan_and_infinity_are_refused_for_every_bar(tmp_path, snippet, line, key
 
 @pytest.mark.parametrize("alpha", [".nan", ".inf", "-.inf"])
 def test_nan_and_infinity_are_refused_for_paired_alpha(tmp_path, alpha):
-    error = error_for(tmp_path, f"defaults:\n  paired:\n    alpha: {alpha}\nmodels:\n  efficientnet_lite0: {{clean: {{top1: 0.5}}}}\n")
+    error = error_for(
+        tmp_path, f"defaults:\n  paired:\n    alpha: {alpha}\nmodels:\n  efficientnet_lite0: {{clean: {{top1: 0.5}}}}\n"
+    )
     assert (error.line, error.key) == (3, "defaults.paired.alpha") and len(error.problems) == 1
     assert "not a finite number" in str(error)
 
@@ -329,11 +401,15 @@ def test_relative_bar_above_one_is_not_called_a_percentage(tmp_path):
 
 
 def test_exact_duplicate_key_and_syntax_error_lines(tmp_path):
-    error = error_for(tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      3: {top1: 0.5}\n\n      3: {top1: 0.6}\n")
+    error = error_for(
+        tmp_path, "models:\n  efficientnet_lite0:\n    blur:\n      3: {top1: 0.5}\n\n      3: {top1: 0.6}\n"
+    )
     assert (error.line, error.key) == (6, "models.efficientnet_lite0.blur.3")
     assert "duplicate key (first on line 4)" in str(error)
-    error = error_for(tmp_path, "defaults: {images: 10}\nmodels:\n  efficientnet_lite0:\n    clean: {top1: 0.5}\n"
-                                "    blur: [1\n    noise: {}\n")
+    error = error_for(
+        tmp_path,
+        "defaults: {images: 10}\nmodels:\n  efficientnet_lite0:\n    clean: {top1: 0.5}\n    blur: [1\n    noise: {}\n",
+    )
     assert error.line == 6 and "invalid YAML" in str(error)
 
 
@@ -343,7 +419,9 @@ def test_parse_thresholds_from_data_refuses_nan():
 
 
 def test_anchors_and_merge_keys_keep_lines(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         models:
           efficientnet_lite0:
             blur:
@@ -352,15 +430,18 @@ def test_anchors_and_merge_keys_keep_lines(tmp_path):
               3:
                 <<: *bar
                 top5: .nan
-    """)
+    """,
+    )
     with pytest.raises(ThresholdsError) as info:
         load_thresholds(path, known_models=KNOWN)
     assert [(p.line, p.key) for p in info.value.problems] == [(8, "models.efficientnet_lite0.blur.3.top5")]
     path.write_text(path.read_text().replace(".nan", "0.7"))
     t = load_thresholds(path, known_models=KNOWN)
     assert [(e.id, e.bars(), e.line) for e in t.entries] == [
-        ("efficientnet_lite0-blur-s1", {"top1": 0.5}, 4), ("efficientnet_lite0-blur-s2", {"top1": 0.5}, 5),
-        ("efficientnet_lite0-blur-s3", {"top1": 0.5, "top5": 0.7}, 6)]
+        ("efficientnet_lite0-blur-s1", {"top1": 0.5}, 4),
+        ("efficientnet_lite0-blur-s2", {"top1": 0.5}, 5),
+        ("efficientnet_lite0-blur-s3", {"top1": 0.5, "top5": 0.7}, 6),
+    ]
 
 
 def test_repository_gate_has_no_case_that_cannot_fail_and_a_committed_baseline():
@@ -395,8 +476,13 @@ def test_relative_bar_needs_an_absolute_clean_bar_for_its_metric(tmp_path):
     assert (error.line, error.key) == (4, "models.efficientnet_lite0.blur.2.top1_of_clean") and len(error.problems) == 1
     assert "needs an absolute clean bar for top1" in str(error) and "'clean: {top1: ...}'" in str(error)
     # a clean bar for the other metric is not enough; one for the same metric is
-    error = error_for(tmp_path, "models:\n  efficientnet_lite0:\n    clean: {top5: 0.8}\n"
-                                "    blur:\n      2: {top1_of_clean: 0.9, top5_of_clean: 0.9}\n")
+    error = error_for(
+        tmp_path,
+        "models:\n  efficientnet_lite0:\n    clean: {top5: 0.8}\n"
+        "    blur:\n      2: {top1_of_clean: 0.9, top5_of_clean: 0.9}\n",
+    )
     assert [p.key for p in error.problems] == ["models.efficientnet_lite0.blur.2.top1_of_clean"]
-    path = write(tmp_path, "models:\n  efficientnet_lite0:\n    clean: {top1: 0.5}\n    blur:\n      2: {top1_of_clean: 0.9}\n")
+    path = write(
+        tmp_path, "models:\n  efficientnet_lite0:\n    clean: {top1: 0.5}\n    blur:\n      2: {top1_of_clean: 0.9}\n"
+    )
     assert load_thresholds(path, known_models=KNOWN).entries[1].top1_of_clean == 0.9
