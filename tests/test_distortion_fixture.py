@@ -319,3 +319,13 @@ def test_registered_everywhere_it_must_be(pytestconfig):
     assert "robustness_levels(*distortions, clean=False, **levels)" in markers
     assert pytestconfig.getini("robustness_distortion_levels") == []
     assert sys.modules["robustness.pytest_plugin"] is robustness.pytest_plugin
+
+
+def test_the_documented_example_runs_as_written(project):
+    """docs/fixtures.md's example (a perceptual hash, not a classifier) passes, case by case."""
+    page = (REPO / "docs" / "fixtures.md").read_text(encoding="utf-8")
+    example = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    project.makepyfile(test_hash=example)
+    result = project.runpytest("-v")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["*test_hash_survives_everyday_distortions[[]clean[]] PASSED*"])
