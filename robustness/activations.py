@@ -280,13 +280,9 @@ def _mosaic(maps: np.ndarray, reference: np.ndarray, channels: Sequence[int], co
 
 
 def _save(fig, path: str | os.PathLike, dpi: int = 80) -> None:
-    import io
+    from .report import write_figure
 
-    from ._io import atomic_write
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)  # a pyplot-free Figure: nothing to close
-    atomic_write(path, buffer.getvalue())
+    write_figure(fig, path, dpi=dpi)  # a pyplot-free Figure: nothing to close
 
 
 def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 16, title: str = "") -> None:

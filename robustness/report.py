@@ -1,4 +1,5 @@
-"""Results out: the terminal table, ``results.json`` and the accuracy-vs-level figure."""
+"""Results out: the terminal table, ``results.json``, the accuracy-vs-level figure, per-image predictions and
+provenance, and :func:`figure_png`, the one way every figure of the package becomes PNG bytes."""
 
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ __all__ = [
     "write_results_json",
     "read_results_json",
     "plot_accuracy_vs_level",
+    "figure_png",
+    "write_figure",
     "run_provenance",
     "write_predictions",
     "read_predictions",
 ]
+
+
+def _condition_text(result: ConditionResult) -> str:
+    """``model distortion level`` for messages: ``lite0 blur 3``, ``lite0 clean 0``."""
+    return f"{result.model} {result.distortion} {result.level:g}"
 
 
 def format_table(results: Sequence[ConditionResult]) -> str:
@@ -40,7 +48,7 @@ def format_table(results: Sequence[ConditionResult]) -> str:
     misses = [r for r in results if r.tolerance_misses]
     for r in misses:
         lines.append(
-            f"note: {r.model} {r.distortion} {r.level:g}: {r.tolerance_misses} of {r.n} images missed the "
+            f"note: {_condition_text(r)}: {r.tolerance_misses} of {r.n} images missed the "
             "distortion's tolerance (JPEG 2000: closest encode more than 0.5 dB from the target PSNR)"
         )
     return "\n".join(lines)
@@ -126,9 +134,26 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
     if legend:
         axes[-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=8)
     fig.tight_layout()
+    write_figure(fig, path, dpi=110)
+
+
+def figure_png(fig, *, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes, at ``dpi`` dots per inch (the size in pixels is the figure's
+    size in inches times ``dpi``). The project's one way to render a figure: the report's figures, the
+    HTML report's embedded curves and the activation plots all come through here.
+
+    ``fig`` is a :class:`matplotlib.figure.Figure` made with the object API (no pyplot): there is no
+    global figure to close and the caller's backend is untouched.
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    atomic_write(path, buffer.getvalue())  # the umask's mode, like every other output file
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def write_figure(fig, path: str | os.PathLike, *, dpi: int) -> None:
+    """Write :func:`figure_png` to ``path`` atomically (:func:`robustness._io.atomic_write`: the
+    umask's mode, like every other output file)."""
+    atomic_write(path, figure_png(fig, dpi=dpi))
 
 
 # ------------------------------------------------------------------ per-image predictions and provenance
@@ -192,8 +217,6 @@ def write_predictions(
     Raises:
         ValueError: mixed models, differing image lists, or results without per-image predictions.
     """
-    import io
-
     import numpy as np
 
     results = list(results)
@@ -202,7 +225,7 @@ def write_predictions(
     first = results[0]
     for r in results:
         if r.predictions is None or r.labels is None:
-            raise ValueError(f"result {r.model} {r.distortion} {r.level:g} has no per-image predictions")
+            raise ValueError(f"result {_condition_text(r)} has no per-image predictions")
         if r.model != first.model or list(r.image_ids) != list(first.image_ids):
             raise ValueError("write_predictions needs results of one model on one image list")
     meta = {"format": PREDICTIONS_FORMAT, "model": first.model, "provenance": provenance or {}}
