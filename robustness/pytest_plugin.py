@@ -333,6 +333,12 @@ def _add_marker(config: pytest.Config, distortion: str) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "robustness_distortion" in metafunc.fixturenames:
         _parametrize_distortions(metafunc)
+    elif any(mark.name == LEVELS_MARKER for mark in metafunc.definition.own_markers):
+        pytest.fail(  # on the test itself (not a module's or class's pytestmark): it would do nothing
+            f"robustness: {metafunc.definition.nodeid} has @pytest.mark.{LEVELS_MARKER} but does not request "
+            "the robustness_distortion fixture, so the marker would choose nothing",
+            pytrace=False,
+        )
     if "robustness_threshold" in metafunc.fixturenames:
         _parametrize_gate(metafunc)
 

@@ -168,6 +168,41 @@ def test_a_bad_level_fails_collection_naming_the_test_and_the_value(project, mar
     assert re.search(r"robustness: test_user.py::test_bad: @pytest.mark.robustness_levels: " + message, text), text
 
 
+def test_the_marker_on_a_test_without_the_fixture_is_an_error(project):
+    """A typo in the fixture's name would otherwise make the marker silently do nothing; a module's or
+    class's marker covers tests that do not use the fixture, and is fine."""
+    project.makepyfile(
+        test_user="""
+        import pytest
+
+        pytestmark = pytest.mark.robustness_levels(jpeg=[50])
+
+        def test_other():
+            pass
+
+        @pytest.mark.robustness_levels(jpeg=[50])
+        def test_typo(robustness_distortions):
+            pass
+        """
+    )
+    result = project.runpytest("--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        [
+            "robustness: test_user.py::test_typo has @pytest.mark.robustness_levels but does not request the "
+            "robustness_distortion fixture, so the marker would choose nothing"
+        ]
+    )
+    project.makepyfile(test_user="import pytest\npytestmark = pytest.mark.robustness_levels(jpeg=[50])\n" + ANY)
+    project.makepyfile(
+        test_other="import pytest\npytestmark = pytest.mark.robustness_levels(jpeg=[50])\n\ndef test_plain():\n    pass\n"
+    )
+    assert collected(project.runpytest("--collect-only", "-q")) == [
+        "test_other.py::test_plain",
+        "test_user.py::test_any[jpeg-q50]",
+    ]
+
+
 def test_a_bad_ini_line_is_named(project):
     project.makeini(INI + "robustness_distortion_levels =\n    jpeg: 50 high\n")
     project.makepyfile(test_user=ANY)
