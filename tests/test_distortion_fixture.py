@@ -45,6 +45,11 @@ def collected(result) -> list[str]:
     return [line for line in result.outlines if "::" in line and not line.startswith(("ERROR", "FAILED"))]
 
 
+def ids(*conditions: tuple[str, float]) -> list[str]:
+    """The gate's ids of (distortion, level) pairs; off-grid levels too (their form is Condition's to decide)."""
+    return [Condition(d, level).id for d, level in conditions]
+
+
 def paper_ids(*names: str) -> list[str]:
     return [Condition(name, level).id for name in names or DISTORTIONS for level in DISTORTIONS[name].levels]
 
@@ -61,13 +66,13 @@ def project(pytester):
 def test_default_cases_are_every_distortion_at_the_paper_levels_with_the_gates_ids(project):
     project.makepyfile(test_user=ANY)
     result = project.runpytest("--collect-only", "-q")
-    ids = collected(result)
-    assert ids == [f"test_user.py::test_any[{i}]" for i in paper_ids()]
-    assert len(ids) == sum(len(d.levels) for d in DISTORTIONS.values())
+    found = collected(result)
+    assert found == [f"test_user.py::test_any[{i}]" for i in paper_ids()]
+    assert len(found) == sum(len(d.levels) for d in DISTORTIONS.values())
     # the readable forms of the gate (Condition.id), not pytest's own robustness_distortion0, 1, ...
     for example in ("blur-s3", "noise-50", "jpeg-q10", "jpeg2000-30db", "contrast-0.8"):
-        assert f"test_user.py::test_any[{example}]" in ids
-    assert not any("clean" in i for i in ids)  # clean is opt-in
+        assert f"test_user.py::test_any[{example}]" in found
+    assert not any("clean" in i for i in found)  # clean is opt-in
 
 
 def test_one_marker_per_distortion_selects_its_cases(project):
@@ -103,13 +108,13 @@ def test_levels_marker_chooses_distortions_levels_and_clean_per_test(project):
             pass
         """
     )
-    ids = collected(project.runpytest("--collect-only", "-q", "--strict-markers"))
-    assert [i for i in ids if "test_some" in i] == [
-        f"test_user.py::test_some[{i}]" for i in ("clean", "jpeg-q50", "jpeg-q75", "blur-s1", "blur-s2")
+    found = collected(project.runpytest("--collect-only", "-q", "--strict-markers"))
+    assert [i for i in found if "test_some" in i] == [
+        f"test_user.py::test_some[{i}]" for i in ids(("clean", 0), ("jpeg", 50), ("jpeg", 75), ("blur", 1), ("blur", 2))
     ]
-    assert [i.split("[")[1][:-1] for i in ids if "test_names" in i] == paper_ids("noise") + ["contrast-0.5"]
-    assert [i.split("[")[1][:-1] for i in ids if "test_in_class" in i] == ["blur-s1", "blur-s2", "blur-s3"]
-    assert [i.split("[")[1][:-1] for i in ids if "test_plain" in i] == paper_ids()
+    assert [i.split("[")[1][:-1] for i in found if "test_names" in i] == paper_ids("noise") + ids(("contrast", 0.5))
+    assert [i.split("[")[1][:-1] for i in found if "test_in_class" in i] == ids(("blur", 1), ("blur", 2), ("blur", 3))
+    assert [i.split("[")[1][:-1] for i in found if "test_plain" in i] == paper_ids()
 
 
 def test_ini_chooses_cases_per_project_and_the_marker_wins(project):
@@ -130,11 +135,12 @@ def test_ini_chooses_cases_per_project_and_the_marker_wins(project):
             pass
         """
     )
-    ids = collected(project.runpytest("--collect-only", "-q"))
+    found = collected(project.runpytest("--collect-only", "-q"))
     blur = paper_ids("blur")
-    assert [i.split("[")[1][:-1] for i in ids if "test_ini" in i] == ["clean", "jpeg-q50", "jpeg-q75", *blur]
-    assert [i.split("[")[1][:-1] for i in ids if "test_marker" in i] == ["noise-5"]
-    assert [i.split("[")[1][:-1] for i in ids if "test_no_clean" in i] == ["jpeg-q50", "jpeg-q75", *blur]
+    jpeg = ids(("jpeg", 50), ("jpeg", 75))
+    assert [i.split("[")[1][:-1] for i in found if "test_ini" in i] == ["clean", *jpeg, *blur]
+    assert [i.split("[")[1][:-1] for i in found if "test_marker" in i] == ids(("noise", 5))
+    assert [i.split("[")[1][:-1] for i in found if "test_no_clean" in i] == [*jpeg, *blur]
 
 
 @pytest.mark.parametrize(
@@ -199,7 +205,7 @@ def test_the_marker_on_a_test_without_the_fixture_is_an_error(project):
     )
     assert collected(project.runpytest("--collect-only", "-q")) == [
         "test_other.py::test_plain",
-        "test_user.py::test_any[jpeg-q50]",
+        f"test_user.py::test_any[{Condition('jpeg', 50).id}]",
     ]
 
 
@@ -221,8 +227,8 @@ def test_distortion_conditions_order_and_precedence():
     default = distortion_conditions()
     assert [c.id for c in default] == paper_ids()
     ini = ["noise: 5", "clean"]
-    assert [c.id for c in distortion_conditions(ini_lines=ini)] == ["clean", "noise-5"]
-    assert [c.id for c in distortion_conditions((), {"clean": False}, ini)] == ["noise-5"]
+    assert [c.id for c in distortion_conditions(ini_lines=ini)] == ids(("clean", 0), ("noise", 5))
+    assert [c.id for c in distortion_conditions((), {"clean": False}, ini)] == ids(("noise", 5))
     assert [c.id for c in distortion_conditions(("jpeg",), {}, ini)] == paper_ids("jpeg")
     assert [c.id for c in distortion_conditions((), {"clean": True})] == ["clean", *paper_ids()]
     with pytest.raises(ValueError, match="selects no case"):
