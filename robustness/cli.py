@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ._io import safe_name
 from .names import DISTORTION_NAMES
-from .settings import SETTINGS, cli_flag_help, non_negative_int, positive_int
+from .settings import COMMAND_ALIASES, DEFAULT_BASELINE_DIR, SETTINGS, cli_flag_help, non_negative_int, positive_int
 
 __all__ = [
     "main",
@@ -101,7 +101,13 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
 
     file_values = {}
     if thresholds is not None:
-        file_values = {"data": thresholds.dataset, "images": thresholds.images, "seed": thresholds.seed}
+        paired = thresholds.paired.baseline if thresholds.paired is not None else None
+        file_values = {
+            "data": thresholds.dataset,
+            "images": thresholds.images,
+            "seed": thresholds.seed,
+            "baseline_dir": None if paired is None else str(paired),
+        }
     file_name = "thresholds file" if thresholds is None or thresholds.path is None else str(thresholds.path)
     sources = {}
     for name in _RESOLVED:
@@ -112,8 +118,8 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
             name, flag=getattr(args, name), flag_name=setting.cli, file=file_values.get(name), file_name=file_name
         )
         sources[name] = resolved.source
-        if resolved.layer == "default" and name == "data":
-            continue
+        if resolved.layer == "default" and name in ("data", "baseline_dir"):
+            continue  # the loader applies (and names) the default; the baseline's depends on the file
         setattr(args, name, resolved.value)
     if hasattr(args, "device"):
         check_device(args.device, sources.get("device", "--device"))
@@ -429,11 +435,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print("dry run: nothing written")
         return 0
     if not args.no_baseline:
-        folder = (
-            existing.paired.baseline
-            if existing is not None and existing.paired
-            else path.parent / "robustness-baseline"
-        )
+        folder = Path(args.baseline_dir) if args.baseline_dir else path.parent / DEFAULT_BASELINE_DIR
         written = save_baseline(results, folder, seed=seed, model=name)
         print(f"stored baseline predictions for the paired check in {folder} ({len(written)} files)")
     print(f"wrote {path}")
@@ -482,7 +484,7 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument(
         "--name", default=None, help="the model's name in thresholds.yaml and the baseline (default: --model as given)"
     )
-    add_settings_options(calibrate, ("thresholds", "margin"), title="thresholds file")
+    add_settings_options(calibrate, ("thresholds", "margin", "baseline_dir"), title="thresholds file", file=True)
     calibrate.add_argument(
         "--distortion",
         action="append",
@@ -613,7 +615,8 @@ def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
         help="average the per-layer numbers over the first N dataset images (the figure shows the first); "
         "default %(default)s",
     )
-    add_deprecated_alias(parser, "--images", "--average-over", "average_over", type=positive_int, metavar="N")
+    for old, new in COMMAND_ALIASES["activations"].items():
+        add_deprecated_alias(parser, old, new, new[2:].replace("-", "_"), type=positive_int, metavar="N")
     parser.add_argument(
         "--distortion", action="append", choices=list(DISTORTION_NAMES), help="repeatable; default blur and noise"
     )

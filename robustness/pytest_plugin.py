@@ -36,6 +36,7 @@ the engine load when a gate test is collected, not in every pytest session of th
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ class _Setup:
         self.images: _settings.Resolved | None = None
         self.data: _settings.Resolved | None = None
         self.dataset = None
+        self.baseline_dir: Path | None = None
 
     def fail(self) -> None:
         """Fail the current collector or fixture with the problems, once each, without a traceback."""
@@ -133,7 +135,7 @@ def _resolve(config: pytest.Config, name: str, **layers: Any) -> _settings.Resol
     are anchored to the rootdir."""
     setting = _settings.SETTINGS[name]
     ini = config.getini(setting.ini)
-    if name in ("data", "thresholds", "cache_dir") and isinstance(ini, str) and ini.strip():
+    if name in ("data", "thresholds", "cache_dir", "baseline_dir") and isinstance(ini, str) and ini.strip():
         ini = str(config.rootpath / ini)
     return _settings.resolve(name, flag=config.getoption(setting.pytest), ini=ini, **layers)
 
@@ -182,9 +184,20 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
         setup.problems.append(str(error))
         return
     paired = thresholds.paired
+    baseline = _resolve(
+        config,
+        "baseline_dir",
+        file=None if paired is None else str(paired.baseline),
+        file_name=setup.thresholds_path.name,
+        default=str(setup.thresholds_path.parent / _settings.DEFAULT_BASELINE_DIR),
+    )
+    setup.baseline_dir = Path(baseline.value).expanduser().absolute()
+    if paired is not None and baseline.layer != "file":  # a flag or variable names another folder
+        thresholds.paired = paired = dataclasses.replace(paired, baseline=setup.baseline_dir)
     if paired is not None and not paired.baseline.is_dir() and not config.getoption("--robustness-update-thresholds"):
         setup.problems.append(
-            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist, "
+            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} "
+            f"(from {baseline.source}) does not exist, "
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
             "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
         )
@@ -412,7 +425,7 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
     request.node.user_properties.extend(props)
     if pytestconfig.getoption("--robustness-update-thresholds"):
         if not _too_few(robustness_session.thresholds, verdict.n):
-            _store_baseline(robustness_session, threshold)
+            _store_baseline(robustness_session, threshold, _ready(pytestconfig).baseline_dir)
         pytest.skip(
             "--robustness-update-thresholds: measured; thresholds are rewritten at the end of the run\n"
             + verdict.message()
@@ -431,15 +444,12 @@ def _too_few(thresholds, n: int) -> bool:
     return thresholds.images is not None and n < thresholds.images and not thresholds.allow_fewer_images
 
 
-def _store_baseline(session, threshold) -> None:
+def _store_baseline(session, threshold, folder: Path | None) -> None:
+    """Store this case's predictions in ``folder`` (the resolved baseline folder; ``None``: nowhere)."""
     from .gate import save_baseline
 
     thresholds = session.thresholds
-    if thresholds.paired is not None:
-        folder = thresholds.paired.baseline
-    elif thresholds.path is not None:
-        folder = thresholds.path.parent / "robustness-baseline"
-    else:
+    if folder is None:
         return
     result = session.results.get((threshold.model, threshold.condition))
     if result is not None:

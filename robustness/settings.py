@@ -12,7 +12,8 @@ and the help. The CLI's options, the pytest options and ini keys and the docs' t
 and accepted for one release with a note naming the new one.
 
 Relative paths, one rule: flags and environment variables are relative to the working directory,
-``defaults.dataset`` to the thresholds file's folder, pytest ini values to pytest's rootdir; built-in
+``defaults.dataset``, ``defaults.paired.baseline`` and the default baseline folder to the thresholds
+file's folder, pytest ini values to pytest's rootdir; built-in
 defaults (the image folder, the prediction cache ``.robustness-cache``) to the working directory for the
 CLI and the API (:func:`robustness.cache.default_cache_dir`, used by ``evaluate(cache=True)``) and to
 the rootdir under pytest (where pytest anchors everything it reads from its ini file). The API caches
@@ -36,6 +37,8 @@ __all__ = [
     "Setting",
     "SETTINGS",
     "settings_table",
+    "COMMAND_ALIASES",
+    "deprecated_spellings",
     "cli_flag_help",
     "pytest_option_help",
     "Resolved",
@@ -50,6 +53,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_CACHE_DIR",
     "DEFAULT_THRESHOLDS",
+    "DEFAULT_BASELINE_DIR",
 ]
 
 #: Built-in default image folder (relative: to the working directory for the CLI, the rootdir under pytest).
@@ -58,6 +62,8 @@ DEFAULT_DATA_DIR = os.path.join("..", "shared", "data", "imagenet-val-1024")
 DEFAULT_CACHE_DIR = ".robustness-cache"
 #: Built-in default thresholds file.
 DEFAULT_THRESHOLDS = "thresholds.yaml"
+#: Built-in default baseline folder, relative to the thresholds file's folder.
+DEFAULT_BASELINE_DIR = "robustness-baseline"
 
 
 class SettingError(ValueError):
@@ -292,6 +298,15 @@ SETTINGS: Mapping[str, Setting] = {
             metavar="N",
         ),
         _setting(
+            "baseline_dir",
+            "baseline folder",
+            "folder of the baseline predictions for the paired check (calibration writes them there)",
+            "--baseline-dir",
+            "paired.baseline",
+            default_text=f"{DEFAULT_BASELINE_DIR} next to the thresholds file",
+            metavar="DIR",
+        ),
+        _setting(
             "margin",
             "calibration margin",
             "subtracted from each measured accuracy when calibrating (fraction)",
@@ -315,6 +330,19 @@ SETTINGS: Mapping[str, Setting] = {
         ),
     )
 }
+
+
+#: Deprecated spellings of command options that are not settings: ``{command: {old: new}}``
+#: (accepted until the next release, with a note naming the new one; listed under the docs' table).
+COMMAND_ALIASES: Mapping[str, Mapping[str, str]] = {"activations": {"--images": "--average-over"}}
+
+
+def deprecated_spellings() -> list[tuple[str, str, str]]:
+    """Every deprecated CLI spelling as ``(commands, old, new)``: the settings' aliases (every command
+    that has the setting) and :data:`COMMAND_ALIASES`."""
+    found = [(f"commands with {s.cli}", alias, s.cli) for s in SETTINGS.values() for alias in s.aliases]
+    found += [(command, old, new) for command, aliases in COMMAND_ALIASES.items() for old, new in aliases.items()]
+    return found
 
 
 def cli_flag_help(setting: Setting, *, file: bool = False) -> str:
@@ -345,14 +373,19 @@ def settings_table() -> str:
         "| setting | CLI flag | pytest option | variable | thresholds.yaml | ini key | default | deprecated |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    literals = {DEFAULT_THRESHOLDS, DEFAULT_DATA_DIR.replace(os.sep, "/"), DEFAULT_CACHE_DIR, DEFAULT_BASELINE_DIR}
     for s in SETTINGS.values():
         value = "" if s.switch else f" {s.metavar}"
+        default = s.default_text
+        for literal in literals:  # paths and file names in code font
+            default = re.sub(rf"(?<![\w/.-]){re.escape(literal)}(?![\w/-])", f"`{literal}`", default)
         rows.append(
             f"| {s.label} | {code(s.cli, value)} | {code(s.pytest, '' if s.switch else f'={s.metavar}')} | "
             f"{code(s.env, '=1' if s.switch else '')} | {code(s.yaml and f'defaults.{s.yaml}')} | {code(s.ini)} | "
-            f"{s.default_text} | {', '.join(code(a) for a in s.aliases) or '—'} |"
+            f"{default} | {', '.join(code(a) for a in s.aliases) or '—'} |"
         )
-    return "\n".join(rows) + "\n"
+    notes = "; ".join(f"`{old}` → `{new}` ({where})" for where, old, new in deprecated_spellings())
+    return "\n".join(rows) + f"\n\nDeprecated spellings, accepted until the next release with a note: {notes}.\n"
 
 
 @dataclass(frozen=True)
