@@ -196,8 +196,8 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
         thresholds.paired = paired = dataclasses.replace(paired, baseline=setup.baseline_dir)
     if paired is not None and not paired.baseline.is_dir() and not config.getoption("--robustness-update-thresholds"):
         setup.problems.append(
-            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} "
-            f"(from {baseline.source}) does not exist, "
+            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist "
+            f"(folder from {baseline.source}), "
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
             "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
         )
