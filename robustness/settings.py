@@ -319,7 +319,7 @@ SETTINGS: Mapping[str, Setting] = {
         _setting(
             "seed",
             "base seed",
-            "base seed of the noise (the gate uses the thresholds file's, which its bars were calibrated with)",
+            "base seed of the noise",
             "--seed",
             "seed",
             parse=non_negative_int,
