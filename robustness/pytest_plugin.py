@@ -49,6 +49,7 @@ it is collected, and scipy only when a blur is applied.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -87,6 +88,7 @@ class _Setup:
         self.images: _settings.Resolved | None = None
         self.data: _settings.Resolved | None = None
         self.dataset = None
+        self.baseline_dir: Path | None = None
 
     def fail(self) -> None:
         """Fail the current collector or fixture with the problems, once each, without a traceback."""
@@ -101,90 +103,28 @@ class _Setup:
 def pytest_addoption(parser: pytest.Parser) -> None:
     """All robustness options (``--robustness-*``) and ini keys (``robustness_*``), in one block.
 
-    Options default to ``None`` so that :func:`robustness.settings.resolve` can tell a flag from its
-    absence; the help texts name each setting's environment variable.
+    Built from :data:`robustness.settings.SETTINGS` (the CLI's flags come from the same rows): each
+    row's parser validates its flag, ini value and variable alike. Options default to ``None`` so that
+    :func:`robustness.settings.resolve` can tell a flag from its absence.
     """
-    s = _settings.SETTINGS
     group = parser.getgroup("robustness", "image-quality robustness gate (write --robustness-data=DIR, with '=')")
-    group.addoption(
-        "--robustness-data",
-        default=None,
-        metavar="DIR",
-        help=f"image folder (<wnid>/<file>); ${s['data'].env}, thresholds.yaml defaults.dataset, ini robustness_data",
-    )
-    group.addoption(
-        "--robustness-thresholds",
-        default=None,
-        metavar="FILE",
-        help=f"thresholds file; ${s['thresholds'].env}, ini robustness_thresholds, default thresholds.yaml in the rootdir",
-    )
-    group.addoption(
-        "--robustness-images",
-        type=_settings.positive_int,
-        default=None,
-        metavar="N",
-        help=f"images per condition; ${s['images'].env}, defaults.images, ini robustness_images, default all",
-    )
-    group.addoption(
-        "--robustness-device",
-        default=None,
-        help=f"torch device: cpu, cuda, cuda:N, mps; ${s['device'].env}, ini robustness_device, default cuda when available",
-    )
-    group.addoption(
-        "--robustness-batch-size",
-        type=_settings.positive_int,
-        default=None,
-        metavar="N",
-        help=f"inference batch size (does not change results); ${s['batch_size'].env}, ini robustness_batch_size, default 32",
-    )
-    group.addoption(
-        "--robustness-workers",
-        type=_settings.non_negative_int,
-        default=None,
-        metavar="N",
-        help=f"DataLoader workers; ${s['workers'].env}, ini robustness_workers, default min(2, cpus)",
-    )
+    for setting in _settings.SETTINGS.values():
+        if setting.pytest is None:
+            continue
+        help_text = _settings.pytest_option_help(setting)
+        if setting.switch:
+            group.addoption(setting.pytest, action="store_true", default=False, help=help_text)
+            parser.addini(setting.ini, help_text, type="bool", default=False)
+            continue
+        typed = {} if setting.text else {"type": setting.parse}
+        group.addoption(setting.pytest, default=None, metavar=setting.metavar, help=help_text, **typed)
+        parser.addini(setting.ini, help_text, default="")
     group.addoption(
         "--robustness-update-thresholds",
         action="store_true",
         default=False,
         help="calibrate: rewrite the thresholds of the models run from the measured values (minus "
         "--robustness-margin), store baseline predictions, show a diff; gate cases do not fail",
-    )
-    group.addoption(
-        "--robustness-margin",
-        type=_settings.margin_fraction,
-        default=None,
-        help=f"margin subtracted by --robustness-update-thresholds (fraction); ${s['margin'].env}, ini robustness_margin, default 0.05",
-    )
-    group.addoption(
-        "--robustness-no-cache",
-        action="store_true",
-        default=False,
-        help=f"do not read or write the prediction cache; ${s['no_cache'].env}=1, ini robustness_no_cache",
-    )
-    group.addoption(
-        "--robustness-cache-dir",
-        default=None,
-        metavar="DIR",
-        help=f"prediction cache folder; ${s['cache_dir'].env}, ini robustness_cache_dir, default <rootdir>/.robustness-cache",
-    )
-    parser.addini("robustness_data", "image folder for the robustness gate, relative to the rootdir", default="")
-    parser.addini(
-        "robustness_thresholds", "thresholds file, relative to the rootdir (default thresholds.yaml)", default=""
-    )
-    parser.addini(
-        "robustness_images", "images per condition when no flag, variable or defaults.images sets it", default=""
-    )
-    parser.addini("robustness_device", "torch device for the gate (default cuda when available, else cpu)", default="")
-    parser.addini("robustness_batch_size", "inference batch size (default 32)", default="")
-    parser.addini("robustness_workers", "DataLoader workers (default min(2, cpus))", default="")
-    parser.addini("robustness_cache_dir", "prediction cache folder, relative to the rootdir", default="")
-    parser.addini("robustness_no_cache", "do not read or write the prediction cache", type="bool", default=False)
-    parser.addini(
-        "robustness_margin",
-        "calibration margin (fraction) for --robustness-update-thresholds (default 0.05)",
-        default="",
     )
     parser.addini(
         DISTORTION_LEVELS_INI,
@@ -222,9 +162,9 @@ def _resolve(config: pytest.Config, name: str, **layers: Any) -> _settings.Resol
     are anchored to the rootdir."""
     setting = _settings.SETTINGS[name]
     ini = config.getini(setting.ini)
-    if name in ("data", "thresholds", "cache_dir") and isinstance(ini, str) and ini.strip():
+    if name in ("data", "thresholds", "cache_dir", "baseline_dir") and isinstance(ini, str) and ini.strip():
         ini = str(config.rootpath / ini)
-    return _settings.resolve(name, flag=config.getoption(setting.flag), ini=ini, **layers)
+    return _settings.resolve(name, flag=config.getoption(setting.pytest), ini=ini, **layers)
 
 
 # --------------------------------------------------------------------------------- checks, once
@@ -271,9 +211,20 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
         setup.problems.append(str(error))
         return
     paired = thresholds.paired
+    baseline = _resolve(
+        config,
+        "baseline_dir",
+        file=None if paired is None else str(paired.baseline),
+        file_name=setup.thresholds_path.name,
+        default=str(setup.thresholds_path.parent / _settings.DEFAULT_BASELINE_DIR),
+    )
+    setup.baseline_dir = Path(baseline.value).expanduser().absolute()
+    if paired is not None and baseline.layer != "file":  # a flag or variable names another folder
+        thresholds.paired = paired = dataclasses.replace(paired, baseline=setup.baseline_dir)
     if paired is not None and not paired.baseline.is_dir() and not config.getoption("--robustness-update-thresholds"):
         setup.problems.append(
-            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist, "
+            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist "
+            f"(folder from {baseline.source}), "
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
             "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
         )
@@ -655,7 +606,7 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
     request.node.user_properties.extend(props)
     if pytestconfig.getoption("--robustness-update-thresholds"):
         if not _too_few(robustness_session.thresholds, verdict.n):
-            _store_baseline(robustness_session, threshold)
+            _store_baseline(robustness_session, threshold, _ready(pytestconfig).baseline_dir)
         pytest.skip(
             "--robustness-update-thresholds: measured; thresholds are rewritten at the end of the run\n"
             + verdict.message()
@@ -783,15 +734,12 @@ def _too_few(thresholds, n: int) -> bool:
     return thresholds.images is not None and n < thresholds.images and not thresholds.allow_fewer_images
 
 
-def _store_baseline(session, threshold) -> None:
+def _store_baseline(session, threshold, folder: Path | None) -> None:
+    """Store this case's predictions in ``folder`` (the resolved baseline folder; ``None``: nowhere)."""
     from .gate import save_baseline
 
     thresholds = session.thresholds
-    if thresholds.paired is not None:
-        folder = thresholds.paired.baseline
-    elif thresholds.path is not None:
-        folder = thresholds.path.parent / "robustness-baseline"
-    else:
+    if folder is None:
         return
     result = session.results.get((threshold.model, threshold.condition))
     if result is not None:
