@@ -91,8 +91,31 @@ def test_relative_and_shared_settings(tmp_path):
             "models.efficientnet_lite0.blur.1.tpo1",
             ["unknown key 'tpo1'", "did you mean 'top1'"],
         ),
-        ("blur:\n      2.5: {top1: 0.5}", 5, "models.efficientnet_lite0.blur.2.5", ["not on the blur grid", "1, 2, 3"]),
-        ("jpeg:\n      11: {top1: 0.5}", 5, "models.efficientnet_lite0.jpeg.11", ["not on the jpeg grid"]),
+        (
+            "blur:\n      101: {top1: 0.5}",
+            5,
+            "models.efficientnet_lite0.blur.101",
+            ["blur level 101 is outside the valid range [0, 100] of sigma (px)"],
+        ),
+        (
+            "jpeg:\n      0: {top1: 0.5}",
+            5,
+            "models.efficientnet_lite0.jpeg.0",
+            ["jpeg level 0 is outside the valid range [1, 100] of quality"],
+        ),
+        ("jpeg:\n      50.5: {top1: 0.5}", 5, "models.efficientnet_lite0.jpeg.50.5", ["must be an integer, got 50.5"]),
+        (
+            "blur:\n      sharp: {top1: 0.5}",
+            5,
+            "models.efficientnet_lite0.blur.sharp",
+            ["blur level 'sharp' is not a number (sigma (px), valid range [0, 100])"],
+        ),
+        (
+            "blur:\n      3: {top1: 0.5}\n      '3.0': {top1: 0.4}",
+            6,
+            "models.efficientnet_lite0.blur.3.0",
+            ["the same level as '3' (line 5)"],
+        ),
         (
             "jepg:\n      10: {top1: 0.5}",
             4,
