@@ -300,13 +300,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for t in setup.thresholds.entries:
         distortion = t.condition.distortion
-        if distortion not in state.markers:  # a distortion registered after pytest started
-            from .distortions import DISTORTIONS
-
-            spec = DISTORTIONS[distortion]
-            config.addinivalue_line(
-                "markers", f"{distortion}: robustness gate: {distortion} ({spec.parameter}, {spec.unit})"
-            )
+        if distortion not in state.markers:  # registered after pytest_configure (e.g. in a sub-folder's conftest.py)
+            config.addinivalue_line("markers", f"{distortion}: {marker_descriptions()[distortion]}")
             state.markers.add(distortion)
         marks = [getattr(pytest.mark, distortion), pytest.mark.robustness]
         if group:

@@ -106,8 +106,9 @@ def check_distortion(
         seeds: integer seeds to check determinism with (each also as a ``SeedSequence``).
 
     Raises:
-        AssertionError: an invariant does not hold; the message names the distortion, the invariant,
-            the level and the image shape.
+        AssertionError: an invariant does not hold (also: the function raised ``ValueError`` on a valid
+            level, or returned anything but a ``uint8`` array of the input's shape); the message names
+            the distortion, the invariant, the level and the image shape.
         ValueError: ``spec`` is not registered (:func:`robustness.distortions.get_distortion`).
     """
     name = spec if isinstance(spec, str) else spec.name
@@ -130,12 +131,18 @@ def check_distortion(
             continue
         raise AssertionError(f"{name}: level {bad!r} is outside {spec.range_text} but was accepted")
 
+    def run(image: np.ndarray, level: float, seed) -> np.ndarray:
+        try:
+            return distort(image, name, level, seed=seed)
+        except ValueError as error:  # e.g. a result of the wrong dtype or shape (distort checks it)
+            raise AssertionError(f"{name} level {level!r}, image of shape {image.shape}: {error}") from error
+
     for image in images:
         where = f"image of shape {image.shape}"
         before = image.copy()
         for level in chosen:
             states = _random_states()
-            first = distort(image, name, level, seed=seeds[0])
+            first = run(image, level, seeds[0])
             assert _random_states() == states, (
                 f"{name} level {level!r}, {where}: the global numpy or Python random state changed; draw from "
                 "numpy.random.default_rng(seed) instead"
@@ -152,8 +159,8 @@ def check_distortion(
             # 2. deterministic for a seed
             for seed in seeds:
                 for given in (seed, np.random.SeedSequence(seed)):
-                    again = distort(image, name, level, seed=given)
-                    twice = distort(image, name, level, seed=given)
+                    again = run(image, level, given)
+                    twice = run(image, level, given)
                     np.testing.assert_array_equal(
                         again, twice, err_msg=f"{name} level {level!r}, {where}: not deterministic for seed {given!r}"
                     )
@@ -166,7 +173,7 @@ def check_distortion(
                         )
         if spec.identity is not None:  # 4. identity
             np.testing.assert_array_equal(
-                distort(image, name, spec.identity, seed=seeds[0]),
+                run(image, spec.identity, seeds[0]),
                 image,
                 err_msg=f"{name}: the identity level {spec.identity!r} changed the {where}",
             )
