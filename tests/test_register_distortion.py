@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import textwrap
 
 import numpy as np
 import pytest
@@ -278,11 +277,20 @@ def test_an_unregistered_distortion_in_thresholds_names_the_known_ones(user_gate
     result.stdout.fnmatch_lines(["*models.toy.pixelte: unknown distortion 'pixelte' (did you mean 'pixelate'?)*"])
 
 
-def test_the_docs_example_is_the_tests_example():
-    """docs/distortions.md shows the pixelate distortion of user_distortions.py, as code that runs."""
+def test_the_docs_example_is_the_tests_example(registered):
+    """docs/distortions.md shows the pixelate distortion of user_distortions.py, as code that runs and
+    registers what the tests register."""
+    import re
     from pathlib import Path
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "distortions.md").read_text(encoding="utf-8")
-    source = textwrap.dedent(Path(__file__).with_name("user_distortions.py").read_text(encoding="utf-8"))
+    section = page[page.index("## Your own distortion") :]
+    source = Path(__file__).with_name("user_distortions.py").read_text(encoding="utf-8")
     body = source[source.index("def pixelate") : source.index("def salt")].strip()
-    assert body in page
+    assert body in section
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    registered.append("pixelate")
+    exec(compile(code, "docs/distortions.md", "exec"), {})
+    spec = DISTORTIONS["pixelate"]
+    for key, value in PIXELATE.items():
+        assert getattr(spec, key) == (tuple(value) if key == "levels" else value), key
