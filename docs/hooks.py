@@ -96,6 +96,7 @@ def thresholds_schema_reference() -> str:
     The schema is ``thresholds_schema(allow_unregistered=True)`` (any model name); the gate passes the
     registered names instead, which changes nothing else.
     """
+    from robustness import DISTORTIONS
     from robustness.thresholds import thresholds_schema
 
     schema = thresholds_schema(allow_unregistered=True)
@@ -118,9 +119,10 @@ def thresholds_schema_reference() -> str:
                 + f" ({bar_range}) |"
             )
         else:
-            levels = ", ".join(f"`{k}`" for k in sub["propertyNames"]["enum"])
+            spec = DISTORTIONS[name]
+            levels = ", ".join(f"`{_number(v)}`" for v in spec.levels)
             rows.append(
-                f"| `models.<name>.{name}.<level>` | levels {levels}; bars: "
+                f"| `models.<name>.{name}.<level>` | any level in {spec.range_text} (paper levels {levels}); bars: "
                 + ", ".join(f"`{k}`" for k in bars["propertyNames"]["enum"])
                 + f" ({bar_range}) |"
             )

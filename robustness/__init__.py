@@ -20,6 +20,8 @@ _EXPORTS = {
     "DISTORTIONS": "distortions",
     "Distortion": "distortions",
     "distort": "distortions",
+    "register_distortion": "distortions",
+    "unregister_distortion": "distortions",
     "psnr": "distortions",
     "ImageDataset": "datasets",
     "load_dataset": "datasets",

@@ -212,7 +212,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _context(f"cannot create output folder {output}: "):
         output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
     print(
-        f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}"
+        f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {_describe_distortions(distortions) or 'none (clean only)'}"
     )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
     results = evaluate(
@@ -272,12 +272,74 @@ def _load_run_dataset(args: argparse.Namespace):
 
 
 def _run_distortions(args: argparse.Namespace):
-    """--clean-only: just the clean condition; else the chosen distortions (default all five)."""
+    """--clean-only: just the clean condition; else the chosen distortions and levels (default all five
+    at the paper's levels), as the ``{name: levels or None}`` mapping :func:`robustness.evaluate` takes."""
     if args.clean_only:
         if args.distortion:
             raise CommandError("--clean-only and --distortion exclude each other")
         return {}  # an empty {name: levels} mapping: evaluate() runs the clean condition only
-    return args.distortion or list(DISTORTION_NAMES)
+    return distortion_levels(args.distortion) or dict.fromkeys(DISTORTION_NAMES)
+
+
+#: The --distortion option's help, shared by ``run`` and ``calibrate``.
+DISTORTION_HELP = (
+    "a distortion and, after '=', its levels in the distortion's unit, comma-separated: jpeg=50,75,90, "
+    "blur=0.5,1.5 (any level in the valid range, see 'robustness list'); NAME alone means the paper's levels. "
+    "Repeatable: --distortion jpeg=50,75 --distortion blur. Names: " + ", ".join(DISTORTION_NAMES)
+)
+
+
+def distortion_levels(values: list[str] | None) -> dict[str, tuple[float, ...] | None]:
+    """The ``--distortion NAME[=LEVEL,LEVEL,...]`` values of ``run`` and ``calibrate`` as ``{name: levels}``.
+
+    ``NAME`` alone maps to ``None`` (the distortion's default grid, for the built-ins the paper's);
+    ``NAME=50,75,90`` to those levels, parsed with :meth:`robustness.distortions.Distortion.parse_level`
+    (any level in the valid range; a level on the grid is the grid's own value). A name given twice
+    gets the union of its levels, in the order given (``NAME`` alone adds the default grid). Names may
+    be distortions registered with :func:`robustness.register_distortion` before the command runs
+    (``calibrate --import MODULE``). ``None`` or ``[]`` gives ``{}``.
+
+    Raises:
+        CommandError: an unknown distortion, an empty level list, or a level that is not a number or
+            is outside the valid range; the message names the option value, the distortion, the level
+            and the valid range.
+    """
+    from .distortions import get_distortion
+
+    chosen: dict[str, list[float] | None] = {}
+    for value in values or ():
+        name, has_levels, text = value.partition("=")
+        name = name.strip()
+        try:
+            spec = get_distortion(name)
+        except ValueError as error:
+            raise CommandError(f"--distortion {value}: {error}") from None
+        if not has_levels:
+            levels = list(spec.levels)
+        else:
+            parts = [part.strip() for part in text.split(",")]
+            if not all(parts):
+                raise CommandError(
+                    f"--distortion {value}: an empty level; write {name}=LEVEL,LEVEL,... "
+                    f"({spec.label}, valid range {spec.range_text}), or {name} alone for the paper's levels"
+                )
+            try:
+                levels = [spec.parse_level(part) for part in parts]
+            except ValueError as error:
+                raise CommandError(f"--distortion {value}: {error}") from None
+        before = chosen.get(name) or []
+        chosen[name] = list(dict.fromkeys(before + levels))
+    return {
+        name: None if levels == list(get_distortion(name).levels) else tuple(levels) for name, levels in chosen.items()
+    }
+
+
+def _describe_distortions(distortions) -> str:
+    """``jpeg (50, 75, 90), blur`` for the run's first line (a name alone: its default levels)."""
+    return ", ".join(
+        name if levels is None else f"{name} ({', '.join(f'{v:g}' for v in levels)})"
+        for name, levels in distortions.items()
+    )
 
 
 def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
@@ -349,7 +411,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("distortions:")
     for spec in DISTORTIONS.values():
         levels = ", ".join(f"{v:g}" for v in spec.levels)
-        print(f"  {spec.name:<9} {spec.label}; paper levels {levels}")
+        print(f"  {spec.name:<9} {spec.label}; paper levels {levels}; any level in {spec.range_text}")
     return 0
 
 
@@ -383,7 +445,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         with _context("fix the thresholds file first:\n"):
             existing = load_thresholds(path, known_models=set(list_models()) | {name})
     if args.distortion:
-        conditions = [Condition(d, level) for d in args.distortion for level in DISTORTIONS[d].levels]
+        chosen = distortion_levels(args.distortion)  # after --import: registered distortions are known
+        conditions = [Condition(d, v) for d, levels in chosen.items() for v in levels or DISTORTIONS[d].levels]
     elif args.all_levels or existing is None or not existing.for_model(name):
         conditions = [Condition(distortion, level) for distortion, spec in DISTORTIONS.items() for level in spec.levels]
     else:
@@ -488,10 +551,15 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument(
         "--distortion",
         action="append",
-        choices=list(DISTORTION_NAMES),
-        help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model",
+        metavar="NAME[=LEVELS]",
+        help=DISTORTION_HELP
+        + "; default: the levels the file lists for the model, or every paper level for a new model",
     )
-    calibrate.add_argument("--all-levels", action="store_true", help="calibrate every paper level of every distortion")
+    calibrate.add_argument(
+        "--all-levels",
+        action="store_true",
+        help="calibrate every default (paper) level of every distortion, including those registered by --import",
+    )
     calibrate.add_argument(
         "--metric", action="append", choices=["top1", "top5"], help="bars for new entries (repeatable; default top1)"
     )
@@ -653,8 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--distortion",
         action="append",
-        choices=list(DISTORTION_NAMES),
-        help="distortion to run (repeatable); default all five",
+        metavar="NAME[=LEVELS]",
+        help=DISTORTION_HELP + "; default: all five at the paper's levels",
     )
     run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
     _add_groups(run)

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write
-from .distortions import DISTORTIONS
+from .distortions import DISTORTIONS, format_level
 from .evaluation import CLEAN, ConditionResult
 from .report import figure_png, read_predictions, read_results_json
 from .stats import wilson_interval
@@ -138,7 +138,10 @@ def load_run(folder: str | os.PathLike) -> RunData:
         raise ReportError(f"{results_path}: expected one model per run folder, found {models}")
     for r in records:
         if r["distortion"] != CLEAN and r["distortion"] not in DISTORTIONS:
-            raise ReportError(f"{results_path}: unknown distortion {r['distortion']!r}")
+            raise ReportError(
+                f"{results_path}: unknown distortion {r['distortion']!r} (known: {', '.join(DISTORTIONS)}); "
+                "a distortion of your own must be registered (robustness.register_distortion) before the report"
+            )
         try:
             r["level"], r["top1"], r["top5"], r["n"] = (
                 float(r["level"]),
@@ -586,7 +589,18 @@ def _jpeg_data_uri(image: np.ndarray, height: int = 120) -> str:
 
 def curves_figure(runs: Sequence[RunData]) -> str:
     """Top-1 (upper row) and top-5 (lower row) accuracy (%) vs level, one column per distortion, every
-    run in one colour, 95% Wilson bands; clean accuracy dotted. Returns a PNG ``data:`` URI."""
+    run in one colour, 95% Wilson bands; clean accuracy dotted. Returns a PNG ``data:`` URI of
+    :func:`curves_matplotlib_figure`."""
+    return _png_data_uri(curves_matplotlib_figure(runs))
+
+
+def curves_matplotlib_figure(runs: Sequence[RunData]):
+    """The figure of :func:`curves_figure` as a matplotlib ``Figure`` (object API).
+
+    ``figure.axes`` holds the top-1 row, then the top-5 row, one panel per distortion that some run
+    measured (registry order). Each run's curve goes through its measured levels at their values in
+    the distortion's unit, so uneven grids (``jpeg`` 50, 75, 90) are drawn to scale, points marked.
+    """
     from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
     from matplotlib.ticker import MaxNLocator
 
@@ -627,7 +641,7 @@ def curves_figure(runs: Sequence[RunData]) -> str:
     if legend:
         axes[0][-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=7)
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ HTML
@@ -662,7 +676,9 @@ def _level_text(distortion: str, level: float) -> str:
     if distortion == CLEAN:
         return "clean"
     spec = DISTORTIONS[distortion]
-    return f"{spec.parameter} {level:g}" + ("" if spec.unit in (spec.parameter, "fraction") else f" {spec.unit}")
+    return f"{spec.parameter} {format_level(level)}" + (
+        "" if spec.unit in (spec.parameter, "fraction") else f" {spec.unit}"
+    )
 
 
 @dataclass(frozen=True)

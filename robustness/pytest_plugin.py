@@ -272,12 +272,7 @@ def _add_marker(config: pytest.Config, distortion: str) -> None:
     registered in :func:`pytest_configure`)."""
     state = config.stash[_STATE]
     if distortion not in state.markers:
-        from .distortions import DISTORTIONS
-
-        spec = DISTORTIONS[distortion]
-        config.addinivalue_line(
-            "markers", f"{distortion}: robustness gate: {distortion} ({spec.parameter}, {spec.unit})"
-        )
+        config.addinivalue_line("markers", f"{distortion}: {marker_descriptions()[distortion]}")
         state.markers.add(distortion)
 
 

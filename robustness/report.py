@@ -15,12 +15,14 @@ from ._checks import is_number
 from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
+from .names import DISTORTION_NAMES, format_level
 
 __all__ = [
     "format_table",
     "write_results_json",
     "read_results_json",
     "plot_accuracy_vs_level",
+    "accuracy_vs_level_figure",
     "figure_png",
     "write_figure",
     "run_provenance",
@@ -40,7 +42,7 @@ def format_table(results: Sequence[ConditionResult]) -> str:
     lines.append("-" * len(lines[0]))
     for r in results:
         label = "" if r.distortion == CLEAN else DISTORTIONS[r.distortion].label
-        level = "-" if r.distortion == CLEAN else f"{r.level:g}"
+        level = "-" if r.distortion == CLEAN else format_level(r.level)
         lines.append(
             f"{r.model:<20} {r.distortion:<10} {level:>7} {100 * r.top1:8.1f} {100 * r.top5:8.1f} {r.n:>6}"
             + (f"  ({label})" if label else "")
@@ -92,10 +94,14 @@ def read_results_json(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], path: str | os.PathLike) -> None:
-    """Five panels (one per distortion) of top-1 accuracy (%) against level, like the paper's Fig. 2.
+def accuracy_vs_level_figure(results: Sequence[ConditionResult] | Sequence[dict]):
+    """The accuracy-vs-level figure as a matplotlib ``Figure`` (object API; see :func:`plot_accuracy_vs_level`).
 
-    Each model is one line; its clean top-1 is a dotted horizontal line. Written atomically as PNG.
+    One panel per distortion: the paper's five, then any other distortion in ``results`` (one added
+    with :func:`robustness.register_distortion`), in registry order. Each model is one line through its
+    measured levels, plotted at their values in the distortion's unit, so any grid, evenly spaced or
+    not, is drawn to scale (the points are marked); its clean top-1 is a dotted horizontal line.
+    ``figure.axes[i]`` is the panel of the ``i``-th distortion, titled with its name.
     """
     from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
     from matplotlib.ticker import MaxNLocator
@@ -108,11 +114,13 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
             clean[r["model"]] = r["top1"]
         else:
             by_model[r["model"]][r["distortion"]].append((r["level"], r["top1"]))
-    names = list(DISTORTIONS)
+    measured = {name for curves in by_model.values() for name in curves}
+    names = [d for d in DISTORTIONS if d in DISTORTION_NAMES or d in measured]
+    names += sorted(measured - set(names))  # not registered in this process: no unit known
     fig = Figure(figsize=(4 * len(names), 3.6))
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, names):
-        spec = DISTORTIONS[name]
+        spec = DISTORTIONS.get(name)
         for index, model in enumerate(sorted(set(by_model) | set(clean))):
             color = f"C{index}"
             points = sorted(by_model[model][name])
@@ -121,8 +129,8 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
             if model in clean:
                 ax.axhline(100 * clean[model], color=color, ls=":", lw=1)
         ax.set_title(f"{name}")
-        ax.set_xlabel(spec.label)
-        if spec.integer:  # integer grids (JPEG quality): no ticks at 2.5, 7.5
+        ax.set_xlabel(spec.label if spec else "level")
+        if spec and spec.integer:  # integer grids (JPEG quality): no ticks at 2.5, 7.5
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
@@ -134,6 +142,16 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
     if legend:
         axes[-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], path: str | os.PathLike) -> None:
+    """Top-1 accuracy (%) against level, one panel per distortion (like the paper's Fig. 2), as PNG.
+
+    The figure is :func:`accuracy_vs_level_figure`'s: each model one line through its measured levels
+    (any grid, drawn to scale), its clean top-1 dotted. Written atomically.
+    """
+    fig = accuracy_vs_level_figure(results)
     write_figure(fig, path, dpi=110)
 
 

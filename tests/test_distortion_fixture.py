@@ -151,7 +151,7 @@ def test_ini_chooses_cases_per_project_and_the_marker_wins(project):
         ("jpeg=[50.5]", r"jpeg level \(quality\) must be an integer, got 50.5"),
         ("blurr=[1]", r"unknown distortion 'blurr'"),
         ("'blurr'", r"unknown distortion 'blurr'"),
-        ("noise=['50']", r"noise level must be a finite number \(std\), got '50'"),
+        ("noise=['50']", r"noise level must be a finite number \(std \(0-255\), valid range \[0, 255\]\), got '50'"),
         ("noise='50'", r"noise='50': give numbers \(a list of levels\) or 'paper'"),
         ("blur=[1, 1.0]", r"blur level 1.0 is given twice \(blur-s1\)"),
         ("clean='yes'", r"clean must be True or False, got 'yes'"),
@@ -217,7 +217,7 @@ def test_a_bad_ini_line_is_named(project):
     result.stdout.fnmatch_lines(
         [
             "robustness: test_user.py::test_any: ini robustness_distortion_levels: "
-            "jpeg level must be a finite number (quality), got 'high'"
+            "jpeg level must be a finite number (quality, valid range [1, 100] (integers)), got 'high'"
         ]
     )
 
