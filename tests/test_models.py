@@ -118,7 +118,7 @@ def _caffe_ref(resize, crop, bgr_mean):
     return apply
 
 
-#: The published preprocessing of each built-in model, written from its source (not from models.py):
+#: The published preprocessing of each built-in model, written from its source (not from robustness/models/):
 #: EfficientNet-Lite: TF reference / ../shared/models/README.md ((x - 127) / 128, bicubic, crop+32);
 #: Caffe SqueezeNet and VGG-CNN-S: BGR, 0-255 minus B 104, G 117, R 123; torchvision IMAGENET1K_V1.
 REFERENCE = {
@@ -572,3 +572,37 @@ def test_preprocessing_string_round_trip(crop, extra, interpolation, mean, std, 
     )
     assert parse_preprocessing(text) == want
     assert parse_preprocessing(want.to_dict()) == want
+
+
+# ------------------------------------------------------------------------------ package layering
+
+#: robustness/models/*.py bottom to top: each module may import only those before it.
+_MODELS_LAYERS = ["errors", "preprocessing", "classifier", "registry", "loaders", "timm_models", "zoo", "__init__"]
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The ``robustness`` modules ``path`` imports, as ``models.X`` or ``X`` (top level), from its AST."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import / from . import x
+            found |= {f"models.{node.module}"} if node.module else {f"models.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 2:  # from ..x import
+            found.add(node.module or "")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("robustness"):
+            found.add(node.module.removeprefix("robustness.").replace("robustness", ""))
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("robustness.") for a in node.names if a.name.startswith("robustness")}
+    return found
+
+
+def test_models_package_imports_point_down_only():
+    """No cycles: each module of robustness/models imports only modules below it, and outside the
+    package only weights, _checks, _io and names (docs/architecture.md)."""
+    package = REPO / "robustness" / "models"
+    assert {p.stem for p in package.glob("*.py")} <= set(_MODELS_LAYERS)
+    for path in package.glob("*.py"):
+        below = {f"models.{name}" for name in _MODELS_LAYERS[: _MODELS_LAYERS.index(path.stem)]}
+        wrong = _package_imports(path) - below - {"weights", "_checks", "_io", "names"}
+        assert not wrong, f"{path.name} imports {sorted(wrong)}"
