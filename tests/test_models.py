@@ -36,8 +36,11 @@ from robustness.models import (
     Preprocessing,
     list_models,
     load_model,
+    model_scheme,
     parse_preprocessing,
+    register_model,
     resolve_models_dir,
+    unregister_model,
 )
 
 pytest_plugins = ["pytester"]
@@ -479,6 +482,83 @@ def test_output_classes_1001_background_and_others():
         load_model(TinyNet(), preprocessing={"crop_size": 64, "resize_size": 64})
 
 
+# ------------------------------------------------------------------------------ explicit schemes
+
+
+@pytest.mark.parametrize(
+    "spec, scheme, target",
+    [
+        ("squeezenet1_0_caffe", "registered", "squeezenet1_0_caffe"),
+        ("alexnet", "registered", "alexnet"),  # a registered name wins over the bare torchvision name
+        ("resnet18", "torchvision", "resnet18"),  # bare torchvision architecture (a spelling kept from before)
+        ("torchvision:resnet50:IMAGENET1K_V2", "torchvision", "resnet50:IMAGENET1K_V2"),
+        ("torchvision:alexnet", "torchvision", "alexnet"),
+        ("timm:resnet18.a1_in1k", "timm", "resnet18.a1_in1k"),
+        ("mypkg.nets:build_net", "factory", "mypkg.nets:build_net"),
+    ],
+)
+def test_model_scheme_is_read_from_the_spelling(spec, scheme, target):
+    assert model_scheme(spec) == (scheme, target)
+
+
+def test_model_scheme_files_objects_and_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save(TinyNet().state_dict(), tmp_path / "resnet18")  # a file named like a torchvision architecture
+    with pytest.raises(ModelError, match=r"ambiguous.*torchvision architecture.*\./resnet18.*torchvision:resnet18"):
+        model_scheme("resnet18")
+    assert model_scheme("./resnet18") == ("file", Path("resnet18"))
+    assert model_scheme(tmp_path / "resnet18") == ("file", tmp_path / "resnet18")
+    (tmp_path / "plain").write_bytes(b"x")
+    assert model_scheme("plain") == ("file", Path("plain"))  # not a name of any kind: an existing file
+    net = TinyNet()
+    assert model_scheme(net) == ("object", net)
+    with pytest.raises(FileNotFoundError, match="missing.pt not found"):
+        model_scheme("missing.pt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        model_scheme("sub/net")
+    with pytest.raises(ModelError, match="unknown model 'no_such_net'") as info:
+        model_scheme("no_such_net")
+    for scheme_spelling in ("torchvision:ARCH", "timm:NAME", "package.module:function", "PATH"):
+        assert scheme_spelling in str(info.value)
+    with pytest.raises(ModelError, match="got int"):
+        model_scheme(3)
+
+
+def test_file_kind_is_read_from_the_content_not_the_suffix(tmp_path):
+    """TorchScript saved as .pth still loads as TorchScript; a state dict saved as .ts needs arch=."""
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    scripted = tmp_path / "scripted.pth"
+    torch.jit.script(net).save(str(scripted))
+    model = load_model(scripted, preprocessing=TINY)
+    assert isinstance(model.net, torch.jit.ScriptModule)
+    state = tmp_path / "weights.ts"
+    torch.save(net.state_dict(), state)
+    with pytest.raises(ModelError, match="weights.ts is not TorchScript.*pass arch="):
+        load_model(str(state), preprocessing=TINY)
+
+
+def test_unregister_model_removes_a_registration():
+    register_model("_tiny_unregister", TINY)(lambda: TinyNet())
+    try:
+        assert load_model("_tiny_unregister").name == "_tiny_unregister"
+    finally:
+        spec = unregister_model("_tiny_unregister")
+    assert spec.name == "_tiny_unregister" and "_tiny_unregister" not in list_models()
+    assert robustness.unregister_model is unregister_model
+    with pytest.raises(ModelError, match="unknown model '_tiny_unregister'"):
+        load_model("_tiny_unregister")
+    with pytest.raises(KeyError, match="'_tiny_unregister' is not registered"):
+        unregister_model("_tiny_unregister")
+
+
+def test_output_probe_runs_on_the_networks_device():
+    """Issue 12: a network already on another device (here PyTorch's shape-only "meta" device, standing
+    in for CUDA) gets its probe on that device; before, a CPU probe failed and blamed the crop size."""
+    model = load_model(TinyNet().to("meta"), preprocessing=TINY)
+    assert model.background_class is False and next(model.parameters()).device.type == "meta"
+
+
 @needs_data
 def test_user_model_from_conftest_fixture_override(pytester):
     """The fourth form: a conftest.py overrides the ``robustness_model`` fixture with its own module."""
@@ -577,7 +657,17 @@ def test_preprocessing_string_round_trip(crop, extra, interpolation, mean, std, 
 # ------------------------------------------------------------------------------ package layering
 
 #: robustness/models/*.py bottom to top: each module may import only those before it.
-_MODELS_LAYERS = ["errors", "preprocessing", "classifier", "registry", "loaders", "timm_models", "zoo", "__init__"]
+_MODELS_LAYERS = [
+    "errors",
+    "preprocessing",
+    "classifier",
+    "registry",
+    "checkpoints",
+    "timm_models",
+    "loaders",
+    "zoo",
+    "__init__",
+]
 
 
 def _package_imports(path: Path) -> set[str]:

@@ -36,9 +36,9 @@ from __future__ import annotations
 from ..weights import MODELS_ENV_VAR, OFFLINE_ENV_VAR, resolve_models_dir
 from .classifier import Classifier
 from .errors import ModelError
-from .loaders import load_model
+from .loaders import MODEL_SCHEMES, load_model, model_scheme
 from .preprocessing import PREPROCESSING_PRESETS, Preprocessing, parse_preprocessing
-from .registry import MODELS, ModelSpec, list_models, register_model
+from .registry import MODELS, ModelSpec, list_models, register_model, unregister_model
 from .zoo import VGGCNNS  # importing the zoo registers the built-in models
 
 __all__ = [
@@ -50,8 +50,11 @@ __all__ = [
     "MODELS",
     "ModelError",
     "register_model",
+    "unregister_model",
     "list_models",
     "load_model",
+    "model_scheme",
+    "MODEL_SCHEMES",
     "resolve_models_dir",
     "MODELS_ENV_VAR",
     "OFFLINE_ENV_VAR",

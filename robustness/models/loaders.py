@@ -7,164 +7,21 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import sys
-import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from ..weights import DEFAULT_MODELS_DIR, MODELS_ENV_VAR, OFFLINE_ENV_VAR, resolve_models_dir
+from ..weights import OFFLINE_ENV_VAR
+from .checkpoints import _is_torchscript, _load_into, _load_torchscript
 from .classifier import Classifier, file_digest
 from .errors import ModelError
 from .preprocessing import _INTERPOLATIONS, PREPROCESSING_PRESETS, Preprocessing, parse_preprocessing
 from .registry import MODELS, ModelSpec, list_models
 
-__all__ = ["load_model"]
-
-#: ANSI terminal escape sequences (torch's errors bold some words), stripped from messages.
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _weights_file(filename: str, model: str) -> Path:
-    path = resolve_models_dir() / filename
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model {model}: weight file {path} not found; put {filename} there, or point ${MODELS_ENV_VAR} "
-            f"at the folder holding it (default {DEFAULT_MODELS_DIR} relative to the working directory)"
-        )
-    return path
-
-
-#: numpy's dtype classes for numbers and booleans (``numpy.dtypes.Int64DType``, ...; numpy >= 1.25).
-_NUMPY_DTYPE_CLASSES = (
-    "BoolDType",
-    "Int8DType",
-    "UInt8DType",
-    "Int16DType",
-    "UInt16DType",
-    "Int32DType",
-    "UInt32DType",
-    "Int64DType",
-    "UInt64DType",
-    "ByteDType",
-    "UByteDType",
-    "ShortDType",
-    "UShortDType",
-    "IntDType",
-    "UIntDType",
-    "LongDType",
-    "ULongDType",
-    "LongLongDType",
-    "ULongLongDType",
-    "Float16DType",
-    "Float32DType",
-    "Float64DType",
-    "LongDoubleDType",
-    "Complex64DType",
-    "Complex128DType",
-    "CLongDoubleDType",
-)
-
-
-def _numpy_safe_globals() -> list:
-    """The globals a checkpoint needs for numpy scalars such as ``{"epoch": np.int64(90), "best_acc1":
-    np.float64(0.697)}`` (the common training-script checkpoint): numpy's scalar reconstructor under its
-    numpy 1 and numpy 2 module names, ``numpy.dtype`` and the numeric dtype classes. They only rebuild
-    numbers from bytes; no code is run. For ``torch.serialization.safe_globals``; ``[]`` without numpy."""
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        return []
-    core = getattr(numpy, "_core", None) or numpy.core
-    scalar = core.multiarray.scalar
-    allowed: list = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), numpy.dtype]
-    dtypes = getattr(numpy, "dtypes", None)
-    allowed += [getattr(dtypes, name) for name in _NUMPY_DTYPE_CLASSES if dtypes is not None and hasattr(dtypes, name)]
-    return allowed
-
-
-def _refused_globals(path: Path) -> list[str]:
-    """The globals of the checkpoint at ``path`` that ``weights_only=True`` refuses, as ``module.name``
-    (``torch.serialization.get_unsafe_globals_in_checkpoint``, less the numpy ones allowed here)."""
-    allowed = {
-        name if isinstance(name, str) else f"{name.__module__}.{name.__qualname__}"
-        for item in _numpy_safe_globals()
-        for name in ([item[1]] if isinstance(item, tuple) else [item])
-    }
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 - not a zip checkpoint, or an old torch: the message then omits the list
-        return []
-    return [name for name in found if name not in allowed]
-
-
-def _load_error_reason(error: BaseException) -> str:
-    """The cause of a failed ``torch.load`` in a line, without torch's advice to re-run it with
-    ``weights_only=False`` (which would give up the protection) and without ANSI escape codes."""
-    text = _ANSI_ESCAPE.sub("", str(error))
-    if "WeightsUnpickler error:" in text:
-        after = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-        lines = [line.strip() for line in after.splitlines() if line.strip()]
-        if lines:
-            return lines[0]
-    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
-    return lines[0] if lines else type(error).__name__
-
-
-def _load_state_dict(path: str | os.PathLike, model: str) -> dict[str, torch.Tensor]:
-    """``torch.load(path, weights_only=True)``; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``
-    and a DataParallel ``module.`` prefix.
-
-    Besides tensors and Python containers, numpy scalars and dtypes are accepted (a checkpoint saved as
-    ``{"epoch": np.int64(90), "best_acc1": np.float64(0.697), "state_dict": ...}``); any other class or
-    function in the file is refused.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ModelError: the file cannot be unpickled with ``weights_only=True`` (the message names the refused
-            globals, e.g. a pickled model class: save ``net.state_dict()`` instead) or holds no state dict.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model {model}: weight file {path} not found")
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals
-        refused = _refused_globals(path)
-        if refused:
-            raise ModelError(
-                f"model {model}: {path} holds Python objects that are not weights ({', '.join(refused)}); they could "
-                "run code when loaded, so robustness reads checkpoints with torch.load(weights_only=True) and refuses "
-                "them. Save the weights alone, torch.save(net.state_dict(), PATH) (numbers, numpy scalars and "
-                "strings beside them are fine), or give the model as a module:function factory that builds it"
-            ) from None
-        raise ModelError(
-            f"model {model}: cannot read {path} as a PyTorch checkpoint with weights_only=True "
-            f"(a corrupt or foreign file? {_load_error_reason(error)})"
-        ) from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"model {model}: {path} is not a state dict (a mapping of names to tensors)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _load_into(net: torch.nn.Module, path: str | os.PathLike, model: str) -> torch.nn.Module:
-    state = _load_state_dict(path, model)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ModelError(f"model {model}: state dict {path} does not fit the architecture: {error}") from None
-    return net
+__all__ = ["load_model", "model_scheme", "MODEL_SCHEMES"]
 
 
 def _call_builder(spec: ModelSpec, weights) -> torch.nn.Module:
@@ -183,35 +40,6 @@ def _call_builder(spec: ModelSpec, weights) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------ load_model
-
-
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive is a zip holding ``*/constants.pkl`` or ``*/code/``; a ``torch.save``
-    state dict is a zip holding ``*/data.pkl`` only."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
-
-
-def _load_torchscript(path: str | os.PathLike, model: str) -> torch.nn.Module:
-    """``torch.jit.load`` on CPU; for quantized models the ``x86`` engine (else ``qnnpack``) is selected."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model {model}: TorchScript file {path} not found")
-    engines = torch.backends.quantized.supported_engines
-    for engine in ("x86", "fbgemm", "qnnpack"):
-        if engine in engines:
-            if torch.backends.quantized.engine != engine:
-                torch.backends.quantized.engine = engine
-            break
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return torch.jit.load(str(path), map_location="cpu")
-        except Exception as error:  # noqa: BLE001 - torch.jit raises many types on a foreign file
-            raise ModelError(f"model {model}: cannot load {path} as TorchScript ({error})") from None
 
 
 def _import_factory(spec: str) -> Callable[[], Any]:
@@ -245,17 +73,26 @@ def _need_preprocessing(preprocessing, name: str) -> Preprocessing:
     return parse_preprocessing(preprocessing)
 
 
+def _net_device(net: torch.nn.Module) -> torch.device:
+    """The device of the network's first parameter (else first buffer), CPU for a network with neither."""
+    for tensor in (*net.parameters(), *net.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def _check_output(classifier: Classifier, background_class: bool | None) -> Classifier:
-    """Run one zero image through the network and check it gives 1000 logits (or 1001 with
-    ``background_class``); sets ``classifier.background_class``."""
-    probe = torch.zeros((1, *classifier.preprocessing.input_size))
+    """Run one zero image through the network, on the network's own device (:func:`_net_device`; issue
+    12: a network already on CUDA got a CPU probe, and the error blamed the crop size), and check it
+    gives 1000 logits (or 1001 with ``background_class``); sets ``classifier.background_class``."""
+    device = _net_device(classifier.net)
+    probe = torch.zeros((1, *classifier.preprocessing.input_size), device=device)
     with torch.inference_mode():
         try:
             out = classifier.net(probe)
         except Exception as error:  # noqa: BLE001 - a user's network may raise anything on a wrong input
             raise ModelError(
                 f"model {classifier.name}: a (1, {', '.join(map(str, classifier.preprocessing.input_size))}) float32 "
-                f"input (its preprocessing's crop_size) fails: {type(error).__name__}: {error}"
+                f"input on {device} (its preprocessing's crop_size) fails: {type(error).__name__}: {error}"
             ) from None
     if isinstance(out, (tuple, list)) or hasattr(out, "logits"):
         raise ModelError(
@@ -288,6 +125,176 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
     return classifier
 
 
+#: The schemes of a model spec, in the order :func:`model_scheme` tests a string (for docs and errors).
+MODEL_SCHEMES: dict[str, str] = {
+    "torchvision": "torchvision:ARCH[:WEIGHTS], a torchvision architecture and its weights enum (DEFAULT when omitted)",
+    "timm": "timm:NAME[.TAG], a timm model with timm's own preprocessing (pip install '.[timm]')",
+    "registered": "NAME, a registered model (robustness list / list_models()); a bare torchvision "
+    "architecture name (resnet18) when it is not registered",
+    "factory": "package.module:function, an importable factory returning an nn.Module or a Classifier",
+    "file": "PATH, a TorchScript file, or a state dict with arch= (CLI --arch); "
+    "a spec with a '/' (./net.pt) is always a path",
+    "object": "an nn.Module or Classifier object (Python API)",
+}
+
+#: Suffixes that make a bare spec a file path even when the file is missing (so the error is "not found").
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt", ".bin", ".ts", ".jit", ".zip")
+
+
+def _schemes_text() -> str:
+    return "; ".join(MODEL_SCHEMES.values())
+
+
+def _is_factory_spelling(text: str) -> bool:
+    """``package.module:function``: dotted identifiers before the first ``:``, something after it."""
+    head, colon, tail = text.partition(":")
+    return bool(colon and tail) and all(part.isidentifier() for part in head.split("."))
+
+
+def model_scheme(spec: str | os.PathLike | torch.nn.Module) -> tuple[str, Any]:
+    """Which way :func:`load_model` loads ``spec``, decided from its spelling alone (one file-existence
+    check, no loading, never by trying each kind in turn).
+
+    Rules, in order:
+
+    1. an ``nn.Module`` / :class:`Classifier` object: ``object``; an ``os.PathLike`` (``Path``): ``file``;
+    2. ``torchvision:`` or ``timm:`` prefix: that scheme (the rest of the string is returned);
+    3. a spec with a ``/`` (or the OS separator), starting with ``~``, or ending in a weights suffix
+       (``.pt``, ``.pth``, ``.ckpt``, ...): ``file``, whether or not it exists;
+    4. a registered name: ``registered``; else ``package.module:function``: ``factory``; else a bare
+       torchvision architecture name (``resnet18``): ``torchvision``; if the same text is also an
+       existing file in the working directory, the spec is ambiguous (an error says how to write each);
+    5. an existing file: ``file``.
+
+    Returns:
+        ``(scheme, target)``: a key of :data:`MODEL_SCHEMES` and what that scheme loads (the object,
+        a ``Path``, the name, the ``module:function`` text, or the part after ``torchvision:`` / ``timm:``).
+
+    Raises:
+        ModelError: an unknown or ambiguous spec, or one of another type; the message lists the schemes.
+        FileNotFoundError: a spec spelled as a path (rule 3) names no file.
+    """
+    if isinstance(spec, (Classifier, torch.nn.Module)):
+        return "object", spec
+    if isinstance(spec, os.PathLike) and not isinstance(spec, str):
+        return "file", Path(spec).expanduser()
+    if not isinstance(spec, str):
+        raise ModelError(
+            f"load_model needs a model spec (a string), a path, an nn.Module or a Classifier, got "
+            f"{type(spec).__name__}; model specs: {_schemes_text()}"
+        )
+    for prefix in ("torchvision", "timm"):
+        if spec.startswith(f"{prefix}:"):
+            return prefix, spec[len(prefix) + 1 :]
+    path = Path(spec).expanduser()
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(s in spec for s in separators) or spec.startswith("~") or spec.lower().endswith(_WEIGHT_SUFFIXES):
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found (the spec {spec!r} is spelled as a path)")
+        return "file", path
+    named = None
+    if spec in MODELS:
+        named = ("registered", spec, f"the registered model {spec!r}")
+    elif _is_factory_spelling(spec):
+        named = ("factory", spec, f"the factory {spec!r}")
+    elif spec.isidentifier() and _is_torchvision_arch(spec):
+        named = ("torchvision", spec, f"the torchvision architecture (torchvision:{spec})")
+    if named is not None:
+        if path.is_file():
+            raise ModelError(
+                f"model spec {spec!r} is ambiguous: it names {named[2]} and the file {path.resolve()}; write "
+                f"./{spec} for the file"
+                + (f" or torchvision:{spec} for the architecture" if spec.isidentifier() else "")
+                + f", or rename the file. Model specs: {_schemes_text()}"
+            )
+        return named[0], named[1]
+    if path.is_file():
+        return "file", path
+    raise ModelError(
+        f"unknown model {spec!r}: not a registered model ({', '.join(list_models())}), not a torchvision "
+        f"architecture, not an existing file and not a module:function factory. Model specs: {_schemes_text()}"
+    )
+
+
+class _Loaded(NamedTuple):
+    """What a scheme's loader returns to :func:`load_model`."""
+
+    net: torch.nn.Module
+    preprocessing: Preprocessing
+    name: str
+    digest: str | None = None
+    background_class: bool | None = None
+
+
+def _from_registry(name: str, weights, preprocessing, model_name: str | None) -> _Loaded:
+    spec = MODELS[name]
+    net = _call_builder(spec, weights)
+    pre = parse_preprocessing(preprocessing) if preprocessing is not None else spec.preprocessing
+    # A registered model run with other preprocessing is another model: say so in its name,
+    # so results, reports and thresholds never credit the override to the registered model.
+    resolved = model_name or (spec.name if pre == spec.preprocessing else f"{spec.name}+custom-preprocessing")
+    return _Loaded(net, pre, resolved, getattr(net, "_robustness_digest", None))
+
+
+def _from_torchvision(target: str, weights, preprocessing, model_name: str | None) -> _Loaded:
+    arch_name, _, enum_name = target.partition(":")
+    net, tv_pre = _torchvision_model(arch_name, enum_name or "DEFAULT", weights)
+    resolved = model_name or target.replace(":", "-")
+    if weights in ("default", None):
+        pre = parse_preprocessing(preprocessing) if preprocessing is not None else tv_pre
+    else:
+        pre = _need_preprocessing(preprocessing, resolved)
+    return _Loaded(net, pre, resolved)
+
+
+def _from_file(path: Path, weights, preprocessing, arch: str | None, model_name: str | None) -> _Loaded:
+    """A TorchScript archive or a state dict, told apart by the file's content (:func:`_is_torchscript`)."""
+    resolved = model_name or path.stem
+    digest = None
+    if _is_torchscript(path):
+        if weights not in ("default", None):
+            raise ModelError(f"model {resolved}: {path} is TorchScript; it carries its own weights (drop weights=)")
+        net = _load_torchscript(path, resolved)
+        digest = file_digest(path)
+    elif arch is not None:
+        net, _ = _torchvision_model(arch, "DEFAULT", None)
+        _load_into(net, path, resolved)
+    else:
+        raise ModelError(
+            f"model {resolved}: {path} is not TorchScript; for a state dict pass arch= "
+            "(a torchvision architecture name, CLI --arch) or use a module:function factory"
+        )
+    return _Loaded(net, _need_preprocessing(preprocessing, resolved), resolved, digest)
+
+
+def _from_factory(text: str, weights, preprocessing, model_name: str | None, background_class) -> _Loaded:
+    built = _import_factory(text)()
+    resolved = model_name or text.split(":", 1)[1]
+    if isinstance(built, Classifier):
+        if preprocessing is not None:
+            built.preprocessing = parse_preprocessing(preprocessing)
+        built.name = model_name or built.name
+        net, pre, resolved = built.net, built.preprocessing, built.name
+        if background_class is None:
+            background_class = built.background_class or None
+    elif isinstance(built, torch.nn.Module):
+        net = built
+        pre = _need_preprocessing(preprocessing, resolved)
+    else:
+        raise ModelError(f"model factory {text!r} returned {type(built).__name__}, not a torch.nn.Module")
+    if weights not in ("default", None):
+        _load_into(net, weights, resolved)
+    return _Loaded(net, pre, resolved, None, background_class)
+
+
+def _from_object(net: torch.nn.Module, weights, preprocessing, model_name: str | None) -> _Loaded:
+    resolved = model_name or type(net).__name__
+    pre = _need_preprocessing(preprocessing, resolved)
+    if weights not in ("default", None):
+        _load_into(net, weights, resolved)
+    return _Loaded(net, pre, resolved)
+
+
 def load_model(
     name: str | os.PathLike | torch.nn.Module,
     *,
@@ -300,105 +307,73 @@ def load_model(
 ) -> Classifier:
     """Build a model with its weights and preprocessing.
 
+    The spec ``name`` is read by :func:`model_scheme` (one scheme, decided from the spelling):
+
+    * ``NAME``: a registered model (:func:`list_models`), or a bare torchvision architecture name
+      (``resnet18``) that is not registered;
+    * ``torchvision:ARCH[:WEIGHTS]``: torchvision's ``ARCH`` with its weights enum member (``DEFAULT``
+      when omitted) and the preprocessing of that enum (``weights_enum.transforms()``);
+    * ``timm:NAME[.TAG]``: ``timm.create_model(NAME, pretrained=...)`` with the preprocessing of timm's
+      own data config (:func:`robustness.models.timm_models.timm_preprocessing`); needs the ``timm``
+      extra;
+    * ``package.module:function``: a factory returning an ``nn.Module`` (or a ready :class:`Classifier`);
+    * a path (``str`` with a ``/`` or a weights suffix, an existing file, or a ``Path``): a TorchScript
+      archive or a state dict, told apart by reading the file: a TorchScript archive is a zip holding
+      ``*/constants.pkl`` or ``*/code/`` (what ``torch.jit.save`` writes) and is loaded with
+      ``torch.jit.load``; anything else is read as a ``torch.save`` checkpoint with
+      ``weights_only=True`` and needs ``arch=`` (a torchvision architecture);
+    * an ``nn.Module`` object (e.g. from your conftest.py), or a :class:`Classifier` (returned as is).
+
     Args:
-        name: a registered name (:func:`list_models`), ``torchvision:ARCH[:WEIGHTS]`` or a torchvision
-            architecture name, a TorchScript file, a state-dict file (with ``arch``), a
-            ``module:function`` factory, an ``nn.Module`` or a :class:`Classifier`; see the module doc.
-        device: where to put it (default CPU).
-        weights: ``"default"`` (the model's own weights), ``None`` (random initialisation, for tests of
-            code paths), or the path of a state dict loaded with ``weights_only=True``.
+        name: the model spec (above).
+        device: where to put it (default: where the network already is; CPU for built-in models).
+        weights: ``"default"`` (the model's own weights; for ``timm:`` the pretrained weights from the
+            Hugging Face cache, downloaded when online), ``None`` (random initialisation, for tests of
+            code paths; CLI ``--weights random``), or the path of a state dict loaded with
+            ``weights_only=True`` (CLI ``--weights FILE``).
         preprocessing: how the model was trained (see :func:`parse_preprocessing`). Required for
-            user models; for registered and torchvision models it overrides the built-in one (a registered
-            model with other preprocessing is named ``NAME+custom-preprocessing``).
+            user models; for registered, torchvision and timm models it overrides the built-in one (a
+            registered model with other preprocessing is named ``NAME+custom-preprocessing``).
         arch: torchvision architecture of a state-dict file given as ``name``.
-        model_name: the name used in results (default: derived from ``name``).
+        model_name: the name used in results (default: derived from ``name``: the registered name, the
+            torchvision architecture, ``timm-NAME``, the factory's function, the file's stem or the
+            module's class).
         background_class: the model outputs 1001 logits with a background class at index 0; drop it.
 
     Returns:
         a :class:`Classifier` in eval mode whose output is ``(N, 1000)`` (checked with one probe
-        forward pass at load time).
+        forward pass at load time, on the device the network's parameters are on).
 
     Raises:
-        ModelError (a ``ValueError``): unknown name, bad spec, missing preprocessing, bad output shape.
-        FileNotFoundError / ImportError: the weights or the package providing them are missing.
+        ModelError (a ``ValueError``): unknown or ambiguous spec (the message lists the schemes), bad
+            spec, missing preprocessing, bad output shape.
+        FileNotFoundError / ImportError: the weights, the file or the package providing them are missing
+            (``timm:`` without timm names the ``timm`` extra).
     """
-    if isinstance(name, Classifier):
-        classifier = name
+    scheme, target = model_scheme(name)
+    if scheme == "object" and isinstance(target, Classifier):
         if preprocessing is not None:
-            classifier.preprocessing = parse_preprocessing(preprocessing)
-        return classifier.to(device) if device is not None else classifier
-    digest = None
-    if isinstance(name, torch.nn.Module):
-        net = name
-        resolved = model_name or type(net).__name__
-        pre = _need_preprocessing(preprocessing, resolved)
-        if weights not in ("default", None):
-            _load_into(net, weights, resolved)
-    elif isinstance(name, (str, os.PathLike)):
-        text = os.fspath(name)
-        if text in MODELS:
-            spec = MODELS[text]
-            net = _call_builder(spec, weights)
-            pre = parse_preprocessing(preprocessing) if preprocessing is not None else spec.preprocessing
-            # A registered model run with other preprocessing is another model: say so in its name,
-            # so results, reports and thresholds never credit the override to the registered model.
-            resolved = model_name or (spec.name if pre == spec.preprocessing else f"{spec.name}+custom-preprocessing")
-            digest = getattr(net, "_robustness_digest", None)
-        elif text.startswith("torchvision:") or _is_torchvision_arch(text):
-            parts = text.split(":")
-            arch_name = parts[1] if text.startswith("torchvision:") else text
-            enum_name = parts[2] if text.startswith("torchvision:") and len(parts) > 2 else "DEFAULT"
-            net, tv_pre = _torchvision_model(arch_name, enum_name, weights)
-            resolved = model_name or text.removeprefix("torchvision:").replace(":", "-")
-            if weights in ("default", None):
-                pre = parse_preprocessing(preprocessing) if preprocessing is not None else tv_pre
-            else:
-                pre = _need_preprocessing(preprocessing, resolved)
-        elif Path(text).expanduser().is_file():
-            path = Path(text).expanduser()
-            resolved = model_name or path.stem
-            if _is_torchscript(path):
-                if weights not in ("default", None):
-                    raise ModelError(
-                        f"model {resolved}: {path} is TorchScript; it carries its own weights (drop weights=)"
-                    )
-                net = _load_torchscript(path, resolved)
-                digest = file_digest(path)
-            elif arch is not None:
-                net, _ = _torchvision_model(arch, "DEFAULT", None)
-                _load_into(net, path, resolved)
-            else:
-                raise ModelError(
-                    f"model {resolved}: {path} is not TorchScript; for a state dict pass arch= "
-                    "(a torchvision architecture name, CLI --arch) or use a module:function factory"
-                )
-            pre = _need_preprocessing(preprocessing, resolved)
-        elif ":" in text and all(p.isidentifier() for p in text.split(":", 1)[0].split(".")):
-            factory = _import_factory(text)
-            built = factory()
-            resolved = model_name or text.split(":", 1)[1]
-            if isinstance(built, Classifier):
-                if preprocessing is not None:
-                    built.preprocessing = parse_preprocessing(preprocessing)
-                built.name = model_name or built.name
-                net, pre = built.net, built.preprocessing
-                if background_class is None:
-                    background_class = built.background_class or None
-            elif isinstance(built, torch.nn.Module):
-                net = built
-                pre = _need_preprocessing(preprocessing, resolved)
-            else:
-                raise ModelError(f"model factory {text!r} returned {type(built).__name__}, not a torch.nn.Module")
-            if weights not in ("default", None):
-                _load_into(net, weights, resolved)
-        else:
-            raise ModelError(
-                f"unknown model {text!r}: not a registered model ({', '.join(list_models())}), not a torchvision "
-                "architecture, not an existing file and not a module:function factory"
-            )
+            target.preprocessing = parse_preprocessing(preprocessing)
+        return target.to(device) if device is not None else target
+    if scheme == "object":
+        loaded = _from_object(target, weights, preprocessing, model_name)
+    elif scheme == "registered":
+        loaded = _from_registry(target, weights, preprocessing, model_name)
+    elif scheme == "torchvision":
+        loaded = _from_torchvision(target, weights, preprocessing, model_name)
+    elif scheme == "timm":
+        from .timm_models import timm_model  # imports timm: only for a timm: spec
+
+        net, timm_pre = timm_model(target, weights)
+        pre = parse_preprocessing(preprocessing) if preprocessing is not None else timm_pre
+        loaded = _Loaded(net, pre, model_name or f"timm-{target}")
+    elif scheme == "factory":
+        loaded = _from_factory(target, weights, preprocessing, model_name, background_class)
     else:
-        raise ModelError(f"load_model needs a name, path, nn.Module or Classifier, got {type(name).__name__}")
-    classifier = Classifier(net, pre, resolved, digest)
+        loaded = _from_file(target, weights, preprocessing, arch, model_name)
+    if loaded.background_class is not None:
+        background_class = loaded.background_class
+    classifier = Classifier(loaded.net, loaded.preprocessing, loaded.name, loaded.digest)
     _check_output(classifier, background_class)
     return classifier.to(device) if device is not None else classifier
 

@@ -11,7 +11,7 @@ import torch
 
 from .preprocessing import Preprocessing, parse_preprocessing
 
-__all__ = ["ModelSpec", "MODELS", "register_model", "list_models"]
+__all__ = ["ModelSpec", "MODELS", "register_model", "unregister_model", "list_models"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,26 @@ def register_model(
         return build
 
     return decorator
+
+
+def unregister_model(name: str) -> ModelSpec:
+    """Remove the registration of ``name`` (a toy model a test registered, or a built-in one you want
+    to replace with ``register_model``) and return its :class:`ModelSpec`.
+
+    For a test, remove what it registered when it ends, so other tests see the registry as it was::
+
+        @pytest.fixture
+        def toy_model():
+            register_model("toy", "torchvision")(build_toy)
+            yield "toy"
+            unregister_model("toy")
+
+    Raises:
+        KeyError: ``name`` is not registered (the message lists the registered names).
+    """
+    if name not in MODELS:
+        raise KeyError(f"model {name!r} is not registered; registered: {', '.join(list_models())}")
+    return MODELS.pop(name)
 
 
 def list_models() -> list[str]:

@@ -16,9 +16,10 @@ from dataclasses import replace
 import torch
 
 from ..weights import WEIGHT_SOURCES, resolve_models_dir
+from .checkpoints import _load_into, _load_torchscript, _weights_file
 from .classifier import file_digest
 from .errors import ModelError
-from .loaders import _load_into, _load_torchscript, _torchvision_model, _torchvision_preprocessing, _weights_file
+from .loaders import _torchvision_model, _torchvision_preprocessing
 from .preprocessing import PREPROCESSING_PRESETS
 from .registry import register_model
 
