@@ -4,14 +4,18 @@ A :class:`Classifier` wraps a ``torch.nn.Module`` together with its :class:`Prep
 spirit of timm's ``pretrained_cfg``), so callers hand it native-resolution ``uint8`` RGB images and
 never choose resize, crop, value scale, mean/std or channel order themselves.
 
-:func:`load_model` accepts, in this order of precedence:
+:func:`load_model` reads one scheme from the spec's spelling (:func:`model_scheme`; never by trying
+each kind in turn; an ambiguous or unknown spec is an error listing :data:`MODEL_SCHEMES`):
 
-* a registered name (:func:`list_models`): ``efficientnet_lite0``, ``squeezenet1_0_caffe``, ...;
-* ``torchvision:ARCH[:WEIGHTS]`` or a bare torchvision architecture name (``resnet18``): torchvision's
-  architecture with its weights enum (``DEFAULT`` when ``WEIGHTS`` is omitted) and the preprocessing
-  of that enum, or with a state dict of yours (``weights=PATH``);
-* a path to a TorchScript file, or to a state dict together with ``arch=`` (a torchvision name);
+* ``torchvision:ARCH[:WEIGHTS]``: torchvision's architecture with its weights enum (``DEFAULT`` when
+  ``WEIGHTS`` is omitted) and the preprocessing of that enum, or with a state dict of yours;
+* ``timm:NAME[.TAG]``: ``timm.create_model`` with the preprocessing of timm's own data config
+  (:mod:`robustness.models.timm_models`; the optional ``timm`` extra);
+* a registered name (:func:`list_models`): ``efficientnet_lite0``, ``squeezenet1_0_caffe``, ...; a
+  bare torchvision architecture name (``resnet18``) when it is not registered;
 * ``package.module:function``, a factory returning an ``nn.Module`` (or a ready :class:`Classifier`);
+* a path to a TorchScript file, or to a state dict together with ``arch=`` (a torchvision name),
+  told apart by the file's content;
 * a ``torch.nn.Module`` object (e.g. from your conftest.py), or a :class:`Classifier` (returned as is).
 
 User models must say how they were trained: ``preprocessing=`` a preset name
@@ -26,8 +30,11 @@ working directory (:func:`resolve_models_dir`). Checkpoints are always read with
 The package's modules, bottom to top (each imports only those above it, plus :mod:`robustness.weights`,
 :mod:`robustness._checks`): :mod:`~robustness.models.errors` (:class:`ModelError`),
 :mod:`~robustness.models.preprocessing`, :mod:`~robustness.models.classifier`,
-:mod:`~robustness.models.registry`, :mod:`~robustness.models.loaders` (:func:`load_model`) and
-:mod:`~robustness.models.zoo` (the built-in registrations, made on import of this package).
+:mod:`~robustness.models.registry` (:func:`register_model`, :func:`unregister_model`),
+:mod:`~robustness.models.checkpoints` (reading state dicts and TorchScript),
+:mod:`~robustness.models.timm_models` (imported for a ``timm:`` spec only),
+:mod:`~robustness.models.loaders` (:func:`load_model`) and :mod:`~robustness.models.zoo` (the
+built-in registrations, made on import of this package).
 """
 
 from __future__ import annotations
