@@ -172,3 +172,17 @@ def test_core_does_not_import_timm():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared images not at {DATA}")
+def test_cli_run_timm_model_with_random_weights(tmp_path):
+    """--model timm:NAME --weights random runs offline; results carry the timm- name."""
+    import json
+
+    from robustness.cli import main
+
+    out = tmp_path / "out"
+    common = ["--data", str(DATA), "--limit", "2", "--clean-only", "--workers", "0", "--no-progress", "--no-cache"]
+    assert main(["run", "--model", "timm:test_resnet", "--weights", "random", *common, "--output", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["distortion"], r["n"]) for r in records] == [("timm-test_resnet", "clean", 2)]
