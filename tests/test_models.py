@@ -545,6 +545,13 @@ def test_unregister_model_removes_a_registration():
     finally:
         spec = unregister_model("_tiny_unregister")
     assert spec.name == "_tiny_unregister" and "_tiny_unregister" not in list_models()
+    register_model("_team/tiny.pt", TINY)(lambda: TinyNet())  # a registered name wins over a path spelling
+    try:
+        assert model_scheme("_team/tiny.pt") == ("registered", "_team/tiny.pt")
+    finally:
+        unregister_model("_team/tiny.pt")
+    with pytest.raises(FileNotFoundError, match="spelled as a path"):
+        model_scheme("_team/tiny.pt")
     assert robustness.unregister_model is unregister_model
     with pytest.raises(ModelError, match="unknown model '_tiny_unregister'"):
         load_model("_tiny_unregister")

@@ -133,7 +133,7 @@ MODEL_SCHEMES: dict[str, str] = {
     "architecture name (resnet18) when it is not registered",
     "factory": "package.module:function, an importable factory returning an nn.Module or a Classifier",
     "file": "PATH, a TorchScript file, or a state dict with arch= (CLI --arch); "
-    "a spec with a '/' (./net.pt) is always a path",
+    "a spec with a '/' (./net.pt) is a path unless it is a registered name",
     "object": "an nn.Module or Classifier object (Python API)",
 }
 
@@ -159,12 +159,15 @@ def model_scheme(spec: str | os.PathLike | torch.nn.Module) -> tuple[str, Any]:
 
     1. an ``nn.Module`` / :class:`Classifier` object: ``object``; an ``os.PathLike`` (``Path``): ``file``;
     2. ``torchvision:`` or ``timm:`` prefix: that scheme (the rest of the string is returned);
-    3. a spec with a ``/`` (or the OS separator), starting with ``~``, or ending in a weights suffix
+    3. a registered name: ``registered``;
+    4. a spec with a ``/`` (or the OS separator), starting with ``~``, or ending in a weights suffix
        (``.pt``, ``.pth``, ``.ckpt``, ...): ``file``, whether or not it exists;
-    4. a registered name: ``registered``; else ``package.module:function``: ``factory``; else a bare
-       torchvision architecture name (``resnet18``): ``torchvision``; if the same text is also an
-       existing file in the working directory, the spec is ambiguous (an error says how to write each);
-    5. an existing file: ``file``.
+    5. ``package.module:function``: ``factory``; else a bare torchvision architecture name
+       (``resnet18``): ``torchvision``;
+    6. an existing file: ``file``.
+
+    A name of rule 3 or 5 that is also an existing file (relative to the working directory) is
+    ambiguous: an error says how to write each.
 
     Returns:
         ``(scheme, target)``: a key of :data:`MODEL_SCHEMES` and what that scheme loads (the object,
@@ -188,23 +191,27 @@ def model_scheme(spec: str | os.PathLike | torch.nn.Module) -> tuple[str, Any]:
             return prefix, spec[len(prefix) + 1 :]
     path = Path(spec).expanduser()
     separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    if any(s in spec for s in separators) or spec.startswith("~") or spec.lower().endswith(_WEIGHT_SUFFIXES):
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} not found (the spec {spec!r} is spelled as a path)")
-        return "file", path
+    spelled_as_path = (
+        any(s in spec for s in separators) or spec.startswith("~") or spec.lower().endswith(_WEIGHT_SUFFIXES)
+    )
     named = None
     if spec in MODELS:
         named = ("registered", spec, f"the registered model {spec!r}")
+    elif spelled_as_path:
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found (the spec {spec!r} is spelled as a path)")
+        return "file", path
     elif _is_factory_spelling(spec):
         named = ("factory", spec, f"the factory {spec!r}")
     elif spec.isidentifier() and _is_torchvision_arch(spec):
         named = ("torchvision", spec, f"the torchvision architecture (torchvision:{spec})")
     if named is not None:
         if path.is_file():
+            hint = f"./{spec}" if not spelled_as_path else str(path.resolve())
             raise ModelError(
                 f"model spec {spec!r} is ambiguous: it names {named[2]} and the file {path.resolve()}; write "
-                f"./{spec} for the file"
-                + (f" or torchvision:{spec} for the architecture" if spec.isidentifier() else "")
+                f"{hint} for the file"
+                + (f" or torchvision:{spec} for the architecture" if named[0] == "torchvision" else "")
                 + f", or rename the file. Model specs: {_schemes_text()}"
             )
         return named[0], named[1]
