@@ -32,6 +32,7 @@ _EXPORTS = {
     "list_models": "models",
     "load_model": "models",
     "register_model": "models",
+    "unregister_model": "models",
     "Condition": "evaluation",
     "ConditionResult": "evaluation",
     "evaluate": "evaluation",

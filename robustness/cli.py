@@ -405,8 +405,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for status in statuses:
         print(f"  {status.model:<{width}}  {status.state:<8}  {status.detail}")
     print(
-        "  (any torchvision architecture, a TorchScript or state-dict file, or module:function also works: "
-        "see 'robustness run --help')"
+        "  (torchvision:ARCH, timm:NAME (pip install '.[timm]'), a TorchScript or state-dict file, or "
+        "module:function also work: see 'robustness run --help')"
     )
     print("distortions:")
     for spec in DISTORTIONS.values():
@@ -537,7 +537,7 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument(
         "--model",
         required=True,
-        help="registered model name (see 'robustness list' and --import), torchvision:ARCH, a TorchScript file or module:function",
+        help="registered model name (see 'robustness list' and --import), torchvision:ARCH, timm:NAME, a TorchScript file or module:function",
     )
     calibrate.add_argument(
         "--preprocessing",
@@ -716,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--model",
         default="efficientnet_lite0",
-        help="registered model name (see 'robustness list'), torchvision:ARCH, a TorchScript or state-dict file, or module:function; default %(default)s",
+        help="registered model name (see 'robustness list'), torchvision:ARCH, timm:NAME (pip install '.[timm]'), a TorchScript or state-dict file, or module:function; default %(default)s",
     )
     run.add_argument(
         "--distortion",
