@@ -126,7 +126,13 @@ def timm_model(name: str, weights: str | os.PathLike | None = "default") -> tupl
     if weights == "default":
         try:
             net = timm.create_model(name, pretrained=True)
-        except OSError as error:  # no cache and no network: huggingface_hub, requests and urllib raise OSErrors
+        except (OSError, RuntimeError) as error:
+            # OSError: no cache and no network (huggingface_hub, requests and urllib raise OSErrors).
+            # RuntimeError: timm could not import huggingface_hub ("Hugging Face hub model specified but
+            # package not installed"; older timm releases also say so when the installed huggingface_hub
+            # lacks a name they import). Any other RuntimeError is not a download failure: re-raised.
+            if isinstance(error, RuntimeError) and "hugging face hub" not in str(error).lower():
+                raise
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise FileNotFoundError(
                 f"{label}: the pretrained weights are not in the Hugging Face cache and the download failed "
