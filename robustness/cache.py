@@ -1,4 +1,10 @@
-"""On-disk cache of per-image top-5 predictions, so unchanged re-runs do no inference.
+"""On-disk cache of per-image top-5 predictions, so unchanged re-runs do no inference, and the
+store interface the engine talks to.
+
+The engine (:func:`robustness.evaluate`) asks a :class:`PredictionStore` what is stored and hands
+results back through a :class:`PredictionSession`, in condition and image indices; keys, locks,
+when to write and compaction are the store's business. :class:`PredictionCache` is the on-disk
+store described below; :class:`NullStore` (no cache) stores nothing.
 
 Layout (``root`` defaults to ``$ROBUSTNESS_CACHE_DIR`` or ``.robustness-cache`` in the working
 directory)::
@@ -26,7 +32,7 @@ directory)::
   added or removed file invalidates only its own entries; a run on a subset reuses the full run.
 
 The engine also re-checks a seeded sample of what it reads (:func:`verification_sample_size`
-pairs per run) and discards a model key's entries on any disagreement; see
+pairs per run) and has the session discard a model key's entries on any disagreement; see
 :func:`robustness.evaluate`.
 
 A chunk file is ``MAGIC + sha256(payload) hex + "\\n" + payload`` where the payload is an ``.npz``
@@ -35,9 +41,10 @@ class indices, shape ``(n, 5)``), ``flags`` (``uint8`` shape ``(n,)``: bit 0 set
 missed its tolerance for that image, :data:`FLAG_MISSED_TOLERANCE`) and ``meta`` (the JSON of both keys). Chunks are written atomically
 (temporary file in the same folder, fsync, rename). A chunk whose magic, checksum, format, keys or
 values do not check out is reported with a :class:`CacheWarning`, deleted and its images recomputed;
-it is never trusted. The engine writes a chunk every ``flush_interval`` seconds (30 by default) and when a run ends
-or is interrupted, so an interrupted run resumes where it stopped; after a run the chunks of a
-condition are merged into one.
+it is never trusted. A session (:meth:`PredictionCache.open_run`) writes a chunk per condition every
+``flush_interval`` seconds (30 by default), when a claimed group of conditions is done and when the
+run ends or is interrupted, so an interrupted run resumes where it stopped; the chunks of a
+condition are then merged into one (not after an error).
 
 Locks are POSIX ``flock`` locks. On a filesystem without them (NFS without a lock daemon, some
 Lustre mounts: ``ENOLCK``, ``ENOSYS``, ``EOPNOTSUPP``) the cache warns once per process and goes on
