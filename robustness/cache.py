@@ -1,4 +1,10 @@
-"""On-disk cache of per-image top-5 predictions, so unchanged re-runs do no inference.
+"""On-disk cache of per-image top-5 predictions, so unchanged re-runs do no inference, and the
+store interface the engine talks to.
+
+The engine (:func:`robustness.evaluate`) asks a :class:`PredictionStore` what is stored and hands
+results back through a :class:`PredictionSession`, in condition and image indices; keys, locks,
+when to write and compaction are the store's business. :class:`PredictionCache` is the on-disk
+store described below; :class:`NullStore` (no cache) stores nothing.
 
 Layout (``root`` defaults to ``$ROBUSTNESS_CACHE_DIR`` or ``.robustness-cache`` in the working
 directory)::
@@ -27,7 +33,7 @@ directory)::
   added or removed file invalidates only its own entries; a run on a subset reuses the full run.
 
 The engine also re-checks a seeded sample of what it reads (:func:`verification_sample_size`
-pairs per run) and discards a model key's entries on any disagreement; see
+pairs per run) and has the session discard a model key's entries on any disagreement; see
 :func:`robustness.evaluate`.
 
 A chunk file is ``MAGIC + sha256(payload) hex + "\\n" + payload`` where the payload is an ``.npz``
@@ -36,9 +42,10 @@ class indices, shape ``(n, 5)``), ``flags`` (``uint8`` shape ``(n,)``: bit 0 set
 missed its tolerance for that image, :data:`FLAG_MISSED_TOLERANCE`) and ``meta`` (the JSON of both keys). Chunks are written atomically
 (temporary file in the same folder, fsync, rename). A chunk whose magic, checksum, format, keys or
 values do not check out is reported with a :class:`CacheWarning`, deleted and its images recomputed;
-it is never trusted. The engine writes a chunk every ``flush_interval`` seconds (30 by default) and when a run ends
-or is interrupted, so an interrupted run resumes where it stopped; after a run the chunks of a
-condition are merged into one.
+it is never trusted. A session (:meth:`PredictionCache.open_run`) writes a chunk per condition every
+``flush_interval`` seconds (30 by default), when a claimed group of conditions is done and when the
+run ends or is interrupted, so an interrupted run resumes where it stopped; the chunks of a
+condition are then merged into one (not after an error).
 
 Locks are POSIX ``flock`` locks. On a filesystem without them (NFS without a lock daemon, some
 Lustre mounts: ``ENOLCK``, ``ENOSYS``, ``EOPNOTSUPP``) the cache warns once per process and goes on
@@ -58,16 +65,22 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from ._io import atomic_write
 
+if TYPE_CHECKING:
+    from .conditions import Condition
+
 __all__ = [
+    "PredictionStore",
+    "PredictionSession",
     "PredictionCache",
+    "NullStore",
     "CacheWarning",
     "CachedPrediction",
     "FLAG_MISSED_TOLERANCE",
@@ -89,6 +102,7 @@ __all__ = [
     "probe_difference",
     "probe_output",
     "resolve_cache",
+    "resolve_store",
     "verification_sample_size",
 ]
 
@@ -128,6 +142,110 @@ class CacheWarning(UserWarning):
     """The cache could not be trusted or used as is: a corrupt entry (the message names the file),
     cached predictions that disagree with the model, a non-deterministic model, or a filesystem
     without file locks. The affected predictions are recomputed; results never change."""
+
+
+# ------------------------------------------------------------------------------ the store interface
+
+
+class PredictionSession(Protocol):
+    """One evaluation's conversation with a :class:`PredictionStore`, from :meth:`PredictionStore.open_run`.
+
+    The engine speaks in indices: condition ``k`` is ``conditions[k]`` and image ``i`` is
+    ``dataset[i]`` of the ``open_run`` call. Keys, locks, when to write and compaction are the
+    session's own business. The engine's whole conversation (:func:`robustness.evaluate`)::
+
+        with store.open_run(model, device, dataset, conditions, seed) as session:
+            for group in session.claim(range(len(conditions))):
+                stored = {k: session.get(k) for k in group}  # the images not in stored[k] are missing
+                ...  # compute the missing pairs of the group, session.put(...) after each batch
+            ...  # re-check a sample of what was read (seeded by session.sample_seed); on a mismatch:
+            ...  # session.discard(), put again what this run computed, recompute what was read
+
+    Implement these methods (subclassing this :class:`typing.Protocol` also brings ``__enter__`` /
+    ``__exit__``, which call :meth:`close`); :class:`NullStore`'s session and the on-disk
+    :class:`PredictionCache`'s are the two implementations here.
+    """
+
+    def claim(self, condition_indices: Iterable[int]) -> Iterator[list[int]]:
+        """Yield the conditions in non-empty groups, each condition exactly once; the engine gets,
+        computes and puts one group per loop iteration.
+
+        While the loop body runs for a group the session holds it (on disk: an advisory lock per
+        condition, so a concurrent process waits for it rather than computing it too); when the body
+        returns, the group's results are written (on disk: and its chunks merged) and the group is
+        released. Call :meth:`get` inside the loop body: another process may have just written it.
+        If the body raises, the group stays held until :meth:`close`.
+        """
+        ...
+
+    def get(self, condition_index: int) -> Mapping[int, CachedPrediction]:
+        """What is stored for condition ``condition_index``: image index -> :class:`CachedPrediction`
+        (``top5`` ``int16 (5,)`` class indices, best first; ``flags`` bits of :data:`FLAG_MASK`).
+        The images absent from it are missing. Entries that fail a check are left out (reported
+        with a :class:`CacheWarning`), so they are recomputed."""
+        ...
+
+    def put(
+        self, condition_indices: np.ndarray, image_indices: np.ndarray, top5: np.ndarray, flags: np.ndarray
+    ) -> None:
+        """Hand back one batch of results: ``condition_indices`` and ``image_indices`` ``int (b,)``,
+        ``top5`` ``int (b, 5)`` class indices in 0-999, ``flags`` ``int (b,)`` bits of
+        :data:`FLAG_MASK`. The session decides when to write them: at the latest when the claimed
+        group ends or in :meth:`close`.
+
+        Raises:
+            ValueError: arrays whose lengths or shapes do not match.
+        """
+        ...
+
+    def sample_seed(self, condition_indices: Iterable[int]) -> int:
+        """A 64-bit seed that identifies what is stored for these conditions (the same model and
+        conditions, the same seed), so the engine's verification sample re-checks the same pairs
+        run after run."""
+        ...
+
+    def discard(self) -> None:
+        """Delete every entry stored for this model, in every condition (not only this run's), and
+        whatever this session still holds unwritten: the engine then puts again what it computed
+        itself. Called when a re-checked entry disagrees with the model."""
+        ...
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the session: write what is still unwritten (also after an ``error``, so an
+        interrupted run resumes where it stopped), release every claimed group, and, when ``error``
+        is ``None``, tidy what was written outside a claimed group (on disk: merge its chunks)."""
+        ...
+
+    def __enter__(self) -> PredictionSession:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.close(exc)
+
+
+@runtime_checkable
+class PredictionStore(Protocol):
+    """Where :func:`robustness.evaluate` gets per-image predictions it need not compute and hands
+    back the ones it computed: the engine asks what is missing and hands results back; keys,
+    locks, write batching and compaction are the store's own business.
+
+    Implemented by the on-disk :class:`PredictionCache` and by :class:`NullStore` (``cache=None``,
+    ``--no-cache``: nothing stored, everything computed), so the engine has one code path. Other
+    stores can implement the same interface later: a shared remote cache, a writer that collects
+    results from Ray workers, and (with images instead of top-5 rows as values) a distortion store
+    for codec output (issue 12). Pass one as ``evaluate(..., cache=store)``.
+    """
+
+    def open_run(
+        self, model, device, dataset: Sequence, conditions: Sequence[Condition], seed: int
+    ) -> PredictionSession:
+        """Start one evaluation of ``model`` (a :class:`robustness.Classifier`, already on
+        ``device`` and in eval mode) on ``dataset`` under ``conditions`` with base seed ``seed``.
+
+        A store that cannot vouch for the model's predictions (:class:`PredictionCache`: the model
+        is not deterministic) returns a session that stores nothing, after a :class:`CacheWarning`.
+        """
+        ...
 
 
 def default_cache_dir() -> Path:
@@ -499,6 +617,69 @@ class PredictionCache:
     def __repr__(self) -> str:
         return f"PredictionCache({str(self.root)!r})"
 
+    # ------------------------------------------------------------------------ the store interface
+
+    def open_run(
+        self, model, device, dataset: Sequence, conditions: Sequence[Condition], seed: int
+    ) -> PredictionSession:
+        """Start one evaluation (:class:`PredictionStore`): key the model, check it may use the cache,
+        and return the session that serves and stores its predictions.
+
+        The model's :func:`probe_output` on ``device`` goes into its key (:func:`model_key` with
+        :func:`model_fingerprint`). Before a key's first entries are written the probe runs a
+        second time: outputs that differ by more than :data:`PROBE_RTOL` (dropout left on,
+        non-deterministic kernels) mean predictions that cannot be checked against a cache, so a
+        :class:`CacheWarning` is issued and a session that stores nothing is returned; otherwise the
+        probe output is stored with the key (:meth:`store_probe`). For a key with entries, the
+        stored probe output must agree with this model's within :data:`PROBE_RTOL` (the key hashes
+        only a coarse summary of it); if not, a :class:`CacheWarning` is issued and the key's
+        entries are discarded. A new key costs two probe runs, a known one one.
+
+        Args:
+            model: a :class:`robustness.Classifier`, already on ``device`` and in eval mode.
+            device: the inference device (``str`` or ``torch.device``).
+            dataset: the images (each with ``image_id`` and ``path``); image ``i`` of the session is
+                ``dataset[i]``, keyed by :func:`image_keys`.
+            conditions: each with ``distortion`` and ``level``; condition ``k`` is ``conditions[k]``.
+            seed: the base seed (in the condition key of stochastic distortions only).
+
+        Raises:
+            Exception: whatever the model raises on the probe batch.
+        """
+        probe = probe_output(model, device)
+        key = self.model_key(model, device, fingerprint=model_fingerprint(model, device, probe=probe))
+        if not self.has_entries(key):
+            # Before the first entries of a key are written, check that the model is deterministic:
+            # a second probe run must agree (within PROBE_RTOL). Then keep the probe output with them.
+            if probe_difference(probe, probe_output(model, device)) > PROBE_RTOL:
+                warnings.warn(
+                    f"robustness cache: model {model.name} gave different outputs on the same probe images twice "
+                    "in a row (a random layer active in eval mode? non-deterministic kernels?); its predictions "
+                    "cannot be checked against a cache, so it is evaluated without one",
+                    CacheWarning,
+                    stacklevel=3,
+                )
+                return _NullSession()
+            self.store_probe(key, probe)
+        else:
+            # The key's entries were written by a model whose full probe output is stored with them: the
+            # key's fingerprint hashes only a coarse summary (top-5 order, a few statistics), so a change
+            # it misses (two classes' logits swapped outside every probe top-5) still shows here.
+            stored = self.stored_probe(key)
+            difference = math.inf if stored is None else probe_difference(stored, probe)
+            if difference > PROBE_RTOL:
+                warnings.warn(
+                    f"robustness cache: model {model.name} computes differently on the probe images from the "
+                    f"model whose predictions are cached under its key (largest logit difference {difference:.2g} "
+                    "of their range); discarding those entries and recomputing",
+                    CacheWarning,
+                    stacklevel=3,
+                )
+                self.discard(key)
+                self.store_probe(key, probe)
+        condition_keys = [self.condition_key(c.distortion, c.level, seed) for c in conditions]
+        return _CacheSession(self, key, image_keys(dataset), condition_keys)
+
     # ------------------------------------------------------------------------------------- keys
 
     @staticmethod
@@ -748,6 +929,180 @@ class PredictionCache:
         import shutil
 
         shutil.rmtree(self.root / _FORMAT, ignore_errors=True)
+
+
+class _CacheSession(PredictionSession):
+    """A :class:`PredictionCache` session (:meth:`PredictionCache.open_run`): one model key, the
+    dataset's image keys and the conditions' keys. Puts are buffered per condition and written as
+    one chunk per condition every ``flush_interval`` seconds, when a claimed group ends and in
+    :meth:`close`; a group's conditions are locked while the engine computes them and merged
+    (:meth:`PredictionCache.compact`) before their locks are released."""
+
+    def __init__(self, cache: PredictionCache, model_key: str, image_keys: np.ndarray, condition_keys: list[str]):
+        self.cache, self.model_key = cache, model_key
+        self.image_keys, self.condition_keys = image_keys, condition_keys
+        self._pending: dict[int, list[tuple[int, np.ndarray, int]]] = {}  # condition -> (image, top5, flags)
+        self._unmerged: set[int] = set()  # conditions written to since their chunks were last merged
+        self._claims: list[Iterator[list[int]]] = []
+        self._last_flush = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.cache!r}, model key {self.model_key}>"
+
+    def claim(self, condition_indices: Iterable[int]) -> Iterator[list[int]]:
+        """See :meth:`PredictionSession.claim`. The free conditions are locked (without waiting) and
+        yielded first; the ones another process holds are then waited for, locks taken in key order
+        while holding none of the first group (so no deadlock), and yielded second."""
+        claims = self._claim(list(condition_indices))
+        self._claims.append(claims)
+        return claims
+
+    def _claim(self, condition_indices: list[int]) -> Iterator[list[int]]:
+        order = sorted(condition_indices, key=lambda k: self.condition_keys[k])
+        busy: list[int] = []
+        with contextlib.ExitStack() as held:
+            mine = []
+            for k in order:
+                acquired = held.enter_context(self.cache.lock(self.model_key, self.condition_keys[k], blocking=False))
+                (mine if acquired else busy).append(k)
+            if mine:
+                yield mine
+                self._finish(mine)
+        if busy:
+            with contextlib.ExitStack() as held:
+                for k in busy:
+                    held.enter_context(self.cache.lock(self.model_key, self.condition_keys[k], blocking=True))
+                yield busy
+                self._finish(busy)
+
+    def _finish(self, condition_indices: list[int]) -> None:
+        self.flush()
+        for k in condition_indices:
+            self.cache.compact(self.model_key, self.condition_keys[k])
+            self._unmerged.discard(k)
+
+    def get(self, condition_index: int) -> dict[int, CachedPrediction]:
+        """See :meth:`PredictionSession.get` (:meth:`PredictionCache.load`, by image index)."""
+        entries = self.cache.load(self.model_key, self.condition_keys[condition_index])
+        if not entries:
+            return {}
+        return {i: entries[key] for i, key in enumerate(self.image_keys.tolist()) if key in entries}
+
+    def put(
+        self, condition_indices: np.ndarray, image_indices: np.ndarray, top5: np.ndarray, flags: np.ndarray
+    ) -> None:
+        """See :meth:`PredictionSession.put`; writes when ``flush_interval`` seconds passed since the
+        last write."""
+        condition_indices, image_indices = np.asarray(condition_indices), np.asarray(image_indices)
+        top5, flags = np.asarray(top5), np.asarray(flags)
+        n = len(condition_indices)
+        if image_indices.shape != (n,) or top5.shape != (n, 5) or flags.shape != (n,):
+            raise ValueError(
+                f"put needs condition_indices (n,), image_indices (n,), top5 (n, 5) and flags (n,), got shapes "
+                f"{condition_indices.shape}, {image_indices.shape}, {top5.shape}, {flags.shape}"
+            )
+        for k, i, row, flag in zip(condition_indices.tolist(), image_indices.tolist(), top5, flags.tolist()):
+            self._pending.setdefault(k, []).append((i, row, flag))
+            self._unmerged.add(k)
+        if time.monotonic() - self._last_flush >= self.cache.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was put since the last write: one chunk per condition (:meth:`PredictionCache.store`).
+        A condition leaves the buffer only once its chunk is written."""
+        for k in list(self._pending):
+            rows = self._pending[k]
+            if rows:
+                self.cache.store(
+                    self.model_key,
+                    self.condition_keys[k],
+                    self.image_keys[[i for i, _, _ in rows]],
+                    np.stack([row for _, row, _ in rows]),
+                    [flag for _, _, flag in rows],
+                )
+            del self._pending[k]
+        self._last_flush = time.monotonic()
+
+    def sample_seed(self, condition_indices: Iterable[int]) -> int:
+        """See :meth:`PredictionSession.sample_seed`: the first 8 bytes (little-endian) of the SHA-256
+        of the model key and the sorted condition keys, joined by NUL."""
+        conditions = sorted({self.condition_keys[k] for k in condition_indices})
+        digest = hashlib.sha256("\0".join([self.model_key, *conditions]).encode()).digest()
+        return int.from_bytes(digest[:8], "little")
+
+    def discard(self) -> None:
+        """See :meth:`PredictionSession.discard` (:meth:`PredictionCache.discard`; the stored probe
+        output and the lock files stay)."""
+        self._pending.clear()
+        self.cache.discard(self.model_key)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """See :meth:`PredictionSession.close`."""
+        try:
+            self.flush()
+        finally:
+            claims, self._claims = self._claims, []
+            for claim in claims:
+                claim.close()  # a group the engine left by an exception: its locks are released
+        if error is None:
+            for k in sorted(self._unmerged):
+                self.cache.compact(self.model_key, self.condition_keys[k])
+            self._unmerged.clear()
+
+
+class _NullSession(PredictionSession):
+    """Stores nothing: every condition in one group, nothing stored, puts dropped."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+    def claim(self, condition_indices: Iterable[int]) -> Iterator[list[int]]:
+        group = list(condition_indices)
+        if group:
+            yield group
+
+    def get(self, condition_index: int) -> dict[int, CachedPrediction]:
+        return {}
+
+    def put(
+        self, condition_indices: np.ndarray, image_indices: np.ndarray, top5: np.ndarray, flags: np.ndarray
+    ) -> None:
+        pass
+
+    def sample_seed(self, condition_indices: Iterable[int]) -> int:
+        return 0
+
+    def discard(self) -> None:
+        pass
+
+    def close(self, error: BaseException | None = None) -> None:
+        pass
+
+
+class NullStore:
+    """The :class:`PredictionStore` of ``cache=None`` / ``--no-cache``: it stores nothing, so the
+    engine computes every (image, condition) pair, through the same code path as with a cache. It
+    runs nothing through the model (no probe)."""
+
+    def __repr__(self) -> str:
+        return "NullStore()"
+
+    def open_run(
+        self, model, device, dataset: Sequence, conditions: Sequence[Condition], seed: int
+    ) -> PredictionSession:
+        """A session that serves nothing and keeps nothing (:class:`PredictionStore`)."""
+        return _NullSession()
+
+
+def resolve_store(cache) -> PredictionStore:
+    """The store behind ``evaluate(..., cache=...)``: ``None``/``False`` -> :class:`NullStore`;
+    anything implementing :class:`PredictionStore` (a :class:`PredictionCache` included) -> itself;
+    ``True`` or a folder -> :func:`resolve_cache`."""
+    if cache is None or cache is False:
+        return NullStore()
+    if isinstance(cache, PredictionStore):
+        return cache
+    return resolve_cache(cache)
 
 
 def resolve_cache(cache) -> PredictionCache | None:

@@ -4,18 +4,20 @@ Every (image, condition) pair is an independent work item: the image is read, di
 derived only from (base seed, image id, distortion, level), then given the model's preprocessing, in
 DataLoader workers. The numbers are therefore the same for any batch size, worker count or order.
 
-With a :class:`robustness.cache.PredictionCache`, (image, condition) pairs already on disk are not
-recomputed, new predictions are written as they come (so an interrupted run resumes), and processes
-sharing the cache folder (pytest-xdist workers) wait for each other's conditions instead of
-computing them twice. The cache is keyed by the model's behaviour, and every run that reads it
-re-computes a seeded sample of what it read; on any disagreement the model's entries are discarded
-and everything is recomputed. Images that cannot be read are left out of every condition and reported.
+The engine asks a prediction store (:class:`robustness.cache.PredictionStore`: the on-disk
+:class:`robustness.cache.PredictionCache`, or :class:`robustness.cache.NullStore` without a cache)
+which (image, condition) pairs it already holds, computes only the rest and hands the results back;
+keys, locks, when to write and compaction are the store's business, so there is one code path with
+or without a cache. With the on-disk cache, new predictions are written as they come (so an
+interrupted run resumes) and processes sharing the cache folder (pytest-xdist workers) wait for each
+other's conditions instead of computing them twice. The cache is keyed by the model's behaviour,
+and every run that reads it re-computes a seeded sample of what it read (the engine decides which);
+on any disagreement the model's entries are discarded and everything is recomputed. Images that
+cannot be read are left out of every condition and reported.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import os
 import sys
@@ -31,14 +33,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .cache import (
     FLAG_MISSED_TOLERANCE,
-    PROBE_RTOL,
     CacheWarning,
-    PredictionCache,
-    image_keys,
-    model_fingerprint,
-    probe_difference,
-    probe_output,
-    resolve_cache,
+    PredictionSession,
+    PredictionStore,
+    resolve_store,
     verification_sample_size,
 )
 from .conditions import CLEAN, Condition
@@ -271,8 +269,8 @@ def progress_bar(desc: str, file=None):
 
 
 class _Run:
-    """One evaluation's state: the prediction table, what is done, what came from the cache, and
-    what is not yet on disk."""
+    """One evaluation's state: the prediction table, what is done and what came from the store.
+    It talks to the store only through its :class:`robustness.cache.PredictionSession`."""
 
     def __init__(
         self,
@@ -281,82 +279,30 @@ class _Run:
         conditions: list[Condition],
         seed: int,
         device,
-        cache: PredictionCache | None,
+        session: PredictionSession,
     ):
         self.model, self.dataset, self.conditions, self.seed, self.device = model, dataset, conditions, seed, device
+        self.session = session
         size = (len(conditions), len(dataset))
         self.predictions = np.full(size + (5,), -1, dtype=np.int64)
         self.done = np.zeros(size, dtype=bool)
         self.missed = np.zeros(size, dtype=bool)  # the distortion missed its tolerance (JPEG 2000)
-        self.served = np.zeros(size, dtype=bool)  # filled from the cache (not computed in this run)
+        self.served = np.zeros(size, dtype=bool)  # filled from the store (not computed in this run)
         self.skipped: dict[int, str] = {}
-        self.unflushed: dict[int, list[int]] = {}
-        self.last_flush = time.monotonic()
-        if cache is not None:
-            probe = probe_output(model, device)
-            self.model_key = cache.model_key(model, device, fingerprint=model_fingerprint(model, device, probe=probe))
-            if not cache.has_entries(self.model_key):
-                # Before the first entries of a key are written, check that the model is deterministic:
-                # a second probe run must agree (within PROBE_RTOL). Then keep the probe output with them.
-                if probe_difference(probe, probe_output(model, device)) > PROBE_RTOL:
-                    warnings.warn(
-                        f"robustness cache: model {model.name} gave different outputs on the same probe images twice "
-                        "in a row (a random layer active in eval mode? non-deterministic kernels?); its predictions "
-                        "cannot be checked against a cache, so it is evaluated without one",
-                        CacheWarning,
-                        stacklevel=3,
-                    )
-                    cache = None
-                else:
-                    cache.store_probe(self.model_key, probe)
-            else:
-                # The key's entries were written by a model whose full probe output is stored with them: the
-                # key's fingerprint hashes only a coarse summary (top-5 order, a few statistics), so a change
-                # it misses (two classes' logits swapped outside every probe top-5) still shows here.
-                stored = cache.stored_probe(self.model_key)
-                difference = math.inf if stored is None else probe_difference(stored, probe)
-                if difference > PROBE_RTOL:
-                    warnings.warn(
-                        f"robustness cache: model {model.name} computes differently on the probe images from the "
-                        f"model whose predictions are cached under its key (largest logit difference {difference:.2g} "
-                        "of their range); discarding those entries and recomputing",
-                        CacheWarning,
-                        stacklevel=3,
-                    )
-                    cache.discard(self.model_key)
-                    cache.store_probe(self.model_key, probe)
-            if cache is not None:
-                self.image_keys = image_keys(dataset)
-                self.condition_keys = [cache.condition_key(c.distortion, c.level, seed) for c in conditions]
-        self.cache = cache
 
-    def fill_from_cache(self, condition_indices: Iterable[int]) -> None:
+    def fill_from_store(self, condition_indices: Iterable[int]) -> None:
+        """Take what the store holds for ``condition_indices`` (pairs not yet done)."""
         for k in condition_indices:
-            entries = self.cache.load(self.model_key, self.condition_keys[k])
-            if not entries:
-                continue
-            for i, key in enumerate(self.image_keys.tolist()):
-                entry = entries.get(key)
-                if entry is not None and not self.done[k, i]:
+            for i, entry in self.session.get(k).items():
+                if not self.done[k, i]:
                     self.predictions[k, i] = entry.top5
                     self.missed[k, i] = bool(entry.flags & FLAG_MISSED_TOLERANCE)
                     self.done[k, i] = True
                     self.served[k, i] = True
 
-    def flush(self) -> None:
-        """Write the predictions made since the last flush, one chunk per condition."""
-        if self.cache is not None:
-            for k, indices in self.unflushed.items():
-                if indices:
-                    self.cache.store(
-                        self.model_key,
-                        self.condition_keys[k],
-                        self.image_keys[indices],
-                        self.predictions[k, indices],
-                        np.where(self.missed[k, indices], FLAG_MISSED_TOLERANCE, 0),
-                    )
-        self.unflushed = {}
-        self.last_flush = time.monotonic()
+    def hand_back(self, ks: np.ndarray, iis: np.ndarray) -> None:
+        """Give the store the predictions of pairs ``(ks[j], iis[j])`` computed in this run."""
+        self.session.put(ks, iis, self.predictions[ks, iis], np.where(self.missed[ks, iis], FLAG_MISSED_TOLERANCE, 0))
 
     def infer(self, items: np.ndarray, batch_size: int, num_workers: int, bar):
         """Run the model on work ``items`` (int64 ``(n, 2)``: image index, condition index).
@@ -407,25 +353,19 @@ class _Run:
         items = np.array([(i, k) for i, k in items if i not in self.skipped], dtype=np.int64).reshape(-1, 2)
         if len(items) == 0:
             return
-        try:
-            for ks, iis, top5, missed in self.infer(items, batch_size, num_workers, bar):
-                self.predictions[ks, iis] = top5
-                self.missed[ks, iis] = missed
-                self.done[ks, iis] = True
-                for k, i in zip(ks.tolist(), iis.tolist()):
-                    self.unflushed.setdefault(k, []).append(i)
-                if self.cache is not None and time.monotonic() - self.last_flush >= self.cache.flush_interval:
-                    self.flush()
-        finally:
-            # Also on KeyboardInterrupt or an error: what was computed is kept, so a re-run resumes.
-            self.flush()
+        for ks, iis, top5, missed in self.infer(items, batch_size, num_workers, bar):
+            self.predictions[ks, iis] = top5
+            self.missed[ks, iis] = missed
+            self.done[ks, iis] = True
+            self.hand_back(ks, iis)  # the store keeps them even if the run is interrupted later
 
     def verify(self, batch_size: int, num_workers: int, bar) -> tuple[int, int]:
-        """Re-compute a seeded sample of the pairs served from the cache and compare top-5.
+        """Re-compute a seeded sample of the pairs served from the store and compare top-5.
 
-        The sample has :func:`verification_sample_size` pairs, drawn with a seed derived from the
-        model key and the served conditions' keys (the same run re-checks the same pairs). The
-        comparison is exact: the same five class indices in the same order.
+        The sample has :func:`verification_sample_size` pairs, drawn with the session's
+        :meth:`~robustness.cache.PredictionSession.sample_seed` of the served conditions (on disk:
+        derived from the model key and their condition keys, so the same run re-checks the same
+        pairs). The comparison is exact: the same five class indices in the same order.
 
         Returns:
             ``(mismatches, checked)``.
@@ -434,8 +374,7 @@ class _Run:
         count = verification_sample_size(len(served))
         if count == 0:
             return 0, 0
-        conditions = sorted({self.condition_keys[k] for k in served[:, 0].tolist()})
-        seed = int.from_bytes(hashlib.sha256("\0".join([self.model_key, *conditions]).encode()).digest()[:8], "little")
+        seed = self.session.sample_seed(sorted(set(served[:, 0].tolist())))
         picked = served[np.sort(np.random.default_rng(seed).choice(len(served), count, replace=False))]
         items = np.ascontiguousarray(picked[:, ::-1])  # (image index, condition index)
         items = items[np.lexsort((items[:, 1], items[:, 0]))]  # image-major: each image decoded once
@@ -445,11 +384,13 @@ class _Run:
             mismatches += int((self.predictions[ks, iis] != top5).any(axis=1).sum())
         return mismatches, checked
 
-    def discard_cached(self) -> None:
-        """Forget every prediction served from the cache (they will be recomputed) and queue the ones
-        computed in this run for writing again (the model key's entries were deleted)."""
-        for k, i in np.argwhere(self.done & ~self.served).tolist():
-            self.unflushed.setdefault(k, []).append(i)
+    def discard_served(self) -> None:
+        """Have the store discard its entries, hand back again the predictions computed in this run
+        and forget every prediction served from the store (they will be recomputed)."""
+        self.session.discard()
+        computed = np.argwhere(self.done & ~self.served)  # (condition index, image index), condition-major
+        if len(computed):
+            self.hand_back(computed[:, 0], computed[:, 1])
         self.done &= ~self.served
         self.predictions[self.served] = -1
         self.served[:] = False
@@ -466,7 +407,7 @@ def evaluate(
     num_workers: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
-    cache: PredictionCache | str | os.PathLike | bool | None = None,
+    cache: PredictionStore | str | os.PathLike | bool | None = None,
 ) -> list[ConditionResult]:
     """Top-1 / top-5 accuracy of ``model`` on ``dataset`` under each distortion level, plus clean.
 
@@ -483,7 +424,8 @@ def evaluate(
         progress: show progress on stderr: a tqdm bar on a terminal, plain periodic lines
             (:class:`LineProgress`, no carriage returns) on anything else, e.g. a CI log.
         cache: per-image prediction cache (:mod:`robustness.cache`): a :class:`PredictionCache`, a
-            folder, ``True`` for the default folder, or ``None``/``False`` (default) for none.
+            folder, ``True`` for the default folder, or ``None``/``False`` (default) for none; or
+            any other :class:`robustness.cache.PredictionStore`.
             Cached (image, condition) pairs are not recomputed; new ones are written as they are
             computed, so an interrupted run resumes. Results are identical with or without it:
             the model is keyed by its behaviour (:func:`robustness.cache.model_key`), and a run
@@ -521,17 +463,18 @@ def evaluate(
     if num_workers is None:
         num_workers = default_num_workers(device)
     model = model.to(device).eval()
-    cache = resolve_cache(cache)
+    store = resolve_store(cache)
     requested, conditions = conditions, list(dict.fromkeys(conditions))  # a repeated condition runs once
-    run = _Run(model, dataset, conditions, seed, device, cache)
+    session = store.open_run(model, device, dataset, conditions, seed)
+    run = _Run(model, dataset, conditions, seed, device, session)
 
     bar = progress_bar(model.name) if progress else None
     try:
-        if run.cache is None:
-            run.compute(range(len(conditions)), batch_size, num_workers, bar)
-        else:
-            _compute_with_cache(run, run.cache, batch_size, num_workers, bar)
-            _verify_cache(run, run.cache, batch_size, num_workers, bar)
+        with session:  # closing it writes what is unwritten, also on an error or Ctrl-C
+            for group in session.claim(range(len(conditions))):
+                run.fill_from_store(group)
+                run.compute(group, batch_size, num_workers, bar)
+            _verify_served(run, batch_size, num_workers, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -574,40 +517,10 @@ def evaluate(
     return results
 
 
-def _compute_with_cache(run: _Run, cache: PredictionCache, batch_size: int, num_workers: int, bar) -> None:
-    """Fill ``run`` from the cache and compute the rest, sharing work with concurrent processes.
-
-    Conditions whose lock is free are locked, read, computed, written and released first; the
-    conditions another process holds are then waited for (locks taken in key order while holding
-    none of the first group, so no deadlock), read, and only what is still missing is computed.
-    """
-    order = sorted(range(len(run.conditions)), key=lambda k: run.condition_keys[k])
-    busy: list[int] = []
-    with contextlib.ExitStack() as held:
-        mine = []
-        for k in order:
-            acquired = held.enter_context(cache.lock(run.model_key, run.condition_keys[k], blocking=False))
-            (mine if acquired else busy).append(k)
-        _fill_compute_compact(run, cache, mine, batch_size, num_workers, bar)
-    if busy:
-        with contextlib.ExitStack() as held:
-            for k in busy:
-                held.enter_context(cache.lock(run.model_key, run.condition_keys[k], blocking=True))
-            _fill_compute_compact(run, cache, busy, batch_size, num_workers, bar)
-
-
-def _fill_compute_compact(
-    run: _Run, cache: PredictionCache, condition_indices: list[int], batch_size: int, num_workers: int, bar
-) -> None:
-    run.fill_from_cache(condition_indices)
-    run.compute(condition_indices, batch_size, num_workers, bar)
-    for k in condition_indices:
-        cache.compact(run.model_key, run.condition_keys[k])
-
-
-def _verify_cache(run: _Run, cache: PredictionCache, batch_size: int, num_workers: int, bar) -> None:
-    """Re-check a sample of what ``run`` read from the cache; on any mismatch warn once, delete the
-    model key's entries and recompute every pair that was served (writing the fresh predictions)."""
+def _verify_served(run: _Run, batch_size: int, num_workers: int, bar) -> None:
+    """Re-check a sample of what ``run`` read from the store; on any mismatch warn once, have the
+    store discard the model's entries and recompute every pair that was served (handing the fresh
+    predictions back)."""
     mismatches, checked = run.verify(batch_size, num_workers, bar)
     if mismatches == 0:
         return
@@ -617,9 +530,5 @@ def _verify_cache(run: _Run, cache: PredictionCache, batch_size: int, num_worker
         CacheWarning,
         stacklevel=3,
     )
-    cache.discard(run.model_key)
-    run.discard_cached()
+    run.discard_served()
     run.compute(range(len(run.conditions)), batch_size, num_workers, bar)
-    run.flush()
-    for k in range(len(run.conditions)):
-        cache.compact(run.model_key, run.condition_keys[k])

@@ -17,17 +17,20 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._io import safe_name
+from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS
-from .evaluation import CLEAN, Condition, ConditionResult, evaluate
-from .models import Classifier, load_model
 from .stats import McNemarResult, correct, mcnemar, wilson_interval
 from .thresholds import METRICS, PairedSettings, Threshold, Thresholds
+
+if TYPE_CHECKING:  # the engine and the models need torch: imported where a model is loaded or evaluated
+    from .evaluation import ConditionResult
+    from .models import Classifier
 
 __all__ = [
     "Check",
@@ -446,6 +449,8 @@ class GateSession:
 
     def model(self, name: str) -> Classifier:
         """The registered model ``name``, loaded once."""
+        from .models import load_model
+
         if name not in self._models:
             self._models[name] = load_model(name, device=self.device)
         return self._models[name]
@@ -460,7 +465,7 @@ class GateSession:
         result), not as a warning, and raise :class:`GateError` unless ``allow_fewer_images``."""
         import warnings
 
-        from .evaluation import SkippedImagesWarning
+        from .evaluation import SkippedImagesWarning, evaluate
 
         if self._error is not None:
             raise self._error
