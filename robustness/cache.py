@@ -506,20 +506,25 @@ class PredictionCache:
         return model_key(model, device, fingerprint=fingerprint)
 
     @staticmethod
-    def condition_key(distortion: str, level: float, seed: int) -> str:
-        """Hex key of a condition (``distortion`` ``"clean"`` for the undistorted images)."""
+    def condition_key(distortion: str, level: float, seed: int, classes: str | None = None) -> str:
+        """Hex key of a condition (``distortion`` ``"clean"`` for the undistorted images).
+
+        ``classes``: the digest of the dataset's class list (:attr:`robustness.labels.ClassList.digest`),
+        so two label spaces never share entries; ``None`` for ImageNet-1k, whose keys are unchanged.
+        """
         from .distortions import DISTORTION_CODE_VERSION, DISTORTIONS
 
         stochastic = distortion in DISTORTIONS and DISTORTIONS[distortion].stochastic
-        return _sha256_json(
-            {
-                "distortion": distortion,
-                "level": float(level),
-                "seed": int(seed) if stochastic else None,
-                "distortion_code": DISTORTION_CODE_VERSION,
-                "engine": ENGINE_VERSION,
-            }
-        )[:32]
+        fields = {
+            "distortion": distortion,
+            "level": float(level),
+            "seed": int(seed) if stochastic else None,
+            "distortion_code": DISTORTION_CODE_VERSION,
+            "engine": ENGINE_VERSION,
+        }
+        if classes is not None:
+            fields["classes"] = str(classes)
+        return _sha256_json(fields)[:32]
 
     def _folder(self, model_key: str, condition_key: str) -> Path:
         return self.root / _FORMAT / model_key / condition_key
@@ -544,8 +549,8 @@ class PredictionCache:
             raise ValueError(f"keys have dtype {keys.dtype} shape {keys.shape}")
         if top5.dtype != np.int16 or top5.shape != (len(keys), 5):
             raise ValueError(f"top5 has dtype {top5.dtype} shape {top5.shape}")
-        if len(top5) and (top5.min() < 0 or top5.max() > 999):
-            raise ValueError("class index outside 0-999")
+        if len(top5) and top5.min() < -1:  # -1 pads the top-5 of a model with fewer than 5 classes
+            raise ValueError("class index below -1")
         if flags.dtype != np.uint8 or flags.shape != (len(keys),) or (len(flags) and flags.max() > FLAG_MASK):
             raise ValueError(f"flags have dtype {flags.dtype} shape {flags.shape} or unknown bits")
         return keys, top5, flags
