@@ -475,7 +475,6 @@ def _imagenet_manifest_labels(manifest: Path) -> dict[str, int] | None:
         reader = csv.DictReader(handle)
         fields = set(reader.fieldnames or ())
         if "label" in fields and not fields & {"wnid", "class_index"}:
-            table = _wnid_to_index()
             texts = [(row.get("label") or "").strip() for row in reader]
             imagenet_like = [bool(re.fullmatch(r"n\d{8}|[+-]?\d+", t)) for t in texts if t]
             if imagenet_like and not any(imagenet_like):  # class names only (a mix is an ImageNet error)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from ._io import safe_name
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, Condition, ConditionResult, evaluate
-from .labels import applicable_metrics, imagenet_class_list
+from .labels import ClassListError, applicable_metrics, imagenet_class_list
 from .models import Classifier, load_model
 from .stats import McNemarResult, correct, mcnemar, wilson_interval
 from .thresholds import METRICS, PAIRED_METRICS, PairedSettings, Threshold, Thresholds, check_metrics
@@ -435,6 +436,16 @@ def load_baseline(folder: str | os.PathLike, model: str, distortion: str) -> Bas
 # ------------------------------------------------------------------------------------------ session
 
 
+@contextlib.contextmanager
+def _label_space_errors():
+    """A model whose outputs do not match the dataset's class list is a :class:`GateError` (one
+    clear line in the gate), not a traceback."""
+    try:
+        yield
+    except ClassListError as error:
+        raise GateError(str(error)) from None
+
+
 class GateSession:
     """Lazily evaluates and memoises results per (model name, distortion), and judges them.
 
@@ -513,7 +524,7 @@ class GateSession:
 
         if self._error is not None:
             raise self._error
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _label_space_errors():
             warnings.simplefilter("ignore", SkippedImagesWarning)
             results = evaluate(
                 model,

@@ -139,7 +139,7 @@ def load_run(folder: str | os.PathLike) -> RunData:
             r["level"], r["top1"], r["top5"], r["n"] = (
                 float(r["level"]),
                 float(r["top1"]),
-                float(r["top5"]),
+                math.nan if r["top5"] is None else float(r["top5"]),  # null: 5 classes or fewer
                 int(r["n"]),
             )
         except (TypeError, ValueError):
@@ -588,7 +588,7 @@ def curves_figure(runs: Sequence[RunData]) -> str:
             for index, run in enumerate(runs):
                 color = f"C{index}"
                 curve = run.curve(name)
-                if curve:
+                if curve and not any(math.isnan(r[metric]) for r in curve):  # top-5 of <= 5 classes: n/a
                     x = [r["level"] for r in curve]
                     y = [100 * r[metric] for r in curve]
                     bands = [wilson_interval(round(r[metric] * r["n"]), r["n"]) for r in curve]
@@ -597,7 +597,7 @@ def curves_figure(runs: Sequence[RunData]) -> str:
                     )
                     ax.plot(x, y, "o-", color=color, ms=3.5, lw=1.5, label=run.label)
                 clean = run.clean()
-                if clean is not None:
+                if clean is not None and not math.isnan(clean[metric]):
                     ax.axhline(100 * clean[metric], color=color, ls=":", lw=1)
             if row == 0:
                 ax.set_title(name)
@@ -653,7 +653,11 @@ def _level_text(distortion: str, level: float) -> str:
     return f"{spec.parameter} {level:g}" + ("" if spec.unit in (spec.parameter, "fraction") else f" {spec.unit}")
 
 
-def _class_names() -> tuple[str, ...]:
+def _class_names(run=None) -> tuple[str, ...]:
+    """The class names of ``run``'s dataset (its provenance's class list), else ImageNet-1k's."""
+    record = (getattr(run, "provenance", None) or {}).get("classes") or {}
+    if isinstance(record, dict) and isinstance(record.get("names"), list):
+        return tuple(str(n) for n in record["names"])
     from .datasets import imagenet_class_names
 
     return imagenet_class_names()
@@ -766,7 +770,6 @@ def _section_examples(runs, data, count) -> str:
     from .evaluation import image_seed
     from .images import ImageLoadError, load_image
 
-    names = _class_names()
     parts = [
         "<section id='examples'><h2>What the distortions look like, and what the model says</h2>",
         "<p>The same image at every level of each distortion (thumbnails re-encoded as JPEG quality 90 for the page). "
@@ -780,6 +783,7 @@ def _section_examples(runs, data, count) -> str:
         )
         return "\n".join(parts)
     first = with_preds[0]
+    names = _class_names(first)
     root = Path(data) if data else Path(first.provenance.get("dataset_root", ""))
     seed = int(first.provenance.get("seed", 0))
     indices = _pick_examples(first, count)
@@ -837,7 +841,6 @@ def _section_examples(runs, data, count) -> str:
 
 
 def _section_classes(runs, top: int = 5) -> str:
-    names = _class_names()
     parts = [
         "<section id='classes'><h2>Which classes suffer</h2>",
         "<p>Per class: clean top-1 correct out of its images, and distorted top-1 correct pooled over all levels of the "
@@ -848,6 +851,7 @@ def _section_classes(runs, top: int = 5) -> str:
         parts.append("<p class='na'>Not available: no run folder holds predictions.npz.</p></section>")
         return "\n".join(parts)
     for run in with_preds:
+        names = _class_names(run)
         p = run.predictions
         clean_k = next((k for k, c in enumerate(p["conditions"]) if c[0] == CLEAN), None)
         if clean_k is None:
@@ -922,6 +926,15 @@ def _section_thresholds(runs, thresholds) -> str:
     return "\n".join(parts)
 
 
+def _classes_text(record) -> str:
+    """``3 (bird, cat, dog; sorted folder names of ...), digest ...`` from provenance's ``classes``."""
+    if not isinstance(record, dict):
+        return "ImageNet-1k (not recorded)"
+    names = record.get("ids") or []
+    listed = f"{', '.join(map(str, names[:20]))}{', ...' if len(names) > 20 else ''}; " if names else ""
+    return f"{record.get('count')} ({listed}{record.get('source', '')}), digest {record.get('digest')}"
+
+
 def _section_provenance(runs) -> str:
     parts = ["<section id='provenance'><h2>Provenance</h2>"]
     for run in runs:
@@ -937,6 +950,7 @@ def _section_provenance(runs) -> str:
             ("preprocessing", prep_text),
             ("dataset", p.get("dataset_root", "not recorded")),
             ("images", p.get("images", clean["n"] if clean else "not recorded")),
+            ("classes", _classes_text(p.get("classes"))),
             ("noise seed", p.get("seed", "not recorded")),
             ("thresholds file", p.get("thresholds") or "none"),
             ("versions", versions),
