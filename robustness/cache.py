@@ -549,8 +549,10 @@ class PredictionCache:
             raise ValueError(f"keys have dtype {keys.dtype} shape {keys.shape}")
         if top5.dtype != np.int16 or top5.shape != (len(keys), 5):
             raise ValueError(f"top5 has dtype {top5.dtype} shape {top5.shape}")
-        if len(top5) and top5.min() < -1:  # -1 pads the top-5 of a model with fewer than 5 classes
-            raise ValueError("class index below -1")
+        if len(top5) and (top5.min() < -1 or top5.max() > 32766):
+            # -1 pads the top-5 of a model with fewer than 5 classes; the engine also refuses an index
+            # beyond its dataset's class count
+            raise ValueError("class index outside -1-32766")
         if flags.dtype != np.uint8 or flags.shape != (len(keys),) or (len(flags) and flags.max() > FLAG_MASK):
             raise ValueError(f"flags have dtype {flags.dtype} shape {flags.shape} or unknown bits")
         return keys, top5, flags

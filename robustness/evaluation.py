@@ -45,7 +45,7 @@ from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
-from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes
+from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
 from .models import Classifier, load_model
 
 __all__ = [
@@ -362,6 +362,8 @@ class _Run:
                 continue
             for i, key in enumerate(self.image_keys.tolist()):
                 entry = entries.get(key)
+                if entry is not None and entry.top5.max() >= self.num_classes:
+                    continue  # a class the dataset's list does not have: not this run's answer, recompute
                 if entry is not None and not self.done[k, i]:
                     self.predictions[k, i] = entry.top5
                     self.missed[k, i] = bool(entry.flags & FLAG_MISSED_TOLERANCE)
@@ -405,11 +407,17 @@ class _Run:
                     self.skipped.setdefault(i, message)
                 if batch is not None:
                     logits = self.model(batch.to(self.device, non_blocking=on_cuda))
-                    if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+                    if logits.ndim != 2:
                         raise ValueError(
                             f"model {self.model.name} returned logits of shape "
-                            f"{tuple(logits.shape)}, expected (N, {self.num_classes}) for the dataset's "
-                            f"{self.dataset.classes.describe()}"
+                            f"{tuple(logits.shape)}, expected (N, {self.num_classes})"
+                        )
+                    if logits.shape[1] != self.num_classes:
+                        raise width_mismatch(
+                            self.model,
+                            logits.shape[1],
+                            self.dataset.classes,
+                            f"logits of shape {tuple(logits.shape)}, expected (N, {self.num_classes})",
                         )
                     if not torch.isfinite(logits).all():
                         raise ValueError(
@@ -552,7 +560,7 @@ def evaluate(
         if dataset.classes.is_imagenet:
             dataset = dataset.present_classes()
         model = restrict_to_classes(model, dataset.classes)
-    check_output_width(model, dataset.classes)
+    check_output_width(model, dataset.classes, probe=False)  # unrecorded width: checked on the first batch
     if distortions is not None and not isinstance(distortions, (Mapping, str)):
         distortions = list(distortions)
     if distortions and all(isinstance(c, Condition) for c in distortions):

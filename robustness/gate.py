@@ -172,10 +172,20 @@ class Verdict:
         return wilson_interval(int(round(value * self.n)), self.n)
 
     def metrics(self) -> list[str]:
-        """The metrics measured for this result: :data:`METRICS` that apply to the dataset's class
-        count (:func:`robustness.labels.applicable_metrics`) and were computed."""
+        """The metrics shown and recorded for this result: those of :data:`METRICS` that apply to
+        the dataset's class count (:func:`robustness.labels.applicable_metrics`) and were computed;
+        balanced accuracy only for class lists other than ImageNet-1k or when a bar uses it (so
+        ImageNet gate messages read as before)."""
         allowed = applicable_metrics(self.result.num_classes)
-        return [m for m in METRICS if m in allowed and getattr(self.result, m, None) is not None]
+        own = self.result.classes is not None and not self.result.classes.is_imagenet
+        barred = {key.replace("_of_clean", "") for key in self.threshold.bars()}
+        return [
+            m
+            for m in METRICS
+            if m in allowed
+            and getattr(self.result, m, None) is not None
+            and (m != "balanced_accuracy" or own or m in barred)
+        ]
 
     def measured_line(self) -> str:
         parts = []

@@ -42,6 +42,7 @@ __all__ = [
     "balanced_accuracy",
     "output_width",
     "check_output_width",
+    "width_mismatch",
     "restrict_to_classes",
     "MAX_CLASSES",
 ]
@@ -235,12 +236,15 @@ def balanced_accuracy(labels, predicted) -> float:
     return float(np.mean(hits / counts))
 
 
-def output_width(model) -> int:
+def output_width(model, *, probe: bool = True) -> int | None:
     """How many class logits ``model`` (a :class:`robustness.Classifier`) returns: its
-    ``num_classes`` when recorded at load time, else one probe forward pass on a zero image."""
+    ``num_classes`` when recorded at load time (:func:`robustness.load_model` records it), else
+    one probe forward pass on a zero image, else (``probe=False``) ``None``."""
     width = getattr(model, "num_classes", None)
     if width is not None:
         return int(width)
+    if not probe:
+        return None
     import torch
 
     probe = torch.zeros((1, *model.preprocessing.input_size))
@@ -256,24 +260,31 @@ def output_width(model) -> int:
     return int(out.shape[1])
 
 
-def check_output_width(model, classes: ClassList) -> None:
+def check_output_width(model, classes: ClassList, *, probe: bool = True) -> None:
     """Raise :class:`ClassListError` unless ``model`` outputs one logit per class of ``classes``.
 
     The message names both numbers and where each came from, and for an ImageNet-1k model on a
-    subset of its classes, the restriction option.
+    subset of its classes, the restriction option. With ``probe=False`` a model whose width was
+    not recorded at load time (a :class:`robustness.Classifier` built directly) is not run here;
+    the engine then checks its first batch (:func:`width_mismatch`).
     """
-    width = output_width(model)
-    if width == len(classes):
+    width = output_width(model, probe=probe)
+    if width is None or width == len(classes):
         return
+    raise width_mismatch(model, width, classes, "its logits' width, measured at load")
+
+
+def width_mismatch(model, width: int, classes: ClassList, measured: str) -> ClassListError:
+    """The error for a model of ``width`` outputs on ``classes`` (``measured``: how the width was found)."""
     hint = ""
     if width == 1000 and all(i.startswith("n") and i[1:].isdigit() for i in classes.ids):
         hint = (
             "; to score an ImageNet-1k model on a subset of its classes, restrict its logits to the dataset's "
             "classes (restrict_to_dataset_classes=True, CLI --restrict-to-dataset-classes)"
         )
-    raise ClassListError(
-        f"model {model.name} outputs {width} classes (its logits' width, measured at load), but the dataset "
-        f"has {classes.describe()}; the model's outputs must be the dataset's classes in the same order{hint}"
+    return ClassListError(
+        f"model {model.name} outputs {width} classes ({measured}), but the dataset has {classes.describe()}; "
+        f"the model's outputs must be the dataset's classes in the same order{hint}"
     )
 
 

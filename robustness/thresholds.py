@@ -10,7 +10,7 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
       dataset: ../data/val      # image folder, relative to this file (pytest/CLI options override)
       paired:                   # optional paired regression check against a stored baseline
         alpha: 0.05             # fail only on a drop significant at this level (one-sided McNemar)
-        metric: top1            # top1 (default) or top5
+        metric: top1            # top1 (default) or top5 (not balanced_accuracy: not a count of images)
         baseline: robustness-baseline   # folder of baseline predictions, relative to this file
     models:
       efficientnet_lite0:       # a registered model (robustness.list_models())
@@ -25,6 +25,8 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
 Conventions:
 
 * Accuracies are **fractions in [0, 1]** (72% is ``0.72``), never percent.
+* Metrics: ``top1``, ``top5`` and ``balanced_accuracy`` (mean per-class top-1 recall); ``top5``
+  needs a dataset of more than 5 classes (:func:`check_metrics`, run when the dataset is known).
 * ``top1`` / ``top5`` are absolute minimums; ``top1_of_clean`` / ``top5_of_clean`` are minimums
   relative to the same run's clean accuracy of that model (``0.8`` = keep 80% of clean). A level may
   combine them; every bar given must hold. A result equal to its bar passes. A relative bar needs an
