@@ -318,3 +318,20 @@ def test_classifier_subclass_keeps_its_width():
     from robustness.labels import output_width
 
     assert output_width(classifier) == 4  # probed: a Classifier built directly has no recorded width
+
+
+def test_evaluate_restricted_to_an_imagenet_subset(tmp_path):
+    """ImageNet-R / ImageNet-A convention: wnid folders of 3 classes, an ImageNet-1k model restricted
+    to them only when asked; then 3 classes: top-1 and balanced accuracy, no top-5."""
+    wnids = imagenet_wnids()
+    make_folder(tmp_path / "data", {wnids[0]: 2, wnids[1]: 2, wnids[2]: 1}, wrong={wnids[0]: 1})
+    dataset = load_dataset(tmp_path / "data")
+    assert dataset.classes.is_imagenet  # wnid folders: the 1000-class list, global labels
+    model = load_model(RedLevel(1000), preprocessing=PRE, model_name="imagenet1k")
+    (full,) = evaluate(model, dataset, {}, num_workers=0)
+    (sub,) = evaluate(model, dataset, {}, num_workers=0, restrict_to_dataset_classes=True)
+    assert full.num_classes == 1000 and sub.num_classes == 3
+    assert sub.classes.ids == wnids[:3] and sub.classes.names[0] == "tench"
+    assert full.top1 == sub.top1 == pytest.approx(4 / 5)
+    assert sub.balanced_accuracy == pytest.approx((1 / 2 + 1 + 1) / 3)
+    assert sub.to_record()["top5"] is None and full.to_record()["top5"] == 1.0
