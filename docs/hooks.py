@@ -9,7 +9,10 @@ https://www.mkdocs.org/user-guide/configuration/#hooks). In every page, a line o
 * ``thresholds-schema``: the keys of ``thresholds.yaml`` and the full JSON Schema from
   :func:`robustness.thresholds.thresholds_schema`;
 * ``cli``: the ``--help`` text of ``robustness`` and of each of its subcommands, from
-  :func:`robustness.cli.build_parser`.
+  :func:`robustness.cli.build_parser`;
+* ``settings``: one row per setting of :data:`robustness.settings.SETTINGS` (its CLI flag, pytest option,
+  environment variable, thresholds.yaml key, ini key, default and deprecated spellings), from
+  :func:`robustness.settings.settings_table` (README.md holds a copy; a test keeps them equal).
 
 An unknown ``NAME`` raises ``ValueError`` naming it and the page, so a typo fails ``mkdocs build``.
 ``tests/test_docs.py`` imports this file by path and checks each generator against the code.
@@ -93,6 +96,7 @@ def thresholds_schema_reference() -> str:
     The schema is ``thresholds_schema(allow_unregistered=True)`` (any model name); the gate passes the
     registered names instead, which changes nothing else.
     """
+    from robustness import DISTORTIONS
     from robustness.thresholds import thresholds_schema
 
     schema = thresholds_schema(allow_unregistered=True)
@@ -115,9 +119,10 @@ def thresholds_schema_reference() -> str:
                 + f" ({bar_range}) |"
             )
         else:
-            levels = ", ".join(f"`{k}`" for k in sub["propertyNames"]["enum"])
+            spec = DISTORTIONS[name]
+            levels = ", ".join(f"`{_number(v)}`" for v in spec.levels)
             rows.append(
-                f"| `models.<name>.{name}.<level>` | levels {levels}; bars: "
+                f"| `models.<name>.{name}.<level>` | any level in {spec.range_text} (paper levels {levels}); bars: "
                 + ", ".join(f"`{k}`" for k in bars["propertyNames"]["enum"])
                 + f" ({bar_range}) |"
             )
@@ -172,10 +177,18 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
+def settings_table() -> str:
+    """The settings table: :func:`robustness.settings.settings_table` (one row per concept)."""
+    from robustness.settings import settings_table as table
+
+    return table()
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "distortions": distortion_table,
     "thresholds-schema": thresholds_schema_reference,
     "cli": cli_reference,
+    "settings": settings_table,
 }
 
 

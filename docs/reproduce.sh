@@ -2,7 +2,7 @@
 # How the README's report and activation pictures under docs/ were made (from the repository root, on the
 # shared images at ../shared/data/imagenet-val-1024). Slow on 2 CPU cores: about an hour in all.
 set -euo pipefail
-python3 -m robustness.cli run --model efficientnet_lite0 --limit 100 --output runs/readme/lite0 --no-progress --thresholds thresholds.yaml
+python3 -m robustness.cli run --model efficientnet_lite0 --images 100 --output runs/readme/lite0 --no-progress --thresholds thresholds.yaml
 # A screenshot of the report in headless Chromium (the same flags the browser test uses).
 chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
     --disable-sync --no-first-run --user-data-dir="$(mktemp -d)" --hide-scrollbars --window-size=1250,2600 \

@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import CommandError, add_activations_arguments  # the options live with the parser (no torch there)
 from .distortions import DISTORTIONS, distort, get_distortion
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "plot_feature_maps",
     "plot_depth",
     "format_layer_table",
-    "add_activations_arguments",
     "main_activations",
 ]
 
@@ -171,6 +169,11 @@ def layer_changes(clean: torch.Tensor, distorted: torch.Tensor) -> tuple[float, 
     return rel, float((up | down).sum()) / channels, float(up.sum()) / channels, float(down.sum()) / channels
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def activation_study(
     model,
     images: Sequence[np.ndarray],
@@ -215,7 +218,7 @@ def activation_study(
         variants = [image] + [
             distort(image, distortion, level, seed=image_seed(seed, image_id, distortion, level)) for level in levels
         ]
-        batch = torch.stack([model.preprocessing(v) for v in variants])
+        batch = torch.stack([model.preprocessing(v) for v in variants]).to(_device_of(model))
         order, maps, logits = capture_conv_outputs(model, batch)
         top1 = logits.argmax(dim=1).tolist()
         out["top1"]["clean"].append(top1[0])
@@ -280,13 +283,9 @@ def _mosaic(maps: np.ndarray, reference: np.ndarray, channels: Sequence[int], co
 
 
 def _save(fig, path: str | os.PathLike, dpi: int = 80) -> None:
-    import io
+    from .report import write_figure
 
-    from ._io import atomic_write
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)  # a pyplot-free Figure: nothing to close
-    atomic_write(path, buffer.getvalue())
+    write_figure(fig, path, dpi=dpi)  # a pyplot-free Figure: nothing to close
 
 
 def plot_feature_maps(study: dict, path: str | os.PathLike, *, channels: int = 16, title: str = "") -> None:
@@ -394,8 +393,13 @@ def _default_levels(name: str) -> tuple[float, ...]:
 def main_activations(args: argparse.Namespace) -> int:
     """``robustness activations``: figure per distortion, depth curves, per-layer table (printed and JSON).
 
-    Returns 0. Raises :class:`robustness.cli.CommandError` (which ``robustness`` prints, exit status 2) for
-    bad input: an unknown model or image, a level outside the distortion's range.
+    ``args`` holds the options :func:`robustness.cli.add_activations_arguments` defines, with the
+    settings (``data``, ``seed``, ``device``) already resolved (:func:`robustness.cli.resolve_settings`);
+    ``device`` ``None`` means cuda when available, else cpu (as for ``robustness run``).
+
+    Returns 0. Raises ``ValueError`` for bad input (an unknown model or image, a level outside the
+    distortion's range, ``--levels`` with several distortions), ``ImportError`` or ``OSError``:
+    ``robustness`` prints ``robustness activations: MESSAGE`` and exits with status 2.
     """
     from ._io import atomic_write
     from .datasets import DatasetError, imagenet_class_names, load_dataset
@@ -404,33 +408,31 @@ def main_activations(args: argparse.Namespace) -> int:
 
     distortions = args.distortion or ["blur", "noise"]
     if args.levels is not None and len(distortions) != 1:
-        raise CommandError("--levels needs exactly one --distortion")
-    try:
-        model = load_model(args.model, device=args.device)
-        if args.image and Path(args.image).is_file():
-            images, ids = [load_image(args.image)], [Path(args.image).name]
-            labels = [None]
+        raise ValueError("--levels needs exactly one --distortion")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, device=device)
+    if args.image and Path(args.image).is_file():
+        images, ids = [load_image(args.image)], [Path(args.image).name]
+        labels = [None]
+    else:
+        dataset = load_dataset(args.data)
+        if args.image:
+            matches = [
+                i
+                for i, s in enumerate(dataset.samples)
+                if s.image_id == args.image or Path(s.image_id).name == args.image
+            ]
+            if not matches:
+                raise DatasetError(f"image {args.image!r} is neither a file nor an image id in {dataset.root}")
+            chosen = matches[:1]
         else:
-            dataset = load_dataset(args.data)
-            if args.image:
-                matches = [
-                    i
-                    for i, s in enumerate(dataset.samples)
-                    if s.image_id == args.image or Path(s.image_id).name == args.image
-                ]
-                if not matches:
-                    raise DatasetError(f"image {args.image!r} is neither a file nor an image id in {dataset.root}")
-                chosen = matches[:1]
-            else:
-                chosen = list(range(min(max(1, args.images), len(dataset))))
-            images = [dataset.load(i)[0] for i in chosen]
-            ids = [dataset[i].image_id for i in chosen]
-            labels = [dataset[i].label for i in chosen]
-        for name in distortions:
-            for level in args.levels or _default_levels(name):
-                get_distortion(name).check_level(level)
-    except (ValueError, ImportError, OSError) as error:  # ImageLoadError and DatasetError are ValueErrors
-        raise CommandError(str(error)) from error
+            chosen = list(range(min(max(1, args.average_over), len(dataset))))
+        images = [dataset.load(i)[0] for i in chosen]
+        ids = [dataset[i].image_id for i in chosen]
+        labels = [dataset[i].label for i in chosen]
+    for name in distortions:
+        for level in args.levels or _default_levels(name):
+            get_distortion(name).check_level(level)
     output = Path(args.output) if args.output else Path("runs") / f"activations-{model.name}"
     names = imagenet_class_names()
     model = model.eval()
@@ -441,10 +443,7 @@ def main_activations(args: argparse.Namespace) -> int:
     )
     for name in distortions:
         levels = [float(v) if not DISTORTIONS[name].integer else int(v) for v in (args.levels or _default_levels(name))]
-        try:
-            study = activation_study(model, images, name, levels, image_ids=ids, seed=args.seed)
-        except ValueError as error:
-            raise CommandError(str(error)) from error
+        study = activation_study(model, images, name, levels, image_ids=ids, seed=args.seed)
         studies.append(study)
         top1 = study["top1"]
         print(

@@ -19,8 +19,9 @@ directory)::
   edited ``forward``, a swapped parameter-free module, a changed plain attribute, another
   TorchScript graph, a dtype or device path change all change the outputs, hence the key.
 * **condition key**: SHA-256 over the distortion name, its level, the base seed (stochastic
-  distortions only: the others ignore it), :data:`robustness.distortions.DISTORTION_CODE_VERSION`
-  and :data:`ENGINE_VERSION` (image loading and seed-derivation rules).
+  distortions only: the others ignore it), the distortion's code version
+  (:attr:`robustness.distortions.Distortion.cache_version`: :data:`robustness.distortions.DISTORTION_CODE_VERSION`
+  for the built-ins, a registered distortion's own ``code_version``) and :data:`ENGINE_VERSION` (image loading and seed-derivation rules).
 * **image key**: SHA-256 over the image id (it seeds the noise) and the SHA-256 of the file's bytes.
   Keying each image by its content, rather than the whole dataset by one digest, means a changed,
   added or removed file invalidates only its own entries; a run on a subset reuses the full run.
@@ -514,12 +515,14 @@ class PredictionCache:
         """
         from .distortions import DISTORTION_CODE_VERSION, DISTORTIONS
 
-        stochastic = distortion in DISTORTIONS and DISTORTIONS[distortion].stochastic
+        spec = DISTORTIONS.get(distortion)
+        stochastic = spec is not None and spec.stochastic
         fields = {
             "distortion": distortion,
             "level": float(level),
             "seed": int(seed) if stochastic else None,
-            "distortion_code": DISTORTION_CODE_VERSION,
+            # built-ins: DISTORTION_CODE_VERSION (keys unchanged); registered: their code_version
+            "distortion_code": DISTORTION_CODE_VERSION if spec is None else spec.cache_version,
             "engine": ENGINE_VERSION,
         }
         if classes is not None:

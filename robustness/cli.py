@@ -20,21 +20,25 @@ from pathlib import Path
 
 from ._io import safe_name
 from .names import DISTORTION_NAMES, METRICS
-from .settings import (  # argparse types, shared with the plugin
-    SETTINGS,
-    margin_fraction,
-    non_negative_int,
-    positive_int,
-)
+from .settings import COMMAND_ALIASES, DEFAULT_BASELINE_DIR, SETTINGS, cli_flag_help, non_negative_int, positive_int
 
-__all__ = ["main", "build_parser", "CommandError", "USER_ERRORS", "add_activations_arguments", "package_version"]
+__all__ = [
+    "main",
+    "build_parser",
+    "CommandError",
+    "USER_ERRORS",
+    "add_settings_options",
+    "resolve_settings",
+    "package_version",
+]
 
 #: The distribution that installs this package (its metadata holds the version).
 DISTRIBUTION = "dnn-image-quality-robustness"
 
 #: Errors that mean bad input rather than a bug: every error of this package is a ``ValueError``
-#: (``DatasetError``, ``ModelError``, ``ThresholdsError``, ``ReportError``, ``ImageLoadError``, ...); a
-#: missing package is an ``ImportError``; a missing or unwritable file an ``OSError``.
+#: (``DatasetError``, ``ModelError``, ``ThresholdsError``, ``ReportError``, ``ImageLoadError``,
+#: ``SettingError``, ...); a missing package is an ``ImportError``; a missing or unwritable file an
+#: ``OSError``. :func:`main` turns each into ``robustness COMMAND: MESSAGE`` and exit status 2.
 USER_ERRORS = (ValueError, ImportError, OSError)
 
 
@@ -43,9 +47,9 @@ class CommandError(Exception):
 
 
 @contextlib.contextmanager
-def _user_errors(prefix: str = "", suffix=lambda error: "") -> Iterator[None]:
-    """Turn the :data:`USER_ERRORS` raised inside into a :class:`CommandError` whose message is
-    ``prefix + str(error) + suffix(error)``."""
+def _context(prefix: str = "", suffix=lambda error: "") -> Iterator[None]:
+    """Add context to the :data:`USER_ERRORS` raised inside: re-raised as a :class:`CommandError` whose
+    message is ``prefix + str(error) + suffix(error)`` (:func:`main` prints it and returns 2)."""
     try:
         yield
     except USER_ERRORS as error:
@@ -73,36 +77,116 @@ def check_device(device: str | None, option: str = "--device") -> None:
     _check(device, option)
 
 
+#: Settings the CLI resolves itself; ``thresholds`` is resolved by ``calibrate`` alone (``run`` and
+#: ``report`` show verdicts only from a file given as a flag).
+_RESOLVED = tuple(name for name in SETTINGS if name != "thresholds")
+
+
 def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
     """Fill the options the user did not give from ``$ROBUSTNESS_*`` variables and the thresholds
-    file's ``defaults`` (:mod:`robustness.settings`: flag > variable > thresholds.yaml > default),
-    then check the device. Options the command lacks are left alone; a data folder or cache folder
-    left at its built-in default stays ``None`` (the loaders apply it).
+    file's ``defaults`` (:func:`robustness.settings.resolve`: flag > variable > thresholds.yaml >
+    default; the CLI has no ini layer), then check the device. Options the command lacks are left
+    alone; an image folder left at its built-in default stays ``None`` (the loader applies it and
+    names the variable to set when it is missing).
+
+    Args:
+        args: the parsed command line (``dest`` = the setting's name in :data:`robustness.settings.SETTINGS`).
+        thresholds: the loaded thresholds file (its ``defaults``), or ``None``.
 
     Raises:
-        ValueError: a malformed variable, or a device that is not available (the message names it).
+        ValueError: a malformed variable (:class:`robustness.settings.SettingError`), or a device that
+            is not a torch device or not available here (the message names the flag or variable).
     """
     from .settings import resolve
 
-    file_values = {} if thresholds is None else {"data": thresholds.dataset, "images": thresholds.images}
+    file_values = {}
+    if thresholds is not None:
+        paired = thresholds.paired.baseline if thresholds.paired is not None else None
+        file_values = {
+            "data": thresholds.dataset,
+            "images": thresholds.images,
+            "seed": thresholds.seed,
+            "baseline_dir": None if paired is None else str(paired),
+        }
     file_name = "thresholds file" if thresholds is None or thresholds.path is None else str(thresholds.path)
     sources = {}
-    for name in ("data", "images", "device", "cache_dir", "no_cache", "workers", "batch_size", "margin"):
+    for name in _RESOLVED:
         if not hasattr(args, name):
             continue
+        setting = SETTINGS[name]
         resolved = resolve(
-            name,
-            flag=getattr(args, name),
-            flag_name="--" + name.replace("_", "-"),
-            file=file_values.get(name),
-            file_name=file_name,
+            name, flag=getattr(args, name), flag_name=setting.cli, file=file_values.get(name), file_name=file_name
         )
         sources[name] = resolved.source
-        if resolved.layer == "default" and name in ("data", "cache_dir"):
-            continue
+        if resolved.layer == "default" and name in ("data", "baseline_dir"):
+            continue  # the loader applies (and names) the default; the baseline's depends on the file
         setattr(args, name, resolved.value)
     if hasattr(args, "device"):
         check_device(args.device, sources.get("device", "--device"))
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores its value under the new option's dest and prints, once per
+    command line, ``robustness COMMAND: warning: OLD is deprecated ...; use NEW`` to stderr.
+
+    A printed note rather than a Python ``DeprecationWarning``: Python hides those outside ``__main__``,
+    and under ``python -W error`` a warning would turn a working command into a crash.
+    """
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        self.new = new
+        kwargs.setdefault("help", f"deprecated spelling of {new} (accepted until the next release)")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        noted = vars(namespace).setdefault("deprecated_options", [])
+        if option_string not in noted:
+            noted.append(option_string)
+            print(
+                f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; "
+                f"use {self.new}",
+                file=sys.stderr,
+            )
+
+
+def add_deprecated_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    """Accept ``old`` as a deprecated spelling of ``new`` (same ``dest``, ``type`` etc. in ``kwargs``)."""
+    parser.add_argument(old, dest=dest, action=_DeprecatedAlias, new=new, default=argparse.SUPPRESS, **kwargs)
+
+
+def add_settings_options(parser, names, *, title: str | None = None, file: bool = False):
+    """Add the CLI flags of the settings ``names`` (rows of :data:`robustness.settings.SETTINGS`) to
+    ``parser``, in a group titled ``title``, with each row's parser, metavar and help, ``default=None``
+    (so :func:`resolve_settings` can tell a flag from its absence) and its deprecated aliases.
+
+    ``file``: the command reads thresholds.yaml ``defaults`` (named in the help). Returns the group.
+    """
+    group = parser.add_argument_group(title) if title else parser
+    for name in names:
+        setting = SETTINGS[name]
+        help_text = cli_flag_help(setting, file=file)
+        if setting.switch:
+            group.add_argument(setting.cli, dest=name, action="store_true", default=None, help=help_text)
+            continue
+        typed = {} if setting.text else {"type": setting.parse}
+        group.add_argument(setting.cli, dest=name, default=None, metavar=setting.metavar, help=help_text, **typed)
+        for alias in setting.aliases:
+            add_deprecated_alias(group, alias, setting.cli, name, metavar=setting.metavar, **typed)
+    return group
+
+
+#: The option groups the subcommands share, built by :func:`_add_groups` (one definition each).
+_DATA_GROUP = ("data", "images", "seed")
+_ENGINE_GROUP = ("device", "batch_size", "workers", "cache_dir", "no_cache")
+
+
+def _add_groups(parser: argparse.ArgumentParser, *, file: bool = False) -> None:
+    """The shared groups of ``run`` and ``calibrate``: images (folder, count, seed) and the engine
+    (device, batch size, workers, cache, progress bar)."""
+    add_settings_options(parser, _DATA_GROUP, title="images", file=file)
+    engine = add_settings_options(parser, _ENGINE_GROUP, title="engine")
+    engine.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _fresh_output_dir(model: str) -> Path:
@@ -121,16 +205,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .report import format_table, plot_accuracy_vs_level, write_results_json
 
     distortions = _run_distortions(args)
-    with _user_errors():
-        resolve_settings(args)
-        dataset = _load_run_dataset(args)
-        model = _load_run_model(args)
-        model, dataset = _match_classes(args, model, dataset)
+    resolve_settings(args)
+    dataset = _load_run_dataset(args)
+    model = _load_run_model(args)
+    model, dataset = _match_classes(args, model, dataset)
     output = Path(args.output) if args.output else _fresh_output_dir(safe_name(model.name))
-    with _user_errors(f"cannot create output folder {output}: "):
+    with _context(f"cannot create output folder {output}: "):
         output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
     print(
-        f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {', '.join(distortions) or 'none (clean only)'}"
+        f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {_describe_distortions(distortions) or 'none (clean only)'}"
     )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
     results = evaluate(
@@ -175,7 +258,7 @@ def _load_run_model(args: argparse.Namespace):
 
 
 def _load_run_dataset(args: argparse.Namespace):
-    """The dataset of ``run``: folder / flat ILSVRC2012 val / --manifest, then --per-class/--subset, then --limit."""
+    """The dataset of ``run``: folder / flat ILSVRC2012 val / --manifest, then --per-class/--subset, then --images."""
     from .datasets import load_dataset
 
     dataset = load_dataset(
@@ -187,7 +270,7 @@ def _load_run_dataset(args: argparse.Namespace):
         subset_seed=args.subset_seed,
         classes=args.classes,
     )
-    return dataset.limit(args.limit)
+    return dataset.limit(args.images)
 
 
 def _match_classes(args: argparse.Namespace, model, dataset):
@@ -205,12 +288,74 @@ def _match_classes(args: argparse.Namespace, model, dataset):
 
 
 def _run_distortions(args: argparse.Namespace):
-    """--clean-only: just the clean condition; else the chosen distortions (default all five)."""
+    """--clean-only: just the clean condition; else the chosen distortions and levels (default all five
+    at the paper's levels), as the ``{name: levels or None}`` mapping :func:`robustness.evaluate` takes."""
     if args.clean_only:
         if args.distortion:
             raise CommandError("--clean-only and --distortion exclude each other")
         return {}  # an empty {name: levels} mapping: evaluate() runs the clean condition only
-    return args.distortion or list(DISTORTION_NAMES)
+    return distortion_levels(args.distortion) or dict.fromkeys(DISTORTION_NAMES)
+
+
+#: The --distortion option's help, shared by ``run`` and ``calibrate``.
+DISTORTION_HELP = (
+    "a distortion and, after '=', its levels in the distortion's unit, comma-separated: jpeg=50,75,90, "
+    "blur=0.5,1.5 (any level in the valid range, see 'robustness list'); NAME alone means the paper's levels. "
+    "Repeatable: --distortion jpeg=50,75 --distortion blur. Names: " + ", ".join(DISTORTION_NAMES)
+)
+
+
+def distortion_levels(values: list[str] | None) -> dict[str, tuple[float, ...] | None]:
+    """The ``--distortion NAME[=LEVEL,LEVEL,...]`` values of ``run`` and ``calibrate`` as ``{name: levels}``.
+
+    ``NAME`` alone maps to ``None`` (the distortion's default grid, for the built-ins the paper's);
+    ``NAME=50,75,90`` to those levels, parsed with :meth:`robustness.distortions.Distortion.parse_level`
+    (any level in the valid range; a level on the grid is the grid's own value). A name given twice
+    gets the union of its levels, in the order given (``NAME`` alone adds the default grid). Names may
+    be distortions registered with :func:`robustness.register_distortion` before the command runs
+    (``calibrate --import MODULE``). ``None`` or ``[]`` gives ``{}``.
+
+    Raises:
+        CommandError: an unknown distortion, an empty level list, or a level that is not a number or
+            is outside the valid range; the message names the option value, the distortion, the level
+            and the valid range.
+    """
+    from .distortions import get_distortion
+
+    chosen: dict[str, list[float] | None] = {}
+    for value in values or ():
+        name, has_levels, text = value.partition("=")
+        name = name.strip()
+        try:
+            spec = get_distortion(name)
+        except ValueError as error:
+            raise CommandError(f"--distortion {value}: {error}") from None
+        if not has_levels:
+            levels = list(spec.levels)
+        else:
+            parts = [part.strip() for part in text.split(",")]
+            if not all(parts):
+                raise CommandError(
+                    f"--distortion {value}: an empty level; write {name}=LEVEL,LEVEL,... "
+                    f"({spec.label}, valid range {spec.range_text}), or {name} alone for the paper's levels"
+                )
+            try:
+                levels = [spec.parse_level(part) for part in parts]
+            except ValueError as error:
+                raise CommandError(f"--distortion {value}: {error}") from None
+        before = chosen.get(name) or []
+        chosen[name] = list(dict.fromkeys(before + levels))
+    return {
+        name: None if levels == list(get_distortion(name).levels) else tuple(levels) for name, levels in chosen.items()
+    }
+
+
+def _describe_distortions(distortions) -> str:
+    """``jpeg (50, 75, 90), blur`` for the run's first line (a name alone: its default levels)."""
+    return ", ".join(
+        name if levels is None else f"{name} ({', '.join(f'{v:g}' for v in levels)})"
+        for name, levels in distortions.items()
+    )
 
 
 def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
@@ -294,13 +439,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for status in statuses:
         print(f"  {status.model:<{width}}  {status.state:<8}  {status.detail}")
     print(
-        "  (any torchvision architecture, a TorchScript or state-dict file, or module:function also works: "
-        "see 'robustness run --help')"
+        "  (torchvision:ARCH, timm:NAME (pip install '.[timm]'), a TorchScript or state-dict file, or "
+        "module:function also work: see 'robustness run --help')"
     )
     print("distortions:")
     for spec in DISTORTIONS.values():
         levels = ", ".join(f"{v:g}" for v in spec.levels)
-        print(f"  {spec.name:<9} {spec.label}; paper levels {levels}")
+        print(f"  {spec.name:<9} {spec.label}; paper levels {levels}; any level in {spec.range_text}")
     return 0
 
 
@@ -324,28 +469,27 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(Path.cwd()))
     imported = {}
     for module in args.import_ or ():
-        with _user_errors(f"--import {module}: "):
+        with _context(f"--import {module}: "):
             imported[module] = importlib.import_module(module)
 
     # The thresholds entry: --name, else the model's own name (a registered name, or the spec as given).
     name = args.name or args.model
-    path = Path(resolve("thresholds", flag=args.thresholds, flag_name="--thresholds").value)
+    path = Path(resolve("thresholds", flag=args.thresholds, flag_name=SETTINGS["thresholds"].cli).value)
     existing = None
     if path.is_file():
-        with _user_errors("fix the thresholds file first:\n"):
+        with _context("fix the thresholds file first:\n"):
             existing = load_thresholds(path, known_models=set(list_models()) | {name})
     if args.distortion:
-        conditions = [Condition(d, level) for d in args.distortion for level in DISTORTIONS[d].levels]
+        chosen = distortion_levels(args.distortion)  # after --import: registered distortions are known
+        conditions = [Condition(d, v) for d, levels in chosen.items() for v in levels or DISTORTIONS[d].levels]
     elif args.all_levels or existing is None or not existing.for_model(name):
         conditions = [Condition(distortion, level) for distortion, spec in DISTORTIONS.items() for level in spec.levels]
     else:
         conditions = [t.condition for t in existing.for_model(name) if t.condition.distortion != CLEAN]
     conditions = [Condition(CLEAN, 0)] + [c for c in dict.fromkeys(conditions) if c.distortion != CLEAN]
-    seed = args.seed if args.seed is not None else (existing.seed if existing else 0)
-    with _user_errors():
-        resolve_settings(args, existing)
-    images, data = args.images, args.data
-    with _user_errors(suffix=lambda error: _fixture_hint(args.model, imported)):
+    resolve_settings(args, existing)
+    images, data, seed = args.images, args.data, args.seed
+    with _context(suffix=lambda error: _fixture_hint(args.model, imported)):
         dataset = load_dataset(data, limit=images, classes=args.classes)
         model = load_model(args.model, device=args.device, preprocessing=args.preprocessing, model_name=args.name)
         model, dataset = _match_classes(args, model, dataset)
@@ -396,11 +540,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print("dry run: nothing written")
         return 0
     if not args.no_baseline:
-        folder = (
-            existing.paired.baseline
-            if existing is not None and existing.paired
-            else path.parent / "robustness-baseline"
-        )
+        folder = Path(args.baseline_dir) if args.baseline_dir else path.parent / DEFAULT_BASELINE_DIR
         written = save_baseline(results, folder, seed=seed, model=name)
         print(f"stored baseline predictions for the paired check in {folder} ({len(written)} files)")
     print(f"wrote {path}")
@@ -439,7 +579,7 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument(
         "--model",
         required=True,
-        help="registered model name (see 'robustness list' and --import), torchvision:ARCH, a TorchScript file or module:function",
+        help="registered model name (see 'robustness list' and --import), torchvision:ARCH, timm:NAME, a TorchScript file or module:function",
     )
     calibrate.add_argument(
         "--preprocessing",
@@ -449,24 +589,19 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument(
         "--name", default=None, help="the model's name in thresholds.yaml and the baseline (default: --model as given)"
     )
-    calibrate.add_argument(
-        "--margin",
-        type=margin_fraction,
-        default=None,
-        help="subtracted from each measured accuracy (fraction; default $ROBUSTNESS_MARGIN, else 0.05)",
-    )
-    calibrate.add_argument(
-        "--thresholds",
-        default=None,
-        help="thresholds file to update (default $ROBUSTNESS_THRESHOLDS, else thresholds.yaml)",
-    )
+    add_settings_options(calibrate, ("thresholds", "margin", "baseline_dir"), title="thresholds file", file=True)
     calibrate.add_argument(
         "--distortion",
         action="append",
-        choices=list(DISTORTION_NAMES),
-        help="calibrate all paper levels of this distortion (repeatable); default: the levels the file lists for the model, or all levels for a new model",
+        metavar="NAME[=LEVELS]",
+        help=DISTORTION_HELP
+        + "; default: the levels the file lists for the model, or every paper level for a new model",
     )
-    calibrate.add_argument("--all-levels", action="store_true", help="calibrate every paper level of every distortion")
+    calibrate.add_argument(
+        "--all-levels",
+        action="store_true",
+        help="calibrate every default (paper) level of every distortion, including those registered by --import",
+    )
     calibrate.add_argument(
         "--metric",
         action="append",
@@ -474,20 +609,6 @@ def _add_calibrate(commands) -> None:
         help="bars for new entries (repeatable; default top1; top5 needs more than 5 classes)",
     )
     _add_class_options(calibrate)
-    calibrate.add_argument(
-        "--images",
-        type=positive_int,
-        default=None,
-        help="images per condition (default the file's defaults.images, else all)",
-    )
-    calibrate.add_argument(
-        "--data",
-        default=None,
-        help="image folder (default the file's defaults.dataset, $ROBUSTNESS_DATA or ../shared/data/imagenet-val-1024)",
-    )
-    calibrate.add_argument(
-        "--seed", type=non_negative_int, default=None, help="base seed (default the file's defaults.seed, else 0)"
-    )
     calibrate.add_argument(
         "--import",
         dest="import_",
@@ -497,18 +618,7 @@ def _add_calibrate(commands) -> None:
     )
     calibrate.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
     calibrate.add_argument("--no-baseline", action="store_true", help="do not store baseline predictions")
-    calibrate.add_argument(
-        "--batch-size", type=positive_int, default=None, help="default $ROBUSTNESS_BATCH_SIZE, else 32"
-    )
-    calibrate.add_argument(
-        "--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))"
-    )
-    calibrate.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
-    calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    calibrate.add_argument("--no-cache", action="store_true", help="do not read or write the prediction cache")
-    calibrate.add_argument(
-        "--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)"
-    )
+    _add_groups(calibrate, file=True)
     calibrate.set_defaults(func=_cmd_calibrate)
 
 
@@ -521,7 +631,9 @@ def _add_run_report_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not write report.html (predictions.npz and provenance.json are always written)",
     )
-    run.add_argument("--thresholds", default=None, help="thresholds.yaml whose verdicts the report shows")
+    run.add_argument(
+        "--thresholds", default=None, metavar="FILE", help="thresholds.yaml whose verdicts the report shows"
+    )
 
 
 def _write_run_report(args, model, dataset, results, output: Path) -> int:
@@ -539,7 +651,7 @@ def _write_run_report(args, model, dataset, results, output: Path) -> int:
         return 0
     from .html_report import write_report
 
-    with _user_errors("report: "):
+    with _context("report: "):
         path = write_report([output], output / "report.html", thresholds=args.thresholds)
     print(f"wrote {path}")
     return 0
@@ -549,15 +661,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .html_report import write_report
 
     output = Path(args.output) if args.output else Path(args.results[0]) / "report.html"
-    with _user_errors():
-        path = write_report(
-            args.results,
-            output,
-            thresholds=args.thresholds,
-            baseline=args.baseline,
-            data=args.data,
-            examples=args.examples,
-        )
+    path = write_report(
+        args.results,
+        output,
+        thresholds=args.thresholds,
+        baseline=args.baseline,
+        data=args.data,
+        examples=args.examples,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -565,6 +676,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_activations(args: argparse.Namespace) -> int:
     from .activations import main_activations
 
+    resolve_settings(args)
     return main_activations(args)
 
 
@@ -578,7 +690,9 @@ def _add_report_commands(commands) -> None:
     report.add_argument(
         "--output", "-o", default=None, help="HTML file to write; default RESULTS/report.html (first folder)"
     )
-    report.add_argument("--thresholds", default=None, help="thresholds.yaml: show pass/fail and margin per level")
+    report.add_argument(
+        "--thresholds", default=None, metavar="FILE", help="thresholds.yaml: show pass/fail and margin per level"
+    )
     report.add_argument(
         "--baseline", default=None, help="model whose errors normalise the corruption error (default: the first model)"
     )
@@ -602,18 +716,21 @@ def _add_report_commands(commands) -> None:
 def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``robustness activations`` (:func:`robustness.activations.main_activations` reads them)."""
     parser.add_argument("--model", default="efficientnet_lite0", help="registered model name (default %(default)s)")
-    parser.add_argument("--data", default=None, help="image folder (default as for 'run')")
     parser.add_argument(
         "--image",
         default=None,
         help="one image file, or an image id inside --data (default: the dataset's first image)",
     )
     parser.add_argument(
-        "--images",
+        "--average-over",
         type=positive_int,
         default=1,
-        help="average the numbers over the first N dataset images (figure: the first); default 1",
+        metavar="N",
+        help="average the per-layer numbers over the first N dataset images (the figure shows the first); "
+        "default %(default)s",
     )
+    for old, new in COMMAND_ALIASES["activations"].items():
+        add_deprecated_alias(parser, old, new, new[2:].replace("-", "_"), type=positive_int, metavar="N")
     parser.add_argument(
         "--distortion", action="append", choices=list(DISTORTION_NAMES), help="repeatable; default blur and noise"
     )
@@ -624,12 +741,12 @@ def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="levels (with one --distortion); default three of the paper's: blur 1 3 5, noise 20 50 100, others first/middle/last",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="base noise seed (default 0)")
     parser.add_argument(
         "--channels", type=positive_int, default=16, help="channels per grid in the figure (default 16)"
     )
     parser.add_argument("--output", default=None, help="output folder (default runs/activations-<model>)")
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    add_settings_options(parser, ("data", "seed"), title="images")
+    add_settings_options(parser, ("device",), title="engine")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -645,31 +762,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--model",
         default="efficientnet_lite0",
-        help="registered model name (see 'robustness list'), torchvision:ARCH, a TorchScript or state-dict file, or module:function; default %(default)s",
-    )
-    run.add_argument(
-        "--data",
-        default=None,
-        help=f"image folder (<wnid>/<file>); default ${SETTINGS['data'].env} or ../shared/data/imagenet-val-1024",
+        help="registered model name (see 'robustness list'), torchvision:ARCH, timm:NAME (pip install '.[timm]'), a TorchScript or state-dict file, or module:function; default %(default)s",
     )
     run.add_argument(
         "--distortion",
         action="append",
-        choices=list(DISTORTION_NAMES),
-        help="distortion to run (repeatable); default all five",
+        metavar="NAME[=LEVELS]",
+        help=DISTORTION_HELP + "; default: all five at the paper's levels",
     )
-    run.add_argument("--limit", type=positive_int, default=None, help="use the first N images in file-name order")
     run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
-    run.add_argument("--seed", type=non_negative_int, default=0, help="base seed for noise (default 0)")
-    run.add_argument("--batch-size", type=positive_int, default=None, help="default $ROBUSTNESS_BATCH_SIZE, else 32")
-    run.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default min(2, cpus))")
-    run.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_groups(run)
     _add_model_dataset_options(run)
-    run.add_argument("--no-cache", action="store_true", help="do not read or write the prediction cache")
-    run.add_argument(
-        "--cache-dir", default=None, help="prediction cache folder (default $ROBUSTNESS_CACHE_DIR or .robustness-cache)"
-    )
     run.set_defaults(func=_cmd_run)
     _add_run_report_options(run)
     _add_report_commands(commands)
@@ -692,15 +795,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``robustness`` console script and of ``python -m robustness``.
 
     Returns the exit status: 0, or 2 after printing ``robustness COMMAND: MESSAGE`` for a
-    :class:`CommandError`. argparse exits (``SystemExit``, status 2) on a usage error, and on ``--help``
+    :class:`CommandError` or any of :data:`USER_ERRORS` a command raises (the only place that does). argparse exits (``SystemExit``, status 2) on a usage error, and on ``--help``
     and ``--version`` (status 0).
     """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CommandError as error:
-        print(f"robustness {args.command}: {error}", file=sys.stderr)
-        return 2
+    except (CommandError, *USER_ERRORS) as error:  # the one place bad input becomes exit status 2
+        message = str(error)
+    # printed outside the except block, so nothing chains onto the error
+    print(f"robustness {args.command}: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,24 +9,36 @@ rounding to nearest (``numpy.rint``, ties to even) and clipping to [0, 255]; not
 
 The public entry point is :func:`distort`; :data:`DISTORTIONS` maps each name to its
 :class:`Distortion` spec (parameter, unit, the paper's levels, valid range).
+:func:`register_distortion` adds a user's own distortion to that registry (the contract it must keep is
+in its docstring; :func:`robustness.testing.check_distortion` checks it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import io
+import keyword
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 from PIL import Image
 
+from . import names as _names
 from ._checks import is_number
 
 __all__ = [
     "Distortion",
     "DISTORTIONS",
+    "DISTORTION_CODE_VERSION",
+    "register_distortion",
+    "unregister_distortion",
+    "get_distortion",
+    "format_level",
     "distort",
     "distort_with_info",
     "DistortionInfo",
@@ -43,8 +55,8 @@ __all__ = [
     "check_image",
 ]
 
-#: Bumped whenever a distortion's output for the same input, level and seed changes. Caches of
-#: predictions key on it.
+#: Bumped whenever a built-in distortion's output for the same input, level and seed changes. Caches
+#: of predictions key on it (a registered distortion keys on its own ``code_version`` instead).
 DISTORTION_CODE_VERSION = "3"  # 3: JPEG 2000 on flat colour (past lossless encodes, 1-2 levels, dB requests)
 
 
@@ -534,13 +546,19 @@ class Distortion:
         name: registry key, also the pytest marker (``blur``, ``noise``, ...).
         parameter: what the level means (``sigma``, ``std``, ``quality``, ``psnr``, ``weight``).
         unit: the level's unit (``px``, ``0-255``, ``quality``, ``dB``, ``fraction``).
-        levels: the paper's grid (Dodge & Karam 2016), mildest first.
+        levels: the default grid (for the built-ins the paper's, Dodge & Karam 2016), mildest first.
+            Any level in ``[minimum, maximum]`` is accepted everywhere; these are used when none are given.
         minimum, maximum: the valid level range (inclusive).
         integer: whether levels must be integers (JPEG quality).
         stochastic: whether the output depends on the seed.
-        function: ``function(image, level, seed) -> image``.
-        id_format: format for readable level ids, e.g. ``"s{:g}"`` gives ``blur-s3``.
+        function: ``function(image, level, seed) -> image`` (the contract: :func:`register_distortion`).
+        id_format: how a level id is written: ``"s{}"`` gives ``blur-s3``, ``blur-s0.5``; ``{}`` is
+            replaced by :func:`format_level` of the level, the text around it is letters only.
         description: one-line definition.
+        identity: the level at which the output equals the input (blur, noise and contrast 0), or
+            ``None`` when there is none (JPEG, JPEG 2000).
+        code_version: the version the prediction cache keys on; ``None`` (the built-ins) means
+            :data:`DISTORTION_CODE_VERSION`.
     """
 
     name: str
@@ -550,20 +568,36 @@ class Distortion:
     minimum: float
     maximum: float
     function: Callable[[np.ndarray, float, object], np.ndarray] = field(repr=False)
-    id_format: str = "{:g}"
+    id_format: str = "{}"
     integer: bool = False
     stochastic: bool = False
     description: str = ""
+    identity: float | None = None
+    code_version: str | None = None
 
     @property
     def label(self) -> str:
         """The parameter with its unit for people: ``sigma (px)``, ``std (0-255)``, ``quality``."""
         return self.parameter if self.unit == self.parameter else f"{self.parameter} ({self.unit})"
 
+    @property
+    def range_text(self) -> str:
+        """The valid range for messages: ``[0, 100]``, ``[1, 100] (integers)``."""
+        return f"[{format_level(self.minimum)}, {format_level(self.maximum)}]" + (" (integers)" * self.integer)
+
+    @property
+    def cache_version(self) -> str:
+        """What the prediction cache keys on: ``code_version``, else :data:`DISTORTION_CODE_VERSION`."""
+        return DISTORTION_CODE_VERSION if self.code_version is None else self.code_version
+
     def check_level(self, level: float) -> float:
-        """Return ``level`` if valid for this distortion, else raise ``ValueError`` naming it."""
+        """Return ``level`` if valid for this distortion, else raise ``ValueError`` naming the
+        distortion, the value and the valid range."""
         if not is_number(level) or not math.isfinite(level):
-            raise ValueError(f"{self.name} level must be a finite number ({self.parameter}), got {level!r}")
+            raise ValueError(
+                f"{self.name} level must be a finite number ({self.label}, valid range {self.range_text}), "
+                f"got {level!r}"
+            )
         if self.integer and level != int(level):
             raise ValueError(f"{self.name} level ({self.parameter}) must be an integer, got {level!r}")
         if not self.minimum <= level <= self.maximum:
@@ -573,12 +607,59 @@ class Distortion:
             )
         return level
 
+    def parse_level(self, value: float | str) -> float:
+        """A level from a number or its text (``"0.5"``, ``"75"``), checked and in canonical form.
+
+        Canonical form: the default grid's own value when the level is on it (so ``"3"`` is the
+        grid's ``3`` and ``"0.1"`` contrast's ``0.1``: ids, cache keys and results as for the
+        grid); else an ``int`` when integral; else the ``float``.
+
+        Raises:
+            ValueError: not a number, or not a valid level (:meth:`check_level`); the message names
+                the distortion, the value and the valid range.
+        """
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+                number = int(number) if number.is_integer() else number  # "101" is named 101, not 101.0
+            except (ValueError, OverflowError):
+                raise ValueError(
+                    f"{self.name} level {value!r} is not a number ({self.label}, valid range {self.range_text})"
+                ) from None
+        else:
+            number = value
+        self.check_level(number)
+        for level in self.levels:
+            if level == number:
+                return level
+        number = float(number)
+        return int(number) if number.is_integer() else number
+
     def level_id(self, level: float) -> str:
-        """Readable id such as ``blur-s3``, ``noise-50``, ``jpeg-q10``, ``jpeg2000-30db``, ``contrast-0.8``."""
-        return f"{self.name}-{self.id_format.format(level)}"
+        """Readable id such as ``blur-s3``, ``blur-s0.5``, ``noise-50``, ``jpeg-q75``, ``jpeg2000-30db``,
+        ``contrast-0.25``: ``name-`` and :attr:`id_format` filled with :func:`format_level`."""
+        return f"{self.name}-{self.id_format.format(format_level(level))}"
+
+    def level_from_id(self, level_id: str) -> float:
+        """The level a :meth:`level_id` names (its inverse: ``level_from_id(level_id(x)) == x``).
+
+        Raises:
+            ValueError: ``level_id`` is not an id of this distortion, or its level is not valid.
+        """
+        prefix, suffix = self.id_format.split("{}")
+        head = f"{self.name}-{prefix}"
+        if not (level_id.startswith(head) and level_id.endswith(suffix) and len(level_id) > len(head) + len(suffix)):
+            raise ValueError(f"{level_id!r} is not a level id of {self.name} (like {self.level_id(self.levels[0])!r})")
+        return self.parse_level(level_id[len(head) : len(level_id) - len(suffix)])
 
     def __call__(self, image: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
         return distort(image, self.name, level, seed=seed)
+
+
+def format_level(level: float) -> str:
+    """A level as text (ids, thresholds.yaml keys): :func:`robustness.names.format_level`, the shortest
+    decimal that reads back as the same float (``3``, ``0.5``, ``0.00001``)."""
+    return _names.format_level(level)
 
 
 def _levels(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -598,8 +679,9 @@ _REGISTRY: dict[str, Distortion] = {
             0.0,
             100.0,
             lambda image, level, seed: gaussian_blur(image, level),
-            id_format="s{:g}",
+            id_format="s{}",
             description="Gaussian blur, exact weights over a +-2 sigma window, reflect borders",
+            identity=0,
         ),
         Distortion(
             "noise",
@@ -611,6 +693,7 @@ _REGISTRY: dict[str, Distortion] = {
             lambda image, level, seed: gaussian_noise(image, level, seed),
             stochastic=True,
             description="additive N(0, std^2) per pixel and channel, rounded and clipped",
+            identity=0,
         ),
         Distortion(
             "jpeg",
@@ -620,7 +703,7 @@ _REGISTRY: dict[str, Distortion] = {
             1,
             100,
             lambda image, level, seed: jpeg(image, int(level)),
-            id_format="q{:g}",
+            id_format="q{}",
             integer=True,
             description="Pillow/libjpeg round trip at that quality, 4:2:0",
         ),
@@ -632,7 +715,7 @@ _REGISTRY: dict[str, Distortion] = {
             15.0,
             60.0,
             lambda image, level, seed: jpeg2000(image, level),
-            id_format="{:g}db",
+            id_format="{}db",
             description="OpenJPEG (Pillow) round trip searched to the target PSNR",
         ),
         Distortion(
@@ -644,12 +727,222 @@ _REGISTRY: dict[str, Distortion] = {
             1.0,
             lambda image, level, seed: contrast(image, level),
             description="blend toward mid-grey: (1 - w) * image + w * 128",
+            identity=0,
         ),
     )
 }
+_BUILT_IN = frozenset(_REGISTRY)
 
-#: Read-only mapping from distortion name to its :class:`Distortion` spec, in the paper's order.
+#: Read-only mapping from distortion name to its :class:`Distortion` spec: the paper's five in the
+#: paper's order, then those added with :func:`register_distortion`, in registration order.
 DISTORTIONS: Mapping[str, Distortion] = MappingProxyType(_REGISTRY)
+
+#: A distortion name: a marker ``pytest -m`` can select, and one word in ids and thresholds.yaml.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: Names a distortion may not take: the clean condition, keys of a thresholds.yaml model entry, the
+#: gate's own markers, and the words of ``-m`` expressions.
+_RESERVED = frozenset({_names.CLEAN, "source", "robustness", "xdist_group", "and", "or", "not"})
+#: The text around ``{}`` in an ``id_format``: letters and underscores only, so the id reads back.
+_ID_FORMAT = re.compile(r"([A-Za-z_]*)\{\}([A-Za-z_]*)\Z")
+
+
+def register_distortion(
+    name: str,
+    function: Callable[[np.ndarray, float, object], np.ndarray] | None = None,
+    *,
+    parameter: str,
+    unit: str,
+    minimum: float,
+    maximum: float,
+    levels: Sequence[float],
+    code_version: str,
+    id_format: str = "{}",
+    integer: bool = False,
+    stochastic: bool = False,
+    identity: float | None = None,
+    description: str = "",
+):
+    """Add a distortion of your own to :data:`DISTORTIONS`, beside the paper's five.
+
+    Once registered, it works everywhere a built-in does: :func:`distort`, ``evaluate``,
+    thresholds.yaml (``models.<model>.<name>.<level>``), the gate's test ids and its pytest marker
+    (``pytest -m NAME``), ``robustness calibrate --import MODULE --distortion NAME=1,2``, the report.
+    Use it as a function, ``register_distortion("gamma", gamma, ...)``, or as a decorator,
+    ``@register_distortion("gamma", ...)`` over ``def gamma(image, level, seed)``; either way it
+    returns the :class:`Distortion` (which is callable as ``spec(image, level, seed=0)``).
+
+    The contract ``function`` must keep (:func:`robustness.testing.check_distortion` checks it):
+
+    * ``function(image, level, seed) -> numpy.ndarray``, called positionally. ``image`` is ``uint8``
+      of shape ``(H, W, 3)`` (RGB 0-255, any ``H, W >= 1``) and must not be modified; the result is
+      a new ``uint8`` array of the same shape (convert float results by rounding to nearest and
+      clipping to [0, 255], never by truncating or wrapping).
+    * ``level`` is a number in ``[minimum, maximum]`` (an ``int`` for ``integer`` distortions),
+      already checked; out-of-range levels never reach ``function``.
+    * Deterministic for a seed: ``seed`` is an ``int >= 0`` (from ``distort(..., seed=S)``) or a
+      :class:`numpy.random.SeedSequence` (the engine passes one per image and condition, from the base
+      seed, the image id, the distortion and the level: ``robustness.evaluation.image_seed``). Draw
+      all randomness from ``numpy.random.default_rng(seed)``, never from the global numpy, Python or
+      torch random state. A function that ignores ``seed`` must say ``stochastic=False`` (the default).
+    * Pure: the result depends only on ``(image, level, seed)``; the engine may call it in worker
+      processes and in any order, and caches predictions per (image, distortion, level, seed,
+      ``code_version``).
+
+    Args:
+        name: the registry key, marker and id prefix: letters, digits and ``_``, not starting with a
+            digit; not ``clean``, ``source``, ``robustness``, ``and``, ``or`` or ``not``.
+        function: the distortion (omit to use the decorator form).
+        parameter, unit: what the level means and its unit (``unit == parameter`` for unitless).
+        minimum, maximum: the valid level range, inclusive, finite, ``minimum < maximum``.
+        levels: the default grid (used when no levels are given), mildest first; non-empty, each in
+            range, no repeats.
+        code_version: any non-empty text; change it whenever ``function``'s output changes for the
+            same input, level and seed, so that cached predictions of the old code are not reused.
+        id_format: the level id's form, ``{}`` standing for the level (:func:`format_level`) with
+            letters or ``_`` around it: ``"s{}"`` -> ``name-s0.5``, ``"{}db"`` -> ``name-30db``.
+        integer: levels must be integers (like JPEG quality).
+        stochastic: the output depends on ``seed``.
+        identity: a level at which the output equals the input (``None``: there is none).
+        description: one line saying what it does (the docs and ``robustness list`` show it).
+
+    Returns:
+        the :class:`Distortion` (or, with ``function`` omitted, a decorator returning it).
+
+    Raises:
+        ValueError: a bad or taken name (the built-ins cannot be replaced; registering the same name
+            again is allowed only for the same definition, e.g. a conftest.py imported twice), a
+            ``function`` that cannot be called as ``function(image, level, seed)``, a bad range, a
+            default level or identity level out of range, an empty grid, a bad ``id_format`` or
+            ``code_version``; the message names the value.
+    """
+    if function is None:
+        options = dict(
+            parameter=parameter,
+            unit=unit,
+            minimum=minimum,
+            maximum=maximum,
+            levels=levels,
+            code_version=code_version,
+            id_format=id_format,
+            integer=integer,
+            stochastic=stochastic,
+            identity=identity,
+            description=description,
+        )
+        return lambda f: register_distortion(name, f, **options)
+
+    where = f"register_distortion({name!r})"
+    if not isinstance(name, str) or not _NAME.match(name) or name in _RESERVED or keyword.iskeyword(name):
+        raise ValueError(
+            f"{where}: a distortion name must be letters, digits and '_' not starting with a digit (a pytest "
+            f"marker), and not one of {', '.join(sorted(_RESERVED))} or a Python keyword"
+        )
+    if name in _BUILT_IN:
+        raise ValueError(f"{where}: {name!r} is a built-in distortion and cannot be replaced; choose another name")
+    _check_signature(where, function)
+    for label, text in (("parameter", parameter), ("unit", unit), ("code_version", code_version)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}: {label} must be a non-empty string, got {text!r}")
+    if not isinstance(description, str):
+        raise ValueError(f"{where}: description must be a string, got {description!r}")
+    for label, flag in (("integer", integer), ("stochastic", stochastic)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{where}: {label} must be True or False, got {flag!r}")
+    for label, bound in (("minimum", minimum), ("maximum", maximum)):
+        if not is_number(bound) or not math.isfinite(bound) or (integer and bound != int(bound)):
+            kind = "an integer" if integer else "a finite number"
+            raise ValueError(f"{where}: {label} must be {kind}, got {bound!r}")
+    if not minimum < maximum:
+        raise ValueError(f"{where}: the valid range needs minimum < maximum, got [{minimum!r}, {maximum!r}]")
+    if not isinstance(id_format, str) or not _ID_FORMAT.match(id_format):
+        raise ValueError(
+            f"{where}: id_format must be '{{}}' with letters or '_' around it (like 's{{}}' or '{{}}db'), "
+            f"got {id_format!r}"
+        )
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
+        raise ValueError(f"{where}: levels (the default grid) must be a non-empty sequence of numbers, got {levels!r}")
+    spec = Distortion(
+        name,
+        parameter,
+        unit,
+        (),
+        minimum,
+        maximum,
+        function,
+        id_format=id_format,
+        integer=integer,
+        stochastic=stochastic,
+        description=description,
+        code_version=code_version,
+    )
+    grid = []
+    for level in levels:
+        try:
+            spec.check_level(level)
+        except ValueError as error:
+            raise ValueError(f"{where}: default level {level!r}: {error}") from None
+        if level in grid:
+            raise ValueError(f"{where}: default level {level!r} is listed twice")
+        grid.append(int(level) if integer else level)
+    if identity is not None:
+        try:
+            spec.check_level(identity)
+        except ValueError as error:
+            raise ValueError(f"{where}: identity level {identity!r}: {error}") from None
+    spec = dataclasses.replace(spec, levels=tuple(grid), identity=identity)
+    old = _REGISTRY.get(name)
+    if old is not None and not _same_definition(old, spec):
+        raise ValueError(
+            f"{where}: a different distortion named {name!r} is already registered "
+            f"({_qualified(old.function)}); call unregister_distortion({name!r}) first, or choose another name"
+        )
+    _REGISTRY[name] = spec
+    _names.add_distortion_name(name, parameter, unit)
+    return spec
+
+
+def unregister_distortion(name: str) -> Distortion:
+    """Remove a distortion added with :func:`register_distortion` and return it (for tests and notebooks).
+
+    Raises:
+        ValueError: ``name`` is a built-in distortion or not registered.
+    """
+    if name in _BUILT_IN:
+        raise ValueError(f"unregister_distortion({name!r}): the built-in distortions cannot be removed")
+    spec = get_distortion(name)
+    del _REGISTRY[name]
+    _names.remove_distortion_name(name)
+    return spec
+
+
+def _check_signature(where: str, function) -> None:
+    """Raise ``ValueError`` unless ``function(image, level, seed)`` binds (three positional arguments)."""
+    if not callable(function):
+        raise ValueError(f"{where}: function must be callable as function(image, level, seed), got {function!r}")
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins have none: trust them
+        return
+    try:
+        signature.bind(None, None, None)
+    except TypeError as error:
+        raise ValueError(
+            f"{where}: function must accept (image, level, seed) positionally, but "
+            f"{_qualified(function)}{signature} does not ({error})"
+        ) from None
+
+
+def _qualified(function) -> str:
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
+
+
+def _same_definition(old: Distortion, new: Distortion) -> bool:
+    """The same registration made again (a module imported twice): every field equal and a function of
+    the same module and qualified name."""
+    same = all(
+        getattr(old, f.name) == getattr(new, f.name) for f in dataclasses.fields(Distortion) if f.name != "function"
+    )
+    return same and _qualified(old.function) == _qualified(new.function)
 
 
 def get_distortion(name: str) -> Distortion:
@@ -666,9 +959,9 @@ def distort(image: np.ndarray, distortion: str, level: float, *, seed: int = 0) 
     Args:
         image: ``uint8`` array of shape ``(H, W, 3)``, RGB, 0-255. Not modified.
         distortion: a name in :data:`DISTORTIONS` (``blur``, ``noise``, ``jpeg``, ``jpeg2000``,
-            ``contrast``).
+            ``contrast``, or one added with :func:`register_distortion`).
         level: the distortion's parameter in its unit (see ``DISTORTIONS[name].parameter/unit``),
-            within its valid range.
+            any value within its valid range (not only the paper's levels).
         seed: seed for stochastic distortions (``noise``); ignored by the others. Accepts what
             :func:`numpy.random.default_rng` accepts.
 
@@ -677,13 +970,27 @@ def distort(image: np.ndarray, distortion: str, level: float, *, seed: int = 0) 
 
     Raises:
         ValueError: on a wrong dtype or shape, an unknown distortion name, or a level outside the
-            distortion's valid range; the message names the offending value.
+            distortion's valid range; the message names the offending value. Also when a registered
+            distortion's function returns anything but a ``uint8`` array of the input's shape.
     """
     spec = get_distortion(distortion)
     check_image(image)
     spec.check_level(level)
     check_seed(seed)
-    return spec.function(image, level, seed)
+    out = spec.function(image, level, seed)
+    if spec.name not in _BUILT_IN:
+        _check_output(spec, image, level, out)
+    return out
+
+
+def _check_output(spec: Distortion, image: np.ndarray, level: float, out) -> None:
+    """A registered distortion's result must be a ``uint8`` array of the input's shape."""
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != image.shape:
+        got = f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray) else f"a {type(out).__name__}"
+        raise ValueError(
+            f"distortion {spec.name!r} ({_qualified(spec.function)}) at level {level!r} returned {got}; "
+            f"it must return a uint8 array of the input's shape {image.shape}"
+        )
 
 
 @dataclass(frozen=True)
@@ -732,4 +1039,6 @@ def distort_with_info(
         within = abs(achieved - float(level)) <= JPEG2000_PSNR_TOLERANCE_DB
         return out, DistortionInfo(achieved, float(level), within, encodes)
     out = spec.function(image, level, seed)
+    if spec.name not in _BUILT_IN:
+        _check_output(spec, image, level, out)
     return out, DistortionInfo(psnr(image, out))

@@ -1,6 +1,8 @@
 """``robustness report``: one self-contained HTML page per run (or several runs on the same axes).
 
-Sections (each an element with that ``id``):
+Sections, in page order (each a ``<section>`` with that ``id``). The page writes its navigation bar
+and its body from one list, :data:`SECTIONS` (id, heading, builder); add or reorder a section there
+(a test checks that this list and ``docs/report.md`` follow it):
 
 ``summary``      one number per model and distortion: relative AUC and corruption error (formulas below);
 ``curves``       top-1 and top-5 accuracy against level, one panel per distortion, every model on the
@@ -39,16 +41,16 @@ import html
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._io import atomic_write
-from .distortions import DISTORTIONS
+from .distortions import DISTORTIONS, format_level
 from .evaluation import CLEAN, ConditionResult
-from .report import read_predictions, read_results_json
+from .report import figure_png, read_predictions, read_results_json
 from .stats import wilson_interval
 
 __all__ = [
@@ -68,6 +70,8 @@ __all__ = [
     "threshold_verdicts",
     "build_report",
     "write_report",
+    "Section",
+    "SECTIONS",
 ]
 
 RESULTS_FILE = "results.json"
@@ -134,7 +138,10 @@ def load_run(folder: str | os.PathLike) -> RunData:
         raise ReportError(f"{results_path}: expected one model per run folder, found {models}")
     for r in records:
         if r["distortion"] != CLEAN and r["distortion"] not in DISTORTIONS:
-            raise ReportError(f"{results_path}: unknown distortion {r['distortion']!r}")
+            raise ReportError(
+                f"{results_path}: unknown distortion {r['distortion']!r} (known: {', '.join(DISTORTIONS)}); "
+                "a distortion of your own must be registered (robustness.register_distortion) before the report"
+            )
         try:
             r["level"], r["top1"], r["top5"], r["n"] = (
                 float(r["level"]),
@@ -478,6 +485,17 @@ def class_lists(rows: Sequence[dict], top: int = 5) -> tuple[list[dict], list[di
     return losing, holding
 
 
+def _same_condition(distortion: str, level: float, other_distortion: str, other_level: float) -> bool:
+    """Whether two (distortion, level) pairs name one condition: clean at any level; levels equal
+    up to float rounding (:func:`math.isclose`), as they come from JSON, NPZ and YAML."""
+    return distortion == other_distortion and (distortion == CLEAN or math.isclose(level, other_level))
+
+
+def _condition_index(conditions: Sequence[tuple[str, float]], distortion: str, level: float = 0.0) -> int | None:
+    """Index of ``(distortion, level)`` in a predictions file's ``conditions`` (:func:`_same_condition`), or ``None``."""
+    return next((k for k, (d, v) in enumerate(conditions) if _same_condition(d, v, distortion, level)), None)
+
+
 def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLike) -> list[dict]:
     """Pass/fail per (run, threshold entry, bar) using :func:`robustness.gate.judge`.
 
@@ -510,8 +528,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
                 (
                     r
                     for r in run.records
-                    if r["distortion"] == condition.distortion
-                    and (condition.distortion == CLEAN or math.isclose(r["level"], float(condition.level)))
+                    if _same_condition(r["distortion"], r["level"], condition.distortion, float(condition.level))
                 ),
                 None,
             )
@@ -556,9 +573,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
 
 
 def _png_data_uri(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi=90)).decode()
 
 
 def _jpeg_data_uri(image: np.ndarray, height: int = 120) -> str:
@@ -574,7 +589,18 @@ def _jpeg_data_uri(image: np.ndarray, height: int = 120) -> str:
 
 def curves_figure(runs: Sequence[RunData]) -> str:
     """Top-1 (upper row) and top-5 (lower row) accuracy (%) vs level, one column per distortion, every
-    run in one colour, 95% Wilson bands; clean accuracy dotted. Returns a PNG ``data:`` URI."""
+    run in one colour, 95% Wilson bands; clean accuracy dotted. Returns a PNG ``data:`` URI of
+    :func:`curves_matplotlib_figure`."""
+    return _png_data_uri(curves_matplotlib_figure(runs))
+
+
+def curves_matplotlib_figure(runs: Sequence[RunData]):
+    """The figure of :func:`curves_figure` as a matplotlib ``Figure`` (object API).
+
+    ``figure.axes`` holds the top-1 row, then the top-5 row, one panel per distortion that some run
+    measured (registry order). Each run's curve goes through its measured levels at their values in
+    the distortion's unit, so uneven grids (``jpeg`` 50, 75, 90) are drawn to scale, points marked.
+    """
     from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
     from matplotlib.ticker import MaxNLocator
 
@@ -615,7 +641,7 @@ def curves_figure(runs: Sequence[RunData]) -> str:
     if legend:
         axes[0][-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=7)
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ HTML
@@ -650,7 +676,21 @@ def _level_text(distortion: str, level: float) -> str:
     if distortion == CLEAN:
         return "clean"
     spec = DISTORTIONS[distortion]
-    return f"{spec.parameter} {level:g}" + ("" if spec.unit in (spec.parameter, "fraction") else f" {spec.unit}")
+    return f"{spec.parameter} {format_level(level)}" + (
+        "" if spec.unit in (spec.parameter, "fraction") else f" {spec.unit}"
+    )
+
+
+@dataclass(frozen=True)
+class _Page:
+    """What every section builder reads: the runs and :func:`build_report`'s options (see there)."""
+
+    runs: Sequence[RunData]
+    rows: list[dict]  # summary_table(runs, baseline)
+    thresholds: str | os.PathLike | None
+    baseline: str | None
+    data: str | os.PathLike | None
+    examples: int
 
 
 def _class_names(run=None) -> tuple[str, ...]:
@@ -663,9 +703,10 @@ def _class_names(run=None) -> tuple[str, ...]:
     return imagenet_class_names()
 
 
-def _section_summary(runs, baseline, rows) -> str:
+def _section_summary(page: _Page) -> str:
+    runs, baseline, rows = page.runs, page.baseline, page.rows
     base = _baseline_run(runs, baseline).label
-    lines = ["<section id='summary'><h2>Summary: one number per model and distortion</h2>"]
+    lines = []
     worst = sorted((r for r in rows if not math.isnan(r["rauc_top1"])), key=lambda r: r["rauc_top1"])
     if worst:
         w = worst[0]
@@ -724,15 +765,15 @@ def _section_summary(runs, baseline, rows) -> str:
         "better. <b>Relative CE</b> = &Sigma;<sub>levels</sub> (error &minus; clean error) of the model / the same sum of the "
         "baseline: negative when one of the two is more accurate under the distortion than on clean images and the other "
         "is not; n/a only where the baseline's sum is 0. All are computed on the levels every model "
-        "in this report was measured at, so they compare models even when runs used different level grids.</p></section>"
+        "in this report was measured at, so they compare models even when runs used different level grids.</p>"
     )
     return "\n".join(lines)
 
 
-def _section_curves(runs) -> str:
+def _section_curves(page: _Page) -> str:
+    runs = page.runs
     uri = curves_figure(runs)
     parts = [
-        "<section id='curves'><h2>Accuracy against distortion level</h2>",
         "<p>Top-1 (upper row) and top-5 (lower row) accuracy per distortion; one colour per model, shaded: 95% "
         "Wilson interval for the number of images; dotted: the model's clean accuracy. Higher is better.</p>",
         f"<img class='curves' alt='accuracy against level, one panel per distortion' src='{uri}'>",
@@ -749,14 +790,14 @@ def _section_curves(runs) -> str:
                 f"<td>{_e(_level_text(r['distortion'], r['level']))}</td><td>{_pct(r['top1'])}</td>"
                 f"<td>{_pct(low)}&ndash;{_pct(high)}</td><td>{_pct(r['top5'])}</td><td>{r['n']}</td></tr>"
             )
-    parts.append("</table></details></section>")
+    parts.append("</table></details>")
     return "\n".join(parts)
 
 
 def _pick_examples(run: RunData, count: int) -> list[int]:
     """Indices of images to show: clean-correct ones first (their fall is the story), dataset order."""
     preds = run.predictions
-    clean_k = next((k for k, c in enumerate(preds["conditions"]) if c[0] == CLEAN), None)
+    clean_k = _condition_index(preds["conditions"], CLEAN)
     n = len(preds["image_ids"])
     if clean_k is None:
         return list(range(min(count, n)))
@@ -765,13 +806,13 @@ def _pick_examples(run: RunData, count: int) -> list[int]:
     return order[:count]
 
 
-def _section_examples(runs, data, count) -> str:
+def _section_examples(page: _Page) -> str:
     from .distortions import distort
     from .evaluation import image_seed
     from .images import ImageLoadError, load_image
 
+    runs, data, count = page.runs, page.data, page.examples
     parts = [
-        "<section id='examples'><h2>What the distortions look like, and what the model says</h2>",
         "<p>The same image at every level of each distortion (thumbnails re-encoded as JPEG quality 90 for the page). "
         "Under each: the level and each model's top-1 label, <span class='ok-t'>&#10004; right</span> or "
         "<span class='bad-t'>&#10008; wrong</span> (green / red frame: the first model).</p>",
@@ -779,7 +820,7 @@ def _section_examples(runs, data, count) -> str:
     with_preds = [run for run in runs if run.predictions is not None]
     if not with_preds:
         parts.append(
-            "<p class='na'>Not available: no run folder holds predictions.npz (written by <code>robustness run</code>).</p></section>"
+            "<p class='na'>Not available: no run folder holds predictions.npz (written by <code>robustness run</code>).</p>"
         )
         return "\n".join(parts)
     first = with_preds[0]
@@ -812,15 +853,10 @@ def _section_examples(runs, data, count) -> str:
                 captions, first_ok = [], None
                 for run in with_preds:
                     p = run.predictions
-                    try:
-                        k = next(
-                            k
-                            for k, c in enumerate(p["conditions"])
-                            if c[0] == distortion and (distortion == CLEAN or math.isclose(c[1], level))
-                        )
-                        i = p["image_ids"].index(image_id)
-                    except (StopIteration, ValueError):
+                    k = _condition_index(p["conditions"], distortion, level)
+                    if k is None or image_id not in p["image_ids"]:
                         continue
+                    i = p["image_ids"].index(image_id)
                     top1 = int(p["predictions"][k, i, 0])
                     ok = top1 == label
                     first_ok = ok if first_ok is None else first_ok
@@ -829,31 +865,32 @@ def _section_examples(runs, data, count) -> str:
                         f"<span class='{'ok-t' if ok else 'bad-t'}'>{who}{'&#10004;' if ok else '&#10008;'} {_e(names[top1])}</span>"
                     )
                 css = "" if first_ok is None else ("ok" if first_ok else "bad")
+                level_text = _e(_level_text(distortion, level))
                 parts.append(
-                    f"<figure class='{css}'><img alt='{_e(d)} {_e(_level_text(distortion, level))}' "
-                    f"src='{_jpeg_data_uri(shown)}'><figcaption><b>{_e(_level_text(distortion, level))}</b><br>"
+                    f"<figure class='{css}'><img alt='{_e(d)} {level_text}' "
+                    f"src='{_jpeg_data_uri(shown)}'><figcaption><b>{level_text}</b><br>"
                     + "<br>".join(captions)
                     + "</figcaption></figure>"
                 )
             parts.append("</div>")
-    parts.append("</section>")
+    parts.append("")  # </section> on a line of its own
     return "\n".join(parts)
 
 
-def _section_classes(runs, top: int = 5) -> str:
+def _section_classes(page: _Page, top: int = 5) -> str:
+    runs = page.runs
     parts = [
-        "<section id='classes'><h2>Which classes suffer</h2>",
         "<p>Per class: clean top-1 correct out of its images, and distorted top-1 correct pooled over all levels of the "
         "distortion (images &times; levels). With a few images per class these are anecdotes, not estimates: read the counts.</p>",
     ]
     with_preds = [run for run in runs if run.predictions is not None]
     if not with_preds:
-        parts.append("<p class='na'>Not available: no run folder holds predictions.npz.</p></section>")
+        parts.append("<p class='na'>Not available: no run folder holds predictions.npz.</p>")
         return "\n".join(parts)
     for run in with_preds:
         names = _class_names(run)
         p = run.predictions
-        clean_k = next((k for k, c in enumerate(p["conditions"]) if c[0] == CLEAN), None)
+        clean_k = _condition_index(p["conditions"], CLEAN)
         if clean_k is None:
             parts.append(f"<p class='na'>{_e(run.label)}: no clean condition in predictions.npz.</p>")
             continue
@@ -880,15 +917,16 @@ def _section_classes(runs, top: int = 5) -> str:
             table.append("</table></div>")
             parts.append("".join(table))
         parts.append("</div>")
-    parts.append("</section>")
+    parts.append("")  # </section> on a line of its own
     return "\n".join(parts)
 
 
-def _section_thresholds(runs, thresholds) -> str:
-    parts = ["<section id='thresholds'><h2>Thresholds verdicts</h2>"]
+def _section_thresholds(page: _Page) -> str:
+    runs, thresholds = page.runs, page.thresholds
+    parts = []
     if thresholds is None:
         parts.append(
-            "<p class='na'>No thresholds file was given (<code>--thresholds thresholds.yaml</code>), so there is no verdict.</p></section>"
+            "<p class='na'>No thresholds file was given (<code>--thresholds thresholds.yaml</code>), so there is no verdict.</p>"
         )
         return "\n".join(parts)
     verdicts = threshold_verdicts(runs, thresholds)
@@ -922,7 +960,7 @@ def _section_thresholds(runs, thresholds) -> str:
                 f"<td>{v['n']}</td><td class='l {cls}'>{word}</td></tr>"
             )
         parts.append("</table>")
-    parts.append("</section>")
+    parts.append("")  # </section> on a line of its own
     return "\n".join(parts)
 
 
@@ -935,8 +973,9 @@ def _classes_text(record) -> str:
     return f"{record.get('count')} ({listed}{record.get('source', '')}), digest {record.get('digest')}"
 
 
-def _section_provenance(runs) -> str:
-    parts = ["<section id='provenance'><h2>Provenance</h2>"]
+def _section_provenance(page: _Page) -> str:
+    runs = page.runs
+    parts = []
     for run in runs:
         p = run.provenance
         clean = run.clean()
@@ -966,8 +1005,45 @@ def _section_provenance(runs) -> str:
             parts.append(
                 "<p class='na'>This run folder has no provenance.json (written by <code>robustness run</code>).</p>"
             )
-    parts.append("</section>")
+    parts.append("")  # </section> on a line of its own
     return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the report page.
+
+    Attributes:
+        id: the ``<section>`` element's ``id``, also the navigation link's text and anchor (``#summary``).
+        title: its ``<h2>`` heading.
+        build: ``build(page) -> str``, the HTML between the heading and ``</section>``: the heading's
+            line break comes first, so a body that ends with a line break puts ``</section>`` on a line
+            of its own.
+    """
+
+    id: str
+    title: str
+    build: Callable[[_Page], str] = field(repr=False)
+
+    def html(self, page: _Page) -> str:
+        """The whole ``<section>`` element."""
+        return f"<section id='{self.id}'><h2>{_e(self.title)}</h2>\n{self.build(page)}</section>"
+
+
+#: The page's sections in page order. The navigation bar and the body are both written from this one
+#: list (and ``tests/test_report_html.py`` checks the module docstring and ``docs/report.md`` against it).
+SECTIONS: tuple[Section, ...] = (
+    Section("summary", "Summary: one number per model and distortion", _section_summary),
+    Section("curves", "Accuracy against distortion level", _section_curves),
+    Section("examples", "What the distortions look like, and what the model says", _section_examples),
+    Section("classes", "Which classes suffer", _section_classes),
+    Section("thresholds", "Thresholds verdicts", _section_thresholds),
+    Section("provenance", "Provenance", _section_provenance),
+)
+
+
+def _navigation() -> str:
+    return "<nav>" + "".join(f"<a href='#{s.id}'>{_e(s.id)}</a>" for s in SECTIONS) + "</nav>"
 
 
 def build_report(
@@ -989,7 +1065,7 @@ def build_report(
     """
     if not runs:
         raise ReportError("no runs to report on")
-    rows = summary_table(runs, baseline)
+    page = _Page(runs, summary_table(runs, baseline), thresholds, baseline, data, examples)
     models = ", ".join(run.label for run in runs)
     n = ", ".join(str((run.clean() or run.records[0])["n"]) for run in runs)
     title = f"Robustness report: {models}"
@@ -997,14 +1073,8 @@ def build_report(
         f"<h1>{_e(title)}</h1>",
         f"<p class='muted'>How blur, noise, JPEG, JPEG 2000 and contrast reduction (Dodge &amp; Karam 2016, arXiv:1604.04004) "
         f"change ImageNet classification accuracy. Images per condition: {_e(n)}.</p>",
-        "<nav><a href='#summary'>summary</a><a href='#curves'>curves</a><a href='#examples'>examples</a>"
-        "<a href='#classes'>classes</a><a href='#thresholds'>thresholds</a><a href='#provenance'>provenance</a></nav>",
-        _section_summary(runs, baseline, rows),
-        _section_curves(runs),
-        _section_examples(runs, data, examples),
-        _section_classes(runs),
-        _section_thresholds(runs, thresholds),
-        _section_provenance(runs),
+        _navigation(),
+        *(section.html(page) for section in SECTIONS),
     ]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

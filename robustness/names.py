@@ -1,15 +1,35 @@
-"""Condition names without the machinery: importable with no torch, scipy, numpy or Pillow.
+"""Condition names and level texts without the machinery: importable with no torch, scipy, numpy or Pillow.
 
 The pytest plugin registers one marker per distortion when pytest starts, in every pytest session of
 an environment where robustness is installed; importing :mod:`robustness.distortions` for that would
 load numpy, Pillow and scipy into unrelated test runs. These names mirror
-:data:`robustness.distortions.DISTORTIONS` (a test checks that they agree); distortions registered
-later get their markers when a gate is collected.
+:data:`robustness.distortions.DISTORTIONS` (a test checks that they agree):
+:func:`robustness.distortions.register_distortion` adds a user's distortion here too
+(:func:`add_distortion_name`), so a distortion registered before pytest configures (e.g. in the
+rootdir's ``conftest.py``) gets its marker at start, and one registered later gets it when a gate is
+collected.
+
+Levels are written with :func:`format_level` everywhere a level becomes text (test ids, thresholds.yaml
+keys): the shortest decimal that reads back as the same float, never an exponent.
 """
 
 from __future__ import annotations
 
-__all__ = ["CLEAN", "DISTORTION_NAMES", "DISTORTION_PARAMETERS", "METRICS", "level_label", "marker_descriptions"]
+import math
+from decimal import Decimal
+
+__all__ = [
+    "CLEAN",
+    "DISTORTION_NAMES",
+    "DISTORTION_PARAMETERS",
+    "METRICS",
+    "add_distortion_name",
+    "distortion_names",
+    "format_level",
+    "level_label",
+    "marker_descriptions",
+    "remove_distortion_name",
+]
 
 #: The name of the undistorted condition (also its marker: ``pytest -m clean``).
 CLEAN = "clean"
@@ -26,21 +46,61 @@ DISTORTION_PARAMETERS = {
     "contrast": ("weight", "fraction"),
 }
 
+#: Distortions registered by users (:func:`robustness.distortions.register_distortion`):
+#: name -> (parameter, unit), in registration order.
+_REGISTERED: dict[str, tuple[str, str]] = {}
+
 #: The metrics a threshold may bound, fractions in [0, 1]: top-1 and top-5 accuracy, and balanced
 #: accuracy (mean per-class top-1 recall, as ``sklearn.metrics.balanced_accuracy_score``). Top-5
 #: needs more than 5 classes (:func:`robustness.labels.applicable_metrics`).
 METRICS = ("top1", "top5", "balanced_accuracy")
 
 
+def add_distortion_name(name: str, parameter: str, unit: str) -> None:
+    """Record a user distortion's name and level unit (called by ``register_distortion``; no checks here)."""
+    _REGISTERED[name] = (parameter, unit)
+
+
+def remove_distortion_name(name: str) -> None:
+    """Forget a user distortion's name (called by ``unregister_distortion``); unknown names are ignored."""
+    _REGISTERED.pop(name, None)
+
+
+def distortion_names() -> tuple[str, ...]:
+    """The paper's five distortions, then those registered so far, in registration order."""
+    return DISTORTION_NAMES + tuple(_REGISTERED)
+
+
 def marker_descriptions() -> dict[str, str]:
-    """``{marker: description}`` for ``clean`` and each of :data:`DISTORTION_NAMES`."""
+    """``{marker: description}`` for ``clean`` and each of :func:`distortion_names`."""
     return {CLEAN: "robustness gate: clean (undistorted) accuracy"} | {
-        name: f"robustness gate: {name} ({level_label(name)})" for name in DISTORTION_PARAMETERS
+        name: f"robustness gate: {name} ({level_label(name)})" for name in distortion_names()
     }
 
 
 def level_label(distortion: str) -> str:
     """The level's parameter with its unit, each said once: ``sigma (px)``, ``std (0-255)``, ``quality``
     (the same rule as :attr:`robustness.distortions.Distortion.label`)."""
-    parameter, unit = DISTORTION_PARAMETERS[distortion]
+    parameter, unit = DISTORTION_PARAMETERS.get(distortion) or _REGISTERED[distortion]
     return parameter if unit == parameter else f"{parameter} ({unit})"
+
+
+def format_level(level: float) -> str:
+    """A level as text: the shortest decimal that reads back as the same float, without an exponent.
+
+    The rule: ``float(level)``; integral values without a decimal point (``3``, ``75``, ``0``);
+    others as Python's ``repr`` (the shortest round-tripping digits, David Gay's algorithm) written
+    out positionally (``0.5``, ``0.25``, ``0.00001`` rather than ``1e-05``). ``-0.0`` is ``0``. So
+    ``float(format_level(x)) == x`` for every finite float ``x``, two different levels never share
+    a text (no ``0.5`` / ``0.50`` pairs), and the paper's grids read as before (``%g``: ``3``,
+    ``0.1``, ``30``).
+
+    Raises:
+        ValueError: ``level`` is not a finite number.
+    """
+    value = float(level) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if not math.isfinite(value):
+        raise ValueError(f"a level must be a finite number, got {level!r}")
+    if value.is_integer():
+        return str(int(value))
+    return format(Decimal(repr(value)), "f")

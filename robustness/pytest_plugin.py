@@ -26,16 +26,32 @@ Each case records its measured values as JUnit XML properties (``robustness_top1
 ``..._required``, ``robustness_skipped``, ...), and the run ends with a summary table: per model and
 distortion, one row of levels with measured vs required accuracy and pass/fail.
 
+Distortions for any test: a test that requests ``robustness_distortion`` (a :class:`DistortionCase`,
+callable on a ``uint8`` RGB array or an RGB PIL image) runs once per (distortion, level), with the
+same ids and markers as the gate (``test_hash[jpeg-q10]``, ``pytest -m jpeg``)::
+
+    def test_edges_survive(robustness_distortion):
+        assert edge_map(robustness_distortion(image)).mean() > 0.5
+
+The cases are every distortion at the paper's levels, or what ``@pytest.mark.robustness_levels(jpeg=[50,
+75], blur=[1, 2], clean=True)`` (per test, class or module) or the ini key ``robustness_distortion_levels``
+(per project) choose; a bad name or level fails collection naming the test and the value.
+
 Fixtures a ``conftest.py`` may override: ``robustness_model`` (for ``source: fixture`` entries) and
 ``robustness_dataset`` (an :class:`robustness.ImageDataset`). The thresholds file is chosen with
 ``--robustness-thresholds=FILE``, ``$ROBUSTNESS_THRESHOLDS`` or ini ``robustness_thresholds``.
 
 This module imports only pytest and :mod:`robustness.settings` / :mod:`robustness.names`: torch and
-the engine load when a gate test is collected, not in every pytest session of the environment.
+the engine load when a gate test is collected, not in every pytest session of the environment; a
+``robustness_distortion`` test loads :mod:`robustness.conditions` (numpy and Pillow, never torch) when
+it is collected, and scipy only when a blur is applied.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +88,7 @@ class _Setup:
         self.images: _settings.Resolved | None = None
         self.data: _settings.Resolved | None = None
         self.dataset = None
+        self.baseline_dir: Path | None = None
 
     def fail(self) -> None:
         """Fail the current collector or fixture with the problems, once each, without a traceback."""
@@ -86,17 +103,22 @@ class _Setup:
 def pytest_addoption(parser: pytest.Parser) -> None:
     """All robustness options (``--robustness-*``) and ini keys (``robustness_*``), in one block.
 
-    Options default to ``None`` so that :func:`robustness.settings.resolve` can tell a flag from its
-    absence; the help texts name each setting's environment variable.
+    Built from :data:`robustness.settings.SETTINGS` (the CLI's flags come from the same rows): each
+    row's parser validates its flag, ini value and variable alike. Options default to ``None`` so that
+    :func:`robustness.settings.resolve` can tell a flag from its absence.
     """
-    s = _settings.SETTINGS
     group = parser.getgroup("robustness", "image-quality robustness gate (write --robustness-data=DIR, with '=')")
-    group.addoption(
-        "--robustness-data",
-        default=None,
-        metavar="DIR",
-        help=f"image folder (<wnid>/<file> or <class name>/<file>); ${s['data'].env}, thresholds.yaml defaults.dataset, ini robustness_data",
-    )
+    for setting in _settings.SETTINGS.values():
+        if setting.pytest is None:
+            continue
+        help_text = _settings.pytest_option_help(setting)
+        if setting.switch:
+            group.addoption(setting.pytest, action="store_true", default=False, help=help_text)
+            parser.addini(setting.ini, help_text, type="bool", default=False)
+            continue
+        typed = {} if setting.text else {"type": setting.parse}
+        group.addoption(setting.pytest, default=None, metavar=setting.metavar, help=help_text, **typed)
+        parser.addini(setting.ini, help_text, default="")
     group.addoption(
         "--robustness-classes",
         default=None,
@@ -111,37 +133,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="score ImageNet-1k models on the dataset's classes only (ImageNet-R / ImageNet-A convention); "
         "ini robustness_restrict_to_dataset_classes",
     )
-    group.addoption(
-        "--robustness-thresholds",
-        default=None,
-        metavar="FILE",
-        help=f"thresholds file; ${s['thresholds'].env}, ini robustness_thresholds, default thresholds.yaml in the rootdir",
-    )
-    group.addoption(
-        "--robustness-images",
-        type=_settings.positive_int,
-        default=None,
-        metavar="N",
-        help=f"images per condition; ${s['images'].env}, defaults.images, ini robustness_images, default all",
-    )
-    group.addoption(
-        "--robustness-device",
-        default=None,
-        help=f"torch device: cpu, cuda, cuda:N, mps; ${s['device'].env}, ini robustness_device, default cuda when available",
-    )
-    group.addoption(
-        "--robustness-batch-size",
-        type=_settings.positive_int,
-        default=None,
-        metavar="N",
-        help=f"inference batch size (does not change results); ${s['batch_size'].env}, ini robustness_batch_size, default 32",
-    )
-    group.addoption(
-        "--robustness-workers",
-        type=_settings.non_negative_int,
-        default=None,
-        metavar="N",
-        help=f"DataLoader workers; ${s['workers'].env}, ini robustness_workers, default min(2, cpus)",
+    parser.addini("robustness_classes", "class list file for the gate, relative to the rootdir", default="")
+    parser.addini(
+        "robustness_restrict_to_dataset_classes",
+        "score ImageNet-1k models on the dataset's classes only",
+        type="bool",
+        default=False,
     )
     group.addoption(
         "--robustness-update-thresholds",
@@ -150,47 +147,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="calibrate: rewrite the thresholds of the models run from the measured values (minus "
         "--robustness-margin), store baseline predictions, show a diff; gate cases do not fail",
     )
-    group.addoption(
-        "--robustness-margin",
-        type=_settings.margin_fraction,
-        default=None,
-        help=f"margin subtracted by --robustness-update-thresholds (fraction); ${s['margin'].env}, ini robustness_margin, default 0.05",
-    )
-    group.addoption(
-        "--robustness-no-cache",
-        action="store_true",
-        default=False,
-        help=f"do not read or write the prediction cache; ${s['no_cache'].env}=1, ini robustness_no_cache",
-    )
-    group.addoption(
-        "--robustness-cache-dir",
-        default=None,
-        metavar="DIR",
-        help=f"prediction cache folder; ${s['cache_dir'].env}, ini robustness_cache_dir, default <rootdir>/.robustness-cache",
-    )
-    parser.addini("robustness_data", "image folder for the robustness gate, relative to the rootdir", default="")
-    parser.addini("robustness_classes", "class list file for the gate, relative to the rootdir", default="")
     parser.addini(
-        "robustness_restrict_to_dataset_classes",
-        "score ImageNet-1k models on the dataset's classes only",
-        type="bool",
-        default=False,
-    )
-    parser.addini(
-        "robustness_thresholds", "thresholds file, relative to the rootdir (default thresholds.yaml)", default=""
-    )
-    parser.addini(
-        "robustness_images", "images per condition when no flag, variable or defaults.images sets it", default=""
-    )
-    parser.addini("robustness_device", "torch device for the gate (default cuda when available, else cpu)", default="")
-    parser.addini("robustness_batch_size", "inference batch size (default 32)", default="")
-    parser.addini("robustness_workers", "DataLoader workers (default min(2, cpus))", default="")
-    parser.addini("robustness_cache_dir", "prediction cache folder, relative to the rootdir", default="")
-    parser.addini("robustness_no_cache", "do not read or write the prediction cache", type="bool", default=False)
-    parser.addini(
-        "robustness_margin",
-        "calibration margin (fraction) for --robustness-update-thresholds (default 0.05)",
-        default="",
+        DISTORTION_LEVELS_INI,
+        "robustness_distortion cases when a test has no robustness_levels marker, one per line: "
+        "'name' (paper levels), 'name: 1 2 3' or 'clean' (default: every distortion at the paper's levels)",
+        type="linelist",
+        default=[],
     )
     parser.addini(
         "robustness_xdist_loadgroup",
@@ -206,6 +168,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in marker_descriptions().items():
         config.addinivalue_line("markers", f"{name}: {text}")
     config.addinivalue_line("markers", "robustness: a case of the robustness gate (one per thresholds.yaml entry)")
+    config.addinivalue_line(
+        "markers",
+        f"{LEVELS_MARKER}(*distortions, clean=False, **levels): the robustness_distortion cases of a test: "
+        "names at the paper's levels, name=[levels], clean=True adds the undistorted case",
+    )
     if not config.pluginmanager.hasplugin("xdist"):  # gate cases carry xdist_group marks either way
         config.addinivalue_line("markers", "xdist_group(name): pytest-xdist loadgroup scheduling group")
     config.pluginmanager.register(_Reporter(config), "robustness-reporter")
@@ -216,9 +183,9 @@ def _resolve(config: pytest.Config, name: str, **layers: Any) -> _settings.Resol
     are anchored to the rootdir."""
     setting = _settings.SETTINGS[name]
     ini = config.getini(setting.ini)
-    if name in ("data", "thresholds", "cache_dir") and isinstance(ini, str) and ini.strip():
+    if name in ("data", "thresholds", "cache_dir", "baseline_dir") and isinstance(ini, str) and ini.strip():
         ini = str(config.rootpath / ini)
-    return _settings.resolve(name, flag=config.getoption(setting.flag), ini=ini, **layers)
+    return _settings.resolve(name, flag=config.getoption(setting.pytest), ini=ini, **layers)
 
 
 # --------------------------------------------------------------------------------- checks, once
@@ -265,9 +232,20 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
         setup.problems.append(str(error))
         return
     paired = thresholds.paired
+    baseline = _resolve(
+        config,
+        "baseline_dir",
+        file=None if paired is None else str(paired.baseline),
+        file_name=setup.thresholds_path.name,
+        default=str(setup.thresholds_path.parent / _settings.DEFAULT_BASELINE_DIR),
+    )
+    setup.baseline_dir = Path(baseline.value).expanduser().absolute()
+    if paired is not None and baseline.layer != "file":  # a flag or variable names another folder
+        thresholds.paired = paired = dataclasses.replace(paired, baseline=setup.baseline_dir)
     if paired is not None and not paired.baseline.is_dir() and not config.getoption("--robustness-update-thresholds"):
         setup.problems.append(
-            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist, "
+            f"{setup.thresholds_path} sets defaults.paired, but its baseline folder {paired.baseline} does not exist "
+            f"(folder from {baseline.source}), "
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
             "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
         )
@@ -319,30 +297,179 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
 # ---------------------------------------------------------------------------------- test generation
 
 
+def _add_marker(config: pytest.Config, distortion: str) -> None:
+    """Register the marker of a distortion registered after pytest started (the built-in ones are
+    registered in :func:`pytest_configure`)."""
+    state = config.stash[_STATE]
+    if distortion not in state.markers:
+        config.addinivalue_line("markers", f"{distortion}: {marker_descriptions()[distortion]}")
+        state.markers.add(distortion)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "robustness_threshold" not in metafunc.fixturenames:
-        return
+    if "robustness_distortion" in metafunc.fixturenames:
+        _parametrize_distortions(metafunc)
+    elif any(mark.name == LEVELS_MARKER for mark in metafunc.definition.own_markers):
+        pytest.fail(  # on the test itself (not a module's or class's pytestmark): it would do nothing
+            f"robustness: {metafunc.definition.nodeid} has @pytest.mark.{LEVELS_MARKER} but does not request "
+            "the robustness_distortion fixture, so the marker would choose nothing",
+            pytrace=False,
+        )
+    if "robustness_threshold" in metafunc.fixturenames:
+        _parametrize_gate(metafunc)
+
+
+def _parametrize_gate(metafunc: pytest.Metafunc) -> None:
+    """One gate case per thresholds.yaml entry: ``robustness_threshold`` parametrised indirectly."""
     config = metafunc.config
     setup = _setup(config)
     setup.fail()  # one collection error for the gate module, naming every problem
-    state = config.stash[_STATE]
     group = config.getini("robustness_xdist_loadgroup")
     params = []
     for t in setup.thresholds.entries:
         distortion = t.condition.distortion
-        if distortion not in state.markers:  # a distortion registered after pytest started
-            from .distortions import DISTORTIONS
-
-            spec = DISTORTIONS[distortion]
-            config.addinivalue_line(
-                "markers", f"{distortion}: robustness gate: {distortion} ({spec.parameter}, {spec.unit})"
-            )
-            state.markers.add(distortion)
+        _add_marker(config, distortion)
         marks = [getattr(pytest.mark, distortion), pytest.mark.robustness]
         if group:
             marks.append(pytest.mark.xdist_group(f"robustness-{t.model}-{distortion}"))
         params.append(pytest.param(t, id=t.id, marks=marks))
     metafunc.parametrize("robustness_threshold", params, indirect=True)
+
+
+# ------------------------------------------------------------------- robustness_distortion (any test)
+
+#: The ini key choosing the ``robustness_distortion`` cases for a whole project (see :func:`distortion_conditions`).
+DISTORTION_LEVELS_INI = "robustness_distortion_levels"
+#: The marker choosing them for one test, module (``pytestmark``) or class.
+LEVELS_MARKER = "robustness_levels"
+
+
+def _level_value(text: str):
+    """An ini level as a number: ``int`` for ``50``, ``float`` for ``0.5``; the text itself otherwise
+    (so that :class:`robustness.conditions.Condition` names it in its error)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _level_list(distortion: str, levels, where: str) -> list:
+    """The levels given for ``distortion`` as a list: one number, or any iterable of numbers, or
+    ``"paper"`` (``None`` means the paper's grid too)."""
+    if levels is None or levels == "paper":
+        from .distortions import get_distortion
+
+        try:
+            return list(get_distortion(distortion).levels)
+        except ValueError as error:  # an unknown name: say where it was written
+            raise ValueError(f"{where}: {error}") from None
+    if isinstance(levels, (str, bytes)):
+        raise ValueError(f"{where}: {distortion}={levels!r}: give numbers (a list of levels) or 'paper'")
+    try:
+        return list(levels)
+    except TypeError:
+        return [levels]  # one level; Condition checks that it is a number in range
+
+
+def distortion_conditions(
+    marker_args: tuple = (), marker_kwargs: dict | None = None, ini_lines: list[str] | None = None, *, where: str = ""
+) -> list:
+    """The (distortion, level) cases a ``robustness_distortion`` test runs, as
+    :class:`robustness.conditions.Condition` objects, clean first, then the distortions in the order
+    given, each level in the order given.
+
+    Precedence: the ``robustness_levels`` marker > the ini key ``robustness_distortion_levels`` >
+    every registered distortion at the paper's levels (Dodge & Karam 2016, Table I; ``DISTORTIONS[name].levels``),
+    without clean.
+
+    Args:
+        marker_args: the marker's positional arguments: distortion names, each at its paper levels.
+        marker_kwargs: the marker's keywords: ``name=levels`` (one number, a list or range of numbers,
+            or ``"paper"``) and ``clean=True`` / ``False`` (the undistorted case, level 0). A marker
+            that names no distortion keeps the ini's or the default's distortions (so
+            ``robustness_levels(clean=True)`` only adds clean).
+        ini_lines: the ini key's lines: ``name`` (paper levels), ``name: 1 2 3`` (levels separated
+            by spaces or commas) or ``clean``.
+        where: what to name in an error (the test's node id).
+
+    Raises:
+        ValueError: an unknown distortion, a level outside its valid range or not an integer where
+            one is needed (JPEG quality), a level given twice, a marker or ini line that selects
+            nothing; the message names ``where``, the marker or ini key and the value.
+    """
+    from .conditions import CLEAN as clean_name
+    from .conditions import Condition
+    from .distortions import DISTORTIONS
+
+    marker_kwargs = dict(marker_kwargs or {})
+    clean = marker_kwargs.pop(clean_name, None)
+    if clean is not None and not isinstance(clean, bool):
+        raise ValueError(f"{where}: @pytest.mark.{LEVELS_MARKER}: clean must be True or False, got {clean!r}")
+    chosen: list[tuple[str, list]] = []
+    source = f"@pytest.mark.{LEVELS_MARKER}"
+    for name in marker_args:
+        chosen.append((name, _level_list(name, None, f"{where}: {source}")))
+    for name, levels in marker_kwargs.items():
+        chosen.append((name, _level_list(name, levels, f"{where}: {source}")))
+    if not chosen:  # the marker (if any) names no distortion: the ini's, else every distortion
+        if ini_lines:
+            source = f"ini {DISTORTION_LEVELS_INI}"
+            for line in ini_lines:
+                name, _, rest = line.partition(":")
+                name = name.strip()
+                if name == clean_name and not rest.strip():
+                    clean = True if clean is None else clean
+                    continue
+                texts = rest.replace(",", " ").split()
+                levels = [_level_value(t) for t in texts] if texts else None
+                chosen.append((name, _level_list(name, levels, f"{where}: {source} line {line!r}")))
+        else:
+            chosen = [(name, list(spec.levels)) for name, spec in DISTORTIONS.items()]
+    conditions = [Condition(clean_name, 0)] if clean else []
+    seen: set = set()
+    for name, levels in chosen:
+        if name == clean_name:
+            raise ValueError(f"{where}: {source}: write clean=True (clean has no levels), not {name}={levels!r}")
+        if not levels:
+            raise ValueError(f"{where}: {source}: {name} has no levels")
+        for level in levels:
+            try:
+                condition = Condition(name, level)
+            except ValueError as error:
+                raise ValueError(f"{where}: {source}: {error}") from None
+            if condition in seen:
+                raise ValueError(f"{where}: {source}: {name} level {level!r} is given twice ({condition.id})")
+            seen.add(condition)
+            conditions.append(condition)
+    if not conditions:
+        raise ValueError(f"{where}: {source}: selects no case (clean=False and no distortion)")
+    return conditions
+
+
+def _parametrize_distortions(metafunc: pytest.Metafunc) -> None:
+    """``robustness_distortion``: one case per (distortion, level), with the gate's ids and markers."""
+    config = metafunc.config
+    marker = metafunc.definition.get_closest_marker(LEVELS_MARKER)
+    try:
+        conditions = distortion_conditions(
+            marker.args if marker is not None else (),
+            marker.kwargs if marker is not None else {},
+            config.getini(DISTORTION_LEVELS_INI),
+            where=metafunc.definition.nodeid,
+        )
+    except ValueError as error:
+        problem = str(error)
+    else:
+        problem = None
+    if problem is not None:  # outside the except block: the message is printed once, not chained
+        pytest.fail(f"robustness: {problem}", pytrace=False)
+    params = []
+    for condition in conditions:
+        _add_marker(config, condition.distortion)
+        params.append(pytest.param(condition, id=condition.id, marks=[getattr(pytest.mark, condition.distortion)]))
+    metafunc.parametrize("robustness_distortion", params, indirect=True)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -523,7 +650,7 @@ def robustness_verdict(request, pytestconfig, robustness_threshold, robustness_s
     request.node.user_properties.extend(props)
     if pytestconfig.getoption("--robustness-update-thresholds"):
         if not _too_few(robustness_session.thresholds, verdict.n):
-            _store_baseline(robustness_session, threshold)
+            _store_baseline(robustness_session, threshold, _ready(pytestconfig).baseline_dir)
         pytest.skip(
             "--robustness-update-thresholds: measured; thresholds are rewritten at the end of the run\n"
             + verdict.message()
@@ -537,20 +664,126 @@ def robustness_result(robustness_verdict):
     return robustness_verdict.result
 
 
+class DistortionCase:
+    """The value of the ``robustness_distortion`` fixture: one (distortion, level) with a per-test seed,
+    callable on an image.
+
+    ``case(image)`` returns ``robustness.distort(image, case.distortion, case.level, seed=case.seed)``
+    (a copy of the image for ``clean``), in the image's own kind:
+
+    * a ``numpy.ndarray`` of dtype ``uint8`` and shape ``(H, W, 3)`` (RGB, 0-255) gives a new array of
+      the same dtype and shape (the input is never modified);
+    * a ``PIL.Image.Image`` in mode ``RGB`` gives a new RGB ``PIL.Image.Image`` of the same size.
+
+    Attributes:
+        distortion: the distortion's name (``blur``, ``noise``, ``jpeg``, ``jpeg2000``, ``contrast``)
+            or ``clean``.
+        level: the level in the distortion's unit (sigma in px, noise std on 0-255, JPEG quality,
+            JPEG 2000 PSNR in dB, contrast blend weight; ``DISTORTIONS[name].unit``); 0 for clean.
+        seed: the noise seed, an integer in [0, 2**63): the first 8 bytes (big-endian, top bit
+            cleared) of the SHA-256 of ``"<node id>|<distortion>|<level as a float's repr>"``, so the
+            same test and case get the same noise in every run, process and xdist worker (the node
+            id changes when the test is renamed or moved, or its other parameters change).
+            Only ``noise`` uses it.
+        id: the readable case id, as in the gate (``blur-s3``, ``jpeg-q10``, ``clean``).
+
+    Raises (on call):
+        TypeError: the image is neither a numpy array nor a PIL image.
+        ValueError: an array that is not ``uint8`` ``(H, W, 3)``, or a PIL image not in mode RGB
+            (convert it first: ``image.convert("RGB")``, or :func:`robustness.load_image` for files);
+            a bad ``seed``.
+    """
+
+    __slots__ = ("distortion", "level", "seed", "id")
+
+    def __init__(self, distortion: str, level: float, seed: int, id: str) -> None:
+        self.distortion, self.level, self.seed, self.id = distortion, level, seed, id
+
+    def __repr__(self) -> str:
+        return f"DistortionCase({self.id}: distortion={self.distortion!r}, level={self.level!r}, seed={self.seed})"
+
+    def __call__(self, image, *, seed: int | None = None):
+        """Distort ``image`` (array or RGB PIL image, see the class); ``seed`` overrides :attr:`seed`."""
+        import numpy as np
+
+        pil = sys.modules.get("PIL.Image")  # a PIL image can only exist if Pillow is loaded
+        if pil is not None and isinstance(image, pil.Image):
+            if image.mode != "RGB":
+                raise ValueError(
+                    f"robustness_distortion {self.id}: a PIL image must be in mode RGB, got mode {image.mode!r}; "
+                    "convert it first (image.convert('RGB'), or robustness.load_image for files)"
+                )
+            return pil.fromarray(self._apply(np.asarray(image), seed))
+        if not isinstance(image, np.ndarray):
+            raise TypeError(
+                f"robustness_distortion {self.id}: expected a numpy uint8 (H, W, 3) RGB array or an RGB "
+                f"PIL image, got {type(image).__name__}"
+            )
+        if image.dtype != np.uint8:
+            raise ValueError(
+                f"robustness_distortion {self.id}: the image must have dtype uint8 (RGB 0-255), got dtype "
+                f"{image.dtype}; convert it first, e.g. np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) "
+                "for floats in [0, 1]"
+            )
+        if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise ValueError(
+                f"robustness_distortion {self.id}: the image must have shape (H, W, 3) with H, W >= 1 (RGB), "
+                f"got shape {image.shape}"
+            )
+        return self._apply(image, seed)
+
+    def _apply(self, image, seed: int | None):
+        from .distortions import check_seed, distort
+
+        seed = self.seed if seed is None else seed
+        check_seed(seed)
+        if self.distortion == CLEAN:
+            return image.copy()
+        return distort(image, self.distortion, self.level, seed=seed)
+
+
+def case_seed(nodeid: str, distortion: str, level: float) -> int:
+    """The ``robustness_distortion`` seed of a test case (see :attr:`DistortionCase.seed`): the first
+    8 bytes of ``SHA-256("<nodeid>|<distortion>|<repr(float(level))>")``, big-endian, top bit
+    cleared, as an ``int`` in [0, 2**63). Stable across runs and processes (not Python's ``hash``)."""
+    text = f"{nodeid}|{distortion}|{float(level)!r}"
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+@pytest.fixture
+def robustness_distortion(request) -> DistortionCase:
+    """One (distortion, level) for a test of anything that takes images: a :class:`DistortionCase`,
+    callable on a ``uint8`` ``(H, W, 3)`` RGB array or an RGB PIL image.
+
+    The plugin parametrises every test that requests it: by default every distortion at the paper's
+    levels (Dodge & Karam 2016), with the gate's ids (``test_x[blur-s3]``) and one marker per
+    distortion (``pytest -m blur``); ``@pytest.mark.robustness_levels(jpeg=[50, 75], clean=True)`` or
+    the ini key ``robustness_distortion_levels`` choose other cases (:func:`distortion_conditions`).
+    """
+    condition = getattr(request, "param", None)
+    if condition is None:
+        pytest.fail(
+            "robustness: robustness_distortion is parametrised at collection; request it as a test "
+            "argument (or with usefixtures), not with request.getfixturevalue",
+            pytrace=False,
+        )
+    level = condition.level
+    return DistortionCase(
+        condition.distortion, level, case_seed(request.node.nodeid, condition.distortion, level), condition.id
+    )
+
+
 def _too_few(thresholds, n: int) -> bool:
     """Whether ``n`` images fall short of the file's ``defaults.images`` (and the file does not allow it)."""
     return thresholds.images is not None and n < thresholds.images and not thresholds.allow_fewer_images
 
 
-def _store_baseline(session, threshold) -> None:
+def _store_baseline(session, threshold, folder: Path | None) -> None:
+    """Store this case's predictions in ``folder`` (the resolved baseline folder; ``None``: nowhere)."""
     from .gate import save_baseline
 
     thresholds = session.thresholds
-    if thresholds.paired is not None:
-        folder = thresholds.paired.baseline
-    elif thresholds.path is not None:
-        folder = thresholds.path.parent / "robustness-baseline"
-    else:
+    if folder is None:
         return
     result = session.results.get((threshold.model, threshold.condition))
     if result is not None:

@@ -1,4 +1,5 @@
-"""Results out: the terminal table, ``results.json`` and the accuracy-vs-level figure."""
+"""Results out: the terminal table, ``results.json``, the accuracy-vs-level figure, per-image predictions and
+provenance, and :func:`figure_png`, the one way every figure of the package becomes PNG bytes."""
 
 from __future__ import annotations
 
@@ -14,16 +15,25 @@ from ._checks import is_number
 from ._io import atomic_write
 from .distortions import DISTORTIONS
 from .evaluation import CLEAN, ConditionResult
+from .names import DISTORTION_NAMES, format_level
 
 __all__ = [
     "format_table",
     "write_results_json",
     "read_results_json",
     "plot_accuracy_vs_level",
+    "accuracy_vs_level_figure",
+    "figure_png",
+    "write_figure",
     "run_provenance",
     "write_predictions",
     "read_predictions",
 ]
+
+
+def _condition_text(result: ConditionResult) -> str:
+    """``model distortion level`` for messages: ``lite0 blur 3``, ``lite0 clean 0``."""
+    return f"{result.model} {result.distortion} {result.level:g}"
 
 
 def format_table(results: Sequence[ConditionResult]) -> str:
@@ -36,7 +46,7 @@ def format_table(results: Sequence[ConditionResult]) -> str:
     lines.append("-" * len(lines[0]))
     for r in results:
         label = "" if r.distortion == CLEAN else DISTORTIONS[r.distortion].label
-        level = "-" if r.distortion == CLEAN else f"{r.level:g}"
+        level = "-" if r.distortion == CLEAN else format_level(r.level)
         top5 = f"{100 * r.top5:8.1f}" if r.num_classes > 5 else f"{'-':>8}"
         bal = ""
         if balanced:
@@ -51,7 +61,7 @@ def format_table(results: Sequence[ConditionResult]) -> str:
     misses = [r for r in results if r.tolerance_misses]
     for r in misses:
         lines.append(
-            f"note: {r.model} {r.distortion} {r.level:g}: {r.tolerance_misses} of {r.n} images missed the "
+            f"note: {_condition_text(r)}: {r.tolerance_misses} of {r.n} images missed the "
             "distortion's tolerance (JPEG 2000: closest encode more than 0.5 dB from the target PSNR)"
         )
     return "\n".join(lines)
@@ -100,10 +110,14 @@ def read_results_json(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], path: str | os.PathLike) -> None:
-    """Five panels (one per distortion) of top-1 accuracy (%) against level, like the paper's Fig. 2.
+def accuracy_vs_level_figure(results: Sequence[ConditionResult] | Sequence[dict]):
+    """The accuracy-vs-level figure as a matplotlib ``Figure`` (object API; see :func:`plot_accuracy_vs_level`).
 
-    Each model is one line; its clean top-1 is a dotted horizontal line. Written atomically as PNG.
+    One panel per distortion: the paper's five, then any other distortion in ``results`` (one added
+    with :func:`robustness.register_distortion`), in registry order. Each model is one line through its
+    measured levels, plotted at their values in the distortion's unit, so any grid, evenly spaced or
+    not, is drawn to scale (the points are marked); its clean top-1 is a dotted horizontal line.
+    ``figure.axes[i]`` is the panel of the ``i``-th distortion, titled with its name.
     """
     from matplotlib.figure import Figure  # the object API: no pyplot, the caller's backend untouched
     from matplotlib.ticker import MaxNLocator
@@ -116,11 +130,13 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
             clean[r["model"]] = r["top1"]
         else:
             by_model[r["model"]][r["distortion"]].append((r["level"], r["top1"]))
-    names = list(DISTORTIONS)
+    measured = {name for curves in by_model.values() for name in curves}
+    names = [d for d in DISTORTIONS if d in DISTORTION_NAMES or d in measured]
+    names += sorted(measured - set(names))  # not registered in this process: no unit known
     fig = Figure(figsize=(4 * len(names), 3.6))
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, names):
-        spec = DISTORTIONS[name]
+        spec = DISTORTIONS.get(name)
         for index, model in enumerate(sorted(set(by_model) | set(clean))):
             color = f"C{index}"
             points = sorted(by_model[model][name])
@@ -129,8 +145,8 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
             if model in clean:
                 ax.axhline(100 * clean[model], color=color, ls=":", lw=1)
         ax.set_title(f"{name}")
-        ax.set_xlabel(spec.label)
-        if spec.integer:  # integer grids (JPEG quality): no ticks at 2.5, 7.5
+        ax.set_xlabel(spec.label if spec else "level")
+        if spec and spec.integer:  # integer grids (JPEG quality): no ticks at 2.5, 7.5
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
@@ -142,9 +158,36 @@ def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], 
     if legend:
         axes[-1].legend(list(legend.values()), list(legend), loc="lower left", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_level(results: Sequence[ConditionResult] | Sequence[dict], path: str | os.PathLike) -> None:
+    """Top-1 accuracy (%) against level, one panel per distortion (like the paper's Fig. 2), as PNG.
+
+    The figure is :func:`accuracy_vs_level_figure`'s: each model one line through its measured levels
+    (any grid, drawn to scale), its clean top-1 dotted. Written atomically.
+    """
+    fig = accuracy_vs_level_figure(results)
+    write_figure(fig, path, dpi=110)
+
+
+def figure_png(fig, *, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes, at ``dpi`` dots per inch (the size in pixels is the figure's
+    size in inches times ``dpi``). The project's one way to render a figure: the report's figures, the
+    HTML report's embedded curves and the activation plots all come through here.
+
+    ``fig`` is a :class:`matplotlib.figure.Figure` made with the object API (no pyplot): there is no
+    global figure to close and the caller's backend is untouched.
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    atomic_write(path, buffer.getvalue())  # the umask's mode, like every other output file
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def write_figure(fig, path: str | os.PathLike, *, dpi: int) -> None:
+    """Write :func:`figure_png` to ``path`` atomically (:func:`robustness._io.atomic_write`: the
+    umask's mode, like every other output file)."""
+    atomic_write(path, figure_png(fig, dpi=dpi))
 
 
 # ------------------------------------------------------------------ per-image predictions and provenance
@@ -211,8 +254,6 @@ def write_predictions(
     Raises:
         ValueError: mixed models, differing image lists, or results without per-image predictions.
     """
-    import io
-
     import numpy as np
 
     results = list(results)
@@ -221,7 +262,7 @@ def write_predictions(
     first = results[0]
     for r in results:
         if r.predictions is None or r.labels is None:
-            raise ValueError(f"result {r.model} {r.distortion} {r.level:g} has no per-image predictions")
+            raise ValueError(f"result {_condition_text(r)} has no per-image predictions")
         if r.model != first.model or list(r.image_ids) != list(first.image_ids):
             raise ValueError("write_predictions needs results of one model on one image list")
     meta = {"format": PREDICTIONS_FORMAT, "model": first.model, "provenance": provenance or {}}

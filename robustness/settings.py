@@ -4,21 +4,20 @@ First wins::
 
     command-line flag  >  environment variable  >  thresholds.yaml ``defaults``  >  pytest ini  >  built-in default
 
-Each setting (pytest flag; environment variable; thresholds.yaml key; pytest ini key; built-in default):
+Each concept has one name in every layer, in one table, :data:`SETTINGS`: the CLI flag (``--images``),
+the pytest option (``--robustness-images``), the ini key (``robustness_images``), the thresholds.yaml
+``defaults:`` key (``images``), the environment variable (``ROBUSTNESS_IMAGES``), the default, the parser
+and the help. The CLI's options, the pytest options and ini keys and the docs' table
+(:func:`settings_table`) are built from it. Old spellings (``run --limit``) are listed as ``aliases``
+and accepted for one release with a note naming the new one.
 
-* thresholds: ``--robustness-thresholds``; ``ROBUSTNESS_THRESHOLDS``; —; ``robustness_thresholds``; ``thresholds.yaml``
-* data: ``--robustness-data``; ``ROBUSTNESS_DATA``; ``defaults.dataset``; ``robustness_data``; ``../shared/data/imagenet-val-1024``
-* images: ``--robustness-images``; ``ROBUSTNESS_IMAGES``; ``defaults.images``; ``robustness_images``; all images
-* device: ``--robustness-device``; ``ROBUSTNESS_DEVICE``; —; ``robustness_device``; cuda when available, else cpu
-* cache_dir: ``--robustness-cache-dir``; ``ROBUSTNESS_CACHE_DIR``; —; ``robustness_cache_dir``; ``.robustness-cache``
-* no_cache: ``--robustness-no-cache``; ``ROBUSTNESS_NO_CACHE``; —; ``robustness_no_cache``; false
-* workers: ``--robustness-workers``; ``ROBUSTNESS_WORKERS``; —; ``robustness_workers``; min(2, cpus)
-* batch_size: ``--robustness-batch-size``; ``ROBUSTNESS_BATCH_SIZE``; —; ``robustness_batch_size``; 32
-* margin: ``--robustness-margin``; ``ROBUSTNESS_MARGIN``; —; ``robustness_margin``; 0.05
-
-The CLI's flags drop the ``robustness-`` prefix (``--data``, ``--device``, ...). Relative paths:
-flags and environment variables are relative to the working directory, ``defaults.dataset`` to the
-thresholds file's folder, ini values (and, under pytest, the built-in defaults) to pytest's rootdir.
+Relative paths, one rule: flags and environment variables are relative to the working directory,
+``defaults.dataset``, ``defaults.paired.baseline`` and the default baseline folder to the thresholds
+file's folder, pytest ini values to pytest's rootdir; built-in
+defaults (the image folder, the prediction cache ``.robustness-cache``) to the working directory for the
+CLI and the API (:func:`robustness.cache.default_cache_dir`, used by ``evaluate(cache=True)``) and to
+the rootdir under pytest (where pytest anchors everything it reads from its ini file). The API caches
+only when asked (``evaluate(cache=...)``); the CLI and the gate cache unless ``no_cache`` is set.
 
 This module imports nothing heavy (no torch, numpy, Pillow): the pytest plugin uses it in every
 pytest session. :func:`check_device` imports torch only when asked about a device.
@@ -37,6 +36,11 @@ from typing import Any
 __all__ = [
     "Setting",
     "SETTINGS",
+    "settings_table",
+    "COMMAND_ALIASES",
+    "deprecated_spellings",
+    "cli_flag_help",
+    "pytest_option_help",
     "Resolved",
     "SettingError",
     "resolve",
@@ -49,6 +53,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_CACHE_DIR",
     "DEFAULT_THRESHOLDS",
+    "DEFAULT_BASELINE_DIR",
 ]
 
 #: Built-in default image folder (relative: to the working directory for the CLI, the rootdir under pytest).
@@ -57,6 +62,8 @@ DEFAULT_DATA_DIR = os.path.join("..", "shared", "data", "imagenet-val-1024")
 DEFAULT_CACHE_DIR = ".robustness-cache"
 #: Built-in default thresholds file.
 DEFAULT_THRESHOLDS = "thresholds.yaml"
+#: Built-in default baseline folder, relative to the thresholds file's folder.
+DEFAULT_BASELINE_DIR = "robustness-baseline"
 
 
 class SettingError(ValueError):
@@ -125,71 +132,260 @@ def _text(text: str) -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting and its names in every layer.
+    """One concept and its one name in every layer (``None``: the layer cannot set it).
 
     Attributes:
-        name: the key of :data:`SETTINGS` (``data``, ``images``, ...).
-        flag: the pytest option (the CLI's drops ``robustness-``).
-        env: the environment variable.
-        defaults_key: the key under thresholds.yaml ``defaults`` (``None``: not settable there).
-        ini: the pytest ini key.
-        parse: turns a variable's or ini value's text into the value; raises ``ValueError``.
+        name: the key of :data:`SETTINGS` and the ``argparse`` dest (``data``, ``images``, ...).
+        label: what it is, in words (first column of the docs table).
+        help: one line for ``--help`` (the sources and default are appended).
+        cli: the ``robustness`` flag (``--images``).
+        pytest: the pytest option (``--robustness-images``).
+        ini: the pytest ini key (``robustness_images``).
+        yaml: the key under thresholds.yaml ``defaults:`` (``images``).
+        env: the environment variable (``ROBUSTNESS_IMAGES``).
+        parse: turns a flag's, variable's or ini value's text into the value; raises ``ValueError``
+            (:class:`BadValue`, which argparse shows as a usage error naming the flag).
         default: the built-in default (``None``: decided downstream, e.g. all images, cuda when available).
+        default_text: the default in words, for help texts and the docs table.
+        metavar: the flag's value in ``--help`` (``N``, ``DIR``); ``None`` for a switch.
+        aliases: deprecated CLI spellings, accepted for one release with a note naming :attr:`cli`.
     """
 
     name: str
-    flag: str
-    env: str
-    defaults_key: str | None
-    ini: str
+    label: str
+    help: str
+    cli: str | None
+    pytest: str | None
+    ini: str | None
+    yaml: str | None
+    env: str | None
     parse: Callable[[str], Any]
     default: Any
+    default_text: str
+    metavar: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def switch(self) -> bool:
+        """A flag without a value (``--no-cache``)."""
+        return self.metavar is None
+
+    @property
+    def text(self) -> bool:
+        """The value is kept as text (a path, a device): no ``type=`` for argparse."""
+        return self.parse is _text
+
+    @property
+    def flag(self) -> str | None:
+        """The pytest option (kept for callers of the first version of this table)."""
+        return self.pytest
+
+    @property
+    def defaults_key(self) -> str | None:
+        """The thresholds.yaml ``defaults:`` key (kept for callers of the first version of this table)."""
+        return self.yaml
+
+    def sources(self, *, file: bool = True) -> str:
+        """Where else the CLI takes it from, for help texts: ``$ROBUSTNESS_IMAGES, thresholds.yaml
+        defaults.images, else all`` (``file=False``: a command that reads no thresholds file)."""
+        parts = [
+            f"${self.env}" if self.env else "",
+            f"thresholds.yaml defaults.{self.yaml}" if self.yaml and file else "",
+        ]
+        return ", ".join(p for p in parts if p) + (", else " if any(parts) else "default ") + self.default_text
 
 
+def _setting(name, label, help, cli, yaml=None, *, parse=_text, default=None, default_text="", metavar="X",
+             aliases=(), gate=True):  # fmt: skip
+    """A row whose pytest option, ini key and variable follow the one rule: ``robustness`` + the CLI name."""
+    stem = cli[2:] if cli else name
+    return Setting(
+        name=name,
+        label=label,
+        help=help,
+        cli=cli,
+        pytest=f"--robustness-{stem}" if gate else None,
+        ini=f"robustness_{stem.replace('-', '_')}" if gate else None,
+        yaml=yaml,
+        env=f"ROBUSTNESS_{stem.replace('-', '_').upper()}" if gate else None,
+        parse=parse,
+        default=default,
+        default_text=default_text,
+        metavar=metavar,
+        aliases=tuple(aliases),
+    )
+
+
+#: One row per concept: the CLI's flags, the pytest options and ini keys, the thresholds.yaml
+#: ``defaults:`` keys, the environment variables and the docs' settings table are all built from it.
 SETTINGS: Mapping[str, Setting] = {
     s.name: s
     for s in (
-        Setting(
+        _setting(
             "thresholds",
-            "--robustness-thresholds",
-            "ROBUSTNESS_THRESHOLDS",
-            None,
-            "robustness_thresholds",
-            _text,
-            DEFAULT_THRESHOLDS,
+            "thresholds file",
+            "thresholds file",
+            "--thresholds",
+            default=DEFAULT_THRESHOLDS,
+            default_text="thresholds.yaml",
+            metavar="FILE",
         ),
-        Setting("data", "--robustness-data", "ROBUSTNESS_DATA", "dataset", "robustness_data", _text, DEFAULT_DATA_DIR),
-        Setting(
-            "images", "--robustness-images", "ROBUSTNESS_IMAGES", "images", "robustness_images", positive_int, None
+        _setting(
+            "data",
+            "image folder",
+            "image folder (<wnid>/<file>)",
+            "--data",
+            "dataset",
+            default=DEFAULT_DATA_DIR,
+            default_text=DEFAULT_DATA_DIR.replace(os.sep, "/"),
+            metavar="DIR",
         ),
-        Setting("device", "--robustness-device", "ROBUSTNESS_DEVICE", None, "robustness_device", _text, None),
-        Setting(
+        _setting(
+            "images",
+            "images per condition",
+            "use the first N images in file-name order",
+            "--images",
+            "images",
+            parse=positive_int,
+            default_text="all",
+            metavar="N",
+            aliases=("--limit",),
+        ),
+        _setting(
+            "device",
+            "device",
+            "torch device: cpu, cuda, cuda:N, mps",
+            "--device",
+            default_text="cuda when available, else cpu",
+            metavar="DEVICE",
+        ),
+        _setting(
             "cache_dir",
-            "--robustness-cache-dir",
-            "ROBUSTNESS_CACHE_DIR",
-            None,
-            "robustness_cache_dir",
-            _text,
-            DEFAULT_CACHE_DIR,
+            "prediction cache",
+            "prediction cache folder",
+            "--cache-dir",
+            default=DEFAULT_CACHE_DIR,
+            default_text=DEFAULT_CACHE_DIR,
+            metavar="DIR",
         ),
-        Setting(
-            "no_cache", "--robustness-no-cache", "ROBUSTNESS_NO_CACHE", None, "robustness_no_cache", boolean, False
+        _setting(
+            "no_cache",
+            "no cache",
+            "do not read or write the prediction cache",
+            "--no-cache",
+            parse=boolean,
+            default=False,
+            default_text="false",
+            metavar=None,
         ),
-        Setting(
-            "workers", "--robustness-workers", "ROBUSTNESS_WORKERS", None, "robustness_workers", non_negative_int, None
+        _setting(
+            "workers",
+            "DataLoader workers",
+            "DataLoader worker processes (0: in-process)",
+            "--workers",
+            parse=non_negative_int,
+            default_text="min(2, cpus)",
+            metavar="N",
         ),
-        Setting(
+        _setting(
             "batch_size",
-            "--robustness-batch-size",
-            "ROBUSTNESS_BATCH_SIZE",
-            None,
-            "robustness_batch_size",
-            positive_int,
-            32,
+            "batch size",
+            "images per forward pass (does not change the numbers)",
+            "--batch-size",
+            parse=positive_int,
+            default=32,
+            default_text="32",
+            metavar="N",
         ),
-        Setting("margin", "--robustness-margin", "ROBUSTNESS_MARGIN", None, "robustness_margin", margin_fraction, 0.05),
+        _setting(
+            "baseline_dir",
+            "baseline folder",
+            "folder of the baseline predictions for the paired check (calibration writes them there)",
+            "--baseline-dir",
+            "paired.baseline",
+            default_text=f"{DEFAULT_BASELINE_DIR} next to the thresholds file",
+            metavar="DIR",
+        ),
+        _setting(
+            "margin",
+            "calibration margin",
+            "subtracted from each measured accuracy when calibrating (fraction)",
+            "--margin",
+            parse=margin_fraction,
+            default=0.05,
+            default_text="0.05",
+            metavar="M",
+        ),
+        _setting(
+            "seed",
+            "base seed",
+            "base seed of the noise",
+            "--seed",
+            "seed",
+            parse=non_negative_int,
+            default=0,
+            default_text="0",
+            metavar="S",
+            gate=False,
+        ),
     )
 }
+
+
+#: Deprecated spellings of command options that are not settings: ``{command: {old: new}}``
+#: (accepted until the next release, with a note naming the new one; listed under the docs' table).
+COMMAND_ALIASES: Mapping[str, Mapping[str, str]] = {"activations": {"--images": "--average-over"}}
+
+
+def deprecated_spellings() -> list[tuple[str, str, str]]:
+    """Every deprecated CLI spelling as ``(commands, old, new)``: the settings' aliases (every command
+    that has the setting) and :data:`COMMAND_ALIASES`."""
+    found = [(f"commands with {s.cli}", alias, s.cli) for s in SETTINGS.values() for alias in s.aliases]
+    found += [(command, old, new) for command, aliases in COMMAND_ALIASES.items() for old, new in aliases.items()]
+    return found
+
+
+def cli_flag_help(setting: Setting, *, file: bool = False) -> str:
+    """The ``--help`` line of a CLI flag: the setting's help, then its other sources and default
+    (``file``: the command reads thresholds.yaml ``defaults``, as ``calibrate`` does)."""
+    return f"{setting.help}; {setting.sources(file=file)}".replace("%", "%%")
+
+
+def pytest_option_help(setting: Setting) -> str:
+    """The ``--help`` line of a pytest option: the help, the variable, the YAML and ini keys, the default."""
+    parts = [f"${setting.env}" if setting.env else "", f"defaults.{setting.yaml}" if setting.yaml else ""]
+    parts.append(f"ini {setting.ini}" if setting.ini else "")
+    anchored = " (relative to the rootdir)" if setting.metavar in ("DIR", "FILE") else ""
+    return f"{setting.help}; " + ", ".join(p for p in parts if p) + f", default {setting.default_text}{anchored}"
+
+
+def settings_table() -> str:
+    """The docs' settings table (Markdown), one row per :data:`SETTINGS` entry; ``—``: not settable there.
+
+    Columns: setting, CLI flag, pytest option, environment variable, thresholds.yaml ``defaults:`` key,
+    pytest ini key, built-in default, deprecated spellings (accepted for one release).
+    """
+
+    def code(text: str | None, value: str = "") -> str:
+        return f"`{text}{value}`" if text else "—"
+
+    rows = [
+        "| setting | CLI flag | pytest option | variable | thresholds.yaml | ini key | default | deprecated |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    literals = {DEFAULT_THRESHOLDS, DEFAULT_DATA_DIR.replace(os.sep, "/"), DEFAULT_CACHE_DIR, DEFAULT_BASELINE_DIR}
+    for s in SETTINGS.values():
+        value = "" if s.switch else f" {s.metavar}"
+        default = s.default_text
+        for literal in literals:  # paths and file names in code font
+            default = re.sub(rf"(?<![\w/.-]){re.escape(literal)}(?![\w/-])", f"`{literal}`", default)
+        rows.append(
+            f"| {s.label} | {code(s.cli, value)} | {code(s.pytest, '' if s.switch else f'={s.metavar}')} | "
+            f"{code(s.env, '=1' if s.switch else '')} | {code(s.yaml and f'defaults.{s.yaml}')} | {code(s.ini)} | "
+            f"{default} | {', '.join(code(a) for a in s.aliases) or '—'} |"
+        )
+    notes = "; ".join(f"`{old}` → `{new}` ({where})" for where, old, new in deprecated_spellings())
+    return "\n".join(rows) + f"\n\nDeprecated spellings, accepted until the next release with a note: {notes}.\n"
 
 
 @dataclass(frozen=True)
@@ -243,16 +439,16 @@ def resolve(
     setting = SETTINGS[name]
     environ = os.environ if environ is None else environ
     if not _unset(flag) and flag is not False:
-        return Resolved(flag, "flag", flag_name or setting.flag)
-    text = environ.get(setting.env)
+        return Resolved(flag, "flag", flag_name or setting.pytest or setting.cli)
+    text = environ.get(setting.env) if setting.env else None
     if not _unset(text):
         try:
             return Resolved(setting.parse(text), "env", f"${setting.env}")
         except ValueError as error:
             raise SettingError(f"${setting.env}={text!r}: {error}") from None
-    if setting.defaults_key is not None and not _unset(file):
-        return Resolved(file, "file", f"{file_name} defaults.{setting.defaults_key}")
-    if not _unset(ini) and not (ini is False and setting.parse is boolean):
+    if setting.yaml is not None and not _unset(file):
+        return Resolved(file, "file", f"{file_name} defaults.{setting.yaml}")
+    if setting.ini is not None and not _unset(ini) and not (ini is False and setting.parse is boolean):
         try:
             value = setting.parse(ini) if isinstance(ini, str) else ini
         except ValueError as error:

@@ -32,8 +32,11 @@ Conventions:
   combine them; every bar given must hold. A result equal to its bar passes. A relative bar needs an
   absolute ``clean`` bar for its metric in the same model (otherwise a model with clean accuracy 0%
   would pass it), and the file is refused without one.
-* Levels must be on the distortion's paper grid (``robustness.DISTORTIONS[name].levels``), written
-  as numbers (``blur: {3: ...}``, ``contrast: {0.5: ...}``).
+* A level is any number in the distortion's valid range (``robustness.DISTORTIONS[name].minimum`` to
+  ``.maximum``; integers for JPEG quality), not only the paper's grid: ``jpeg: {50: ..., 75: ...}``,
+  ``blur: {0.5: ...}``, ``contrast: {0.25: ...}``. Keys are compared as numbers (``1`` and ``1.0`` are
+  the same level, refused as a duplicate). Distortions added with
+  :func:`robustness.register_distortion` (e.g. in ``conftest.py``) are accepted like the built-ins.
 * The file is read as YAML 1.2 (core schema, ruamel.yaml): ``5e-1`` is the number 0.5, ``010`` is
   the decimal 10 (JPEG quality 10, not octal 8), ``yes``/``no`` are strings. NaN and infinity
   (``.nan``, ``.inf``) are refused for every bar and for ``paired.alpha``.
@@ -52,6 +55,7 @@ import difflib
 import io
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +66,7 @@ import jsonschema
 from .conditions import CLEAN, Condition
 from .distortions import DISTORTIONS
 from .names import METRICS as _NAMES_METRICS
+from .names import format_level
 
 __all__ = [
     "Threshold",
@@ -136,15 +141,21 @@ class ThresholdsError(ValueError):
 # ------------------------------------------------------------------------------------------ schema
 
 
+#: A level key: a decimal number (YAML numbers arrive as :func:`robustness.names.format_level` text).
+LEVEL_PATTERN = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+
+
 def _level_key(level: float) -> str:
-    """The canonical text of a level key: ``3``, ``0.5``, ``10`` (``%g``)."""
-    return f"{float(level):g}"
+    """The canonical text of a level key: ``3``, ``0.5``, ``10`` (:func:`robustness.names.format_level`)."""
+    return format_level(level)
 
 
 def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: bool = False) -> dict:
     """The JSON Schema (draft 2020-12) of a thresholds document whose mapping keys are strings.
 
-    Level keys are compared in canonical ``%g`` form. ``known_models`` are the names accepted without
+    Level keys must be decimal numbers (:data:`LEVEL_PATTERN`); whether each lies in its distortion's
+    valid range is checked after the schema (a range on a key is beyond JSON Schema), with the same
+    file:line errors. ``known_models`` are the names accepted without
     ``source: fixture``; ``allow_unregistered`` accepts any name (e.g. a report over results of
     models that are not registered here).
     """
@@ -159,8 +170,10 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
     for name, spec in DISTORTIONS.items():
         model_props[name] = {
             "type": "object",
+            "description": f"levels: {spec.label} in {spec.range_text}; paper levels "
+            + ", ".join(_level_key(v) for v in spec.levels),
             "minProperties": 1,
-            "propertyNames": {"enum": [_level_key(v) for v in spec.levels]},
+            "propertyNames": {"pattern": LEVEL_PATTERN},
             "additionalProperties": bars,
         }
     model = {
@@ -388,8 +401,11 @@ def _explain(error: jsonschema.ValidationError, document: _Document, known_model
         line = document.key_lines.get(child, document.line(path))
         if len(path) == 3 and path[0] == "models" and path[2] in DISTORTIONS:
             spec = DISTORTIONS[path[2]]
-            grid = ", ".join(f"{v:g}" for v in spec.levels)
-            return Problem(line, _dotted(child), f"level {key} is not on the {spec.name} grid ({spec.label}: {grid})")
+            return Problem(
+                line,
+                _dotted(child),
+                f"{spec.name} level {key!r} is not a number ({spec.label}, valid range {spec.range_text})",
+            )
         if len(path) == 2 and path[0] == "models":
             message = f"unknown distortion {key!r}{_suggest(key, options)}; expected one of {', '.join(options)}"
         else:
@@ -557,11 +573,39 @@ def check_metrics(thresholds: Thresholds, num_classes: int, classes_source: str 
         raise ThresholdsError(thresholds.path, problems)
 
 
-def _grid_level(distortion: str, key: str) -> float:
-    for level in DISTORTIONS[distortion].levels:
-        if _level_key(level) == key:
-            return level
-    raise KeyError(key)  # unreachable after validation
+def _level_problems(data: dict, document: _Document) -> list[Problem]:
+    """Every level key outside its distortion's valid range (or a fraction for an integer distortion),
+    and every key naming a level another key of the same distortion already names (``1`` and ``"1.0"``)."""
+    problems = []
+    models = data.get("models")
+    for model, spec in (models or {}).items() if isinstance(models, dict) else ():
+        for distortion, levels in spec.items() if isinstance(spec, dict) else ():
+            if distortion not in DISTORTIONS or not isinstance(levels, dict):
+                continue
+            seen: dict[float, str] = {}
+            for key in levels:
+                path = ("models", model, distortion, key)
+                if not isinstance(key, str) or not re.match(LEVEL_PATTERN, key):
+                    continue  # the schema says it is not a number
+                try:
+                    level = DISTORTIONS[distortion].parse_level(key)
+                except ValueError as error:
+                    problems.append(
+                        Problem(document.key_lines.get(path, document.line(path)), _dotted(path), str(error))
+                    )
+                    continue
+                if level in seen:
+                    first = document.key_lines.get(("models", model, distortion, seen[level]))
+                    problems.append(
+                        Problem(
+                            document.key_lines.get(path, document.line(path)),
+                            _dotted(path),
+                            f"the same level as {seen[level]!r}" + (f" (line {first})" if first else ""),
+                        )
+                    )
+                else:
+                    seen[level] = key
+    return problems
 
 
 def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
@@ -589,7 +633,7 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
             if distortion == CLEAN:
                 levels = {"0": levels}
             for key, bars in levels.items():
-                level = 0 if distortion == CLEAN else _grid_level(distortion, key)
+                level = 0 if distortion == CLEAN else DISTORTIONS[distortion].parse_level(key)
                 where = ("models", model, distortion) if distortion == CLEAN else ("models", model, distortion, key)
                 entries.append(
                     Threshold(
@@ -632,6 +676,7 @@ def _validate(
         validator = jsonschema.Draft202012Validator(thresholds_schema(known, allow_unregistered=allow_unregistered))
         non_finite = _non_finite(data, document)
         problems += non_finite
+        problems += _level_problems(data, document)
         seen = {(p.key, p.message) for p in non_finite}
         for error in validator.iter_errors(data):
             if _dotted(error.absolute_path) in {p.key for p in non_finite}:

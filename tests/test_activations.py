@@ -122,7 +122,7 @@ def test_paper_claim_on_one_real_image_with_efficientnet_lite0(tmp_path, capsys)
             "efficientnet_lite0",
             "--data",
             str(DATA),
-            "--images",
+            "--average-over",
             "1",
             "--output",
             str(tmp_path),

@@ -169,9 +169,10 @@ def test_weight_table_matches_the_model_registry(monkeypatch, tmp_path):
     import torch
     from torchvision.models import get_model_weights
 
-    from robustness.models import _TORCHVISION_REGISTRY, MODELS
+    from robustness.models import MODELS
+    from robustness.models.zoo import _TORCHVISION_REGISTRY
 
-    built_in = {name for name, spec in MODELS.items() if spec.build.__module__ == "robustness.models"}
+    built_in = {name for name, spec in MODELS.items() if spec.build.__module__ == "robustness.models.zoo"}
     assert set(weights.WEIGHT_SOURCES) == built_in
     for name, (arch, enum_name, *_rest) in _TORCHVISION_REGISTRY.items():
         assert weights.WEIGHT_SOURCES[name].kind == "torch-hub"

@@ -62,8 +62,10 @@ def test_cli_reference_has_every_subcommand_and_option(hooks):
     # every option string of `robustness run`, from its own help, reached the page
     run_help = build_parser().format_help()
     assert "run" in run_help
-    for option in ("--model", "--data", "--distortion", "--limit", "--output", "--seed", "--no-cache"):
-        assert option in text.split("## `robustness run`", 1)[1].split("## `robustness", 1)[0]
+    run_page = text.split("## `robustness run`", 1)[1].split("## `robustness", 1)[0]
+    for option in ("--model", "--data", "--distortion", "--images", "--output", "--seed", "--no-cache"):
+        assert option in run_page
+    assert "--limit N             deprecated spelling of --images" in run_page
 
 
 def test_cli_subcommands_come_from_the_parser(hooks):
@@ -130,7 +132,7 @@ def test_readme_front_page():
     lines = readme.splitlines()
     assert len(lines) <= 150
     block = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
-    assert block[0].startswith("pip install -e . && robustness run --model efficientnet_lite0 --limit 200")
+    assert block[0].startswith("pip install -e . && robustness run --model efficientnet_lite0 --images 200")
     assert block[1].startswith("pip install nox && nox -s lowest latest")
     assert "](docs/accuracy_vs_level_lite0_200.png)" in readme
     assert "def test_accuracy(robustness_verdict):\n    robustness_verdict.check()" in readme
@@ -142,14 +144,30 @@ def test_readme_front_page():
         assert (ROOT / link).is_file(), link
 
 
-def test_readme_settings_table_is_the_gating_pages():
-    """The precedence table appears on the front page and in docs/gating.md: the two must not drift."""
+def test_readme_settings_table_is_the_generated_one(hooks):
+    """The settings table is generated from robustness.settings.SETTINGS into docs/gating.md; the front
+    page holds a copy of its rows, which must not drift from the code."""
+    from robustness.settings import SETTINGS
 
-    def table(path):
-        lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
-        start = next(i for i, line in enumerate(lines) if line.startswith("| setting | pytest flag"))
-        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
-        return lines[start:end]
+    generated = [line for line in hooks.settings_table().splitlines() if line.startswith("|")]
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| setting | CLI flag"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    assert lines[start:end] == generated
+    assert len(generated) == len(SETTINGS) + 2
+    assert "<!-- generated: settings -->" in (DOCS / "gating.md").read_text(encoding="utf-8")
 
-    assert len(table("README.md")) == 11
-    assert table("README.md") == table("docs/gating.md")
+
+def test_settings_table_names_every_layer_of_every_setting(hooks):
+    from robustness.settings import SETTINGS
+
+    text = hooks.settings_table()
+    rows = list(_table_rows(text).values())[1:]  # after the header row
+    assert len(rows) == len(SETTINGS)
+    for setting, (cli, option, env, yaml, ini, default, deprecated) in zip(SETTINGS.values(), rows):
+        for cell, name in ((cli, setting.cli), (option, setting.pytest), (env, setting.env), (ini, setting.ini)):
+            assert cell.startswith(f"`{name}") if name else cell == "—", (setting.name, cell)
+        assert yaml == (f"`defaults.{setting.yaml}`" if setting.yaml else "—")
+        assert default.replace("`", "") == setting.default_text
+        assert all(f"`{alias}`" in deprecated for alias in setting.aliases)
+    assert "`--limit` → `--images`" in text and "`--images` → `--average-over` (activations)" in text

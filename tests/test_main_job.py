@@ -72,9 +72,9 @@ def test_run_rejects_unknown_model(tmp_path, data_dir, capsys):
     assert "no_such_net" in capsys.readouterr().err
 
 
-def test_run_rejects_unknown_distortion(data_dir):
-    with pytest.raises(SystemExit):
-        main(["run", "--distortion", "fog", "--data", str(data_dir)])
+def test_run_rejects_unknown_distortion(data_dir, capsys):
+    assert main(["run", "--distortion", "fog", "--data", str(data_dir)]) == 2
+    assert "robustness run: --distortion fog: unknown distortion 'fog'; known: blur, noise" in capsys.readouterr().err
 
 
 def test_run_fails_before_evaluating_when_output_cannot_be_created(tmp_path, data_dir, capsys):

@@ -36,8 +36,11 @@ from robustness.models import (
     Preprocessing,
     list_models,
     load_model,
+    model_scheme,
     parse_preprocessing,
+    register_model,
     resolve_models_dir,
+    unregister_model,
 )
 
 pytest_plugins = ["pytester"]
@@ -118,7 +121,7 @@ def _caffe_ref(resize, crop, bgr_mean):
     return apply
 
 
-#: The published preprocessing of each built-in model, written from its source (not from models.py):
+#: The published preprocessing of each built-in model, written from its source (not from robustness/models/):
 #: EfficientNet-Lite: TF reference / ../shared/models/README.md ((x - 127) / 128, bicubic, crop+32);
 #: Caffe SqueezeNet and VGG-CNN-S: BGR, 0-255 minus B 104, G 117, R 123; torchvision IMAGENET1K_V1.
 REFERENCE = {
@@ -480,6 +483,90 @@ def test_output_classes_1001_background_and_others():
         load_model(TinyNet(), preprocessing={"crop_size": 64, "resize_size": 64})
 
 
+# ------------------------------------------------------------------------------ explicit schemes
+
+
+@pytest.mark.parametrize(
+    "spec, scheme, target",
+    [
+        ("squeezenet1_0_caffe", "registered", "squeezenet1_0_caffe"),
+        ("alexnet", "registered", "alexnet"),  # a registered name wins over the bare torchvision name
+        ("resnet18", "torchvision", "resnet18"),  # bare torchvision architecture (a spelling kept from before)
+        ("torchvision:resnet50:IMAGENET1K_V2", "torchvision", "resnet50:IMAGENET1K_V2"),
+        ("torchvision:alexnet", "torchvision", "alexnet"),
+        ("timm:resnet18.a1_in1k", "timm", "resnet18.a1_in1k"),
+        ("mypkg.nets:build_net", "factory", "mypkg.nets:build_net"),
+    ],
+)
+def test_model_scheme_is_read_from_the_spelling(spec, scheme, target):
+    assert model_scheme(spec) == (scheme, target)
+
+
+def test_model_scheme_files_objects_and_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save(TinyNet().state_dict(), tmp_path / "resnet18")  # a file named like a torchvision architecture
+    with pytest.raises(ModelError, match=r"ambiguous.*torchvision architecture.*\./resnet18.*torchvision:resnet18"):
+        model_scheme("resnet18")
+    assert model_scheme("./resnet18") == ("file", Path("resnet18"))
+    assert model_scheme(tmp_path / "resnet18") == ("file", tmp_path / "resnet18")
+    (tmp_path / "plain").write_bytes(b"x")
+    assert model_scheme("plain") == ("file", Path("plain"))  # not a name of any kind: an existing file
+    net = TinyNet()
+    assert model_scheme(net) == ("object", net)
+    with pytest.raises(FileNotFoundError, match="missing.pt not found"):
+        model_scheme("missing.pt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        model_scheme("sub/net")
+    with pytest.raises(ModelError, match="unknown model 'no_such_net'") as info:
+        model_scheme("no_such_net")
+    for scheme_spelling in ("torchvision:ARCH", "timm:NAME", "package.module:function", "PATH"):
+        assert scheme_spelling in str(info.value)
+    with pytest.raises(ModelError, match="got int"):
+        model_scheme(3)
+
+
+def test_file_kind_is_read_from_the_content_not_the_suffix(tmp_path):
+    """TorchScript saved as .pth still loads as TorchScript; a state dict saved as .ts needs arch=."""
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    scripted = tmp_path / "scripted.pth"
+    torch.jit.script(net).save(str(scripted))
+    model = load_model(scripted, preprocessing=TINY)
+    assert isinstance(model.net, torch.jit.ScriptModule)
+    state = tmp_path / "weights.ts"
+    torch.save(net.state_dict(), state)
+    with pytest.raises(ModelError, match="weights.ts is not TorchScript.*pass arch="):
+        load_model(str(state), preprocessing=TINY)
+
+
+def test_unregister_model_removes_a_registration():
+    register_model("_tiny_unregister", TINY)(lambda: TinyNet())
+    try:
+        assert load_model("_tiny_unregister").name == "_tiny_unregister"
+    finally:
+        spec = unregister_model("_tiny_unregister")
+    assert spec.name == "_tiny_unregister" and "_tiny_unregister" not in list_models()
+    register_model("_team/tiny.pt", TINY)(lambda: TinyNet())  # a registered name wins over a path spelling
+    try:
+        assert model_scheme("_team/tiny.pt") == ("registered", "_team/tiny.pt")
+    finally:
+        unregister_model("_team/tiny.pt")
+    with pytest.raises(FileNotFoundError, match="spelled as a path"):
+        model_scheme("_team/tiny.pt")
+    assert robustness.unregister_model is unregister_model
+    with pytest.raises(ModelError, match="unknown model '_tiny_unregister'"):
+        load_model("_tiny_unregister")
+    with pytest.raises(KeyError, match="'_tiny_unregister' is not registered"):
+        unregister_model("_tiny_unregister")
+
+
+def test_output_probe_runs_on_the_networks_device():
+    """Issue 12: a network already on another device (here PyTorch's shape-only "meta" device, standing
+    in for CUDA) gets its probe on that device; before, a CPU probe failed and blamed the crop size."""
+    model = load_model(TinyNet().to("meta"), preprocessing=TINY)
+    assert model.background_class is False and next(model.parameters()).device.type == "meta"
+
+
 @needs_data
 def test_user_model_from_conftest_fixture_override(pytester):
     """The fourth form: a conftest.py overrides the ``robustness_model`` fixture with its own module."""
@@ -573,3 +660,47 @@ def test_preprocessing_string_round_trip(crop, extra, interpolation, mean, std, 
     )
     assert parse_preprocessing(text) == want
     assert parse_preprocessing(want.to_dict()) == want
+
+
+# ------------------------------------------------------------------------------ package layering
+
+#: robustness/models/*.py bottom to top: each module may import only those before it.
+_MODELS_LAYERS = [
+    "errors",
+    "preprocessing",
+    "classifier",
+    "registry",
+    "checkpoints",
+    "timm_models",
+    "loaders",
+    "zoo",
+    "__init__",
+]
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The ``robustness`` modules ``path`` imports, as ``models.X`` or ``X`` (top level), from its AST."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import / from . import x
+            found |= {f"models.{node.module}"} if node.module else {f"models.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 2:  # from ..x import
+            found.add(node.module or "")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("robustness"):
+            found.add(node.module.removeprefix("robustness.").replace("robustness", ""))
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("robustness.") for a in node.names if a.name.startswith("robustness")}
+    return found
+
+
+def test_models_package_imports_point_down_only():
+    """No cycles: each module of robustness/models imports only modules below it, and outside the
+    package only weights, _checks, _io and names (docs/architecture.md)."""
+    package = REPO / "robustness" / "models"
+    assert {p.stem for p in package.glob("*.py")} <= set(_MODELS_LAYERS)
+    for path in package.glob("*.py"):
+        below = {f"models.{name}" for name in _MODELS_LAYERS[: _MODELS_LAYERS.index(path.stem)]}
+        wrong = _package_imports(path) - below - {"weights", "_checks", "_io", "names"}
+        assert not wrong, f"{path.name} imports {sorted(wrong)}"

@@ -172,13 +172,13 @@ def test_junit_properties(gate):
 
 
 def test_bad_thresholds_fail_collection_with_file_line_key(gate):
-    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("1: {top1: 0.7}", "1: {tpo1: 0.7}").replace("20: {", "21: {"))
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("1: {top1: 0.7}", "1: {tpo1: 0.7}").replace("20: {", "101: {"))
     result = gate.runpytest()
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(
         [
             "*thresholds.yaml:9: models.toy.blur.1.tpo1: unknown key 'tpo1' (did you mean 'top1'?)*",
-            "*thresholds.yaml:14: models.toy.jpeg.21: level 21 is not on the jpeg grid*",
+            "*thresholds.yaml:14: models.toy.jpeg.101: jpeg level 101 is outside the valid range [[]1, 100[]] of quality*",
         ]
     )
 

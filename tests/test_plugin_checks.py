@@ -398,3 +398,25 @@ def test_a_smaller_sample_than_the_file_asks_is_noted_with_its_source(gate, monk
     result = gate.runpytest("-m", "clean", "--robustness-images=5")
     result.stdout.fnmatch_lines(["note: measured on n=5 * (--robustness-images asks for 5)"])
     assert "note: measured" not in gate.runpytest("-m", "clean").stdout.str()
+
+
+def test_the_baseline_folder_is_a_setting_like_the_others(gate, monkeypatch):
+    """$ROBUSTNESS_BASELINE_DIR and --robustness-baseline-dir beat defaults.paired.baseline: calibration
+    stores the baseline there, the paired check reads it from there, and a missing one is named with its source."""
+    gate.makefile(
+        ".yaml",
+        thresholds=THRESHOLDS.replace("  images: 10\n", "  images: 10\n  paired: {alpha: 0.1, baseline: in-file}\n")
+        .replace("clean: {top1: 0.7}", "clean: {top1: 0.0}")
+        .replace("1: {top1: 0.7}", "1: {top1: 0.0}"),
+    )
+    monkeypatch.setenv("ROBUSTNESS_BASELINE_DIR", str(gate.path / "from-env"))
+    result = gate.runpytest("-m", "clean or blur", "--robustness-update-thresholds", "--robustness-margin=0.5")
+    result.assert_outcomes(skipped=3, deselected=2)
+    assert (gate.path / "from-env" / "toy" / "blur.npz").is_file()
+    assert not (gate.path / "in-file").exists()
+    one_collection_error(
+        gate.runpytest("--robustness-baseline-dir=nowhere"),
+        "*baseline folder *nowhere does not exist (folder from --robustness-baseline-dir)*",
+    )
+    monkeypatch.setenv("TOY_BREAK_AT", "5")  # 4 of the 8 right images now wrong: p = 1/16 < 0.1
+    gate.runpytest("-m", "clean").stdout.fnmatch_lines(["*FAIL paired vs baseline: top1 80.0% -> 40.0%*"])

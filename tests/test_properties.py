@@ -1,5 +1,10 @@
 """Hypothesis invariants every distortion must satisfy, on any image and any valid level.
 
+They run over every registered distortion: the paper's five and the user distortions of
+``user_distortions.py`` (``pixelate``, ``salt``), registered for this module only by the
+``registered_examples`` fixture (so other modules see the built-ins alone). The same invariants, for a
+user's own distortion, are one call: ``robustness.testing.check_distortion`` (checked here too).
+
 Profiles: ``ci`` (default, derandomized) and ``thorough`` (``--hypothesis-profile=thorough``); see
 conftest.py. Natural-image checks (degradation grows with level) live in test_natural_images.py.
 """
@@ -27,16 +32,32 @@ from strategies import (
     seeds,
     two_sided_z,
 )
+from user_distortions import PIXELATE, SALT, pixelate, salt
 
-from robustness import DISTORTIONS, distort, psnr
+from robustness import DISTORTIONS, distort, psnr, register_distortion, unregister_distortion
 from robustness.distortions import (
     JPEG2000_PSNR_TOLERANCE_DB,
     distort_with_info,
     gaussian_kernel,
     jpeg2000_resolutions,
 )
+from robustness.testing import check_distortion
 
-NAMES = list(DISTORTIONS)
+#: User distortions registered for this module: name -> (function, register_distortion options).
+EXAMPLES = {"pixelate": (pixelate, PIXELATE), "salt": (salt, SALT)}
+NAMES = list(DISTORTIONS) + [name for name in EXAMPLES if name not in DISTORTIONS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered_examples():
+    """Register the user distortions of ``EXAMPLES`` while this module's tests run."""
+    for name, (function, options) in EXAMPLES.items():
+        register_distortion(name, function, **options)
+    yield
+    for name in EXAMPLES:
+        unregister_distortion(name)
+
+
 #: Awkward sizes every distortion must handle at every grid level: 1x1, single rows/columns, odd,
 #: non-square, JPEG's 8/16-pixel blocks +-1, and smaller than a sigma=9 blur window (37 px).
 AWKWARD_SIZES = [(1, 1), (1, 9), (9, 1), (2, 3), (7, 8), (15, 17), (16, 16), (33, 5), (36, 38)]
@@ -115,10 +136,24 @@ def test_different_seed_changes_the_noise(image, level, seed):
 
 @given(image=images(max_side=200), seed=seeds)
 def test_null_levels_are_the_identity(image, seed):
-    """contrast 0 (and blur sigma 0, noise std 0, the valid range's lower ends) return the input."""
-    for name in ("contrast", "blur", "noise"):
-        assert DISTORTIONS[name].minimum == 0
-        np.testing.assert_array_equal(distort(image, name, 0, seed=seed), image)
+    """contrast 0 (and blur sigma 0, noise std 0, the valid range's lower ends) return the input, and so
+    does every registered distortion at its declared identity level (pixelate 1, salt 0)."""
+    with_identity = [name for name in NAMES if DISTORTIONS[name].identity is not None]
+    assert {"contrast", "blur", "noise", *EXAMPLES} <= set(with_identity)
+    for name in with_identity:
+        spec = DISTORTIONS[name]
+        assert name in EXAMPLES or spec.identity == spec.minimum == 0
+        np.testing.assert_array_equal(distort(image, name, spec.identity, seed=seed), image)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_check_distortion_holds_for_every_registered_distortion(name):
+    """The public helper's invariants (shape, dtype, seed determinism, range, ids, identity) hold for
+    the built-ins and the registered examples; JPEG 2000 on three small sizes (its search is slow)."""
+    if name == "jpeg2000":
+        check_distortion(name, images=[make_image(h, w, "random", seed=h + w) for h, w in [(1, 1), (9, 1), (16, 16)]])
+    else:
+        check_distortion(DISTORTIONS[name])
 
 
 # ----------------------------------------------------------------------------------- noise

@@ -9,14 +9,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import robustness.html_report
 from robustness.evaluation import ConditionResult
 from robustness.html_report import (
+    SECTIONS,
     ReportError,
+    Section,
     build_report,
     class_changes,
     class_lists,
@@ -31,10 +35,10 @@ from robustness.html_report import (
     summary_table,
     threshold_verdicts,
 )
-from robustness.report import read_predictions, write_predictions, write_results_json
+from robustness.report import figure_png, read_predictions, write_figure, write_predictions, write_results_json
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-val-1024"
-SECTIONS = ("summary", "curves", "examples", "classes", "thresholds", "provenance")
+SECTION_IDS = tuple(section.id for section in SECTIONS)
 LEVELS = {"blur": (1, 3), "noise": (20, 60), "jpeg": (10, 2), "jpeg2000": (30,), "contrast": (0.5, 0.9)}
 
 
@@ -344,7 +348,7 @@ def test_page_has_every_section_and_the_provenance(runs_dir, tmp_path):
     thresholds = tmp_path / "t.yaml"
     thresholds.write_text("models:\n  model_b:\n    blur:\n      3: {top1: 0.5}\n")
     page = build_report(find_runs([runs_dir]), thresholds=thresholds)
-    for section in SECTIONS:
+    for section in SECTION_IDS:
         assert f"<section id='{section}'>" in page
     assert "0123456789abcdef" in page and "crop_size=224" in page
     assert "FAIL" in page and "model_b" in page
@@ -352,6 +356,60 @@ def test_page_has_every_section_and_the_provenance(runs_dir, tmp_path):
     if DATA.is_dir():
         assert page.count("data:image/jpeg;base64,") == sum(len(v) + 1 for v in LEVELS.values())
     assert "http://" not in page and "https://" not in page  # nothing to fetch
+
+
+def _nav_and_body(page: str) -> tuple[list[str], list[tuple[str, str]]]:
+    nav = re.search(r"<nav>(.*?)</nav>", page).group(1)
+    links = re.findall(r"<a href='#([a-z]+)'>([a-z]+)</a>", nav)
+    assert all(anchor == text for anchor, text in links)
+    body = re.findall(r"<section id='([a-z]+)'><h2>(.*?)</h2>\n", page)
+    assert page.count("<section ") == page.count("</section>") == len(body)
+    return [anchor for anchor, _ in links], body
+
+
+def test_navigation_and_body_follow_the_one_section_list(runs_dir):
+    assert SECTION_IDS == ("summary", "curves", "examples", "classes", "thresholds", "provenance")
+    nav, body = _nav_and_body(build_report(find_runs([runs_dir])))
+    assert nav == list(SECTION_IDS)
+    assert body == [(s.id, s.title) for s in SECTIONS]
+
+
+def test_a_section_added_to_the_list_appears_in_navigation_and_body(runs_dir, monkeypatch):
+    """One list drives both: reorder it and add a section, and the page follows without other edits."""
+    extra = Section("notes", "Notes &amp; more", lambda page: f"<p>{len(page.runs)} runs</p>")
+    changed = (SECTIONS[-1], extra, *SECTIONS[:-1])
+    monkeypatch.setattr(robustness.html_report, "SECTIONS", changed)
+    page = build_report(find_runs([runs_dir]))
+    nav, body = _nav_and_body(page)
+    assert nav == [s.id for s in changed]
+    assert [section_id for section_id, _ in body] == nav
+    assert "<section id='notes'><h2>Notes &amp;amp; more</h2>\n<p>2 runs</p></section>" in page
+
+
+def test_the_docs_list_the_sections_in_page_order():
+    """The module docstring and docs/report.md describe the sections of SECTIONS, in its order."""
+    docstring = re.findall(r"^``([a-z]+)`` ", robustness.html_report.__doc__, re.M)
+    assert docstring == list(SECTION_IDS)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "report.md").read_text(encoding="utf-8")
+    numbered = re.findall(r"^\d+\. \*\*([A-Za-z]+)\*\*", page, re.M)
+    assert [title.lower() for title in numbered] == list(SECTION_IDS)
+
+
+def test_every_png_goes_through_figure_png(tmp_path):
+    """One way to render a figure (report, HTML report, activations): savefig is called in one place."""
+    from matplotlib.figure import Figure
+
+    package = Path(robustness.html_report.__file__).parent
+    calls = {p.name: p.read_text(encoding="utf-8").count(".savefig(") for p in package.glob("*.py")}
+    assert {name: n for name, n in calls.items() if n} == {"report.py": 1}
+    assert not any("matplotlib.use(" in p.read_text(encoding="utf-8") for p in package.glob("*.py"))
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().plot([0, 1], [1, 0])
+    png = figure_png(fig, dpi=50)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 100 and int.from_bytes(png[20:24], "big") == 50  # inches x dpi
+    write_figure(fig, tmp_path / "f.png", dpi=50)
+    assert (tmp_path / "f.png").read_bytes() == png
 
 
 def test_page_without_predictions_says_so(tmp_path, runs_dir):
@@ -418,7 +476,7 @@ def test_run_writes_predictions_provenance_and_report(real_run):
         top1 = float((predictions["predictions"][k, :, 0] == predictions["labels"]).mean())
         assert top1 == pytest.approx(record["top1"])
     page = (out / "report.html").read_text()
-    assert all(f"id='{s}'" in page for s in SECTIONS)
+    assert all(f"id='{s}'" in page for s in SECTION_IDS)
     assert "blur-s9" in page and "FAIL" in page  # the 90% bar at sigma 9 fails
 
 
@@ -476,7 +534,7 @@ def test_report_in_a_headless_browser(real_run, tmp_path):
     try:
         driver.get((out / "report.html").resolve().as_uri())
         assert driver.title.startswith("Robustness report")
-        for section in SECTIONS:
+        for section in SECTION_IDS:
             element = driver.find_element(By.ID, section)
             assert element.is_displayed(), section
             assert element.size["height"] > 40, section

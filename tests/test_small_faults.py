@@ -22,7 +22,15 @@ from robustness._io import atomic_write, new_file_mode
 from robustness.distortions import DISTORTIONS
 from robustness.evaluation import CLEAN, Condition, ConditionResult
 from robustness.gate import condition_label
-from robustness.models import MODELS, PREPROCESSING_PRESETS, ModelError, load_model, register_model
+from robustness.models import (
+    MODELS,
+    PREPROCESSING_PRESETS,
+    ModelError,
+    list_models,
+    load_model,
+    register_model,
+    unregister_model,
+)
 from robustness.report import format_table, plot_accuracy_vs_level, write_results_json
 
 # --------------------------------------------------------------------------------- file modes
@@ -171,7 +179,8 @@ def registered():
     names = []
     yield names
     for name in names:
-        MODELS.pop(name, None)
+        if name in list_models():
+            unregister_model(name)
 
 
 def test_register_model_takes_a_preset_name(registered):

@@ -91,8 +91,31 @@ def test_relative_and_shared_settings(tmp_path):
             "models.efficientnet_lite0.blur.1.tpo1",
             ["unknown key 'tpo1'", "did you mean 'top1'"],
         ),
-        ("blur:\n      2.5: {top1: 0.5}", 5, "models.efficientnet_lite0.blur.2.5", ["not on the blur grid", "1, 2, 3"]),
-        ("jpeg:\n      11: {top1: 0.5}", 5, "models.efficientnet_lite0.jpeg.11", ["not on the jpeg grid"]),
+        (
+            "blur:\n      101: {top1: 0.5}",
+            5,
+            "models.efficientnet_lite0.blur.101",
+            ["blur level 101 is outside the valid range [0, 100] of sigma (px)"],
+        ),
+        (
+            "jpeg:\n      0: {top1: 0.5}",
+            5,
+            "models.efficientnet_lite0.jpeg.0",
+            ["jpeg level 0 is outside the valid range [1, 100] of quality"],
+        ),
+        ("jpeg:\n      50.5: {top1: 0.5}", 5, "models.efficientnet_lite0.jpeg.50.5", ["must be an integer, got 50.5"]),
+        (
+            "blur:\n      sharp: {top1: 0.5}",
+            5,
+            "models.efficientnet_lite0.blur.sharp",
+            ["blur level 'sharp' is not a number (sigma (px), valid range [0, 100])"],
+        ),
+        (
+            "blur:\n      3: {top1: 0.5}\n      '3.0': {top1: 0.4}",
+            6,
+            "models.efficientnet_lite0.blur.3.0",
+            ["the same level as '3' (line 5)"],
+        ),
         (
             "jepg:\n      10: {top1: 0.5}",
             4,
@@ -319,6 +342,34 @@ def test_calibrate_cli_writes_thresholds_diff_and_baseline(tmp_path, capsys):
     # unchanged model, same margin: no change
     assert main(args) == 0
     assert "no change" in capsys.readouterr().out
+
+
+def test_calibrate_cli_takes_levels_off_the_grid(tmp_path, capsys):
+    """``--distortion NAME=LEVELS`` calibrates exactly those levels (any in range); a name alone, the paper's."""
+    from robustness.cli import main
+
+    _register_toy()
+    data = _images(tmp_path / "images")
+    path = tmp_path / "thresholds.yaml"
+    args = ["calibrate", "--model", TOY, "--thresholds", str(path), "--data", str(data), "--margin", "0.1"]
+    args += ["--workers", "0", "--no-progress", "--no-cache", "--no-baseline"]
+    assert main(args + ["--distortion", "contrast=0.25,0.05", "--distortion", "blur=0.5"]) == 0
+    assert "clean + 3 distortion levels" in capsys.readouterr().out
+    t = load_thresholds(path)
+    assert [e.id for e in t.for_model(TOY)] == [
+        f"{TOY}-clean",
+        f"{TOY}-blur-s0.5",
+        f"{TOY}-contrast-0.05",
+        f"{TOY}-contrast-0.25",
+    ]
+    # the toy reads the mean red level (1..10): contrast 0.25 moves it toward 128, every image wrong
+    assert t.get(TOY, Condition("contrast", 0.25)).top1 == 0.0
+    assert t.get(TOY, Condition("blur", 0.5)).top1 == 0.7  # a solid image stays solid: 80% - 10 points
+    # without --distortion, the levels the file lists (off the grid included) are recalibrated
+    assert main(args) == 0
+    assert "clean + 3 distortion levels" in capsys.readouterr().out
+    assert main(args + ["--distortion", "jpeg=101"]) == 2
+    assert "--distortion jpeg=101: jpeg level 101 is outside the valid range [1, 100]" in capsys.readouterr().err
 
 
 def test_calibrate_cli_refuses_a_broken_file(tmp_path, capsys):
