@@ -500,7 +500,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
     """Pass/fail per (run, threshold entry, bar) using :func:`robustness.gate.judge`.
 
     Returns dicts with ``label``, ``condition`` (id), ``metric`` (the bar's key: ``top1``, ``top5``,
-    ``top1_of_clean``, ...), ``measured``, ``threshold`` (the accuracy required; for a relative bar
+    ``balanced_accuracy``, ``top1_of_clean``, ...), ``measured``, ``threshold`` (the accuracy required; for a relative bar
     ``bar x clean``), ``margin = measured - threshold`` (fractions), ``n``, ``passed`` (bool, or
     ``None`` when the run did not measure that condition) and ``text`` (a one-line explanation).
 
@@ -516,12 +516,9 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
         raise ReportError(f"{error}") from None
     verdicts = []
     for run in runs:
+        classes = _run_classes(run)
         clean_record = run.clean()
-        clean = (
-            None
-            if clean_record is None
-            else ConditionResult(run.model, CLEAN, 0.0, clean_record["top1"], clean_record["top5"], clean_record["n"])
-        )
+        clean = None if clean_record is None else _record_result(run, clean_record, classes)
         for threshold in thresholds.for_model(run.model):
             condition = threshold.condition
             record = next(
@@ -535,9 +532,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
             bars = threshold.bars()
             verdict = None
             if record is not None:
-                result = ConditionResult(
-                    run.model, record["distortion"], record["level"], record["top1"], record["top5"], record["n"]
-                )
+                result = _record_result(run, record, classes)
                 try:
                     verdict = judge(threshold, result, clean=clean)
                 except ValueError:  # a relative bar, and the run has no clean result
@@ -691,6 +686,35 @@ class _Page:
     baseline: str | None
     data: str | os.PathLike | None
     examples: int
+
+
+def _run_classes(run):
+    """The run's class list from its provenance (``None``: ImageNet-1k, or not recorded)."""
+    from .labels import ClassList, ClassListError
+
+    record = (getattr(run, "provenance", None) or {}).get("classes") or {}
+    if isinstance(record, dict) and isinstance(record.get("ids"), list):
+        try:
+            names = record.get("names") if isinstance(record.get("names"), list) else record["ids"]
+            return ClassList(tuple(record["ids"]), tuple(names), str(record.get("source", "")))
+        except ClassListError:
+            return None
+    return None
+
+
+def _record_result(run, record: dict, classes) -> ConditionResult:
+    """A results.json record as a :class:`ConditionResult` for :func:`robustness.gate.judge`."""
+    balanced = record.get("balanced_accuracy")
+    return ConditionResult(
+        run.model,
+        record["distortion"],
+        record["level"],
+        record["top1"],
+        record["top5"],
+        record["n"],
+        balanced_accuracy=None if balanced is None else float(balanced),
+        classes=classes,
+    )
 
 
 def _class_names(run=None) -> tuple[str, ...]:

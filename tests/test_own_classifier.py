@@ -212,7 +212,13 @@ def test_report_and_table_use_the_team_class_names(team, tmp_path):
     records = json.loads((run / "results.json").read_text())
     assert {r["num_classes"] for r in records} == {3} and all(r["top5"] is None for r in records)
     assert provenance["classes"]["ids"] == sorted(TEAM_CLASSES)
-    page = write_report([run], tmp_path / "report.html").read_text()
+    bars = tmp_path / "thresholds.yaml"
+    bars.write_text(
+        "models:\n  teamnet:\n    source: fixture\n    clean: {balanced_accuracy: 0.5}\n"
+        "    jpeg:\n      75: {top1: 0.5, balanced_accuracy_of_clean: 0.7}\n"
+    )
+    page = write_report([run], tmp_path / "report.html", thresholds=bars).read_text()
+    assert "3 passed, 0 failed, 0 not measured" in page  # balanced-accuracy bars judged from results.json
     classes = page[page.index("id='classes'") : page.index("id='provenance'")]
     examples = page[page.index("id='examples'") :]
     for name in TEAM_CLASSES:
