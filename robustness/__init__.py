@@ -25,6 +25,7 @@ _EXPORTS = {
     "psnr": "distortions",
     "ImageDataset": "datasets",
     "load_dataset": "datasets",
+    "ClassList": "labels",
     "load_image": "images",
     "ImageLoadError": "images",
     "Classifier": "models",

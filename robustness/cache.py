@@ -677,7 +677,10 @@ class PredictionCache:
                 )
                 self.discard(key)
                 self.store_probe(key, probe)
-        condition_keys = [self.condition_key(c.distortion, c.level, seed) for c in conditions]
+        # the class list joins the key for every label space but ImageNet-1k (whose keys stay as they were)
+        classes = getattr(dataset, "classes", None)
+        digest = None if classes is None or classes.is_imagenet else classes.digest
+        condition_keys = [self.condition_key(c.distortion, c.level, seed, classes=digest) for c in conditions]
         return _CacheSession(self, key, image_keys(dataset), condition_keys)
 
     # ------------------------------------------------------------------------------------- keys
@@ -688,22 +691,27 @@ class PredictionCache:
         return model_key(model, device, fingerprint=fingerprint)
 
     @staticmethod
-    def condition_key(distortion: str, level: float, seed: int) -> str:
-        """Hex key of a condition (``distortion`` ``"clean"`` for the undistorted images)."""
+    def condition_key(distortion: str, level: float, seed: int, classes: str | None = None) -> str:
+        """Hex key of a condition (``distortion`` ``"clean"`` for the undistorted images).
+
+        ``classes``: the digest of the dataset's class list (:attr:`robustness.labels.ClassList.digest`),
+        so two label spaces never share entries; ``None`` for ImageNet-1k, whose keys are unchanged.
+        """
         from .distortions import DISTORTION_CODE_VERSION, DISTORTIONS
 
         spec = DISTORTIONS.get(distortion)
         stochastic = spec is not None and spec.stochastic
-        return _sha256_json(
-            {
-                "distortion": distortion,
-                "level": float(level),
-                "seed": int(seed) if stochastic else None,
-                # built-ins: DISTORTION_CODE_VERSION (keys unchanged); registered: their code_version
-                "distortion_code": DISTORTION_CODE_VERSION if spec is None else spec.cache_version,
-                "engine": ENGINE_VERSION,
-            }
-        )[:32]
+        fields = {
+            "distortion": distortion,
+            "level": float(level),
+            "seed": int(seed) if stochastic else None,
+            # built-ins: DISTORTION_CODE_VERSION (keys unchanged); registered: their code_version
+            "distortion_code": DISTORTION_CODE_VERSION if spec is None else spec.cache_version,
+            "engine": ENGINE_VERSION,
+        }
+        if classes is not None:
+            fields["classes"] = str(classes)
+        return _sha256_json(fields)[:32]
 
     def _folder(self, model_key: str, condition_key: str) -> Path:
         return self.root / _FORMAT / model_key / condition_key
@@ -728,8 +736,10 @@ class PredictionCache:
             raise ValueError(f"keys have dtype {keys.dtype} shape {keys.shape}")
         if top5.dtype != np.int16 or top5.shape != (len(keys), 5):
             raise ValueError(f"top5 has dtype {top5.dtype} shape {top5.shape}")
-        if len(top5) and (top5.min() < 0 or top5.max() > 999):
-            raise ValueError("class index outside 0-999")
+        if len(top5) and (top5.min() < -1 or top5.max() > 32766):
+            # -1 pads the top-5 of a model with fewer than 5 classes; the engine also refuses an index
+            # beyond its dataset's class count
+            raise ValueError("class index outside -1-32766")
         if flags.dtype != np.uint8 or flags.shape != (len(keys),) or (len(flags) and flags.max() > FLAG_MASK):
             raise ValueError(f"flags have dtype {flags.dtype} shape {flags.shape} or unknown bits")
         return keys, top5, flags

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._io import safe_name
-from .names import DISTORTION_NAMES
+from .names import DISTORTION_NAMES, METRICS
 from .settings import COMMAND_ALIASES, DEFAULT_BASELINE_DIR, SETTINGS, cli_flag_help, non_negative_int, positive_int
 
 __all__ = [
@@ -208,6 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     resolve_settings(args)
     dataset = _load_run_dataset(args)
     model = _load_run_model(args)
+    model, dataset = _match_classes(args, model, dataset)
     output = Path(args.output) if args.output else _fresh_output_dir(safe_name(model.name))
     with _context(f"cannot create output folder {output}: "):
         output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
@@ -267,8 +268,23 @@ def _load_run_dataset(args: argparse.Namespace):
         per_class=args.per_class,
         total=args.subset,
         subset_seed=args.subset_seed,
+        classes=args.classes,
     )
     return dataset.limit(args.images)
+
+
+def _match_classes(args: argparse.Namespace, model, dataset):
+    """``(model, dataset)`` with matching label spaces: with --restrict-to-dataset-classes the
+    ImageNet-1k model's logits are restricted to the dataset's classes (an ImageNet-1k dataset first
+    cut to the classes it has images of); then the model's width must equal the class count."""
+    from .labels import check_output_width, restrict_to_classes
+
+    if getattr(args, "restrict_to_dataset_classes", False):
+        if dataset.classes.is_imagenet:
+            dataset = dataset.present_classes()
+        model = restrict_to_classes(model, dataset.classes)
+    check_output_width(model, dataset.classes)
+    return model, dataset
 
 
 def _run_distortions(args: argparse.Namespace):
@@ -391,6 +407,24 @@ def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of --per-class/--subset (default 0)")
     run.add_argument("--clean-only", action="store_true", help="evaluate the undistorted images only")
+    _add_class_options(run)
+
+
+def _add_class_options(parser: argparse.ArgumentParser) -> None:
+    """--classes and --restrict-to-dataset-classes (run, calibrate)."""
+    parser.add_argument(
+        "--classes",
+        default=None,
+        metavar="FILE",
+        help="class list: one class name per line, in the model's output order (default: classes.txt in the "
+        "data folder, else ImageNet-1k for wnid folders, else the sorted folder names)",
+    )
+    parser.add_argument(
+        "--restrict-to-dataset-classes",
+        action="store_true",
+        help="score an ImageNet-1k model on a subset of its classes (ImageNet-R / ImageNet-A convention): "
+        "its logits are restricted to the dataset's classes (wnids)",
+    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -425,6 +459,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .distortions import DISTORTIONS
     from .evaluation import CLEAN, Condition, evaluate
     from .gate import save_baseline
+    from .labels import applicable_metrics
     from .models import list_models, load_model
     from .report import format_table
     from .settings import resolve
@@ -455,8 +490,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     resolve_settings(args, existing)
     images, data, seed = args.images, args.data, args.seed
     with _context(suffix=lambda error: _fixture_hint(args.model, imported)):
-        dataset = load_dataset(data, limit=images)
+        dataset = load_dataset(data, limit=images, classes=args.classes)
         model = load_model(args.model, device=args.device, preprocessing=args.preprocessing, model_name=args.name)
+        model, dataset = _match_classes(args, model, dataset)
+    allowed = applicable_metrics(len(dataset.classes))
+    if args.metric and not set(args.metric) <= set(allowed):
+        raise CommandError(
+            f"--metric {', '.join(sorted(set(args.metric) - set(allowed)))} needs more than 5 classes; "
+            f"the dataset has {dataset.classes.describe()}"
+        )
     if args.name is None and model.name != args.model and args.model in list_models():
         name = model.name  # a registered model with --preprocessing is another model: NAME+custom-preprocessing
     print(
@@ -478,7 +520,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for result in results:
         result.model = name
     print(format_table(results))
-    measured = {r.condition: {"top1": r.top1, "top5": r.top5} for r in results}
+    measured = {r.condition: {m: getattr(r, m) for m in allowed} for r in results}
     old, new = update_thresholds_file(
         path,
         name,
@@ -561,8 +603,12 @@ def _add_calibrate(commands) -> None:
         help="calibrate every default (paper) level of every distortion, including those registered by --import",
     )
     calibrate.add_argument(
-        "--metric", action="append", choices=["top1", "top5"], help="bars for new entries (repeatable; default top1)"
+        "--metric",
+        action="append",
+        choices=list(METRICS),
+        help="bars for new entries (repeatable; default top1; top5 needs more than 5 classes)",
     )
+    _add_class_options(calibrate)
     calibrate.add_argument(
         "--import",
         dest="import_",

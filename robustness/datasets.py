@@ -1,8 +1,12 @@
-"""Labelled ImageNet validation images.
+"""Labelled images: ImageNet validation images by default, or any single-label classifier's own classes.
 
-Class indices are always global ImageNet-1k indices: the position of the wnid in the sorted list of
-the 1000 ILSVRC2012 wnids (the torchvision / Caffe order, shipped as ``robustness/data/imagenet_classes.tsv``),
-never the local folder order of a subset.
+A label is an index into the dataset's class list (:attr:`ImageDataset.classes`, a
+:class:`robustness.labels.ClassList`), in the model's output order. For ImageNet that is the global
+ImageNet-1k index: the position of the wnid in the sorted list of the 1000 ILSVRC2012 wnids (the
+torchvision / Caffe order, shipped as ``robustness/data/imagenet_classes.tsv``), never the local
+folder order of a subset. For a team's own folders (``<class name>/<file>``) it is the position in
+the sorted folder names (the ``torchvision.datasets.ImageFolder`` convention) unless a class list
+file (``classes.txt`` in the folder, or ``classes=``) gives the order.
 
 The dataset location is a setting: the ``data`` argument, else the ``ROBUSTNESS_DATA`` environment
 variable, else ``../shared/data/imagenet-val-1024`` next to the working directory when it exists.
@@ -11,12 +15,16 @@ Three layouts are read (:func:`load_dataset`):
 
 * a folder of ``<wnid>/<file>`` sub-folders (torchvision ImageFolder), labelled by its ``labels.csv``
   when present, else by the folder names;
+* a folder of ``<class name>/<file>`` sub-folders with any names: the classes are the sorted top-level
+  folder names, or the class list (``classes.txt`` / ``classes=``) in that order;
 * the flat ILSVRC2012 validation folder (``ILSVRC2012_val_00000001.JPEG`` ...), labelled by the
   devkit's ground truth (``ILSVRC2012_validation_ground_truth.txt`` + ``meta.mat``, or the 50,000-row
   ``ILSVRC2012_val_wnid.csv``) found in the devkit folder: the ``devkit`` argument, else
   ``$ROBUSTNESS_DEVKIT``, else the data folder itself, else ``../shared/data/imagenet-meta``;
 * a CSV manifest with columns ``path`` and ``label`` (a wnid or a class index; or columns ``wnid`` /
-  ``class_index``), paths relative to the manifest's folder (or to ``data`` when given) or absolute.
+  ``class_index``), paths relative to the manifest's folder (or to ``data`` when given) or absolute;
+  with a class list (``classes=``), ``label`` holds class names or indices into that list; labels
+  that are neither wnids nor numbers, without a class list, make the classes the sorted label names.
 
 :meth:`ImageDataset.subset` draws a deterministic, seeded subset: N images per class, or N in total
 spread evenly over the classes.
@@ -37,6 +45,15 @@ from pathlib import Path
 import numpy as np
 
 from .images import load_image
+from .labels import (
+    CLASS_FILE_NAME,
+    ClassList,
+    ClassListError,
+    class_list,
+    imagenet_class_list,
+    named_class_list,
+    read_class_file,
+)
 
 __all__ = [
     "Sample",
@@ -61,7 +78,7 @@ _VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.(jpeg|jpg|png)$", re.IGNORECAS
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
 
 
-class DatasetError(ValueError):
+class DatasetError(ClassListError):
     """The dataset folder, a label file or a label is missing or malformed; the message says which."""
 
 
@@ -90,7 +107,8 @@ def _wnid_to_index() -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: ``path`` (absolute), ``label`` (global class index 0-999), ``image_id``
+    """One labelled image: ``path`` (absolute), ``label`` (index into the dataset's class list; for
+    ImageNet the global class index 0-999), ``image_id``
     (the path relative to the dataset root, with ``/`` separators: stable across machines)."""
 
     path: str
@@ -104,19 +122,35 @@ class ImageDataset(Sequence[Sample]):
     Order: sorted by file name, then by relative path. For ILSVRC2012 validation files
     (``ILSVRC2012_val_00000001.JPEG`` ...) this is the official validation order, which is shuffled
     across classes, so the first N images of a subset spread over many classes.
+
+    ``classes`` (a :class:`robustness.labels.ClassList`, default ImageNet-1k) is what the labels
+    index, in the model's output order; every label must be a valid index into it.
+
+    Raises:
+        DatasetError: a label outside ``0 .. len(classes) - 1``.
     """
 
-    def __init__(self, samples: Sequence[Sample], root: str | os.PathLike, description: str = ""):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        root: str | os.PathLike,
+        description: str = "",
+        classes: ClassList | None = None,
+    ):
         self.samples = sorted(samples, key=lambda s: (Path(s.image_id).name, s.image_id))
         self.root = Path(root)
         self.description = description or str(root)
+        self.classes = classes if classes is not None else imagenet_class_list()
+        bad = next((s for s in self.samples if not 0 <= s.label < len(self.classes)), None)
+        if bad is not None:
+            raise DatasetError(f"{bad.path}: label {bad.label} is outside the class list ({self.classes.describe()})")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
-            return ImageDataset(self.samples[index], self.root, self.description)
+            return ImageDataset(self.samples[index], self.root, self.description, self.classes)
         return self.samples[index]
 
     def load(self, index: int) -> tuple[np.ndarray, int]:
@@ -176,7 +210,25 @@ class ImageDataset(Sequence[Sample]):
             f"total={total}" if total is not None else "",
         ]
         note = ", ".join(p for p in parts if p)
-        return ImageDataset([item[2] for item in ranked], self.root, f"{self.description} [subset {note}, seed {seed}]")
+        return ImageDataset(
+            [item[2] for item in ranked], self.root, f"{self.description} [subset {note}, seed {seed}]", self.classes
+        )
+
+    def present_classes(self) -> ImageDataset:
+        """The same images with the class list cut down to the classes that have images, in the
+        list's order, and labels renumbered into it (for an ImageNet-1k model restricted to the
+        classes of an ImageNet subset, :func:`robustness.labels.restrict_to_classes`)."""
+        used = sorted({s.label for s in self.samples})
+        if len(used) == len(self.classes):
+            return self
+        new = {old: i for i, old in enumerate(used)}
+        classes = ClassList(
+            tuple(self.classes.ids[i] for i in used),
+            tuple(self.classes.names[i] for i in used),
+            f"the {len(used)} classes with images in {self.description}, of {self.classes.source}",
+        )
+        samples = [Sample(s.path, new[s.label], s.image_id) for s in self.samples]
+        return ImageDataset(samples, self.root, self.description, classes)
 
     def __repr__(self) -> str:
         return f"ImageDataset({self.description!r}, {len(self)} images)"
@@ -381,8 +433,16 @@ def _flat_val_samples(root: Path, files: list[Path], devkit: str | os.PathLike |
     return samples
 
 
-def _manifest_samples(manifest: Path, root: Path) -> list[Sample]:
-    labels = _read_labels_csv(manifest)
+def _manifest_samples(manifest: Path, root: Path, classes: ClassList | None) -> tuple[list[Sample], ClassList]:
+    if classes is None or _all_wnids(classes.ids):
+        imagenet = _imagenet_manifest_labels(manifest) if classes is None else _read_labels_csv(manifest)
+        if imagenet is not None:
+            labels = imagenet if classes is None else _relabel(imagenet, classes, manifest)
+            classes = classes or imagenet_class_list()
+        else:  # class names without a class list: the sorted names
+            labels, classes = _read_named_labels_csv(manifest, None)
+    else:
+        labels, classes = _read_named_labels_csv(manifest, classes)
     if not labels:
         raise DatasetError(f"{manifest}: the manifest lists no images")
     samples = []
@@ -395,7 +455,92 @@ def _manifest_samples(manifest: Path, root: Path) -> list[Sample]:
         except ValueError:
             image_id = rel
         samples.append(Sample(str(file.resolve()), label, image_id))
-    return samples
+    return samples, classes
+
+
+def _all_wnids(ids) -> bool:
+    table = _wnid_to_index()
+    return all(i in table for i in ids)
+
+
+def _imagenet_manifest_labels(manifest: Path) -> dict[str, int] | None:
+    """The manifest read the ImageNet way, or ``None`` when its ``label`` column holds only names that
+    look like neither wnids nor numbers (then the labels are class names); a mix is read the ImageNet
+    way, so a mistyped wnid is an error, not a new class."""
+    try:
+        handle = open(manifest, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed by the `with` below
+    except OSError as error:
+        raise DatasetError(f"cannot read {manifest}: {error}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        fields = set(reader.fieldnames or ())
+        if "label" in fields and not fields & {"wnid", "class_index"}:
+            texts = [(row.get("label") or "").strip() for row in reader]
+            imagenet_like = [bool(re.fullmatch(r"n\d{8}|[+-]?\d+", t)) for t in texts if t]
+            if imagenet_like and not any(imagenet_like):  # class names only (a mix is an ImageNet error)
+                return None
+    return _read_labels_csv(manifest)
+
+
+def _relabel(labels: dict[str, int], classes: ClassList, where: Path) -> dict[str, int]:
+    """ImageNet-1k class indices -> positions in ``classes`` (a list of wnids)."""
+    wnids = imagenet_wnids()
+    out = {}
+    for rel, index in labels.items():
+        wnid = wnids[index]
+        if wnid not in classes.ids:
+            raise DatasetError(
+                f"{where}: image {rel} has class {wnid} ({imagenet_class_names()[index]}), which is not in the "
+                f"class list ({classes.source})"
+            )
+        out[rel] = classes.ids.index(wnid)
+    return out
+
+
+def _read_named_labels_csv(path: Path, classes: ClassList | None) -> tuple[dict[str, int], ClassList]:
+    """Map path -> label from a CSV with ``path`` and ``label`` columns, where a label is a class name
+    of ``classes`` or an index into it (a name wins when a class is named by digits). Without
+    ``classes`` the labels are names and the class list is their sorted set."""
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed by the `with` below
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error}") from None
+    rows: list[tuple[int, str, str]] = []
+    with handle:
+        reader = csv.DictReader(handle)
+        fields = set(reader.fieldnames or ())
+        if not {"path", "label"} <= fields:
+            raise DatasetError(
+                f"{path}: needs a 'path' and a 'label' column (class name or index), has {sorted(fields)}"
+            )
+        for line, row in enumerate(reader, start=2):
+            rel = (row["path"] or "").strip().replace("\\", "/")
+            while rel.startswith("./"):
+                rel = rel[2:]
+            if not rel:
+                raise DatasetError(f"{path}:{line}: empty path")
+            text = (row["label"] or "").strip()
+            if not text:
+                raise DatasetError(f"{path}:{line}: row has no label")
+            rows.append((line, rel, text))
+    if classes is None:
+        names = sorted({text for _, _, text in rows})
+        classes = named_class_list(names, f"sorted label names of {path}")
+    labels: dict[str, int] = {}
+    for line, rel, text in rows:
+        if text in classes.ids:
+            index = classes.ids.index(text)
+        elif re.fullmatch(r"\d+", text) and int(text) < len(classes):
+            index = int(text)
+        else:
+            raise DatasetError(
+                f"{path}:{line}: label {text!r} is neither a class name nor an index 0-{len(classes) - 1} "
+                f"of the class list ({classes.describe()})"
+            )
+        if rel in labels and labels[rel] != index:
+            raise DatasetError(f"{path}:{line}: {rel} is listed twice with different labels")
+        labels[rel] = index
+    return labels, classes
 
 
 def load_dataset(
@@ -407,21 +552,28 @@ def load_dataset(
     per_class: int | None = None,
     total: int | None = None,
     subset_seed: int = 0,
+    classes: ClassList | str | os.PathLike | Sequence[str] | None = None,
 ) -> ImageDataset:
-    """Load labelled ImageNet validation images.
+    """Load labelled images: ImageNet validation images, or a classifier's own classes.
 
     Layouts (see the module doc):
 
     * ``manifest`` given, or ``data`` is a ``.csv`` file: the CSV manifest (columns ``path`` and
       ``label``, or ``wnid`` / ``class_index``); paths are relative to ``data`` when it is a folder,
-      else to the manifest's folder.
+      else to the manifest's folder. With a class list, ``label`` is a class name or an index into it.
     * ``data`` holds ``<wnid>/<file>`` sub-folders: labels from the folder's ``labels.csv`` when
-      present (every image must be listed), otherwise from each image's parent folder name, which
-      must be one of the 1000 ImageNet wnids.
+      present (every image must be listed), otherwise from each image's parent folder name.
+    * ``data`` holds ``<class name>/<file>`` sub-folders whose names are not all wnids (and no
+      ``labels.csv``): each image's class is its top-level folder; the classes are the sorted
+      folder names (``torchvision.datasets.ImageFolder``) unless a class list gives the order.
     * ``data`` holds ``ILSVRC2012_val_NNNNNNNN.JPEG`` files directly: labels from the devkit (see
       :func:`resolve_devkit_dir`).
 
-    The label is always the global class index.
+    The class list (:attr:`ImageDataset.classes`) is ``classes`` when given, else ``classes.txt``
+    in the data folder when present (one name per line, :func:`robustness.labels.read_class_file`),
+    else ImageNet-1k for wnid folders, ILSVRC2012 files and wnid / index manifests, else the sorted
+    folder (or label) names. A class list of wnids turns ImageNet labels into positions in that
+    list (ImageNet-R / ImageNet-A style subsets).
 
     Args:
         data: the folder (see :func:`resolve_data_dir` for the default) or a manifest CSV.
@@ -430,14 +582,27 @@ def load_dataset(
         manifest: a CSV manifest.
         devkit: the ILSVRC2012 devkit folder, for a flat validation folder.
         per_class, total, subset_seed: a deterministic subset (see :meth:`ImageDataset.subset`).
+        classes: the class list: a :class:`robustness.labels.ClassList`, a class list file, or a
+            sequence of class names, in the model's output order.
 
     Returns:
         an :class:`ImageDataset`.
 
     Raises:
-        DatasetError: missing folder, no images, an image in a folder that is not a wnid, an image
-            missing from ``labels.csv``, a malformed CSV, a flat file without ground truth.
+        DatasetError: missing folder, no images, a folder mixing wnid and other folder names, an
+            image whose folder or label is not in the class list, an image missing from
+            ``labels.csv``, a malformed CSV or class list, a flat file without ground truth.
     """
+    try:
+        return _load_dataset(data, limit, manifest, devkit, per_class, total, subset_seed, classes)
+    except DatasetError:
+        raise
+    except ClassListError as error:
+        raise DatasetError(str(error)) from None
+
+
+def _load_dataset(data, limit, manifest, devkit, per_class, total, subset_seed, classes) -> ImageDataset:
+    explicit = class_list(classes) if classes is not None else None
     if manifest is None and data is not None and str(data).lower().endswith(".csv") and Path(data).is_file():
         manifest, data = data, None
     if manifest is not None:
@@ -445,24 +610,46 @@ def load_dataset(
         if not manifest.is_file():
             raise DatasetError(f"manifest {manifest} does not exist")
         root = resolve_data_dir(data) if data is not None else manifest.resolve().parent
-        samples = _manifest_samples(manifest.resolve(), root)
-        dataset = ImageDataset(samples, root, f"{manifest}")
+        samples, found = _manifest_samples(manifest.resolve(), root, explicit)
+        dataset = ImageDataset(samples, root, f"{manifest}", found)
         return dataset.subset(per_class, total, subset_seed).limit(limit)
 
     root = resolve_data_dir(data)
+    if explicit is None and (root / CLASS_FILE_NAME).is_file():
+        explicit = read_class_file(root / CLASS_FILE_NAME)
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     files = [p for p in images if p.parent != root]
     flat = [p for p in images if p.parent == root]
     if not files and flat:
-        dataset = ImageDataset(_flat_val_samples(root, flat, devkit), root, f"{root} (flat ILSVRC2012 val)")
+        samples = _flat_val_samples(root, flat, devkit)
+        if explicit is not None:
+            relabelled = _relabel({s.image_id: s.label for s in samples}, explicit, root)
+            samples = [Sample(s.path, relabelled[s.image_id], s.image_id) for s in samples]
+        dataset = ImageDataset(samples, root, f"{root} (flat ILSVRC2012 val)", explicit)
         return dataset.subset(per_class, total, subset_seed).limit(limit)
     if not files:
         raise DatasetError(
-            f"dataset folder {root} holds no images in <wnid>/<file> sub-folders or ILSVRC2012_val_* files"
+            f"dataset folder {root} holds no images in <class>/<file> sub-folders or ILSVRC2012_val_* files"
         )
     labels_csv = root / "labels.csv"
-    csv_labels = _read_labels_csv(labels_csv) if labels_csv.is_file() else None
     table = _wnid_to_index()
+    if labels_csv.is_file() and explicit is not None and not _all_wnids(explicit.ids):
+        named, _ = _read_named_labels_csv(labels_csv, explicit)
+        samples = _listed_samples(root, files, labels_csv, named)
+        return ImageDataset(samples, root, classes=explicit).subset(per_class, total, subset_seed).limit(limit)
+    parents = sorted({file.parent.name for file in files})
+    own = [name for name in parents if name not in table]
+    if not labels_csv.is_file() and own and (explicit is None or not _all_wnids(explicit.ids)):
+        if explicit is None and len(own) < len(parents):
+            wnids = [name for name in parents if name in table]
+            raise DatasetError(
+                f"{root}: folder {own[0]!r} is not an ImageNet wnid but {wnids[0]!r}"
+                f"{f' and {len(wnids) - 1} more' if len(wnids) > 1 else ''} are; name every folder by its class "
+                f"and list the classes in {root / CLASS_FILE_NAME} (one per line, in the model's output order), "
+                f"or use wnid folders only"
+            )
+        return _own_class_dataset(root, files, explicit).subset(per_class, total, subset_seed).limit(limit)
+    csv_labels = _read_labels_csv(labels_csv) if labels_csv.is_file() else None
     samples = []
     for file in files:
         rel = file.relative_to(root).as_posix()
@@ -489,4 +676,37 @@ def load_dataset(
             raise DatasetError(
                 f"{labels_csv}: {len(missing)} listed image(s) not found under {root}, e.g. {', '.join(missing[:3])}"
             )
-    return ImageDataset(samples, root).subset(per_class, total, subset_seed).limit(limit)
+    if explicit is not None:
+        relabelled = _relabel({s.image_id: s.label for s in samples}, explicit, root)
+        samples = [Sample(s.path, relabelled[s.image_id], s.image_id) for s in samples]
+    return ImageDataset(samples, root, classes=explicit).subset(per_class, total, subset_seed).limit(limit)
+
+
+def _listed_samples(root: Path, files: list[Path], labels_csv: Path, labels: dict[str, int]) -> list[Sample]:
+    samples = []
+    for file in files:
+        rel = file.relative_to(root).as_posix()
+        if rel not in labels:
+            raise DatasetError(f"{labels_csv}: no label for image {rel}")
+        samples.append(Sample(str(file), labels[rel], rel))
+    missing = sorted(set(labels) - {s.image_id for s in samples})
+    if missing:
+        raise DatasetError(
+            f"{labels_csv}: {len(missing)} listed image(s) not found under {root}, e.g. {', '.join(missing[:3])}"
+        )
+    return samples
+
+
+def _own_class_dataset(root: Path, files: list[Path], classes: ClassList | None) -> ImageDataset:
+    """``<class name>/<file>`` folders: each image's class is its top-level folder under ``root``."""
+    folders = sorted({file.relative_to(root).parts[0] for file in files})
+    if classes is None:
+        classes = named_class_list(folders, f"sorted folder names of {root}")
+    samples = []
+    for file in files:
+        rel = file.relative_to(root).as_posix()
+        folder = file.relative_to(root).parts[0]
+        if folder not in classes.ids:
+            raise DatasetError(f"{file}: folder {folder!r} is not a class of the class list ({classes.describe()})")
+        samples.append(Sample(str(file), classes.ids.index(folder), rel))
+    return ImageDataset(samples, root, classes=classes)

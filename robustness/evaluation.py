@@ -43,6 +43,7 @@ from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
+from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
 from .models import Classifier, load_model
 
 __all__ = [
@@ -66,15 +67,21 @@ class ConditionResult:
     Attributes:
         model: model name.
         distortion, level: the condition (``"clean"``, 0 for the undistorted images).
-        top1, top5: accuracy as fractions in [0, 1].
+        top1, top5: accuracy as fractions in [0, 1]. With 5 classes or fewer, top-5 is 1.0 by
+            construction: it is not gateable then, and results.json writes it as ``null``.
         n: number of images (unreadable images excluded).
         image_ids: the images, in dataset order.
-        labels: int64 ``(n,)`` true class indices.
-        predictions: int64 ``(n, 5)`` top-5 class indices per image, best first.
+        labels: int64 ``(n,)`` true class indices (into the dataset's class list).
+        predictions: int64 ``(n, 5)`` top-5 class indices per image, best first; a model with
+            C < 5 classes has its top-C, padded with -1.
         skipped: unreadable images left out of every condition: image id -> error message.
         tolerance_misses: how many of the ``n`` images the distortion could not bring within its
             tolerance (JPEG 2000: the closest encode is more than 0.5 dB from the target PSNR, see
             :func:`robustness.distortions.distort_with_info`); 0 for the other distortions and clean.
+        balanced_accuracy: mean per-class top-1 recall over the classes present in ``labels``
+            (:func:`robustness.labels.balanced_accuracy`, as ``sklearn.metrics.balanced_accuracy_score``);
+            ``None`` when not computed (a result rebuilt from an older results.json).
+        classes: the dataset's class list (``None``: ImageNet-1k).
     """
 
     model: str
@@ -88,22 +95,35 @@ class ConditionResult:
     predictions: np.ndarray = field(repr=False, default=None)
     skipped: dict[str, str] = field(repr=False, default_factory=dict)
     tolerance_misses: int = 0
+    balanced_accuracy: float | None = None
+    classes: ClassList | None = field(repr=False, default=None)
 
     @property
     def condition(self) -> Condition:
         return Condition(self.distortion, self.level)
 
+    @property
+    def num_classes(self) -> int:
+        """The number of classes of the dataset's class list (1000 for ImageNet-1k)."""
+        return 1000 if self.classes is None else len(self.classes)
+
     def to_record(self) -> dict:
-        """The JSON record: model, distortion, level, top1, top5, n, tolerance_misses."""
-        return {
+        """The JSON record: model, distortion, level, top1, top5, n, tolerance_misses, and (new in
+        the label-spaces release) balanced_accuracy and num_classes. ``top5`` is ``null`` with 5
+        classes or fewer (it would be 1.0 by construction)."""
+        record = {
             "model": self.model,
             "distortion": self.distortion,
             "level": self.level,
             "top1": self.top1,
-            "top5": self.top5,
+            "top5": self.top5 if self.num_classes > 5 else None,
             "n": self.n,
             "tolerance_misses": self.tolerance_misses,
         }
+        if self.balanced_accuracy is not None:
+            record["balanced_accuracy"] = self.balanced_accuracy
+        record["num_classes"] = self.num_classes
+        return record
 
 
 def image_seed(base_seed: int, image_id: str, distortion: str, level: float) -> np.random.SeedSequence:
@@ -283,6 +303,7 @@ class _Run:
     ):
         self.model, self.dataset, self.conditions, self.seed, self.device = model, dataset, conditions, seed, device
         self.session = session
+        self.num_classes = len(dataset.classes)
         size = (len(conditions), len(dataset))
         self.predictions = np.full(size + (5,), -1, dtype=np.int64)
         self.done = np.zeros(size, dtype=bool)
@@ -294,6 +315,8 @@ class _Run:
         """Take what the store holds for ``condition_indices`` (pairs not yet done)."""
         for k in condition_indices:
             for i, entry in self.session.get(k).items():
+                if entry.top5.max() >= self.num_classes:
+                    continue  # a class the dataset's list does not have: not this run's answer, recompute
                 if not self.done[k, i]:
                     self.predictions[k, i] = entry.top5
                     self.missed[k, i] = bool(entry.flags & FLAG_MISSED_TOLERANCE)
@@ -326,17 +349,26 @@ class _Run:
                     self.skipped.setdefault(i, message)
                 if batch is not None:
                     logits = self.model(batch.to(self.device, non_blocking=on_cuda))
-                    if logits.ndim != 2 or logits.shape[1] != 1000:
+                    if logits.ndim != 2:
                         raise ValueError(
                             f"model {self.model.name} returned logits of shape "
-                            f"{tuple(logits.shape)}, expected (N, 1000)"
+                            f"{tuple(logits.shape)}, expected (N, {self.num_classes})"
+                        )
+                    if logits.shape[1] != self.num_classes:
+                        raise width_mismatch(
+                            self.model,
+                            logits.shape[1],
+                            self.dataset.classes,
+                            f"logits of shape {tuple(logits.shape)}, expected (N, {self.num_classes})",
                         )
                     if not torch.isfinite(logits).all():
                         raise ValueError(
                             f"model {self.model.name} returned non-finite logits (NaN or inf); "
                             "its top-5 would be meaningless"
                         )
-                    top5 = logits.topk(5, dim=1).indices.cpu().numpy()
+                    top5 = logits.topk(min(5, self.num_classes), dim=1).indices.cpu().numpy()
+                    if top5.shape[1] < 5:  # fewer than 5 classes: pad with -1 (never a label)
+                        top5 = np.pad(top5, ((0, 0), (0, 5 - top5.shape[1])), constant_values=-1)
                     yield condition_index.numpy(), image_index.numpy(), top5, missed.numpy()
                 if bar is not None:
                     bar.update(len(failed) + (0 if batch is None else len(batch)))
@@ -408,8 +440,12 @@ def evaluate(
     device: str | torch.device | None = None,
     progress: bool = False,
     cache: PredictionStore | str | os.PathLike | bool | None = None,
+    restrict_to_dataset_classes: bool = False,
 ) -> list[ConditionResult]:
-    """Top-1 / top-5 accuracy of ``model`` on ``dataset`` under each distortion level, plus clean.
+    """Top-1 / top-5 / balanced accuracy of ``model`` on ``dataset`` under each distortion level, plus clean.
+
+    The model's output width must equal the dataset's class count (``len(dataset.classes)``;
+    :func:`robustness.labels.check_output_width`), checked before any image is read.
 
     Args:
         model: a :class:`Classifier` or a registered model name.
@@ -436,6 +472,12 @@ def evaluate(
             fingerprint's probe images differ between two consecutive calls (not deterministic)
             is evaluated without the cache, with a :class:`CacheWarning` (checked before a model
             key's first entries are written, so a fresh key costs two probe runs, a known one one).
+            For any class list but ImageNet-1k the list's digest joins each condition's key.
+        restrict_to_dataset_classes: score an ImageNet-1k model on a subset of its classes (the
+            ImageNet-R / ImageNet-A convention): its logits are restricted to the dataset's classes
+            (:func:`robustness.labels.restrict_to_classes`); when the dataset's list is the full
+            ImageNet-1k one it is first cut to the classes that have images
+            (:meth:`robustness.ImageDataset.present_classes`).
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
@@ -445,11 +487,18 @@ def evaluate(
     Raises:
         ValueError: unknown distortion or model name, a level outside a distortion's range, an empty
             dataset, or every image unreadable.
+        robustness.labels.ClassListError (a ``ValueError``): the model's output width is not the
+            dataset's class count, or a restricted model lacks one of the dataset's classes.
     """
     if isinstance(model, str):
         model = load_model(model)
     if len(dataset) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
+    if restrict_to_dataset_classes:
+        if dataset.classes.is_imagenet:
+            dataset = dataset.present_classes()
+        model = restrict_to_classes(model, dataset.classes)
+    check_output_width(model, dataset.classes, probe=False)  # unrecorded width: checked on the first batch
     if distortions is not None and not isinstance(distortions, (Mapping, str)):
         distortions = list(distortions)
     if distortions and all(isinstance(c, Condition) for c in distortions):
@@ -512,6 +561,8 @@ def evaluate(
                 predictions=predictions.copy(),
                 skipped=dict(skipped),
                 tolerance_misses=int(run.missed[k][keep].sum()),
+                balanced_accuracy=balanced_accuracy(labels, predictions[:, 0]),
+                classes=dataset.classes,
             )
         )
     return results

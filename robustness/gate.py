@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Sequence
@@ -25,8 +26,9 @@ from ._io import safe_name
 from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS
+from .labels import ClassListError, applicable_metrics, imagenet_class_list
 from .stats import McNemarResult, correct, mcnemar, wilson_interval
-from .thresholds import METRICS, PairedSettings, Threshold, Thresholds
+from .thresholds import METRICS, PAIRED_METRICS, PairedSettings, Threshold, Thresholds, check_metrics
 
 if TYPE_CHECKING:  # the engine and the models need torch: imported where a model is loaded or evaluated
     from .evaluation import ConditionResult
@@ -81,8 +83,9 @@ class Check:
     """One bar of a threshold.
 
     Attributes:
-        key: the bar's key in the file (``top1``, ``top5``, ``top1_of_clean``, ``top5_of_clean``).
-        metric: ``top1`` or ``top5``.
+        key: the bar's key in the file (``top1``, ``top5``, ``balanced_accuracy``, or one of them
+            with ``_of_clean``).
+        metric: ``top1``, ``top5`` or ``balanced_accuracy``.
         measured: the measured accuracy.
         required: the accuracy needed (for relative bars: ``bar * clean``).
         bar: the value written in the file.
@@ -162,16 +165,37 @@ class Verdict:
     def passed(self) -> bool:
         return all(c.passed for c in self.checks) and (self.paired is None or self.paired.passed)
 
-    def interval(self, metric: str) -> tuple[float, float]:
-        """95% Wilson interval of the measured ``metric``."""
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """95% Wilson interval of the measured ``metric``: for ``top1`` and ``top5``, proportions of
+        images; ``None`` for ``balanced_accuracy`` (a mean of per-class recalls, not a binomial
+        proportion, so the Wilson interval does not apply)."""
+        if metric not in PAIRED_METRICS:
+            return None
         value = getattr(self.result, metric)
         return wilson_interval(int(round(value * self.n)), self.n)
 
+    def metrics(self) -> list[str]:
+        """The metrics shown and recorded for this result: those of :data:`METRICS` that apply to
+        the dataset's class count (:func:`robustness.labels.applicable_metrics`) and were computed;
+        balanced accuracy only for class lists other than ImageNet-1k or when a bar uses it (so
+        ImageNet gate messages read as before)."""
+        allowed = applicable_metrics(self.result.num_classes)
+        own = self.result.classes is not None and not self.result.classes.is_imagenet
+        barred = {key.replace("_of_clean", "") for key in self.threshold.bars()}
+        return [
+            m
+            for m in METRICS
+            if m in allowed
+            and getattr(self.result, m, None) is not None
+            and (m != "balanced_accuracy" or own or m in barred)
+        ]
+
     def measured_line(self) -> str:
         parts = []
-        for metric in METRICS:
-            low, high = self.interval(metric)
-            parts.append(f"{metric} {_pct(getattr(self.result, metric))} (95% CI {_pct(low)}-{_pct(high)})")
+        for metric in self.metrics():
+            interval = self.interval(metric)
+            ci = "" if interval is None else f" (95% CI {_pct(interval[0])}-{_pct(interval[1])})"
+            parts.append(f"{metric} {_pct(getattr(self.result, metric))}{ci}")
         return ", ".join(parts) + f", n={self.n} images"
 
     def message(self) -> str:
@@ -208,13 +232,14 @@ class Verdict:
             ("robustness_level", f"{t.condition.level:g}"),
             ("robustness_n", r.n),
         ]
-        for metric in METRICS:
-            low, high = self.interval(metric)
-            props += [
-                (f"robustness_{metric}", round(getattr(r, metric), 6)),
-                (f"robustness_{metric}_ci_low", round(low, 6)),
-                (f"robustness_{metric}_ci_high", round(high, 6)),
-            ]
+        for metric in self.metrics():
+            props.append((f"robustness_{metric}", round(getattr(r, metric), 6)))
+            interval = self.interval(metric)
+            if interval is not None:
+                props += [
+                    (f"robustness_{metric}_ci_low", round(interval[0], 6)),
+                    (f"robustness_{metric}_ci_high", round(interval[1], 6)),
+                ]
         for c in self.checks:
             props.append((f"robustness_{c.key}_required", round(c.required, 6)))
         if self.paired is not None:
@@ -250,12 +275,19 @@ def judge(
         source: ``file:line`` shown in the message.
 
     Raises:
-        ValueError: a relative bar without ``clean``.
+        ValueError: a relative bar without ``clean``; a bar on a metric that does not apply to the
+            dataset's class count (top-5 with 5 classes or fewer) or was not computed.
     """
     checks = []
+    allowed = applicable_metrics(result.num_classes)
     for key, bar in threshold.bars().items():
         metric = key.replace("_of_clean", "")
         measured = getattr(result, metric)
+        if metric not in allowed or measured is None:
+            raise ValueError(
+                f"{threshold.id}: a {key} bar cannot be judged on {result.num_classes} classes"
+                + ("" if measured is not None else f" ({metric} was not computed for this result)")
+            )
         if key in METRICS:
             checks.append(Check(key, metric, measured, bar, bar))
         else:
@@ -305,7 +337,11 @@ def check_threshold(threshold: Threshold, result: ConditionResult, clean: Condit
 
 @dataclass
 class Baseline:
-    """Stored per-image top-5 predictions of one model for the levels of one distortion."""
+    """Stored per-image top-5 predictions of one model for the levels of one distortion.
+
+    ``classes`` is the digest of the class list the labels and predictions index
+    (:attr:`robustness.labels.ClassList.digest`); baselines written before class lists existed
+    are ImageNet-1k's."""
 
     model: str
     distortion: str
@@ -314,6 +350,11 @@ class Baseline:
     labels: np.ndarray
     levels: list[float]
     predictions: np.ndarray  # (levels, n, 5)
+    classes: str = ""
+
+    def __post_init__(self):
+        if not self.classes:
+            self.classes = imagenet_class_list().digest
 
     def pair(
         self, result: ConditionResult
@@ -323,6 +364,9 @@ class Baseline:
         key = f"{float(result.level):g}"
         if key not in keys:
             return f"the baseline has no {result.distortion} level {key}"
+        digest = (result.classes or imagenet_class_list()).digest
+        if digest != self.classes:
+            return f"the baseline was measured with another class list (digest {self.classes}, this run {digest})"
         if result.predictions is None or not result.image_ids:
             return "the result carries no per-image predictions"
         index = {image_id: i for i, image_id in enumerate(self.image_ids)}
@@ -348,7 +392,7 @@ def save_baseline(
     """Store the per-image predictions of ``results`` as baselines, one ``.npz`` per (model, distortion).
 
     Files: ``<folder>/<model>/<distortion>.npz`` (image ids, labels, levels, int16 top-5 predictions,
-    seed), written atomically. Levels already stored for that distortion and not in ``results`` are kept.
+    seed, the class list's digest), written atomically. Levels already stored for that distortion and not in ``results`` are kept.
     Returns the files written.
     """
     from ._io import atomic_write
@@ -361,8 +405,9 @@ def save_baseline(
         path = _baseline_file(Path(folder), name, distortion)
         image_ids = list(items[0].image_ids)
         levels = {f"{float(r.level):g}": (float(r.level), np.asarray(r.predictions)) for r in items}
+        classes = (items[0].classes or imagenet_class_list()).digest
         old = load_baseline(folder, name, distortion)
-        if old is not None and old.image_ids == image_ids and old.seed == seed:
+        if old is not None and old.image_ids == image_ids and old.seed == seed and old.classes == classes:
             for level, preds in zip(old.levels, old.predictions):
                 levels.setdefault(f"{float(level):g}", (float(level), preds))
         ordered = sorted(levels.values(), key=lambda item: item[0])
@@ -376,6 +421,7 @@ def save_baseline(
             labels=np.asarray(items[0].labels, dtype=np.int16),
             levels=np.array([lv for lv, _ in ordered], dtype=np.float64),
             predictions=np.stack([p for _, p in ordered]).astype(np.int16),
+            classes=np.array(classes),
         )
         atomic_write(path, buffer.getvalue())
         written.append(path)
@@ -396,10 +442,21 @@ def load_baseline(folder: str | os.PathLike, model: str, distortion: str) -> Bas
             data["labels"].astype(np.int64),
             [float(x) for x in data["levels"]],
             data["predictions"].astype(np.int64),
+            str(data["classes"]) if "classes" in data.files else "",
         )
 
 
 # ------------------------------------------------------------------------------------------ session
+
+
+@contextlib.contextmanager
+def _label_space_errors():
+    """A model whose outputs do not match the dataset's class list is a :class:`GateError` (one
+    clear line in the gate), not a traceback."""
+    try:
+        yield
+    except ClassListError as error:
+        raise GateError(str(error)) from None
 
 
 class GateSession:
@@ -414,6 +471,12 @@ class GateSession:
         allow_fewer_images: judge on the readable images when some of ``dataset`` cannot be read
             (default ``thresholds.allow_fewer_images``); otherwise an unreadable image raises
             :class:`GateError`, since the result would rest on fewer images than asked for.
+        restrict_to_dataset_classes: score ImageNet-1k models on the dataset's classes only
+            (:func:`robustness.evaluate`'s option of that name).
+
+    Raises:
+        robustness.thresholds.ThresholdsError: a bar on a metric that does not apply to the
+            dataset's class count (:func:`robustness.thresholds.check_metrics`).
 
     Attributes:
         skipped: unreadable images left out so far: image id -> reason.
@@ -430,6 +493,7 @@ class GateSession:
         cache=None,
         evaluate_options: dict | None = None,
         allow_fewer_images: bool | None = None,
+        restrict_to_dataset_classes: bool = False,
     ):
         self.dataset = dataset
         self.thresholds = thresholds
@@ -439,10 +503,16 @@ class GateSession:
         self.evaluate_options = dict(evaluate_options or {})
         if cache is not None:
             self.evaluate_options["cache"] = cache
+        if restrict_to_dataset_classes:
+            self.evaluate_options["restrict_to_dataset_classes"] = True
         if allow_fewer_images is None:
             allow_fewer_images = bool(getattr(thresholds, "allow_fewer_images", False))
         self.allow_fewer_images = allow_fewer_images
         self.skipped: dict[str, str] = {}
+        classes = dataset.classes
+        if self.evaluate_options.get("restrict_to_dataset_classes") and classes.is_imagenet:
+            classes = dataset.present_classes().classes
+        check_metrics(thresholds, len(classes), classes.source)
         self._error: GateError | None = None
         self._models: dict[str, Classifier] = {}
         self._results: dict[tuple[str, Condition], ConditionResult] = {}
@@ -469,7 +539,7 @@ class GateSession:
 
         if self._error is not None:
             raise self._error
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _label_space_errors():
             warnings.simplefilter("ignore", SkippedImagesWarning)
             results = evaluate(
                 model,

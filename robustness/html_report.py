@@ -146,7 +146,7 @@ def load_run(folder: str | os.PathLike) -> RunData:
             r["level"], r["top1"], r["top5"], r["n"] = (
                 float(r["level"]),
                 float(r["top1"]),
-                float(r["top5"]),
+                math.nan if r["top5"] is None else float(r["top5"]),  # null: 5 classes or fewer
                 int(r["n"]),
             )
         except (TypeError, ValueError):
@@ -500,7 +500,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
     """Pass/fail per (run, threshold entry, bar) using :func:`robustness.gate.judge`.
 
     Returns dicts with ``label``, ``condition`` (id), ``metric`` (the bar's key: ``top1``, ``top5``,
-    ``top1_of_clean``, ...), ``measured``, ``threshold`` (the accuracy required; for a relative bar
+    ``balanced_accuracy``, ``top1_of_clean``, ...), ``measured``, ``threshold`` (the accuracy required; for a relative bar
     ``bar x clean``), ``margin = measured - threshold`` (fractions), ``n``, ``passed`` (bool, or
     ``None`` when the run did not measure that condition) and ``text`` (a one-line explanation).
 
@@ -516,12 +516,9 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
         raise ReportError(f"{error}") from None
     verdicts = []
     for run in runs:
+        classes = _run_classes(run)
         clean_record = run.clean()
-        clean = (
-            None
-            if clean_record is None
-            else ConditionResult(run.model, CLEAN, 0.0, clean_record["top1"], clean_record["top5"], clean_record["n"])
-        )
+        clean = None if clean_record is None else _record_result(run, clean_record, classes)
         for threshold in thresholds.for_model(run.model):
             condition = threshold.condition
             record = next(
@@ -535,9 +532,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
             bars = threshold.bars()
             verdict = None
             if record is not None:
-                result = ConditionResult(
-                    run.model, record["distortion"], record["level"], record["top1"], record["top5"], record["n"]
-                )
+                result = _record_result(run, record, classes)
                 try:
                     verdict = judge(threshold, result, clean=clean)
                 except ValueError:  # a relative bar, and the run has no clean result
@@ -614,7 +609,7 @@ def curves_matplotlib_figure(runs: Sequence[RunData]):
             for index, run in enumerate(runs):
                 color = f"C{index}"
                 curve = run.curve(name)
-                if curve:
+                if curve and not any(math.isnan(r[metric]) for r in curve):  # top-5 of <= 5 classes: n/a
                     x = [r["level"] for r in curve]
                     y = [100 * r[metric] for r in curve]
                     bands = [wilson_interval(round(r[metric] * r["n"]), r["n"]) for r in curve]
@@ -623,7 +618,7 @@ def curves_matplotlib_figure(runs: Sequence[RunData]):
                     )
                     ax.plot(x, y, "o-", color=color, ms=3.5, lw=1.5, label=run.label)
                 clean = run.clean()
-                if clean is not None:
+                if clean is not None and not math.isnan(clean[metric]):
                     ax.axhline(100 * clean[metric], color=color, ls=":", lw=1)
             if row == 0:
                 ax.set_title(name)
@@ -693,7 +688,40 @@ class _Page:
     examples: int
 
 
-def _class_names() -> tuple[str, ...]:
+def _run_classes(run):
+    """The run's class list from its provenance (``None``: ImageNet-1k, or not recorded)."""
+    from .labels import ClassList, ClassListError
+
+    record = (getattr(run, "provenance", None) or {}).get("classes") or {}
+    if isinstance(record, dict) and isinstance(record.get("ids"), list):
+        try:
+            names = record.get("names") if isinstance(record.get("names"), list) else record["ids"]
+            return ClassList(tuple(record["ids"]), tuple(names), str(record.get("source", "")))
+        except ClassListError:
+            return None
+    return None
+
+
+def _record_result(run, record: dict, classes) -> ConditionResult:
+    """A results.json record as a :class:`ConditionResult` for :func:`robustness.gate.judge`."""
+    balanced = record.get("balanced_accuracy")
+    return ConditionResult(
+        run.model,
+        record["distortion"],
+        record["level"],
+        record["top1"],
+        record["top5"],
+        record["n"],
+        balanced_accuracy=None if balanced is None else float(balanced),
+        classes=classes,
+    )
+
+
+def _class_names(run=None) -> tuple[str, ...]:
+    """The class names of ``run``'s dataset (its provenance's class list), else ImageNet-1k's."""
+    record = (getattr(run, "provenance", None) or {}).get("classes") or {}
+    if isinstance(record, dict) and isinstance(record.get("names"), list):
+        return tuple(str(n) for n in record["names"])
     from .datasets import imagenet_class_names
 
     return imagenet_class_names()
@@ -808,7 +836,6 @@ def _section_examples(page: _Page) -> str:
     from .images import ImageLoadError, load_image
 
     runs, data, count = page.runs, page.data, page.examples
-    names = _class_names()
     parts = [
         "<p>The same image at every level of each distortion (thumbnails re-encoded as JPEG quality 90 for the page). "
         "Under each: the level and each model's top-1 label, <span class='ok-t'>&#10004; right</span> or "
@@ -821,6 +848,7 @@ def _section_examples(page: _Page) -> str:
         )
         return "\n".join(parts)
     first = with_preds[0]
+    names = _class_names(first)
     root = Path(data) if data else Path(first.provenance.get("dataset_root", ""))
     seed = int(first.provenance.get("seed", 0))
     indices = _pick_examples(first, count)
@@ -875,7 +903,6 @@ def _section_examples(page: _Page) -> str:
 
 def _section_classes(page: _Page, top: int = 5) -> str:
     runs = page.runs
-    names = _class_names()
     parts = [
         "<p>Per class: clean top-1 correct out of its images, and distorted top-1 correct pooled over all levels of the "
         "distortion (images &times; levels). With a few images per class these are anecdotes, not estimates: read the counts.</p>",
@@ -885,6 +912,7 @@ def _section_classes(page: _Page, top: int = 5) -> str:
         parts.append("<p class='na'>Not available: no run folder holds predictions.npz.</p>")
         return "\n".join(parts)
     for run in with_preds:
+        names = _class_names(run)
         p = run.predictions
         clean_k = _condition_index(p["conditions"], CLEAN)
         if clean_k is None:
@@ -960,6 +988,15 @@ def _section_thresholds(page: _Page) -> str:
     return "\n".join(parts)
 
 
+def _classes_text(record) -> str:
+    """``3 (bird, cat, dog; sorted folder names of ...), digest ...`` from provenance's ``classes``."""
+    if not isinstance(record, dict):
+        return "ImageNet-1k (not recorded)"
+    names = record.get("ids") or []
+    listed = f"{', '.join(map(str, names[:20]))}{', ...' if len(names) > 20 else ''}; " if names else ""
+    return f"{record.get('count')} ({listed}{record.get('source', '')}), digest {record.get('digest')}"
+
+
 def _section_provenance(page: _Page) -> str:
     runs = page.runs
     parts = []
@@ -976,6 +1013,7 @@ def _section_provenance(page: _Page) -> str:
             ("preprocessing", prep_text),
             ("dataset", p.get("dataset_root", "not recorded")),
             ("images", p.get("images", clean["n"] if clean else "not recorded")),
+            ("classes", _classes_text(p.get("classes"))),
             ("noise seed", p.get("seed", "not recorded")),
             ("thresholds file", p.get("thresholds") or "none"),
             ("versions", versions),

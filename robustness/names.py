@@ -50,8 +50,10 @@ DISTORTION_PARAMETERS = {
 #: name -> (parameter, unit), in registration order.
 _REGISTERED: dict[str, tuple[str, str]] = {}
 
-#: The accuracy metrics a threshold may bound (top-1 and top-5 accuracy, fractions in [0, 1]).
-METRICS = ("top1", "top5")
+#: The metrics a threshold may bound, fractions in [0, 1]: top-1 and top-5 accuracy, and balanced
+#: accuracy (mean per-class top-1 recall, as ``sklearn.metrics.balanced_accuracy_score``). Top-5
+#: needs more than 5 classes (:func:`robustness.labels.applicable_metrics`).
+METRICS = ("top1", "top5", "balanced_accuracy")
 
 
 def add_distortion_name(name: str, parameter: str, unit: str) -> None:

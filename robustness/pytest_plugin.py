@@ -120,6 +120,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(setting.pytest, default=None, metavar=setting.metavar, help=help_text, **typed)
         parser.addini(setting.ini, help_text, default="")
     group.addoption(
+        "--robustness-classes",
+        default=None,
+        metavar="FILE",
+        help="class list, one name per line in the model's output order; ini robustness_classes, "
+        "default classes.txt in the image folder, else ImageNet-1k or the sorted folder names",
+    )
+    group.addoption(
+        "--robustness-restrict-to-dataset-classes",
+        action="store_true",
+        default=False,
+        help="score ImageNet-1k models on the dataset's classes only (ImageNet-R / ImageNet-A convention); "
+        "ini robustness_restrict_to_dataset_classes",
+    )
+    parser.addini("robustness_classes", "class list file for the gate, relative to the rootdir", default="")
+    parser.addini(
+        "robustness_restrict_to_dataset_classes",
+        "score ImageNet-1k models on the dataset's classes only",
+        type="bool",
+        default=False,
+    )
+    group.addoption(
         "--robustness-update-thresholds",
         action="store_true",
         default=False,
@@ -249,12 +270,21 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     if data.layer == "default" and not Path(data.value).is_dir():
         return  # maybe a robustness_dataset fixture supplies the images; the default fixture says what to set
     from .datasets import DatasetError, load_dataset
+    from .thresholds import check_metrics
 
+    classes = _classes_option(config)
     try:
-        setup.dataset = load_dataset(data.value, limit=setup.images.value)
+        setup.dataset = load_dataset(data.value, limit=setup.images.value, classes=classes)
     except DatasetError as error:
         setup.problems.append(f"{error} (image folder from {data.source})")
         return
+    counted = setup.dataset.classes
+    if _restrict(config) and counted.is_imagenet:
+        counted = setup.dataset.present_classes().classes
+    try:
+        check_metrics(thresholds, len(counted), counted.source)
+    except ThresholdsError as error:
+        setup.problems.append(str(error))
     wanted = setup.images.value
     if wanted is not None and len(setup.dataset) < wanted and not thresholds.allow_fewer_images:
         setup.problems.append(
@@ -500,6 +530,23 @@ def robustness_dataset(pytestconfig: pytest.Config, robustness_thresholds):
     return setup.dataset
 
 
+def _classes_option(config: pytest.Config) -> str | None:
+    """The class list file: ``--robustness-classes``, else ini ``robustness_classes`` (relative to
+    the rootdir), else ``None`` (the dataset's own: ``classes.txt``, ImageNet-1k or folder names)."""
+    flag = config.getoption("--robustness-classes")
+    if flag:
+        return flag
+    ini = config.getini("robustness_classes")
+    return str(config.rootpath / ini) if isinstance(ini, str) and ini.strip() else None
+
+
+def _restrict(config: pytest.Config) -> bool:
+    return bool(
+        config.getoption("--robustness-restrict-to-dataset-classes")
+        or config.getini("robustness_restrict_to_dataset_classes")
+    )
+
+
 def _cache(config: pytest.Config):
     """The prediction cache the settings ask for, or ``None`` (no cache)."""
     if _resolve(config, "no_cache").value:
@@ -515,6 +562,7 @@ def _cache(config: pytest.Config):
 def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustness_thresholds):
     """The :class:`robustness.gate.GateSession` of this process: one evaluation per (model, distortion)."""
     from .gate import GateSession
+    from .thresholds import ThresholdsError
 
     setup = _ready(pytestconfig)
     try:
@@ -526,8 +574,9 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
             num_workers=_resolve(pytestconfig, "workers").value,
             cache=_cache(pytestconfig),
             allow_fewer_images=robustness_thresholds.allow_fewer_images,
+            restrict_to_dataset_classes=_restrict(pytestconfig),
         )
-    except _settings.SettingError as error:
+    except (_settings.SettingError, ThresholdsError) as error:
         problem = str(error)
     # failed outside the except block: inside it, pytest would print the error twice
     # ("During handling of the above exception, another exception occurred")
@@ -792,8 +841,10 @@ def _record_update(config: pytest.Config, props: dict) -> None:
     distortion = props["robustness_distortion"]
     level = 0 if distortion == CLEAN else float(props["robustness_level"])
     measured = config.stash[_STATE].updates.setdefault((path, model), {})
-    measured[Condition(distortion, level)] = {m: props[f"robustness_{m}"] for m in METRICS}
-    if "robustness_clean_top1" in props or "robustness_clean_top5" in props:
+    measured[Condition(distortion, level)] = {
+        m: props[f"robustness_{m}"] for m in METRICS if f"robustness_{m}" in props
+    }
+    if any(f"robustness_clean_{m}" in props for m in METRICS):
         clean = measured.setdefault(Condition(CLEAN, 0), {})
         for m in METRICS:
             if f"robustness_clean_{m}" in props:

@@ -37,16 +37,27 @@ def _condition_text(result: ConditionResult) -> str:
 
 
 def format_table(results: Sequence[ConditionResult]) -> str:
-    """A plain-text table, one row per (model, condition): distortion, level, top-1 %, top-5 %, n."""
-    lines = [f"{'model':<20} {'distortion':<10} {'level':>7} {'top-1 %':>8} {'top-5 %':>8} {'n':>6}"]
+    """A plain-text table, one row per (model, condition): distortion, level, top-1 %, top-5 %, n,
+    and balanced accuracy % when computed. Top-5 shows ``-`` with 5 classes or fewer (100% by
+    construction). Below the rows, a line naming the class list when it is not ImageNet-1k."""
+    balanced = any(r.balanced_accuracy is not None for r in results)
+    head = f"{'model':<20} {'distortion':<10} {'level':>7} {'top-1 %':>8} {'top-5 %':>8} {'n':>6}"
+    lines = [head + (f" {'bal. acc %':>10}" if balanced else "")]
     lines.append("-" * len(lines[0]))
     for r in results:
         label = "" if r.distortion == CLEAN else DISTORTIONS[r.distortion].label
         level = "-" if r.distortion == CLEAN else format_level(r.level)
+        top5 = f"{100 * r.top5:8.1f}" if r.num_classes > 5 else f"{'-':>8}"
+        bal = ""
+        if balanced:
+            bal = f" {'-':>10}" if r.balanced_accuracy is None else f" {100 * r.balanced_accuracy:10.1f}"
         lines.append(
-            f"{r.model:<20} {r.distortion:<10} {level:>7} {100 * r.top1:8.1f} {100 * r.top5:8.1f} {r.n:>6}"
+            f"{r.model:<20} {r.distortion:<10} {level:>7} {100 * r.top1:8.1f} {top5} {r.n:>6}{bal}"
             + (f"  ({label})" if label else "")
         )
+    lists = {r.classes.digest: r.classes for r in results if r.classes is not None and not r.classes.is_imagenet}
+    for classes in lists.values():
+        lines.append(f"classes: {classes.describe()}")
     misses = [r for r in results if r.tolerance_misses]
     for r in misses:
         lines.append(
@@ -57,14 +68,17 @@ def format_table(results: Sequence[ConditionResult]) -> str:
 
 
 def write_results_json(results: Sequence[ConditionResult], path: str | os.PathLike) -> None:
-    """Write the records (model, distortion, level, top1, top5, n, tolerance_misses) as a JSON list,
-    atomically."""
+    """Write the records (model, distortion, level, top1, top5, n, tolerance_misses, balanced_accuracy,
+    num_classes; :meth:`ConditionResult.to_record`) as a JSON list, atomically."""
     records = [r.to_record() for r in results]
     atomic_write(path, (json.dumps(records, indent=2) + "\n").encode())
 
 
 def read_results_json(path: str | os.PathLike) -> list[dict]:
     """Read a ``results.json`` written by :func:`write_results_json`.
+
+    ``top5`` may be ``null`` (5 classes or fewer); ``balanced_accuracy`` and ``num_classes`` are
+    optional (absent in results written before class lists existed, which are ImageNet-1k's).
 
     Raises:
         ValueError: the file is not a JSON list of records with the required keys (naming the file).
@@ -81,8 +95,10 @@ def read_results_json(path: str | os.PathLike) -> list[dict]:
         n = record["n"]
         if not is_number(n, integer=True) or n < 1:
             raise ValueError(f"{where}: n must be an integer >= 1, got {n!r}")
-        for key in ("top1", "top5"):
-            value = record[key]
+        for key in ("top1", "top5", "balanced_accuracy"):
+            value = record.get(key)
+            if value is None and key != "top1":
+                continue
             if not is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{where}: {key} must be a fraction in [0, 1], got {value!r}")
         level = record["level"]
@@ -184,7 +200,9 @@ def run_provenance(
     model, dataset, *, seed: int, command: Sequence[str] | None = None, thresholds: str | os.PathLike | None = None
 ) -> dict:
     """What a run was: model name, weights digest, preprocessing, dataset root and image count, seed,
-    package versions, UTC date and the command line, as a JSON-ready dict.
+    package versions, UTC date, the command line and the class list (``classes``:
+    :meth:`robustness.labels.ClassList.to_record`: count, digest, source, and for lists other than
+    ImageNet-1k the ids and names), as a JSON-ready dict.
 
     Args:
         model: the :class:`robustness.models.Classifier` that was evaluated.
@@ -216,6 +234,7 @@ def run_provenance(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": list(sys.argv if command is None else command),
         "thresholds": None if thresholds is None else str(thresholds),
+        "classes": dataset.classes.to_record() if hasattr(dataset, "classes") else None,
     }
 
 

@@ -10,7 +10,7 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
       dataset: ../data/val      # image folder, relative to this file (pytest/CLI options override)
       paired:                   # optional paired regression check against a stored baseline
         alpha: 0.05             # fail only on a drop significant at this level (one-sided McNemar)
-        metric: top1            # top1 (default) or top5
+        metric: top1            # top1 (default) or top5 (not balanced_accuracy: not a count of images)
         baseline: robustness-baseline   # folder of baseline predictions, relative to this file
     models:
       efficientnet_lite0:       # a registered model (robustness.list_models())
@@ -25,6 +25,8 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
 Conventions:
 
 * Accuracies are **fractions in [0, 1]** (72% is ``0.72``), never percent.
+* Metrics: ``top1``, ``top5`` and ``balanced_accuracy`` (mean per-class top-1 recall); ``top5``
+  needs a dataset of more than 5 classes (:func:`check_metrics`, run when the dataset is known).
 * ``top1`` / ``top5`` are absolute minimums; ``top1_of_clean`` / ``top5_of_clean`` are minimums
   relative to the same run's clean accuracy of that model (``0.8`` = keep 80% of clean). A level may
   combine them; every bar given must hold. A result equal to its bar passes. A relative bar needs an
@@ -63,6 +65,7 @@ import jsonschema
 
 from .conditions import CLEAN, Condition
 from .distortions import DISTORTIONS
+from .names import METRICS as _NAMES_METRICS
 from .names import format_level
 
 __all__ = [
@@ -79,11 +82,18 @@ __all__ = [
     "update_thresholds_file",
     "METRICS",
     "RELATIVE_METRICS",
+    "PAIRED_METRICS",
+    "check_metrics",
 ]
 
 SCHEMA_VERSION = 1
-METRICS = ("top1", "top5")
-RELATIVE_METRICS = ("top1_of_clean", "top5_of_clean")
+#: The gateable metrics (:data:`robustness.names.METRICS`): top-1, top-5 and balanced accuracy.
+METRICS = _NAMES_METRICS
+#: Each metric as a fraction of the same run's clean value.
+RELATIVE_METRICS = tuple(f"{m}_of_clean" for m in METRICS)
+#: The metrics the paired McNemar check applies to: per-image right/wrong (not balanced accuracy,
+#: which is a mean of per-class recalls, not a count of images).
+PAIRED_METRICS = ("top1", "top5")
 _BAR_KEYS = METRICS + RELATIVE_METRICS
 _MODEL_SOURCES = ("registry", "fixture")
 
@@ -194,7 +204,7 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
                         "propertyNames": {"enum": ["alpha", "metric", "baseline"]},
                         "properties": {
                             "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
-                            "metric": {"enum": list(METRICS)},
+                            "metric": {"enum": list(PAIRED_METRICS)},
                             "baseline": {"type": "string", "minLength": 1},
                         },
                     },
@@ -447,8 +457,9 @@ class Threshold:
     Attributes:
         model: the model name (a key of ``models:``).
         condition: the :class:`Condition` (``Condition("clean", 0)`` for clean).
-        top1, top5: absolute minimum accuracies (fractions).
-        top1_of_clean, top5_of_clean: minimum fractions of the model's clean accuracy in the same run.
+        top1, top5, balanced_accuracy: absolute minimum accuracies (fractions).
+        top1_of_clean, top5_of_clean, balanced_accuracy_of_clean: minimum fractions of the model's
+            clean value in the same run.
         line: the line of the entry in the file (``None`` when unknown).
         source: ``registry`` or ``fixture`` (see the module docstring).
     """
@@ -459,6 +470,8 @@ class Threshold:
     top5: float | None = None
     top1_of_clean: float | None = None
     top5_of_clean: float | None = None
+    balanced_accuracy: float | None = None
+    balanced_accuracy_of_clean: float | None = None
     line: int | None = field(default=None, compare=False)
     source: str = field(default="registry", compare=False)
 
@@ -470,7 +483,7 @@ class Threshold:
     @property
     def relative(self) -> bool:
         """Whether a bar depends on the clean accuracy."""
-        return self.top1_of_clean is not None or self.top5_of_clean is not None
+        return any(getattr(self, key) is not None for key in RELATIVE_METRICS)
 
     def bars(self) -> dict[str, float]:
         """The bars that are set, as ``{key: value}`` in :data:`METRICS` + :data:`RELATIVE_METRICS` order."""
@@ -523,6 +536,41 @@ class Thresholds:
             if t.model == model and t.condition == condition:
                 return t
         return None
+
+
+def check_metrics(thresholds: Thresholds, num_classes: int, classes_source: str = "the dataset") -> None:
+    """Refuse bars that mean nothing with ``num_classes`` classes: a top-5 bar with 5 classes or
+    fewer would pass by construction (every class is in the top 5), not measure anything.
+
+    Args:
+        thresholds: the parsed file.
+        num_classes: the dataset's class count.
+        classes_source: where the class list came from, for the message.
+
+    Raises:
+        ThresholdsError: one problem per offending bar, with the entry's line.
+    """
+    from .labels import applicable_metrics
+
+    allowed = applicable_metrics(num_classes)
+    problems = []
+    for t in thresholds.entries:
+        for key in t.bars():
+            metric = key.replace("_of_clean", "")
+            if metric not in allowed:
+                where = ("models", t.model, t.condition.distortion) + (
+                    () if t.condition.distortion == CLEAN else (_level_key(t.condition.level),)
+                )
+                problems.append(
+                    Problem(
+                        t.line,
+                        _dotted(where + (key,)),
+                        f"{metric} needs more than 5 classes, but the dataset has {num_classes} ({classes_source}): "
+                        f"it would be 100% by construction; use {' or '.join(allowed)}",
+                    )
+                )
+    if problems:
+        raise ThresholdsError(thresholds.path, problems)
 
 
 def _level_problems(data: dict, document: _Document) -> list[Problem]:

@@ -474,8 +474,9 @@ def test_output_classes_1001_background_and_others():
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert torch.equal(model(x), net(x)[:, 1:]) and model(x).shape == (2, 1000)
-    with pytest.raises(ModelError, match="outputs 10 classes"):
-        load_model(TinyNet(10), preprocessing=TINY)
+    assert load_model(TinyNet(10), preprocessing=TINY).num_classes == 10  # its own classes (robustness.labels)
+    with pytest.raises(ModelError, match="outputs 10 classes; background_class=True needs 1001"):
+        load_model(TinyNet(10), preprocessing=TINY, background_class=True)
     with pytest.raises(ModelError, match="no background class"):
         load_model(TinyNet(), preprocessing=TINY, background_class=True)
     with pytest.raises(ModelError, match=r"\(1, 3, 64, 64\).*fails"):

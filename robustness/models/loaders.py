@@ -83,7 +83,9 @@ def _net_device(net: torch.nn.Module) -> torch.device:
 def _check_output(classifier: Classifier, background_class: bool | None) -> Classifier:
     """Run one zero image through the network, on the network's own device (:func:`_net_device`; issue
     12: a network already on CUDA got a CPU probe, and the error blamed the crop size), and check it
-    gives 1000 logits (or 1001 with ``background_class``); sets ``classifier.background_class``."""
+    gives logits ``(1, C)``: any width C (the dataset's class count, checked by
+    :func:`robustness.labels.check_output_width`), 1001 only with ``background_class``; sets
+    ``classifier.background_class`` and ``classifier.num_classes``."""
     device = _net_device(classifier.net)
     probe = torch.zeros((1, *classifier.preprocessing.input_size), device=device)
     with torch.inference_mode():
@@ -117,11 +119,14 @@ def _check_output(classifier: Classifier, background_class: bool | None) -> Clas
             f"model {classifier.name} outputs 1000 classes, so it has no background class to drop; "
             "leave background_class off"
         )
-    else:
+    elif background_class:
         raise ModelError(
-            f"model {classifier.name} outputs {classes} classes; robustness scores the 1000 ImageNet-1k "
-            "classes in sorted-wnid order (1001 with background_class=True is also accepted)"
+            f"model {classifier.name} outputs {classes} classes; background_class=True needs 1001 "
+            "(a background class and the 1000 ImageNet-1k classes)"
         )
+    else:  # any other single-label classifier: its width is checked against the dataset's class list
+        classifier.background_class = False
+    classifier.num_classes = classes - 1 if classifier.background_class else classes  # labels.output_width
     return classifier
 
 
