@@ -101,7 +101,8 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
 
     file_values = {}
     if thresholds is not None:
-        paired = thresholds.paired.baseline if thresholds.paired is not None else None
+        given = thresholds.paired is not None and thresholds.paired.baseline_given
+        paired = thresholds.paired.baseline if given else None
         file_values = {
             "data": thresholds.dataset,
             "images": thresholds.images,

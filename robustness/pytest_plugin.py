@@ -235,7 +235,7 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     baseline = _resolve(
         config,
         "baseline_dir",
-        file=None if paired is None else str(paired.baseline),
+        file=str(paired.baseline) if paired is not None and paired.baseline_given else None,
         file_name=setup.thresholds_path.name,
         default=str(setup.thresholds_path.parent / _settings.DEFAULT_BASELINE_DIR),
     )
@@ -523,7 +523,7 @@ def robustness_dataset(pytestconfig: pytest.Config, robustness_thresholds):
     if setup.dataset is None:
         pytest.fail(
             f"robustness: no image folder: the built-in default {setup.data.value} does not exist; set "
-            "--robustness-data=DIR, $ROBUSTNESS_DATA, defaults.dataset in the thresholds file or ini "
+            "--robustness-data=DIR, $ROBUSTNESS_DATA, defaults.data in the thresholds file or ini "
             "robustness_data (or override the robustness_dataset fixture)",
             pytrace=False,
         )

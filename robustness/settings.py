@@ -235,7 +235,7 @@ SETTINGS: Mapping[str, Setting] = {
             "image folder",
             "image folder (<wnid>/<file>)",
             "--data",
-            "dataset",
+            "data",
             default=DEFAULT_DATA_DIR,
             default_text=DEFAULT_DATA_DIR.replace(os.sep, "/"),
             metavar="DIR",

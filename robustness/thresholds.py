@@ -7,7 +7,8 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
       images: 100               # images per condition: the first N of the dataset, in its order
       allow_fewer_images: false # true: judge on fewer (missing or unreadable images) instead of failing
       seed: 0                   # base seed for noise
-      dataset: ../data/val      # image folder, relative to this file (pytest/CLI options override)
+      data: ../data/val         # image folder, relative to this file (pytest/CLI options override);
+                                # `dataset:` is its deprecated spelling (warns; removed in the next release)
       paired:                   # optional paired regression check against a stored baseline
         alpha: 0.05             # fail only on a drop significant at this level (one-sided McNemar)
         metric: top1            # top1 (default) or top5 (not balanced_accuracy: not a count of images)
@@ -56,6 +57,7 @@ import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,12 +195,13 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
             "version": {"const": SCHEMA_VERSION},
             "defaults": {
                 "type": "object",
-                "propertyNames": {"enum": ["images", "seed", "dataset", "paired", "allow_fewer_images"]},
+                "propertyNames": {"enum": ["images", "seed", "data", "dataset", "paired", "allow_fewer_images"]},
                 "properties": {
                     "images": {"type": "integer", "minimum": 1},
                     "allow_fewer_images": {"type": "boolean"},
                     "seed": {"type": "integer", "minimum": 0},
-                    "dataset": {"type": "string", "minLength": 1},
+                    "data": {"type": "string", "minLength": 1},
+                    "dataset": {"type": "string", "minLength": 1, "deprecated": True},
                     "paired": {
                         "type": "object",
                         "propertyNames": {"enum": ["alpha", "metric", "baseline"]},
@@ -497,6 +500,9 @@ class PairedSettings:
     alpha: float = 0.05
     metric: str = "top1"
     baseline: Path = Path("robustness-baseline")
+    #: whether the file wrote ``paired.baseline`` (else ``baseline`` is the default folder next to the file,
+    #: and a pytest ini ``robustness_baseline_dir`` may still choose another: the file's layer is unset)
+    baseline_given: bool = False
 
 
 @dataclass
@@ -611,7 +617,15 @@ def _level_problems(data: dict, document: _Document) -> list[Problem]:
 def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
     defaults = data.get("defaults") or {}
     base = path.parent if path is not None else Path(".")
-    dataset = defaults.get("dataset")
+    dataset = defaults.get("data", defaults.get("dataset"))
+    if "dataset" in defaults:
+        where = f"{path}:{document.line(('defaults', 'dataset'))}" if path is not None else "thresholds"
+        warnings.warn(
+            f"{where}: defaults.dataset is deprecated (the setting is named 'data' everywhere: --data, "
+            "--robustness-data, $ROBUSTNESS_DATA); write defaults.data; 'dataset' is removed in the next release",
+            FutureWarning,
+            stacklevel=4,
+        )
     if dataset is not None and not Path(dataset).expanduser().is_absolute():
         dataset = str(base / dataset)
     paired = None
@@ -622,6 +636,7 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
             float(p.get("alpha", 0.05)),
             p.get("metric", "top1"),
             baseline if baseline.is_absolute() else base / baseline,
+            baseline_given="baseline" in p,
         )
     entries, sources = [], {}
     for model, spec in data["models"].items():
@@ -677,6 +692,15 @@ def _validate(
         non_finite = _non_finite(data, document)
         problems += non_finite
         problems += _level_problems(data, document)
+        defaults = data.get("defaults")
+        if isinstance(defaults, dict) and "data" in defaults and "dataset" in defaults:
+            problems.append(
+                Problem(
+                    document.line(("defaults", "dataset")),
+                    "defaults.dataset",
+                    "both defaults.data and its deprecated spelling defaults.dataset are set; keep defaults.data",
+                )
+            )
         seen = {(p.key, p.message) for p in non_finite}
         for error in validator.iter_errors(data):
             if _dotted(error.absolute_path) in {p.key for p in non_finite}:

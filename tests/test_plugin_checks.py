@@ -164,7 +164,7 @@ def test_a_malformed_variable_is_named(name, text, words):
 
 
 def test_data_folder_precedence_in_the_gate(gate, monkeypatch):
-    """flag > $ROBUSTNESS_DATA > defaults.dataset > ini robustness_data (the ini names "images", 10 images)."""
+    """flag > $ROBUSTNESS_DATA > defaults.data > ini robustness_data (the ini names "images", 10 images)."""
     make_images(gate.path / "eight", n=8, wrong=0)
     make_images(gate.path / "six", n=6, wrong=0)
     make_images(gate.path / "four", n=4, wrong=0)
@@ -173,9 +173,9 @@ def test_data_folder_precedence_in_the_gate(gate, monkeypatch):
         return [line for line in result.stdout.lines if line.startswith("toy  clean")]
 
     assert "n=10" in rows(gate.runpytest("-m", "clean"))[0]  # ini
-    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 4\n  dataset: four"))
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 4\n  data: four"))
     assert "n=4 " in rows(gate.runpytest("-m", "clean"))[0]  # thresholds.yaml beats ini
-    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "dataset: four"))
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 10", "data: four"))
     monkeypatch.setenv("ROBUSTNESS_DATA", "six")
     assert "n=6 " in rows(gate.runpytest("-m", "clean"))[0]  # variable beats the file
     assert "n=8 " in rows(gate.runpytest("-m", "clean", "--robustness-data=eight"))[0]  # flag beats all
@@ -420,3 +420,21 @@ def test_the_baseline_folder_is_a_setting_like_the_others(gate, monkeypatch):
     )
     monkeypatch.setenv("TOY_BREAK_AT", "5")  # 4 of the 8 right images now wrong: p = 1/16 < 0.1
     gate.runpytest("-m", "clean").stdout.fnmatch_lines(["*FAIL paired vs baseline: top1 80.0% -> 40.0%*"])
+
+
+def test_the_ini_baseline_folder_applies_when_the_file_names_none(gate):
+    """defaults.paired without a baseline leaves the file's layer unset: the ini's robustness_baseline_dir
+    (below the file in the precedence) then chooses the folder; one written in the file would beat it."""
+    thresholds = THRESHOLDS.replace("  images: 10\n", "  images: 10\n  paired: {alpha: 0.1}\n")
+    gate.makefile(".yaml", thresholds=thresholds)
+    ini = (gate.path / "tox.ini").read_text()
+    gate.makeini(ini.rstrip("\n") + "\nrobustness_baseline_dir = from-ini\n")
+    result = gate.runpytest("-m", "clean or blur", "--robustness-update-thresholds")
+    result.assert_outcomes(skipped=3, deselected=2)
+    assert (gate.path / "from-ini" / "toy" / "blur.npz").is_file()
+    assert not (gate.path / "robustness-baseline").exists()
+    gate.makefile(
+        ".yaml", thresholds=thresholds.replace("paired: {alpha: 0.1}", "paired: {alpha: 0.1, baseline: in-file}")
+    )
+    gate.runpytest("-m", "clean or blur", "--robustness-update-thresholds").assert_outcomes(skipped=3, deselected=2)
+    assert (gate.path / "in-file" / "toy" / "blur.npz").is_file()

@@ -65,7 +65,7 @@ def test_relative_and_shared_settings(tmp_path):
         version: 1
         defaults:
           images: 50
-          dataset: data/val
+          data: data/val
           paired: {alpha: 0.01, metric: top5}
         models:
           efficientnet_lite0:
@@ -537,3 +537,34 @@ def test_relative_bar_needs_an_absolute_clean_bar_for_its_metric(tmp_path):
         tmp_path, "models:\n  efficientnet_lite0:\n    clean: {top1: 0.5}\n    blur:\n      2: {top1_of_clean: 0.9}\n"
     )
     assert load_thresholds(path, known_models=KNOWN).entries[1].top1_of_clean == 0.9
+
+
+# ------------------------------------------------------------ defaults.data (was defaults.dataset)
+
+
+def test_defaults_data_is_relative_to_the_file(tmp_path):
+    t = load_thresholds(write(tmp_path, "defaults: {data: val}\nmodels:\n  m: {source: fixture, clean: {top1: 0.5}}\n"))
+    assert t.dataset == str(tmp_path / "val")
+
+
+def test_defaults_dataset_is_a_deprecated_spelling_of_data(tmp_path):
+    path = write(
+        tmp_path, "defaults:\n  images: 4\n  dataset: val\nmodels:\n  m: {source: fixture, clean: {top1: 0.5}}\n"
+    )
+    with pytest.warns(FutureWarning, match=r"thresholds.yaml:3: defaults.dataset is deprecated.*write defaults.data"):
+        t = load_thresholds(path)
+    assert t.dataset == str(tmp_path / "val")
+
+
+def test_defaults_data_and_dataset_together_is_an_error(tmp_path):
+    path = write(tmp_path, "defaults: {data: a, dataset: b}\nmodels:\n  m: {source: fixture, clean: {top1: 0.5}}\n")
+    with pytest.raises(ThresholdsError, match=r"both defaults.data and its deprecated spelling defaults.dataset"):
+        load_thresholds(path)
+
+
+def test_paired_baseline_given_only_when_written(tmp_path):
+    text = "defaults: {paired: {alpha: 0.1}}\nmodels:\n  m: {source: fixture, clean: {top1: 0.5}}\n"
+    unset = load_thresholds(write(tmp_path, text)).paired
+    assert not unset.baseline_given and unset.baseline == tmp_path / "robustness-baseline"
+    given = load_thresholds(write(tmp_path, text.replace("alpha: 0.1", "alpha: 0.1, baseline: b"))).paired
+    assert given.baseline_given and given.baseline == tmp_path / "b"
