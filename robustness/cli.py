@@ -108,6 +108,8 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
             "images": thresholds.images,
             "seed": thresholds.seed,
             "baseline_dir": None if paired is None else str(paired),
+            "classes": thresholds.classes,
+            "restrict_to_dataset_classes": thresholds.restrict_to_dataset_classes,
         }
     file_name = "thresholds file" if thresholds is None or thresholds.path is None else str(thresholds.path)
     sources = {}
@@ -178,7 +180,7 @@ def add_settings_options(parser, names, *, title: str | None = None, file: bool 
 
 
 #: The option groups the subcommands share, built by :func:`_add_groups` (one definition each).
-_DATA_GROUP = ("data", "images", "seed")
+_DATA_GROUP = ("data", "classes", "restrict_to_dataset_classes", "images", "seed")
 _ENGINE_GROUP = ("device", "batch_size", "workers", "cache_dir", "no_cache")
 
 
@@ -408,24 +410,6 @@ def _add_model_dataset_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of --per-class/--subset (default 0)")
     run.add_argument("--clean-only", action="store_true", help="evaluate the undistorted images only")
-    _add_class_options(run)
-
-
-def _add_class_options(parser: argparse.ArgumentParser) -> None:
-    """--classes and --restrict-to-dataset-classes (run, calibrate)."""
-    parser.add_argument(
-        "--classes",
-        default=None,
-        metavar="FILE",
-        help="class list: one class name per line, in the model's output order (default: classes.txt in the "
-        "data folder, else ImageNet-1k for wnid folders, else the sorted folder names)",
-    )
-    parser.add_argument(
-        "--restrict-to-dataset-classes",
-        action="store_true",
-        help="score an ImageNet-1k model on a subset of its classes (ImageNet-R / ImageNet-A convention): "
-        "its logits are restricted to the dataset's classes (wnids)",
-    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -609,7 +593,6 @@ def _add_calibrate(commands) -> None:
         choices=list(METRICS),
         help="bars for new entries (repeatable; default top1; top5 needs more than 5 classes)",
     )
-    _add_class_options(calibrate)
     calibrate.add_argument(
         "--import",
         dest="import_",

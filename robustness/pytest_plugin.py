@@ -120,27 +120,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(setting.pytest, default=None, metavar=setting.metavar, help=help_text, **typed)
         parser.addini(setting.ini, help_text, default="")
     group.addoption(
-        "--robustness-classes",
-        default=None,
-        metavar="FILE",
-        help="class list, one name per line in the model's output order; ini robustness_classes, "
-        "default classes.txt in the image folder, else ImageNet-1k or the sorted folder names",
-    )
-    group.addoption(
-        "--robustness-restrict-to-dataset-classes",
-        action="store_true",
-        default=False,
-        help="score ImageNet-1k models on the dataset's classes only (ImageNet-R / ImageNet-A convention); "
-        "ini robustness_restrict_to_dataset_classes",
-    )
-    parser.addini("robustness_classes", "class list file for the gate, relative to the rootdir", default="")
-    parser.addini(
-        "robustness_restrict_to_dataset_classes",
-        "score ImageNet-1k models on the dataset's classes only",
-        type="bool",
-        default=False,
-    )
-    group.addoption(
         "--robustness-update-thresholds",
         action="store_true",
         default=False,
@@ -183,7 +162,7 @@ def _resolve(config: pytest.Config, name: str, **layers: Any) -> _settings.Resol
     are anchored to the rootdir."""
     setting = _settings.SETTINGS[name]
     ini = config.getini(setting.ini)
-    if name in ("data", "thresholds", "cache_dir", "baseline_dir") and isinstance(ini, str) and ini.strip():
+    if name in ("data", "classes", "thresholds", "cache_dir", "baseline_dir") and isinstance(ini, str) and ini.strip():
         ini = str(config.rootpath / ini)
     return _settings.resolve(name, flag=config.getoption(setting.pytest), ini=ini, **layers)
 
@@ -272,14 +251,14 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     from .datasets import DatasetError, load_dataset
     from .thresholds import check_metrics
 
-    classes = _classes_option(config)
+    classes = _classes_option(config, thresholds)
     try:
         setup.dataset = load_dataset(data.value, limit=setup.images.value, classes=classes)
     except DatasetError as error:
         setup.problems.append(f"{error} (image folder from {data.source})")
         return
     counted = setup.dataset.classes
-    if _restrict(config) and counted.is_imagenet:
+    if _restrict(config, thresholds) and counted.is_imagenet:
         counted = setup.dataset.present_classes().classes
     try:
         check_metrics(thresholds, len(counted), counted.source)
@@ -530,21 +509,25 @@ def robustness_dataset(pytestconfig: pytest.Config, robustness_thresholds):
     return setup.dataset
 
 
-def _classes_option(config: pytest.Config) -> str | None:
-    """The class list file: ``--robustness-classes``, else ini ``robustness_classes`` (relative to
-    the rootdir), else ``None`` (the dataset's own: ``classes.txt``, ImageNet-1k or folder names)."""
-    flag = config.getoption("--robustness-classes")
-    if flag:
-        return flag
-    ini = config.getini("robustness_classes")
-    return str(config.rootpath / ini) if isinstance(ini, str) and ini.strip() else None
+def _file_name(thresholds) -> str:
+    return "thresholds file" if thresholds.path is None else thresholds.path.name
 
 
-def _restrict(config: pytest.Config) -> bool:
-    return bool(
-        config.getoption("--robustness-restrict-to-dataset-classes")
-        or config.getini("robustness_restrict_to_dataset_classes")
+def _classes_option(config: pytest.Config, thresholds) -> str | None:
+    """The class list file (flag > variable > ``defaults.classes`` > ini, relative to the rootdir), else
+    ``None`` (the dataset's own: ``classes.txt``, ImageNet-1k or folder names)."""
+    return _resolve(config, "classes", file=thresholds.classes, file_name=_file_name(thresholds)).value
+
+
+def _restrict(config: pytest.Config, thresholds) -> bool:
+    """Whether to restrict ImageNet-1k logits to the dataset's classes (the same precedence)."""
+    resolved = _resolve(
+        config,
+        "restrict_to_dataset_classes",
+        file=thresholds.restrict_to_dataset_classes,
+        file_name=thresholds.path.name,
     )
+    return bool(resolved.value)
 
 
 def _cache(config: pytest.Config):
@@ -574,7 +557,7 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
             num_workers=_resolve(pytestconfig, "workers").value,
             cache=_cache(pytestconfig),
             allow_fewer_images=robustness_thresholds.allow_fewer_images,
-            restrict_to_dataset_classes=_restrict(pytestconfig),
+            restrict_to_dataset_classes=_restrict(pytestconfig, robustness_thresholds),
         )
     except (_settings.SettingError, ThresholdsError) as error:
         problem = str(error)

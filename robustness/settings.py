@@ -241,6 +241,27 @@ SETTINGS: Mapping[str, Setting] = {
             metavar="DIR",
         ),
         _setting(
+            "classes",
+            "class list",
+            "class list file: one class name per line, in the model's output order",
+            "--classes",
+            "classes",
+            default_text="classes.txt in the image folder, else ImageNet-1k (wnid folders) or the sorted folder names",
+            metavar="FILE",
+        ),
+        _setting(
+            "restrict_to_dataset_classes",
+            "restrict to dataset classes",
+            "score an ImageNet-1k model on a subset of its classes (ImageNet-R / ImageNet-A convention): its "
+            "logits are restricted to the dataset's classes (wnids)",
+            "--restrict-to-dataset-classes",
+            "restrict_to_dataset_classes",
+            parse=boolean,
+            default=False,
+            default_text="false",
+            metavar=None,
+        ),
+        _setting(
             "images",
             "images per condition",
             "use the first N images in file-name order",

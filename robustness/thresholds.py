@@ -9,6 +9,8 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
       seed: 0                   # base seed for noise
       data: ../data/val         # image folder, relative to this file (pytest/CLI options override);
                                 # `dataset:` is its deprecated spelling (warns; removed in the next release)
+      classes: classes.txt      # optional class list (one name per line, the model's output order), relative to this file
+      restrict_to_dataset_classes: false  # true: score an ImageNet-1k model on the dataset's classes only
       paired:                   # optional paired regression check against a stored baseline
         alpha: 0.05             # fail only on a drop significant at this level (one-sided McNemar)
         metric: top1            # top1 (default) or top5 (not balanced_accuracy: not a count of images)
@@ -195,13 +197,26 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
             "version": {"const": SCHEMA_VERSION},
             "defaults": {
                 "type": "object",
-                "propertyNames": {"enum": ["images", "seed", "data", "dataset", "paired", "allow_fewer_images"]},
+                "propertyNames": {
+                    "enum": [
+                        "images",
+                        "seed",
+                        "data",
+                        "dataset",
+                        "classes",
+                        "restrict_to_dataset_classes",
+                        "paired",
+                        "allow_fewer_images",
+                    ]
+                },
                 "properties": {
                     "images": {"type": "integer", "minimum": 1},
                     "allow_fewer_images": {"type": "boolean"},
                     "seed": {"type": "integer", "minimum": 0},
                     "data": {"type": "string", "minLength": 1},
                     "dataset": {"type": "string", "minLength": 1, "deprecated": True},
+                    "classes": {"type": "string", "minLength": 1},
+                    "restrict_to_dataset_classes": {"type": "boolean"},
                     "paired": {
                         "type": "object",
                         "propertyNames": {"enum": ["alpha", "metric", "baseline"]},
@@ -527,6 +542,10 @@ class Thresholds:
     paired: PairedSettings | None = None
     sources: dict[str, str] = field(default_factory=dict)
     allow_fewer_images: bool = False
+    #: ``defaults.classes``: the class list file (resolved against the file's folder), or ``None``
+    classes: str | None = None
+    #: ``defaults.restrict_to_dataset_classes``, or ``None`` when the file does not say
+    restrict_to_dataset_classes: bool | None = None
 
     def models(self) -> list[str]:
         """Model names in file order."""
@@ -669,7 +688,16 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
         paired,
         sources,
         allow_fewer_images=bool(defaults.get("allow_fewer_images", False)),
+        classes=_relative_to(base, defaults.get("classes")),
+        restrict_to_dataset_classes=defaults.get("restrict_to_dataset_classes"),
     )
+
+
+def _relative_to(base: Path, path: str | None) -> str | None:
+    """``path`` (a string from the file) resolved against ``base``, the file's folder, unless absolute."""
+    if path is None or Path(path).expanduser().is_absolute():
+        return path
+    return str(base / path)
 
 
 def _validate(

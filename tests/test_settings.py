@@ -28,6 +28,8 @@ pytest_plugins = ["pytester"]
 VALUES = {
     "thresholds": ("{tmp}/t.yaml", "{tmp}/t.yaml"),
     "data": ("{tmp}/images", "{tmp}/images"),
+    "classes": ("{tmp}/classes.txt", "{tmp}/classes.txt"),
+    "restrict_to_dataset_classes": ("true", True),
     "images": ("7", 7),
     "device": ("cpu", "cpu"),
     "cache_dir": ("{tmp}/cache", "{tmp}/cache"),
