@@ -296,6 +296,8 @@ def test_the_normaliser_hides_no_number(pair):
     volatile.append(
         "/tmp/compare-outputs-bbbbbb/repo/robustness/__main__.py run --limit 200 --output " + str(b.resolve())
     )
+    unchanged = co.compare(a, b)
+    assert len(unchanged) == 0, _messages(unchanged)  # so each difference below is the changed digit
     positions = _digits_outside(original, volatile)
     assert len(positions) > 60  # the table cells, the interval bounds, the summary numbers, the seed, the digest
     missed = []
