@@ -244,7 +244,8 @@ def _raise_interrupt(signum, frame):
 
 
 def _write_json(path: Path, value: Any) -> None:
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from robustness._io import atomic_write
 
     atomic_write(path, (json.dumps(value, indent=2) + "\n").encode("utf-8"))

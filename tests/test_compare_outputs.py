@@ -446,28 +446,29 @@ def fake_snapshots(tmp_path_factory):
     subprocesses: worktree, import check, --help, run, gate, report, cleanup)."""
     folder = tmp_path_factory.mktemp("fake")
     repo, old, new = _fake_repo(folder)
-    codes = {}
-    for name, rev, limit in (("old", old, 3), ("again", old, 3), ("new", new, 3)):
-        codes[name] = co.snapshot(rev, folder / name, limit, repo=repo)
-    return folder, repo, old, new, codes
+    # REV_A REV_B: both snapshots, then compare (exit 1: they differ).
+    both = co.main([old, new, "--limit", "3", "--repo", str(repo), "--out", str(folder / "both")])
+    codes = {"both": both, "again": co.snapshot(old, folder / "again", 3, repo=repo)}
+    folders = {"old": folder / "both" / f"a-{old}", "new": folder / "both" / f"b-{new}", "again": folder / "again"}
+    return folders, repo, old, new, codes
 
 
 def test_snapshot_runs_each_commit_in_its_own_worktree(fake_snapshots):
-    folder, repo, old, new, codes = fake_snapshots
-    assert codes == {"old": 0, "again": 0, "new": 0}
-    manifests = [json.loads((folder / n / "snapshot.json").read_text()) for n in ("old", "new")]
+    folders, repo, old, new, codes = fake_snapshots
+    assert codes == {"both": 1, "again": 0}
+    manifests = [json.loads((folders[n] / "snapshot.json").read_text()) for n in ("old", "new")]
     assert [m["commit"] for m in manifests] == [old, new]
     assert [m["image_flag"] for m in manifests] == ["--limit", "--images"]  # read from each commit's --help
     for name, m in zip(("old", "new"), manifests):
         assert Path(m["robustness_file"]).is_relative_to(m["worktree"])  # the commit's code, not this checkout's
         assert not Path(m["worktree"]).parent.exists()  # the worktree and its temporary folder are gone
         assert {s["name"]: s["returncode"] for s in m["steps"]} == {"run": 0, "gate": int(name == "new"), "report": 0}
-        provenance = json.loads((folder / name / "run" / "provenance.json").read_text())
-        assert provenance["cache"] == str(folder / name / "cache")
+        provenance = json.loads((folders[name] / "run" / "provenance.json").read_text())
+        assert provenance["cache"] == str(folders[name] / "cache")
         command = provenance["command"]
         assert command[command.index(m["image_flag"]) + 1] == "3"
     assert _git(repo, "worktree", "list").count("\n") == 0  # only the main checkout is left
-    messages = _messages(co.compare(folder / "old", folder / "new"))
+    messages = _messages(co.compare(folders["old"], folders["new"]))
     assert "results.json: record efficientnet_lite0/clean/0: top1: 0.74 vs 0.69" in messages
     assert "gate.xml: tests.test_release_gate::test_accuracy: passed vs failure" in messages
     assert "report.html: text differs" in messages
@@ -476,8 +477,8 @@ def test_snapshot_runs_each_commit_in_its_own_worktree(fake_snapshots):
 
 
 def test_snapshot_of_the_same_commit_twice_agrees(fake_snapshots):
-    folder = fake_snapshots[0]
-    diff = co.compare(folder / "old", folder / "again")
+    folders = fake_snapshots[0]
+    diff = co.compare(folders["old"], folders["again"])
     assert len(diff) == 0, _messages(diff)
     assert {"results.json", "provenance.json", "gate.xml", "report.html"} <= set(diff.checked)
 
