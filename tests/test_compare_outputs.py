@@ -371,6 +371,8 @@ def test_missing_files_and_step_codes_are_differences(pair):
     assert "setting limit: 200 vs 100" in messages
     with pytest.raises(co.SnapshotError, match="no such snapshot folder"):
         co.compare(a, b / "missing")
+    (a / "gate.xml").unlink()  # the gate ran in neither: nothing about verdicts is proven
+    assert "gate.xml: in neither snapshot (gate.xml)" in _messages(co.compare(a, b))
 
 
 def test_main_exit_codes_and_summary(pair, capsys):
