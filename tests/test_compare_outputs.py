@@ -514,3 +514,30 @@ def test_real_snapshot_of_head(tmp_path):
     assert {r["distortion"] for r in records} == {"clean", "contrast"} and all(r["n"] == 2 for r in records)
     diff = co.compare(tmp_path / "s", tmp_path / "s")
     assert len(diff) == 0 and "gate.xml" in diff.checked and "report.html" in diff.checked
+
+
+def test_snapshot_removes_the_worktree_when_killed(tmp_path):
+    """kill -TERM during the main job: the step is stopped, the worktree and its folder removed."""
+    repo, _, _ = _fake_repo(tmp_path)
+    main = repo / "robustness" / "__main__.py"
+    slow = main.read_text().replace(
+        'if args[0] == "run":', 'if args[0] == "run":\n    __import__("time").sleep(120)', 1
+    )
+    assert slow != main.read_text()
+    main.write_text(slow)
+    _git(repo, "commit", "-q", "-am", "a slow run")
+    out = tmp_path / "killed"
+    script = str(ROOT / "scripts" / "compare_outputs.py")
+    command = [sys.executable, script, "snapshot", "--rev", "HEAD", "--out", str(out), "--repo", str(repo)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout.readline().startswith("[run]")  # the main job has started
+        assert _git(repo, "worktree", "list").count("\n") == 1  # the main checkout and the snapshot's
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    finally:
+        process.kill()
+    assert process.returncode != 0, output
+    manifest = json.loads((out / "snapshot.json").read_text())
+    assert not Path(manifest["worktree"]).parent.exists()
+    assert _git(repo, "worktree", "list").count("\n") == 0
