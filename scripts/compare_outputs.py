@@ -57,6 +57,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -172,7 +173,6 @@ def snapshot(
     out.mkdir(parents=True, exist_ok=True)
     parent = Path(tempfile.mkdtemp(prefix=f"compare-outputs-{commit[:7]}-"))
     worktree = parent / "repo"
-    (parent / "shared").symlink_to(shared, target_is_directory=True)
     cache = out / "cache"
     manifest: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
@@ -189,8 +189,10 @@ def snapshot(
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "steps": [],
     }
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # kill -TERM: still remove the worktree
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None  # kill: still clean up
     try:
+        (parent / "shared").symlink_to(shared, target_is_directory=True)
         _git(repo, "worktree", "add", "--detach", str(worktree), commit)
         env = _child_env(worktree, cache)
         where = subprocess.run(
@@ -227,7 +229,8 @@ def snapshot(
         report += ["--output", str(out / "report.html")]
         steps.append(_step("report", report, worktree, env, out))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         _write_json(out / "snapshot.json", manifest)
         subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], capture_output=True)
