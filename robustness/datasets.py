@@ -39,7 +39,6 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +50,8 @@ from .labels import (
     ClassListError,
     class_list,
     imagenet_class_list,
+    imagenet_class_names,
+    imagenet_wnids,
     named_class_list,
     read_class_file,
 )
@@ -80,24 +81,6 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".
 
 class DatasetError(ClassListError):
     """The dataset folder, a label file or a label is missing or malformed; the message says which."""
-
-
-@functools.lru_cache(maxsize=1)
-def _class_table() -> tuple[tuple[str, str], ...]:
-    text = resources.files("robustness").joinpath("data/imagenet_classes.tsv").read_text(encoding="utf-8")
-    rows = tuple(tuple(line.split("\t", 1)) for line in text.splitlines() if line.strip())
-    assert len(rows) == 1000, "robustness/data/imagenet_classes.tsv must list 1000 wnids"
-    return rows  # type: ignore[return-value]
-
-
-def imagenet_wnids() -> tuple[str, ...]:
-    """The 1000 ILSVRC2012 wnids in class-index order (sorted), e.g. ``imagenet_wnids()[0] == "n01440764"``."""
-    return tuple(row[0] for row in _class_table())
-
-
-def imagenet_class_names() -> tuple[str, ...]:
-    """Human-readable names of the 1000 classes in class-index order (first synonym, e.g. ``"tench"``)."""
-    return tuple(row[1].split(",")[0].strip() for row in _class_table())
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,13 +24,17 @@ This module imports neither torch nor numpy at import time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 __all__ = [
+    "imagenet_wnids",
+    "imagenet_class_names",
     "ClassList",
     "ClassListError",
     "CLASS_FILE_NAME",
@@ -46,6 +50,25 @@ __all__ = [
     "restrict_to_classes",
     "MAX_CLASSES",
 ]
+
+
+@functools.lru_cache(maxsize=1)
+def _class_table() -> tuple[tuple[str, str], ...]:
+    text = resources.files("robustness").joinpath("data/imagenet_classes.tsv").read_text(encoding="utf-8")
+    rows = tuple(tuple(line.split("\t", 1)) for line in text.splitlines() if line.strip())
+    assert len(rows) == 1000, "robustness/data/imagenet_classes.tsv must list 1000 wnids"
+    return rows  # type: ignore[return-value]
+
+
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ILSVRC2012 wnids in class-index order (sorted), e.g. ``imagenet_wnids()[0] == "n01440764"``."""
+    return tuple(row[0] for row in _class_table())
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+    """Human-readable names of the 1000 classes in class-index order (first synonym, e.g. ``"tench"``)."""
+    return tuple(row[1].split(",")[0].strip() for row in _class_table())
+
 
 #: The class list file looked for in a data folder.
 CLASS_FILE_NAME = "classes.txt"
@@ -111,8 +134,6 @@ class ClassList:
     @property
     def is_imagenet(self) -> bool:
         """Whether this is the full ImageNet-1k list in class-index order (the paper's setup)."""
-        from .datasets import imagenet_wnids
-
         return self.ids == imagenet_wnids()
 
     @property
@@ -140,16 +161,12 @@ class ClassList:
 def imagenet_class_list() -> ClassList:
     """The 1000 ILSVRC2012 classes: wnids in sorted order (the torchvision / Caffe class index) and
     their first synonym as the name (``robustness/data/imagenet_classes.tsv``)."""
-    from .datasets import imagenet_class_names, imagenet_wnids
-
     return ClassList(imagenet_wnids(), imagenet_class_names(), "ImageNet-1k (packaged)")
 
 
 def named_class_list(ids: Sequence[str], source: str) -> ClassList:
     """A :class:`ClassList` of ``ids`` in that order; ImageNet wnids get their human-readable names,
     other ids are their own name. ``source`` says where the list came from."""
-    from .datasets import imagenet_class_names, imagenet_wnids
-
     table = dict(zip(imagenet_wnids(), imagenet_class_names()))
     return ClassList(tuple(ids), tuple(table.get(i, i) for i in ids), source)
 
