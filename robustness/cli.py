@@ -205,7 +205,8 @@ def _fresh_output_dir(model: str) -> Path:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .cache import PredictionCache
     from .evaluation import evaluate
-    from .report import format_table, plot_accuracy_vs_level, write_results_json
+    from .report import format_table, plot_accuracy_vs_level
+    from .runs import write_results_json
 
     distortions = _run_distortions(args)
     resolve_settings(args)
@@ -625,7 +626,7 @@ def _write_run_report(args, model, dataset, results, output: Path) -> int:
     import json
 
     from ._io import atomic_write
-    from .report import run_provenance, write_predictions
+    from .runs import run_provenance, write_predictions
 
     provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds)
     write_predictions(results, output / "predictions.npz", provenance)

@@ -50,7 +50,8 @@ import numpy as np
 from ._io import atomic_write
 from .distortions import DISTORTIONS, format_level
 from .evaluation import CLEAN, ConditionResult
-from .report import figure_png, read_predictions, read_results_json
+from .report import figure_png
+from .runs import read_predictions, read_results_json
 from .stats import wilson_interval
 
 __all__ = [
@@ -92,7 +93,7 @@ class RunData:
         label: how the report names the run (the model name; ``model (folder)`` when two runs share a model).
         model: model name from results.json.
         records: results.json records (model, distortion, level, top1, top5, n); accuracies are fractions.
-        predictions: :func:`robustness.report.read_predictions` output, or ``None`` when the run has none.
+        predictions: :func:`robustness.runs.read_predictions` output, or ``None`` when the run has none.
         provenance: provenance.json (or the copy inside predictions.npz), ``{}`` when absent.
     """
 

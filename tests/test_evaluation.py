@@ -168,7 +168,8 @@ def test_jpeg2000_tolerance_misses_are_counted_in_results_cache_and_json(tmp_pat
     so): each JPEG 2000 level counts it as a tolerance miss; random-noise images land within 0.5 dB.
     The count survives the prediction cache and is written to results.json."""
     from robustness.cache import PredictionCache
-    from robustness.report import format_table, read_results_json, write_results_json
+    from robustness.report import format_table
+    from robustness.runs import read_results_json, write_results_json
 
     make_dataset(tmp_path / "data", 3)
     grey = tmp_path / "data" / imagenet_wnids()[0] / "grey.png"

@@ -31,7 +31,8 @@ from robustness.labels import (
     read_class_file,
     restrict_to_classes,
 )
-from robustness.report import format_table, read_results_json, write_results_json
+from robustness.report import format_table
+from robustness.runs import read_results_json, write_results_json
 from robustness.thresholds import ThresholdsError, check_metrics, load_thresholds
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-val-1024"
@@ -303,7 +304,7 @@ def test_baseline_of_another_class_list_is_not_paired(tmp_path):
 
 
 def test_provenance_records_the_class_list(tmp_path):
-    from robustness.report import run_provenance
+    from robustness.runs import run_provenance
 
     make_folder(tmp_path / "data", {"bird": 1, "cat": 1})
     dataset = load_dataset(tmp_path / "data")

@@ -134,7 +134,7 @@ def test_model_returning_nan_logits_is_an_error_not_zero_accuracy(data_dir):
 
 
 def test_results_json_with_impossible_values_is_rejected(tmp_path):
-    from robustness.report import read_results_json
+    from robustness.runs import read_results_json
 
     path = tmp_path / "results.json"
     path.write_text(json.dumps([{"model": "m", "distortion": "blur", "level": 1, "top1": 5, "top5": 0.9, "n": 10}]))

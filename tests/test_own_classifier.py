@@ -193,7 +193,8 @@ def test_report_and_table_use_the_team_class_names(team, tmp_path):
     """The plain API on the same folder: table, results.json, provenance and the HTML report's
     per-class section and example strips name the team's classes."""
     from robustness.html_report import write_report
-    from robustness.report import format_table, run_provenance, write_predictions, write_results_json
+    from robustness.report import format_table
+    from robustness.runs import run_provenance, write_predictions, write_results_json
 
     net = robustness.load_model("efficientnet_lite0", weights=None).net
     net._fc = torch.nn.Linear(net._fc.in_features, 3)

@@ -35,7 +35,8 @@ from robustness.html_report import (
     summary_table,
     threshold_verdicts,
 )
-from robustness.report import figure_png, read_predictions, write_figure, write_predictions, write_results_json
+from robustness.report import figure_png, write_figure
+from robustness.runs import read_predictions, write_predictions, write_results_json
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-val-1024"
 SECTION_IDS = tuple(section.id for section in SECTIONS)

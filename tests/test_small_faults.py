@@ -31,7 +31,8 @@ from robustness.models import (
     register_model,
     unregister_model,
 )
-from robustness.report import format_table, plot_accuracy_vs_level, write_results_json
+from robustness.report import format_table, plot_accuracy_vs_level
+from robustness.runs import write_results_json
 
 # --------------------------------------------------------------------------------- file modes
 
