@@ -45,6 +45,7 @@ from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
 from .models import Classifier, load_model
+from .stats import correct
 
 __all__ = [
     "Condition",
@@ -546,8 +547,7 @@ def evaluate(
     for condition in requested:
         k = conditions.index(condition)
         predictions = run.predictions[k][keep]
-        correct1 = predictions[:, 0] == labels
-        correct5 = (predictions == labels[:, None]).any(axis=1)
+        correct1, correct5 = correct(predictions, labels, "top1"), correct(predictions, labels, "top5")
         results.append(
             ConditionResult(
                 model=model.name,
