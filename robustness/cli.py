@@ -482,7 +482,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     allowed = applicable_metrics(len(dataset.classes))
     if args.metric and not set(args.metric) <= set(allowed):
         raise CommandError(
-            f"--metric {', '.join(sorted(set(args.metric) - set(allowed)))} needs more than 5 classes; "
+            f"--metric {', '.join(sorted(set(args.metric) - set(allowed)))} needs more classes than its k (top-k); "
             f"the dataset has {dataset.classes.describe()}"
         )
     if args.name is None and model.name != args.model and args.model in list_models():
@@ -506,7 +506,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for result in results:
         result.model = name
     print(format_table(results))
-    measured = {r.condition: {m: getattr(r, m) for m in allowed} for r in results}
+    measured = {r.condition: {m: r.metric(m) for m in allowed} for r in results}
     old, new = update_thresholds_file(
         path,
         name,
@@ -592,7 +592,7 @@ def _add_calibrate(commands) -> None:
         "--metric",
         action="append",
         choices=list(METRICS),
-        help="bars for new entries (repeatable; default top1; top5 needs more than 5 classes)",
+        help="bars for new entries (repeatable; default top1; topK needs more than K classes)",
     )
     calibrate.add_argument(
         "--import",

@@ -69,7 +69,8 @@ class ConditionResult:
         model: model name.
         distortion, level: the condition (``"clean"``, 0 for the undistorted images).
         top1, top5: accuracy as fractions in [0, 1]. With 5 classes or fewer, top-5 is 1.0 by
-            construction: it is not gateable then, and results.json writes it as ``null``.
+            construction: it is not gateable then, and results.json writes it as ``null``. Top-2 to
+            top-4: :meth:`topk`, computed from ``predictions``.
         n: number of images (unreadable images excluded).
         image_ids: the images, in dataset order.
         labels: int64 ``(n,)`` true class indices (into the dataset's class list).
@@ -107,6 +108,54 @@ class ConditionResult:
     def num_classes(self) -> int:
         """The number of classes of the dataset's class list (1000 for ImageNet-1k)."""
         return 1000 if self.classes is None else len(self.classes)
+
+    def topk(self, k: int) -> float | None:
+        """Top-k accuracy, a fraction in [0, 1]: the share of the ``n`` images whose label is among the
+        model's ``k`` highest-scoring classes, counted from the stored top-5 :attr:`predictions`
+        (:func:`robustness.stats.correct`). ``k = 1`` is :attr:`top1` and ``k = 5`` is :attr:`top5`.
+
+        Returns ``None`` when ``k >= num_classes`` (for k >= 2: every class would be in the top k, so
+        the value would be 100% by construction) or when the result has no per-image predictions
+        (one rebuilt from results.json, which stores top-1 and top-5 only).
+
+        Raises:
+            ValueError: ``k`` is not an integer in 1..5: the engine keeps the top-5 predictions per
+                image (:data:`robustness.names.TOPK_MAX`), so larger k cannot be computed.
+        """
+        from .names import TOPK_MAX
+
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= TOPK_MAX:
+            raise ValueError(
+                f"top-k needs an integer k in 1..{TOPK_MAX}, got {k!r}: the engine keeps the top-{TOPK_MAX} "
+                "predictions per image"
+            )
+        k = int(k)
+        if k == 1:
+            return self.top1
+        if k >= self.num_classes:
+            return None
+        if k == TOPK_MAX:
+            return self.top5
+        if self.predictions is None or self.labels is None:
+            return None
+        return float(correct(self.predictions, self.labels, f"top{k}").mean()) if self.n else 0.0
+
+    def metric(self, name: str) -> float | None:
+        """The measured value of a gateable metric (:data:`robustness.names.METRICS`), a fraction in
+        [0, 1]: ``topK`` is :meth:`topk` (``None`` when it does not apply), ``balanced_accuracy`` the
+        attribute (``None`` when not computed).
+
+        Raises:
+            ValueError: ``name`` is not a gateable metric (``topK`` with K > 5 names the limit).
+        """
+        from .names import METRICS, top_k
+
+        k = top_k(name)
+        if k is not None:
+            return self.topk(k)
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(METRICS)}")
+        return getattr(self, name)
 
     def to_record(self) -> dict:
         """The JSON record: model, distortion, level, top1, top5, n, tolerance_misses, and (new in

@@ -83,9 +83,9 @@ class Check:
     """One bar of a threshold.
 
     Attributes:
-        key: the bar's key in the file (``top1``, ``top5``, ``balanced_accuracy``, or one of them
+        key: the bar's key in the file (``top1`` ... ``top5``, ``balanced_accuracy``, or one of them
             with ``_of_clean``).
-        metric: ``top1``, ``top5`` or ``balanced_accuracy``.
+        metric: ``top1`` ... ``top5`` (top-k accuracy) or ``balanced_accuracy``.
         measured: the measured accuracy.
         required: the accuracy needed (for relative bars: ``bar * clean``).
         bar: the value written in the file.
@@ -166,19 +166,22 @@ class Verdict:
         return all(c.passed for c in self.checks) and (self.paired is None or self.paired.passed)
 
     def interval(self, metric: str) -> tuple[float, float] | None:
-        """95% Wilson interval of the measured ``metric``: for ``top1`` and ``top5``, proportions of
-        images; ``None`` for ``balanced_accuracy`` (a mean of per-class recalls, not a binomial
-        proportion, so the Wilson interval does not apply)."""
+        """95% Wilson interval of the measured ``metric``: for ``top1`` ... ``top5``, proportions of
+        images (counts of images right); ``None`` for ``balanced_accuracy`` (a mean of per-class
+        recalls, not a binomial proportion, so the Wilson interval does not apply) and for a metric
+        not measured."""
         if metric not in PAIRED_METRICS:
             return None
-        value = getattr(self.result, metric)
+        value = self.result.metric(metric)
+        if value is None:
+            return None
         return wilson_interval(int(round(value * self.n)), self.n)
 
     def metrics(self) -> list[str]:
         """The metrics shown and recorded for this result: those of :data:`METRICS` that apply to
         the dataset's class count (:func:`robustness.labels.applicable_metrics`) and were computed;
-        balanced accuracy only for class lists other than ImageNet-1k or when a bar uses it (so
-        ImageNet gate messages read as before)."""
+        top-2 to top-4 only when a bar uses them, balanced accuracy only for class lists other than
+        ImageNet-1k or when a bar uses it (so ImageNet gate messages read as before)."""
         allowed = applicable_metrics(self.result.num_classes)
         own = self.result.classes is not None and not self.result.classes.is_imagenet
         barred = {key.replace("_of_clean", "") for key in self.threshold.bars()}
@@ -186,8 +189,8 @@ class Verdict:
             m
             for m in METRICS
             if m in allowed
-            and getattr(self.result, m, None) is not None
-            and (m != "balanced_accuracy" or own or m in barred)
+            and self.result.metric(m) is not None
+            and (m in ("top1", "top5") or (m == "balanced_accuracy" and own) or m in barred)
         ]
 
     def measured_line(self) -> str:
@@ -195,7 +198,7 @@ class Verdict:
         for metric in self.metrics():
             interval = self.interval(metric)
             ci = "" if interval is None else f" (95% CI {_pct(interval[0])}-{_pct(interval[1])})"
-            parts.append(f"{metric} {_pct(getattr(self.result, metric))}{ci}")
+            parts.append(f"{metric} {_pct(self.result.metric(metric))}{ci}")
         return ", ".join(parts) + f", n={self.n} images"
 
     def message(self) -> str:
@@ -233,7 +236,7 @@ class Verdict:
             ("robustness_n", r.n),
         ]
         for metric in self.metrics():
-            props.append((f"robustness_{metric}", round(getattr(r, metric), 6)))
+            props.append((f"robustness_{metric}", round(r.metric(metric), 6)))
             interval = self.interval(metric)
             if interval is not None:
                 props += [
@@ -276,17 +279,18 @@ def judge(
 
     Raises:
         ValueError: a relative bar without ``clean``; a bar on a metric that does not apply to the
-            dataset's class count (top-5 with 5 classes or fewer) or was not computed.
+            dataset's class count (top-k with k classes or fewer) or was not computed (top-2 to
+            top-4 of a result without per-image predictions).
     """
     checks = []
     allowed = applicable_metrics(result.num_classes)
     for key, bar in threshold.bars().items():
         metric = key.replace("_of_clean", "")
-        measured = getattr(result, metric)
+        measured = result.metric(metric) if metric in allowed else None
         if metric not in allowed or measured is None:
             raise ValueError(
                 f"{threshold.id}: a {key} bar cannot be judged on {result.num_classes} classes"
-                + ("" if measured is not None else f" ({metric} was not computed for this result)")
+                + ("" if metric not in allowed else f" ({metric} was not computed for this result)")
             )
         if key in METRICS:
             checks.append(Check(key, metric, measured, bar, bar))
@@ -296,7 +300,9 @@ def judge(
                     f"{threshold.id}: {key} needs the model's clean result "
                     "(use the robustness_verdict fixture or pass clean=)"
                 )
-            base = getattr(clean, metric)
+            base = clean.metric(metric)
+            if base is None:
+                raise ValueError(f"{threshold.id}: {key} needs the clean {metric}, which was not computed")
             checks.append(Check(key, metric, measured, bar * base, bar, base))
     verdict = Verdict(threshold, result, checks, source=source)
     if paired is not None:

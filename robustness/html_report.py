@@ -500,8 +500,9 @@ def _condition_index(conditions: Sequence[tuple[str, float]], distortion: str, l
 def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLike) -> list[dict]:
     """Pass/fail per (run, threshold entry, bar) using :func:`robustness.gate.judge`.
 
-    Returns dicts with ``label``, ``condition`` (id), ``metric`` (the bar's key: ``top1``, ``top5``,
-    ``balanced_accuracy``, ``top1_of_clean``, ...), ``measured``, ``threshold`` (the accuracy required; for a relative bar
+    Returns dicts with ``label``, ``condition`` (id), ``metric`` (the bar's key: ``top1`` ... ``top5``,
+    ``balanced_accuracy``, ``top1_of_clean``, ...), ``measured`` (the value of the bar's metric: top-2 to
+    top-4 are computed from the run's predictions.npz), ``threshold`` (the accuracy required; for a relative bar
     ``bar x clean``), ``margin = measured - threshold`` (fractions), ``n``, ``passed`` (bool, or
     ``None`` when the run did not measure that condition) and ``text`` (a one-line explanation).
 
@@ -532,12 +533,13 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
             )
             bars = threshold.bars()
             verdict = None
+            why_not = "not measured by this run"
             if record is not None:
                 result = _record_result(run, record, classes)
                 try:
                     verdict = judge(threshold, result, clean=clean)
-                except ValueError:  # a relative bar, and the run has no clean result
-                    verdict = None
+                except ValueError as error:  # a relative bar without a clean result; top-k without predictions
+                    verdict, why_not = None, str(error)
             checks = {c.key: c for c in verdict.checks} if verdict is not None else {}
             for key, bar in bars.items():
                 row = {
@@ -549,7 +551,7 @@ def threshold_verdicts(runs: Sequence[RunData], thresholds_path: str | os.PathLi
                     "margin": math.nan,
                     "n": 0,
                     "passed": None,
-                    "text": f"{run.model} {condition.id}: not measured by this run",
+                    "text": f"{run.model} {condition.id}: {why_not}",
                 }
                 check = checks.get(key)
                 if check is not None:
@@ -704,8 +706,16 @@ def _run_classes(run):
 
 
 def _record_result(run, record: dict, classes) -> ConditionResult:
-    """A results.json record as a :class:`ConditionResult` for :func:`robustness.gate.judge`."""
+    """A results.json record as a :class:`ConditionResult` for :func:`robustness.gate.judge`, with the
+    run's per-image labels and top-5 predictions for that condition when predictions.npz has them (so
+    top-2 to top-4 bars can be judged)."""
     balanced = record.get("balanced_accuracy")
+    labels = predictions = None
+    preds = run.predictions
+    if preds is not None and len(preds["labels"]) == record["n"]:
+        k = _condition_index(preds["conditions"], record["distortion"], float(record["level"]))
+        if k is not None:
+            labels, predictions = preds["labels"], preds["predictions"][k]
     return ConditionResult(
         run.model,
         record["distortion"],
@@ -715,6 +725,8 @@ def _record_result(run, record: dict, classes) -> ConditionResult:
         record["n"],
         balanced_accuracy=None if balanced is None else float(balanced),
         classes=classes,
+        labels=labels,
+        predictions=predictions,
     )
 
 

@@ -17,7 +17,7 @@ supported explicitly by :func:`restrict_to_classes`: its 1000 logits are restric
 classes (wnids), never silently.
 
 Metrics that depend on the class count (:func:`applicable_metrics`): top-1 and balanced accuracy
-always; top-5 only with more than 5 classes (with 5 or fewer it is 100% by construction).
+always; top-k (k = 2..5) only with more than k classes (with k or fewer it is 100% by construction).
 
 This module imports neither torch nor numpy at import time.
 """
@@ -216,10 +216,12 @@ def class_list(classes: ClassList | str | os.PathLike | Sequence[str], source: s
 
 def applicable_metrics(num_classes: int) -> tuple[str, ...]:
     """The gateable metrics that mean something with ``num_classes`` classes, in
-    :data:`robustness.names.METRICS` order: ``top5`` only when there are more than 5 classes."""
-    from .names import METRICS
+    :data:`robustness.names.METRICS` order: ``top1`` and ``balanced_accuracy`` always, ``topK``
+    (K = 2..5) only when there are more than K classes (with K or fewer every class is in the top K,
+    so top-K accuracy is 100% by construction)."""
+    from .names import METRICS, top_k
 
-    return tuple(m for m in METRICS if m != "top5" or num_classes > 5)
+    return tuple(m for m in METRICS if (top_k(m) or 1) < max(num_classes, 2))
 
 
 def balanced_accuracy(labels, predicted) -> float:

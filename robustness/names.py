@@ -16,6 +16,7 @@ keys): the shortest decimal that reads back as the same float, never an exponent
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal
 
 __all__ = [
@@ -23,12 +24,14 @@ __all__ = [
     "DISTORTION_NAMES",
     "DISTORTION_PARAMETERS",
     "METRICS",
+    "TOPK_MAX",
     "add_distortion_name",
     "distortion_names",
     "format_level",
     "level_label",
     "marker_descriptions",
     "remove_distortion_name",
+    "top_k",
 ]
 
 #: The name of the undistorted condition (also its marker: ``pytest -m clean``).
@@ -50,10 +53,29 @@ DISTORTION_PARAMETERS = {
 #: name -> (parameter, unit), in registration order.
 _REGISTERED: dict[str, tuple[str, str]] = {}
 
-#: The metrics a threshold may bound, fractions in [0, 1]: top-1 and top-5 accuracy, and balanced
-#: accuracy (mean per-class top-1 recall, as ``sklearn.metrics.balanced_accuracy_score``). Top-5
-#: needs more than 5 classes (:func:`robustness.labels.applicable_metrics`).
-METRICS = ("top1", "top5", "balanced_accuracy")
+#: The largest k of a gateable top-k accuracy: the engine keeps the top-5 class indices per image
+#: (:class:`robustness.evaluation.ConditionResult`, the prediction cache, predictions.npz), so top-k
+#: for k <= 5 is computed from them exactly and a larger k would need every stored prediction again.
+TOPK_MAX = 5
+
+#: The metrics a threshold may bound, fractions in [0, 1]: top-k accuracy for k = 1..5 (the label
+#: is among the model's k highest-scoring classes), and balanced accuracy (mean per-class top-1
+#: recall, as ``sklearn.metrics.balanced_accuracy_score``). Top-k for k >= 2 needs more than k
+#: classes (:func:`robustness.labels.applicable_metrics`); top-1 and top-5 are the paper's (Dodge &
+#: Karam 2016), top-5 the ImageNet default.
+METRICS = ("top1", "top2", "top3", "top4", "top5", "balanced_accuracy")
+
+_TOPK = re.compile(r"top([0-9]+)")
+
+
+def top_k(metric: str) -> int | None:
+    """The ``k`` of a top-k metric name (``"top3"`` -> 3, ``"top10"`` -> 10, any k >= 1), ``None`` for
+    any other name (``"balanced_accuracy"``, ``"top"``, ``"top0"``, ``"top03"``). Whether k is at most
+    :data:`TOPK_MAX` is the caller's check."""
+    match = _TOPK.fullmatch(metric) if isinstance(metric, str) else None
+    if match is None or match.group(1).startswith("0"):
+        return None
+    return int(match.group(1))
 
 
 def add_distortion_name(name: str, parameter: str, unit: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import is_number
+from .names import TOPK_MAX, top_k
 
 __all__ = ["Z95", "wilson_interval", "McNemarResult", "mcnemar", "correct"]
 
@@ -63,15 +64,33 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 
 def correct(predictions: np.ndarray, labels: np.ndarray, metric: str = "top1") -> np.ndarray:
-    """Boolean ``(n,)``: whether each image is right under ``metric`` (``top1`` / ``top5``) given
-    ``(n, 5)`` top-5 predictions (best first) and ``(n,)`` labels."""
+    """Boolean ``(n,)``: whether each image is right under ``metric``, a top-k accuracy ``topK`` for
+    K = 1..5 (the label is among the first K predictions).
+
+    Args:
+        predictions: integer ``(n, 5)`` top-5 class indices per image, best first (a model with
+            fewer than 5 classes pads with -1, never a label).
+        labels: integer ``(n,)`` true class indices.
+        metric: ``top1`` ... ``top5``.
+
+    Raises:
+        ValueError: ``metric`` is not ``topK`` with 1 <= K <= 5 (the engine keeps the top-5
+            predictions per image, :data:`robustness.names.TOPK_MAX`), or ``predictions`` has fewer
+            than K columns or a row count other than ``labels``'.
+    """
+    k = top_k(metric)
+    if k is None or k > TOPK_MAX:
+        limit = (
+            f": the engine keeps the top-{TOPK_MAX} predictions per image, so k <= {TOPK_MAX}" if k is not None else ""
+        )
+        raise ValueError(f"metric must be top1 ... top{TOPK_MAX}, got {metric!r}{limit}")
     predictions = np.asarray(predictions)
     labels = np.asarray(labels)
-    if metric == "top1":
-        return predictions[:, 0] == labels
-    if metric == "top5":
-        return (predictions[:, :5] == labels[:, None]).any(axis=1)
-    raise ValueError(f"metric must be 'top1' or 'top5', got {metric!r}")
+    if predictions.ndim != 2 or predictions.shape[1] < k or predictions.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{metric} needs predictions of shape (n, >= {k}) for {labels.shape[0]} labels, got {predictions.shape}"
+        )
+    return (predictions[:, :k] == labels[:, None]).any(axis=1)
 
 
 @dataclass(frozen=True)

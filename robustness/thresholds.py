@@ -13,7 +13,7 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
       restrict_to_dataset_classes: false  # true: score an ImageNet-1k model on the dataset's classes only
       paired:                   # optional paired regression check against a stored baseline
         alpha: 0.05             # fail only on a drop significant at this level (one-sided McNemar)
-        metric: top1            # top1 (default) or top5 (not balanced_accuracy: not a count of images)
+        metric: top1            # top1 (default) ... top5 (not balanced_accuracy: not a count of images)
         baseline: robustness-baseline   # folder of baseline predictions, relative to this file
     models:
       efficientnet_lite0:       # a registered model (robustness.list_models())
@@ -28,8 +28,11 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
 Conventions:
 
 * Accuracies are **fractions in [0, 1]** (72% is ``0.72``), never percent.
-* Metrics: ``top1``, ``top5`` and ``balanced_accuracy`` (mean per-class top-1 recall); ``top5``
-  needs a dataset of more than 5 classes (:func:`check_metrics`, run when the dataset is known).
+* Metrics: top-k accuracy ``top1``, ``top2``, ``top3``, ``top4``, ``top5`` and ``balanced_accuracy``
+  (mean per-class top-1 recall); ``topK`` (K >= 2) needs a dataset of more than K classes
+  (:func:`check_metrics`, run when the dataset is known). K is at most 5 (``top10`` is refused):
+  the engine and the prediction cache keep the top-5 predictions per image, from which every
+  top-k with k <= 5 is computed exactly.
 * ``top1`` / ``top5`` are absolute minimums; ``top1_of_clean`` / ``top5_of_clean`` are minimums
   relative to the same run's clean accuracy of that model (``0.8`` = keep 80% of clean). A level may
   combine them; every bar given must hold. A result equal to its bar passes. A relative bar needs an
@@ -70,7 +73,7 @@ import jsonschema
 from .conditions import CLEAN, Condition
 from .distortions import DISTORTIONS
 from .names import METRICS as _NAMES_METRICS
-from .names import format_level
+from .names import TOPK_MAX, format_level, top_k
 
 __all__ = [
     "Threshold",
@@ -91,13 +94,13 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-#: The gateable metrics (:data:`robustness.names.METRICS`): top-1, top-5 and balanced accuracy.
+#: The gateable metrics (:data:`robustness.names.METRICS`): top-1 ... top-5 and balanced accuracy.
 METRICS = _NAMES_METRICS
 #: Each metric as a fraction of the same run's clean value.
 RELATIVE_METRICS = tuple(f"{m}_of_clean" for m in METRICS)
 #: The metrics the paired McNemar check applies to: per-image right/wrong (not balanced accuracy,
 #: which is a mean of per-class recalls, not a count of images).
-PAIRED_METRICS = ("top1", "top5")
+PAIRED_METRICS = tuple(m for m in METRICS if top_k(m) is not None)
 _BAR_KEYS = METRICS + RELATIVE_METRICS
 _MODEL_SOURCES = ("registry", "fixture")
 
@@ -408,6 +411,15 @@ def _suggest(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _topk_limit_message(key: str) -> str:
+    """Why a ``topK`` with K > :data:`TOPK_MAX` is refused (a key or ``paired.metric``)."""
+    return (
+        f"{key!r}: top-k accuracy is available for k <= {TOPK_MAX} only: the engine keeps the top-{TOPK_MAX} "
+        f"predictions per image (the prediction cache and predictions.npz store {TOPK_MAX} class indices), so "
+        f"use top1 ... top{TOPK_MAX}"
+    )
+
+
 def _explain(error: jsonschema.ValidationError, document: _Document, known_models: list[str]) -> Problem:
     """Turn a jsonschema error into a :class:`Problem` naming the offending key and its line."""
     path = tuple(error.absolute_path)
@@ -417,6 +429,9 @@ def _explain(error: jsonschema.ValidationError, document: _Document, known_model
         child = path + (key,)
         options = error.validator_value if error.validator == "enum" else []
         line = document.key_lines.get(child, document.line(path))
+        k = top_k(key.removesuffix("_of_clean"))
+        if k is not None and k > TOPK_MAX and len(path) >= 3 and path[0] == "models":
+            return Problem(line, _dotted(child), _topk_limit_message(key))
         if len(path) == 3 and path[0] == "models" and path[2] in DISTORTIONS:
             spec = DISTORTIONS[path[2]]
             return Problem(
@@ -430,6 +445,10 @@ def _explain(error: jsonschema.ValidationError, document: _Document, known_model
             message = f"unknown key {key!r}{_suggest(key, options)}; expected one of {', '.join(map(str, options))}"
         return Problem(line, _dotted(child), message)
     line = document.line(path)
+    if path == ("defaults", "paired", "metric") and error.validator == "enum":
+        k = top_k(error.instance) if isinstance(error.instance, str) else None
+        if k is not None and k > TOPK_MAX:
+            return Problem(line, _dotted(path), _topk_limit_message(error.instance))
     if (
         len(path) == 2
         and path[0] == "models"
@@ -475,8 +494,9 @@ class Threshold:
     Attributes:
         model: the model name (a key of ``models:``).
         condition: the :class:`Condition` (``Condition("clean", 0)`` for clean).
-        top1, top5, balanced_accuracy: absolute minimum accuracies (fractions).
-        top1_of_clean, top5_of_clean, balanced_accuracy_of_clean: minimum fractions of the model's
+        top1 ... top5, balanced_accuracy: absolute minimum accuracies (fractions; ``topK`` is top-k
+            accuracy).
+        top1_of_clean ... top5_of_clean, balanced_accuracy_of_clean: minimum fractions of the model's
             clean value in the same run.
         line: the line of the entry in the file (``None`` when unknown).
         source: ``registry`` or ``fixture`` (see the module docstring).
@@ -490,6 +510,12 @@ class Threshold:
     top5_of_clean: float | None = None
     balanced_accuracy: float | None = None
     balanced_accuracy_of_clean: float | None = None
+    top2: float | None = None
+    top3: float | None = None
+    top4: float | None = None
+    top2_of_clean: float | None = None
+    top3_of_clean: float | None = None
+    top4_of_clean: float | None = None
     line: int | None = field(default=None, compare=False)
     source: str = field(default="registry", compare=False)
 
@@ -564,8 +590,9 @@ class Thresholds:
 
 
 def check_metrics(thresholds: Thresholds, num_classes: int, classes_source: str = "the dataset") -> None:
-    """Refuse bars that mean nothing with ``num_classes`` classes: a top-5 bar with 5 classes or
-    fewer would pass by construction (every class is in the top 5), not measure anything.
+    """Refuse bars that mean nothing with ``num_classes`` classes: a top-k bar (k >= 2) with k classes
+    or fewer would pass by construction (every class is in the top k), not measure anything; the
+    same for a ``paired.metric`` of ``topK``.
 
     Args:
         thresholds: the parsed file.
@@ -578,6 +605,15 @@ def check_metrics(thresholds: Thresholds, num_classes: int, classes_source: str 
     from .labels import applicable_metrics
 
     allowed = applicable_metrics(num_classes)
+    usable = " or ".join(m for m in allowed if m in PAIRED_METRICS)
+
+    def why(metric: str) -> str:
+        k = top_k(metric)
+        return (
+            f"{metric} needs more than {k} classes, but the dataset has {num_classes} ({classes_source}): "
+            f"it would be 100% by construction (every class is in the top {k}); use "
+        )
+
     problems = []
     for t in thresholds.entries:
         for key in t.bars():
@@ -586,14 +622,10 @@ def check_metrics(thresholds: Thresholds, num_classes: int, classes_source: str 
                 where = ("models", t.model, t.condition.distortion) + (
                     () if t.condition.distortion == CLEAN else (_level_key(t.condition.level),)
                 )
-                problems.append(
-                    Problem(
-                        t.line,
-                        _dotted(where + (key,)),
-                        f"{metric} needs more than 5 classes, but the dataset has {num_classes} ({classes_source}): "
-                        f"it would be 100% by construction; use {' or '.join(allowed)}",
-                    )
-                )
+                problems.append(Problem(t.line, _dotted(where + (key,)), why(metric) + " or ".join(allowed)))
+    paired = thresholds.paired
+    if paired is not None and paired.metric not in allowed:
+        problems.append(Problem(None, "defaults.paired.metric", why(paired.metric) + usable))
     if problems:
         raise ThresholdsError(thresholds.path, problems)
 

@@ -97,9 +97,11 @@ def test_read_class_file_order_comments_and_errors(tmp_path):
 
 
 def test_applicable_metrics():
-    assert applicable_metrics(3) == ("top1", "balanced_accuracy")
-    assert applicable_metrics(5) == ("top1", "balanced_accuracy")
-    assert applicable_metrics(6) == ("top1", "top5", "balanced_accuracy")
+    # top-k (k >= 2) needs more than k classes (issue 11): top2 with 3 classes, never top3
+    assert applicable_metrics(2) == ("top1", "balanced_accuracy")
+    assert applicable_metrics(3) == ("top1", "top2", "balanced_accuracy")
+    assert applicable_metrics(5) == ("top1", "top2", "top3", "top4", "balanced_accuracy")
+    assert applicable_metrics(6) == ("top1", "top2", "top3", "top4", "top5", "balanced_accuracy")
 
 
 # ------------------------------------------------------------------------------------ datasets
