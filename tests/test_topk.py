@@ -21,6 +21,13 @@ import hypothesis  # noqa: F401
 import torch  # noqa: F401
 from PIL import PngImagePlugin  # noqa: F401
 
+import robustness.cache
+import robustness.evaluation
+import robustness.gate
+import robustness.models
+import robustness.pytest_plugin
+import robustness.report
+import robustness.thresholds  # noqa: F401
 from robustness.evaluation import ConditionResult
 from robustness.gate import Baseline, judge
 from robustness.labels import named_class_list
