@@ -302,3 +302,29 @@ def test_top3_bar_is_an_error_on_three_classes(gate):
     result.stdout.fnmatch_lines(
         ["*thresholds.yaml:4: models.toy.clean.top3: top3 needs more than 3 classes, but the dataset has 3*"]
     )
+
+
+# ------------------------------------------------------------------------------------- HTML report
+
+
+def test_report_thresholds_section_measures_the_bars_metric(tmp_path):
+    """A top3 bar in the report is judged on the run's top-3 (from predictions.npz), not top-1/top-5;
+    without predictions.npz the row says why it is not measured."""
+    from robustness.html_report import load_run, threshold_verdicts
+    from robustness.runs import write_predictions, write_results_json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    result = result_of(PREDICTIONS, LABELS, 12)
+    write_results_json([result], run / "results.json")
+    write_predictions([result], run / "predictions.npz")
+    bars = tmp_path / "thresholds.yaml"
+    bars.write_text("models:\n  m:\n    source: fixture\n    clean: {top3: 0.6, top4: 0.8}\n")
+    top3, top4 = threshold_verdicts([load_run(run)], bars)
+    assert (top3["metric"], top3["measured"], top3["passed"]) == ("top3", pytest.approx(5 / 8), True)
+    assert (top4["metric"], top4["measured"], top4["passed"]) == ("top4", pytest.approx(6 / 8), False)
+    assert "top4 75.0% < required 80.0%" in top4["text"]
+
+    (run / "predictions.npz").unlink()
+    row = threshold_verdicts([load_run(run)], bars)[0]
+    assert row["passed"] is None and "top3 was not computed" in row["text"]
