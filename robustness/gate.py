@@ -189,8 +189,8 @@ class Verdict:
             m
             for m in METRICS
             if m in allowed
-            and self.result.metric(m) is not None
             and (m in ("top1", "top5") or (m == "balanced_accuracy" and own) or m in barred)
+            and self.result.metric(m) is not None
         ]
 
     def measured_line(self) -> str:
