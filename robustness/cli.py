@@ -437,6 +437,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure ``args.model`` and write its thresholds (measured - margin), keeping the rest of the file."""
+    import dataclasses
     import difflib
     import importlib
 
@@ -449,7 +450,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .models import list_models, load_model
     from .report import format_table
     from .settings import resolve
-    from .thresholds import load_thresholds, update_thresholds_file
+    from .thresholds import check_metrics, load_thresholds, update_thresholds_file
 
     if args.import_ and "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -480,6 +481,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=args.device, preprocessing=args.preprocessing, model_name=args.name)
         model, dataset = _match_classes(args, model, dataset)
     allowed = applicable_metrics(len(dataset.classes))
+    if existing is not None:  # its bars are recalculated: one that cannot be measured is the gate's error
+        with _context("fix the thresholds file first:\n"):
+            check_metrics(
+                dataclasses.replace(existing, entries=existing.for_model(name)),
+                len(dataset.classes),
+                dataset.classes.source,
+            )
     if args.metric and not set(args.metric) <= set(allowed):
         raise CommandError(
             f"--metric {', '.join(sorted(set(args.metric) - set(allowed)))} needs more classes than its k (top-k); "

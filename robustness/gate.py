@@ -27,6 +27,7 @@ from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
 from .distortions import DISTORTIONS
 from .labels import ClassListError, applicable_metrics, imagenet_class_list
+from .names import format_level
 from .stats import McNemarResult, correct, mcnemar, wilson_interval
 from .thresholds import METRICS, PAIRED_METRICS, PairedSettings, Threshold, Thresholds, check_metrics
 
@@ -232,7 +233,7 @@ class Verdict:
         props: list[tuple[str, Any]] = [
             ("robustness_model", t.model),
             ("robustness_distortion", t.condition.distortion),
-            ("robustness_level", f"{t.condition.level:g}"),
+            ("robustness_level", format_level(t.condition.level)),
             ("robustness_n", r.n),
         ]
         for metric in self.metrics():
@@ -366,8 +367,8 @@ class Baseline:
         self, result: ConditionResult
     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | str:
         """``((baseline_preds, labels), (candidate_preds, labels))`` on the shared images, or a reason string."""
-        keys = [f"{float(v):g}" for v in self.levels]
-        key = f"{float(result.level):g}"
+        keys = [format_level(v) for v in self.levels]
+        key = format_level(result.level)
         if key not in keys:
             return f"the baseline has no {result.distortion} level {key}"
         digest = (result.classes or imagenet_class_list()).digest
@@ -410,12 +411,12 @@ def save_baseline(
     for (name, distortion), items in groups.items():
         path = _baseline_file(Path(folder), name, distortion)
         image_ids = list(items[0].image_ids)
-        levels = {f"{float(r.level):g}": (float(r.level), np.asarray(r.predictions)) for r in items}
+        levels = {format_level(r.level): (float(r.level), np.asarray(r.predictions)) for r in items}
         classes = (items[0].classes or imagenet_class_list()).digest
         old = load_baseline(folder, name, distortion)
         if old is not None and old.image_ids == image_ids and old.seed == seed and old.classes == classes:
             for level, preds in zip(old.levels, old.predictions):
-                levels.setdefault(f"{float(level):g}", (float(level), preds))
+                levels.setdefault(format_level(level), (float(level), preds))
         ordered = sorted(levels.values(), key=lambda item: item[0])
         buffer = io.BytesIO()
         np.savez_compressed(

@@ -625,6 +625,12 @@ def curves_matplotlib_figure(runs: Sequence[RunData]):
                     ax.axhline(100 * clean[metric], color=color, ls=":", lw=1)
             if row == 0:
                 ax.set_title(name)
+            elif (  # measured, but no run has top-5 here (5 classes or fewer): say why the panel is empty
+                not ax.get_lines()
+                and any(run.curve(name) for run in runs)
+                and all(math.isnan(r[metric]) for run in runs for r in run.curve(name))
+            ):
+                ax.text(0.5, 0.5, "top-5 n/a: 5 classes or fewer", transform=ax.transAxes, ha="center", fontsize=8)
             ax.set_xlabel(spec.label, fontsize=8)
             if spec.integer:  # integer grids (JPEG quality): no ticks at 2.5, 7.5
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -233,7 +233,7 @@ SETTINGS: Mapping[str, Setting] = {
         _setting(
             "data",
             "image folder",
-            "image folder (<wnid>/<file>)",
+            "image folder (<wnid>/<file> or <class name>/<file>)",
             "--data",
             "data",
             default=DEFAULT_DATA_DIR,

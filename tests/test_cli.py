@@ -237,3 +237,12 @@ def test_figures_leave_the_callers_backend_alone(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"backend": "svg", "pyplot": False, "png": True}
     assert (tmp_path / "run" / "figure.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("command", ["run", "calibrate"])
+def test_data_help_names_both_folder_layouts(command, capsys):
+    """--data takes <wnid>/<file> and <class name>/<file> folders (issue 11); the help must not say wnids only."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--data DIR image folder (<wnid>/<file> or <class name>/<file>)" in text

@@ -247,6 +247,28 @@ def test_top5_bar_refused_for_five_classes_or_fewer(tmp_path):
         check_metrics(thresholds, 5, "folder names")
 
 
+def test_calibrate_refuses_an_existing_top5_bar_on_three_classes(tmp_path, monkeypatch, capsys):
+    """calibrate on a 3-class folder whose entry already has a top5 bar: the gate's error (file, line,
+    key, class count), not a KeyError traceback from recalculating a bar that was never measured."""
+    from robustness.cli import main
+    from robustness.models import register_model, unregister_model
+
+    make_folder(tmp_path / "val", {"bird": 2, "cat": 2, "dog": 2})
+    path = tmp_path / "thresholds.yaml"
+    path.write_text("models:\n  _red3:\n    clean: {top1: 0.5, top5: 0.9}\n")
+    monkeypatch.chdir(tmp_path)
+    register_model("_red3", PRE)(lambda: RedLevel(3))
+    try:
+        code = main(
+            ["calibrate", "--model", "_red3", "--data", "val", "--distortion", "contrast=0.5"]
+            + ["--workers", "0", "--no-cache", "--no-progress", "--dry-run"]
+        )
+    finally:
+        unregister_model("_red3")
+    assert code == 2
+    assert "thresholds.yaml:3: models._red3.clean.top5: top5 needs more than 5 classes" in capsys.readouterr().err
+
+
 def test_balanced_accuracy_bar_passes_and_fails(tmp_path):
     from robustness.gate import judge
 

@@ -551,3 +551,19 @@ def test_report_in_a_headless_browser(real_run, tmp_path):
             driver.save_screenshot(os.environ["ROBUSTNESS_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+def test_curves_say_top5_is_undefined_with_five_classes_or_fewer(tmp_path):
+    """A 3-class run has no top-5 (null in results.json): the top-5 panels say why they are empty
+    instead of showing blank axes under the caption's "top-5 (lower row)"."""
+    import math
+
+    from robustness.html_report import RunData, curves_matplotlib_figure
+
+    rows = [{"model": "team", "distortion": "clean", "level": 0.0, "top1": 0.9, "top5": math.nan, "n": 9}] + [
+        {"model": "team", "distortion": "jpeg", "level": float(v), "top1": 0.8, "top5": math.nan, "n": 9}
+        for v in (50, 75)
+    ]
+    top1, top5 = curves_matplotlib_figure([RunData(tmp_path / "r", "team", "team", rows)]).axes
+    assert not top5.get_lines() and [t.get_text() for t in top5.texts] == ["top-5 n/a: 5 classes or fewer"]
+    assert top1.get_lines() and not top1.texts

@@ -137,6 +137,35 @@ def test_baseline_roundtrip_and_paired_check(tmp_path):
     assert load_baseline(tmp_path, "m", "noise") is None
 
 
+def test_close_levels_keep_their_own_baselines_and_properties(tmp_path):
+    """Levels that agree to 6 significant digits are still different conditions: a baseline stored at
+    one never pairs with a result at the other, and each case's ``robustness_level`` (the summary
+    table's and the calibration's key) reads back as its own level."""
+    save_baseline([result([True] * 60 + [False] * 40, level=1.2345671)], tmp_path, seed=0)
+    save_baseline([result([True] * 100, level=1.2345674)], tmp_path, seed=0)
+    stored = load_baseline(tmp_path, "m", "blur")
+    assert stored.levels == [1.2345671, 1.2345674]
+    paired = PairedSettings(alpha=0.05)
+    # the result at 1.2345671 pairs with its own baseline (40 wrong there too), not the all-right one
+    v = judge(
+        Threshold("m", Condition("blur", 1.2345671), top1=0.1),
+        result([True] * 60 + [False] * 40, level=1.2345671),
+        baseline=stored,
+        paired=paired,
+    )
+    assert v.paired.result.b == 0 and v.passed
+    # a level with no baseline of its own gets the note, not a neighbour's predictions
+    v = judge(
+        Threshold("m", Condition("blur", 1.2345672), top1=0.1),
+        result([True] * 60 + [False] * 40, level=1.2345672),
+        baseline=stored,
+        paired=paired,
+    )
+    assert v.paired is None and "no blur level 1.2345672" in v.notes[0]
+    props = dict(v.properties())
+    assert float(props["robustness_level"]) == 1.2345672
+
+
 # ------------------------------------------------------------------ inputs are refused, not coerced
 
 
