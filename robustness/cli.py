@@ -263,7 +263,7 @@ def _load_run_model(args: argparse.Namespace):
 
 def _load_run_dataset(args: argparse.Namespace):
     """The dataset of ``run``: folder / flat ILSVRC2012 val / --manifest, then --per-class/--subset, then --images."""
-    from .datasets import load_dataset
+    from .datasets import coverage_problem, load_dataset
 
     dataset = load_dataset(
         args.data,
@@ -274,7 +274,11 @@ def _load_run_dataset(args: argparse.Namespace):
         subset_seed=args.subset_seed,
         classes=args.classes,
     )
-    return dataset.limit(args.images)
+    sample = dataset.limit(args.images)
+    biased = coverage_problem(dataset, sample)
+    if biased:
+        print(f"robustness run: warning: --images {args.images}: {biased}", file=sys.stderr)
+    return sample
 
 
 def _match_classes(args: argparse.Namespace, model, dataset):
@@ -442,7 +446,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import importlib
 
     from .cache import PredictionCache
-    from .datasets import load_dataset
+    from .datasets import coverage_problem, load_dataset
     from .distortions import DISTORTIONS
     from .evaluation import CLEAN, Condition, evaluate
     from .gate import save_baseline
@@ -477,7 +481,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     resolve_settings(args, existing)
     images, data, seed = args.images, args.data, args.seed
     with _context(suffix=lambda error: _fixture_hint(args.model, imported)):
-        dataset = load_dataset(data, limit=images, classes=args.classes)
+        full = load_dataset(data, classes=args.classes)
+        dataset = full.limit(images)
+        biased = coverage_problem(full, dataset)
+        if biased:  # the gate refuses this sample too: bars measured on it would judge one class
+            raise CommandError(f"{images} images: {biased}")
         model = load_model(args.model, device=args.device, preprocessing=args.preprocessing, model_name=args.name)
         model, dataset = _match_classes(args, model, dataset)
     allowed = applicable_metrics(len(dataset.classes))

@@ -57,6 +57,7 @@ from .labels import (
 )
 
 __all__ = [
+    "coverage_problem",
     "Sample",
     "ImageDataset",
     "DatasetError",
@@ -215,6 +216,33 @@ class ImageDataset(Sequence[Sample]):
 
     def __repr__(self) -> str:
         return f"ImageDataset({self.description!r}, {len(self)} images)"
+
+
+def coverage_problem(full: ImageDataset, sample: ImageDataset) -> str | None:
+    """Why ``sample`` (the first N images of ``full``) is a biased sample of an own-classes dataset, or
+    ``None``.
+
+    The first N images in file-name order interleave the classes of ImageNet's validation files
+    (``ILSVRC2012_val_*`` names are in random class order), but not those of a team folder whose files
+    are named per class (``bird_001.jpg``, ...): there the first N may be one class only, and accuracy
+    measured on it says nothing about the others. For a class list other than ImageNet-1k this returns
+    a message when the sample holds fewer classes than it could (``min(classes with images, N)``).
+    ImageNet-1k datasets return ``None`` (a 100-image sample of 1000 classes is the paper's setup).
+    """
+    if full.classes.is_imagenet or len(sample) >= len(full):
+        return None
+    present = {s.label for s in full.samples}
+    covered = {s.label for s in sample.samples}
+    if len(covered) >= min(len(present), len(sample)):
+        return None
+    missing = sorted(full.classes.names[i] for i in present - covered)
+    shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+    return (
+        f"the first {len(sample)} images of {full.root} in file-name order hold only {len(covered)} of the "
+        f"{len(present)} classes with images (none of: {shown}), so their accuracy says nothing about the "
+        "others: use all images, or name the files so that the classes interleave (the order is by file "
+        "name, then path)"
+    )
 
 
 def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:

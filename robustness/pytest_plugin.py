@@ -248,12 +248,13 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     )
     if data.layer == "default" and not Path(data.value).is_dir():
         return  # maybe a robustness_dataset fixture supplies the images; the default fixture says what to set
-    from .datasets import DatasetError, load_dataset
+    from .datasets import DatasetError, coverage_problem, load_dataset
     from .thresholds import check_metrics
 
     classes = _classes_option(config, thresholds)
     try:
-        setup.dataset = load_dataset(data.value, limit=setup.images.value, classes=classes)
+        full = load_dataset(data.value, classes=classes)
+        setup.dataset = full.limit(setup.images.value)
     except DatasetError as error:
         setup.problems.append(f"{error} (image folder from {data.source})")
         return
@@ -265,6 +266,9 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
     except ThresholdsError as error:
         setup.problems.append(str(error))
     wanted = setup.images.value
+    biased = coverage_problem(full, setup.dataset)
+    if biased:
+        setup.problems.append(f"{setup.images.source} = {setup.images.value}: {biased}")
     if wanted is not None and len(setup.dataset) < wanted and not thresholds.allow_fewer_images:
         setup.problems.append(
             f"{setup.images.source} asks for {wanted} images, but {setup.dataset.root} (image folder from {data.source}) "

@@ -360,3 +360,31 @@ def test_evaluate_restricted_to_an_imagenet_subset(tmp_path):
     assert full.top1 == sub.top1 == pytest.approx(4 / 5)
     assert sub.balanced_accuracy == pytest.approx((1 / 2 + 1 + 1) / 3)
     assert sub.to_record()["top5"] is None and full.to_record()["top5"] == 1.0
+
+
+# ------------------------------------------------------------------- a sample that covers the classes
+
+
+def test_coverage_problem_names_a_one_class_sample(tmp_path):
+    from robustness.datasets import coverage_problem
+
+    full = load_dataset(make_folder(tmp_path / "blocked", {"bird": 3, "cat": 3, "dog": 3}))
+    message = coverage_problem(full, full.limit(3))  # files img_bird_*, img_cat_*, ...: birds first
+    assert message and "hold only 1 of the 3 classes" in message and "cat, dog" in message
+    assert coverage_problem(full, full.limit(9)) is None
+    assert "hold only 2 of the 3" in coverage_problem(full, full.limit(4))
+
+
+def test_coverage_problem_accepts_interleaved_and_imagenet_samples(tmp_path):
+    from robustness.datasets import coverage_problem
+
+    root = tmp_path / "interleaved"
+    for position, name in enumerate(["bird", "cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * position, np.uint8)).save(root / name / f"{k}_{name}.png")
+    full = load_dataset(root)
+    assert coverage_problem(full, full.limit(3)) is None
+    assert coverage_problem(full, full.limit(2)) is None  # 2 images, 2 classes: as many as it can hold
+    imagenet = load_dataset(make_folder(tmp_path / "wnids", {imagenet_wnids()[0]: 3, imagenet_wnids()[1]: 3}))
+    assert imagenet.classes.is_imagenet and coverage_problem(imagenet, imagenet.limit(3)) is None

@@ -227,3 +227,17 @@ def test_report_and_table_use_the_team_class_names(team, tmp_path):
     assert "true class: <b>" in examples
     assert any(f"true class: <b>{name}</b>" in examples for name in TEAM_CLASSES)
     assert "tench" not in page  # ImageNet's class 0: the team's label 0 is black_grouse
+
+
+def test_a_sample_of_one_class_is_refused(gate, team, tmp_path):
+    """Files named per class (bird_0.jpg, ...) put one class first in file-name order: `images: 3` would
+    judge the model on birds alone. The gate refuses that sample, naming the classes it lacks."""
+    blocked = tmp_path / "blocked"
+    for folder in sorted((team / "data" / "val").iterdir()):
+        (blocked / folder.name).mkdir(parents=True)
+        for k, file in enumerate(sorted(folder.iterdir())):
+            shutil.copy(file, blocked / folder.name / f"{folder.name}_{k}.jpg")
+    gate.makefile(".yaml", thresholds=THRESHOLDS.replace("images: 9", "images: 3"))
+    result = gate.runpytest(f"--robustness-data={blocked}")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*the first 3 images of * in file-name order hold only 1 of the 3 classes*"])
