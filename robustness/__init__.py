@@ -1,4 +1,4 @@
-"""robustness: measure and gate how image-quality distortions degrade ImageNet classifiers.
+"""robustness: measure and gate how image-quality distortions degrade image classifiers (ImageNet-1k by default, or your own classes).
 
 Reproduces Dodge & Karam, "Understanding How Image Quality Affects Deep Neural Networks"
 (QoMEX 2016, arXiv:1604.04004). The plain API works without pytest::

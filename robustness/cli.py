@@ -754,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``robustness`` argument parser (built without importing torch or numpy)."""
     parser = argparse.ArgumentParser(
         prog="robustness",
-        description="How image-quality distortions degrade ImageNet classifiers (Dodge & Karam 2016).",
+        description="How image-quality distortions degrade image classifiers: ImageNet-1k by default (Dodge & Karam 2016), or your own classes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
