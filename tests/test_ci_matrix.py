@@ -70,7 +70,16 @@ def test_lowest_pins_equal_the_declared_lower_bounds():
     """`lowest` tests the minimum pyproject.toml promises: each pin is that package's declared lower bound
     (compared as public versions: a local label such as ``+cpu`` names a build of the same release)."""
     pins, bounds = _pins(), _declared_lower_bounds()
-    for name in ("pytest", "pytest-xdist", "hypothesis", "pytest-benchmark", "selenium", "torch", "torchvision"):
+    for name in (
+        "pytest",
+        "pytest-xdist",
+        "hypothesis",
+        "pytest-benchmark",
+        "selenium",
+        "torch",
+        "torchvision",
+        "timm",
+    ):
         assert name in pins, f"{LOWEST.name} does not pin {name}"
         assert name in bounds, f"pyproject.toml declares no lower bound for {name}"
         assert Version(pins[name].public) == bounds[name], f"{name}: pinned {pins[name]}, declared >= {bounds[name]}"
