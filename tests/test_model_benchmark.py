@@ -108,3 +108,23 @@ def test_parse_batch_sizes(text, sizes):
 def test_parse_batch_sizes_refuses(text, message):
     with pytest.raises(ValueError, match=message):
         parse_batch_sizes(text, "ini x")
+
+
+def test_without_images_a_seeded_random_batch_and_the_threshold_of_the_model(latency):
+    """No image folder: random uint8 images through the model's preprocessing; a robustness_model
+    fixture that requests robustness_threshold gets the timed model's first entry."""
+    latency.makeini("[pytest]\naddopts = -W error -p no:cacheprovider -p no:unraisableexception\n")
+    conftest = CONFTEST.replace(
+        '@pytest.fixture(scope="session")\ndef robustness_model():',
+        "@pytest.fixture\ndef robustness_model(robustness_threshold):\n    assert robustness_threshold.model == 'toy'",
+    )
+    assert conftest != CONFTEST
+    latency.makeconftest(conftest)
+    out = latency.path / "bench.json"
+    result = latency.runpytest(
+        "--benchmark-only", f"--benchmark-json={out}", "--robustness-benchmark-batch-sizes=2", *FAST
+    )
+    result.assert_outcomes(passed=1)
+    (bench,) = json.loads(out.read_text())["benchmarks"]
+    assert bench["name"] == "test_latency[toy-b2]"
+    assert bench["extra_info"]["input"] == "random uint8 images (seed 0, 8x8)"
