@@ -37,6 +37,11 @@ The cases are every distortion at the paper's levels, or what ``@pytest.mark.rob
 75], blur=[1, 2], clean=True)`` (per test, class or module) or the ini key ``robustness_distortion_levels``
 (per project) choose; a bad name or level fails collection naming the test and the value.
 
+Latency next to accuracy: a test that requests ``robustness_latency`` (a :class:`LatencyCase`) runs once
+per (thresholds model, batch size), ids ``<model>-b<size>``, marker ``benchmark``, and
+``robustness_latency.run()`` times the forward pass with pytest-benchmark; the cases skip unless the run
+asks for benchmarks (``-m benchmark``, ``--benchmark-only``, ...), so the default run never times.
+
 Fixtures a ``conftest.py`` may override: ``robustness_model`` (for ``source: fixture`` entries) and
 ``robustness_dataset`` (an :class:`robustness.ImageDataset`). The thresholds file is chosen with
 ``--robustness-thresholds=FILE``, ``$ROBUSTNESS_THRESHOLDS`` or ini ``robustness_thresholds``.
