@@ -8,7 +8,7 @@ import pytest
 from robustness.pytest_plugin import parse_batch_sizes
 
 # isort: split
-from test_plugin import CONFTEST, THRESHOLDS, make_images
+from test_plugin import CONFTEST, REGISTERED, THRESHOLDS, make_images
 
 pytest_plugins = ["pytester"]
 pytest.importorskip("pytest_benchmark")
@@ -128,3 +128,33 @@ def test_without_images_a_seeded_random_batch_and_the_threshold_of_the_model(lat
     (bench,) = json.loads(out.read_text())["benchmarks"]
     assert bench["name"] == "test_latency[toy-b2]"
     assert bench["extra_info"]["input"] == "random uint8 images (seed 0, 8x8)"
+
+
+def test_each_thresholds_model_is_timed_registered_ones_as_the_gate_loads_them(latency):
+    latency.makeconftest(CONFTEST + REGISTERED)
+    latency.makefile(
+        ".yaml", thresholds=THRESHOLDS.replace("images: 10", "images: 4") + "  teamnet:\n    clean: {top1: 0.0}\n"
+    )
+    latency.makepyfile(
+        test_latency="def test_latency(robustness_latency):\n"
+        "    assert robustness_latency.model.name == robustness_latency.name  # its own model, not the fixture's\n"
+        "    robustness_latency.run()\n"
+    )
+    out = latency.path / "bench.json"
+    result = latency.runpytest(
+        "-m", "benchmark", f"--benchmark-json={out}", "--robustness-benchmark-batch-sizes=2", *FAST
+    )
+    result.assert_outcomes(passed=2)
+    benchmarks = {b["name"]: b for b in json.loads(out.read_text())["benchmarks"]}
+    assert sorted(benchmarks) == ["test_latency[teamnet-b2]", "test_latency[toy-b2]"]
+    assert benchmarks["test_latency[teamnet-b2]"]["group"] == "robustness-latency-teamnet"
+    assert benchmarks["test_latency[teamnet-b2]"]["extra_info"]["model"] == "teamnet"
+
+
+def test_a_test_cannot_be_a_latency_case_and_a_gate_case(latency):
+    latency.makepyfile(test_latency="def test_both(robustness_latency, robustness_verdict):\n    pass\n")
+    result = latency.runpytest("-m", "benchmark")
+    result.stdout.fnmatch_lines(
+        ["*requests robustness_latency and a gate fixture*write the latency test and the gate test as two tests*"]
+    )
+    assert result.ret != 0
