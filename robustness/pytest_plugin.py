@@ -37,6 +37,11 @@ The cases are every distortion at the paper's levels, or what ``@pytest.mark.rob
 75], blur=[1, 2], clean=True)`` (per test, class or module) or the ini key ``robustness_distortion_levels``
 (per project) choose; a bad name or level fails collection naming the test and the value.
 
+Latency next to accuracy: a test that requests ``robustness_latency`` (a :class:`LatencyCase`) runs once
+per (thresholds model, batch size), ids ``<model>-b<size>``, marker ``benchmark``, and
+``robustness_latency.run()`` times the forward pass with pytest-benchmark; the cases skip unless the run
+asks for benchmarks (``-m benchmark``, ``--benchmark-only``, ...), so the default run never times.
+
 Fixtures a ``conftest.py`` may override: ``robustness_model`` (for ``source: fixture`` entries) and
 ``robustness_dataset`` (an :class:`robustness.ImageDataset`). The thresholds file is chosen with
 ``--robustness-thresholds=FILE``, ``$ROBUSTNESS_THRESHOLDS`` or ini ``robustness_thresholds``.
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -133,6 +139,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="linelist",
         default=[],
     )
+    group.addoption(
+        "--robustness-benchmark-batch-sizes",
+        default=None,
+        metavar="SIZES",
+        help=f"robustness_latency: the batch sizes to time each model at, e.g. '1,32' "
+        f"(default: ini {BATCH_SIZES_INI}, else '{DEFAULT_BATCH_SIZES}')",
+    )
+    parser.addini(
+        BATCH_SIZES_INI,
+        "robustness_latency: the batch sizes to time each thresholds.yaml model at, separated by spaces or "
+        f"commas (default '{DEFAULT_BATCH_SIZES}')",
+        default=DEFAULT_BATCH_SIZES,
+    )
     parser.addini(
         "robustness_xdist_loadgroup",
         "mark each gate case with xdist_group('robustness-<model>-<distortion>') "
@@ -152,6 +171,8 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{LEVELS_MARKER}(*distortions, clean=False, **levels): the robustness_distortion cases of a test: "
         "names at the paper's levels, name=[levels], clean=True adds the undistorted case",
     )
+    if not _has_benchmark_plugin(config):  # robustness_latency cases carry it; they skip without pytest-benchmark
+        config.addinivalue_line("markers", "benchmark: a pytest-benchmark case (pytest-benchmark is not installed)")
     if not config.pluginmanager.hasplugin("xdist"):  # gate cases carry xdist_group marks either way
         config.addinivalue_line("markers", "xdist_group(name): pytest-xdist loadgroup scheduling group")
     config.pluginmanager.register(_Reporter(config), "robustness-reporter")
@@ -298,7 +319,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "the robustness_distortion fixture, so the marker would choose nothing",
             pytrace=False,
         )
-    if "robustness_threshold" in metafunc.fixturenames:
+    if "robustness_latency" in metafunc.fixturenames:
+        _parametrize_latency(metafunc)
+    elif "robustness_threshold" in metafunc.fixturenames:
         _parametrize_gate(metafunc)
 
 
@@ -492,8 +515,17 @@ def robustness_thresholds(pytestconfig: pytest.Config, robustness_thresholds_pat
 
 @pytest.fixture
 def robustness_threshold(request):
-    """This case's :class:`robustness.thresholds.Threshold` (parametrised from the thresholds file)."""
-    return request.param
+    """This case's :class:`robustness.thresholds.Threshold` (parametrised from the thresholds file; in a
+    ``robustness_latency`` case, the first entry of the model being timed)."""
+    threshold = getattr(request, "param", None)
+    if threshold is None:
+        threshold = request.node.stash.get(_LATENCY_THRESHOLD, None)
+    if threshold is None:
+        pytest.fail(
+            "robustness: robustness_threshold is parametrised at collection; request it as a test argument",
+            pytrace=False,
+        )
+    return threshold
 
 
 @pytest.fixture(scope="session")
@@ -775,6 +807,274 @@ def _store_baseline(session, threshold, folder: Path | None) -> None:
     result = session.results.get((threshold.model, threshold.condition))
     if result is not None:
         save_baseline([result], folder, seed=thresholds.seed, model=threshold.model)
+
+
+# ------------------------------------------------------------------- robustness_latency (timing)
+
+#: The ini key with the batch sizes ``robustness_latency`` times each model at.
+BATCH_SIZES_INI = "robustness_benchmark_batch_sizes"
+#: Its default: batch 1 (one request's latency) and batch 32 (the gate's default batch size).
+DEFAULT_BATCH_SIZES = "1 32"
+#: Untimed calls before timing: the first pays for lazy initialisation, cuDNN algorithm choice and the
+#: allocator; the second checks the cost has settled.
+WARMUP_CALLS = 2
+#: pytest-benchmark options that ask for the benchmarks to run (``benchmark_disable``: run once, untimed).
+_BENCHMARK_OPTIONS = (
+    "benchmark_only",
+    "benchmark_enable",
+    "benchmark_disable",
+    "benchmark_save",
+    "benchmark_autosave",
+    "benchmark_json",
+    "benchmark_compare",
+    "benchmark_compare_fail",
+)
+_LATENCY_THRESHOLD = pytest.StashKey[Any]()
+
+
+def parse_batch_sizes(text: str, where: str) -> list[int]:
+    """The batch sizes in ``text`` (whole numbers >= 1, separated by spaces or commas), in the order given.
+
+    Raises:
+        ValueError: no size, a size that is not a whole number >= 1, or one given twice; the message
+            names ``where`` (the option or ini key) and the value.
+    """
+    parts = str(text).replace(",", " ").split()
+    if not parts:
+        raise ValueError(f"{where} = {text!r}: give at least one batch size, e.g. '{DEFAULT_BATCH_SIZES}'")
+    sizes: list[int] = []
+    for part in parts:
+        try:
+            size = int(part)
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise ValueError(f"{where} = {text!r}: {part!r} is not a batch size (a whole number >= 1)")
+        if size in sizes:
+            raise ValueError(f"{where} = {text!r}: batch size {size} is given twice")
+        sizes.append(size)
+    return sizes
+
+
+def _batch_sizes(config: pytest.Config) -> list[int]:
+    """``--robustness-benchmark-batch-sizes`` > ini ``robustness_benchmark_batch_sizes`` > ``1 32``."""
+    flag = config.getoption("--robustness-benchmark-batch-sizes")
+    if flag is not None:
+        return parse_batch_sizes(flag, "--robustness-benchmark-batch-sizes")
+    ini = config.getini(BATCH_SIZES_INI)
+    return parse_batch_sizes(ini if str(ini).strip() else DEFAULT_BATCH_SIZES, f"ini {BATCH_SIZES_INI}")
+
+
+def _has_benchmark_plugin(config: pytest.Config) -> bool:
+    return config.pluginmanager.hasplugin("benchmark") or config.pluginmanager.hasplugin("pytest_benchmark.plugin")
+
+
+def _latency_asked_for(config: pytest.Config) -> bool:
+    """Whether this run asks for benchmarks: a pytest-benchmark option that runs, saves or compares them,
+    or a ``-m`` expression that names ``benchmark`` (not as ``not benchmark``)."""
+    if any(config.getoption(name, None) for name in _BENCHMARK_OPTIONS):
+        return True
+    words = re.findall(r"\w+", config.getoption("markexpr", None) or "")
+    return any(word == "benchmark" and (i == 0 or words[i - 1] != "not") for i, word in enumerate(words))
+
+
+def _parametrize_latency(metafunc: pytest.Metafunc) -> None:
+    """``robustness_latency``: one case per (thresholds.yaml model, batch size), ids ``<model>-b<size>``,
+    marker ``benchmark``; skipped (at collection) without pytest-benchmark or when the run does not ask
+    for benchmarks, so the default run never times."""
+    config = metafunc.config
+    if "robustness_threshold" in metafunc.fixturenames:
+        pytest.fail(
+            f"robustness: {metafunc.definition.nodeid} requests robustness_latency and a gate fixture "
+            "(robustness_threshold, robustness_verdict, ...): write the latency test and the gate test as two tests",
+            pytrace=False,
+        )
+    setup = _setup(config)
+    setup.fail()
+    try:
+        sizes = _batch_sizes(config)
+    except ValueError as error:
+        problem = str(error)
+    else:
+        problem = None
+    if problem is not None:
+        pytest.fail(f"robustness: {problem}", pytrace=False)
+    skip = None
+    if not _has_benchmark_plugin(config):
+        skip = (
+            "robustness_latency needs pytest-benchmark, which is not installed (or is disabled with -p no:benchmark): "
+            "pip install pytest-benchmark"
+        )
+    elif not _latency_asked_for(config):
+        skip = (
+            "latency is timed only when asked for: pytest -m benchmark, --benchmark-only or --benchmark-enable "
+            "(--benchmark-disable: one untimed call)"
+        )
+    own = metafunc.definition.get_closest_marker("benchmark")
+    params = []
+    for model in setup.thresholds.models():
+        options = {"group": f"robustness-latency-{model}", **(own.kwargs if own is not None else {})}
+        for size in sizes:
+            marks = [pytest.mark.benchmark(**options)]
+            if skip is not None:
+                marks.append(pytest.mark.skip(reason=skip))
+            params.append(pytest.param({"model": model, "batch_size": size}, id=f"{model}-b{size}", marks=marks))
+    metafunc.parametrize("robustness_latency", params, indirect=True)
+
+
+class LatencyCase:
+    """The value of the ``robustness_latency`` fixture: one model of the thresholds file at one batch
+    size, on the gate's device, ready to be timed by pytest-benchmark.
+
+    A latency test is two lines; :meth:`run` times the forward pass::
+
+        def test_latency(robustness_latency):
+            robustness_latency.run()
+
+    Attributes:
+        name: the model's name in the thresholds file.
+        model: the :class:`robustness.Classifier`, on :attr:`device`, in eval mode (the gate's own
+            instance: a registered model as the gate loads it, else the ``robustness_model`` fixture's).
+        batch_size: images per forward pass.
+        device: the ``torch.device`` the gate evaluates on (``--robustness-device`` and friends;
+            automatic: CUDA when available, else the CPU).
+        batch: the input, a float32 tensor ``(batch_size, 3, crop, crop)`` on :attr:`device`: the
+            first images of the gate's dataset through the model's own preprocessing (repeated to fill
+            the batch when the dataset holds fewer), or, without an image folder, seeded random
+            ``uint8`` images (``numpy.random.default_rng(0)``, crop x crop) through the same preprocessing.
+        input: what :attr:`batch` holds, in words (also in the benchmark's ``extra_info``).
+        benchmark: the pytest-benchmark fixture of this test.
+    """
+
+    def __init__(self, name: str, model, batch_size: int, device, batch, input: str, benchmark) -> None:
+        self.name, self.model, self.batch_size, self.device = name, model, batch_size, device
+        self.batch, self.input, self.benchmark = batch, input, benchmark
+
+    def __repr__(self) -> str:
+        return f"LatencyCase({self.name}, batch_size={self.batch_size}, device={self.device})"
+
+    def forward(self):
+        """One forward pass of :attr:`batch` under ``torch.inference_mode()``; on CUDA it ends with
+        ``torch.cuda.synchronize`` so the asynchronous kernels finish inside the timed call. Returns the
+        logits ``(batch_size, classes)``."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(self.batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return logits
+
+    def run(self):
+        """Warm up (:data:`WARMUP_CALLS` untimed calls), then time :meth:`forward` with
+        ``benchmark(forward)`` (pytest-benchmark's calibrated mode: ``--benchmark-min-rounds``,
+        ``--benchmark-max-time``, ``--benchmark-warmup`` apply; with ``--benchmark-disable`` or under
+        xdist it runs once, untimed). Records ``model``, ``batch_size``, ``device``, ``input`` and
+        ``torch_threads`` in ``benchmark.extra_info``. Asserts nothing about time.
+
+        Returns:
+            The logits of the last call, ``(batch_size, classes)``.
+
+        Raises:
+            ValueError: the model's output is not ``(batch_size, classes)``.
+        """
+        import torch
+
+        for _ in range(WARMUP_CALLS):
+            self.forward()
+        logits = self.benchmark(self.forward)
+        if logits.ndim != 2 or logits.shape[0] != self.batch_size:
+            raise ValueError(
+                f"robustness_latency {self.name}: the model returned logits of shape {tuple(logits.shape)} for a "
+                f"batch of {self.batch_size}, expected ({self.batch_size}, classes)"
+            )
+        self.benchmark.extra_info.update(
+            {
+                "model": self.name,
+                "batch_size": self.batch_size,
+                "device": str(self.device),
+                "input": self.input,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+        return logits
+
+
+def _latency_batch(model, batch_size: int, dataset, device):
+    """``(batch, description)``: see :attr:`LatencyCase.batch`."""
+    import numpy as np
+    import torch
+
+    from .images import ImageLoadError
+
+    tensors = []
+    if dataset is not None:
+        for index in range(min(batch_size, len(dataset))):
+            try:
+                image, _ = dataset.load(index)
+            except ImageLoadError:
+                continue  # unreadable: the gate reports it; the timing needs only some image
+            tensors.append(model.preprocess(image))
+    if tensors:
+        description = f"{len(tensors)} image(s) of {dataset.root}"
+    else:
+        crop = model.preprocessing.crop_size
+        rng = np.random.default_rng(0)
+        tensors = [model.preprocess(rng.integers(0, 256, (crop, crop, 3), dtype=np.uint8)) for _ in range(batch_size)]
+        description = f"random uint8 images (seed 0, {crop}x{crop})"
+    batch = torch.stack([tensors[i % len(tensors)] for i in range(batch_size)])
+    return batch.to(device), description
+
+
+@pytest.fixture
+def robustness_latency(request, pytestconfig: pytest.Config, benchmark) -> LatencyCase:
+    """One (thresholds.yaml model, batch size) to time: a :class:`LatencyCase`; ``.run()`` times it.
+
+    The plugin parametrises every test that requests it with one case per model of the thresholds file
+    and batch size (``--robustness-benchmark-batch-sizes=1,32`` > ini ``robustness_benchmark_batch_sizes``
+    > ``1 32``), ids ``<model>-b<size>``, marker ``benchmark`` (group ``robustness-latency-<model>``).
+    A case is skipped when pytest-benchmark is missing, and when the run does not ask for benchmarks
+    (``-m benchmark``, ``--benchmark-only``, ``--benchmark-enable``, ``--benchmark-disable``, or a
+    pytest-benchmark save, JSON or compare option), so the default run never times.
+    The model is the gate's: a registered name loaded as the gate loads it, a ``source: fixture`` entry
+    from the ``robustness_model`` fixture (which may request ``robustness_threshold``: it gets the
+    model's first entry).
+    """
+    import torch
+
+    param = getattr(request, "param", None)
+    if param is None:
+        pytest.fail(
+            "robustness: robustness_latency is parametrised at collection; request it as a test argument",
+            pytrace=False,
+        )
+    setup = _ready(pytestconfig)
+    name, batch_size = param["model"], param["batch_size"]
+    thresholds = request.getfixturevalue("robustness_thresholds")
+    first = thresholds.for_model(name)[0]
+    if first.source == "fixture":
+        request.node.stash[_LATENCY_THRESHOLD] = first
+        model = request.getfixturevalue("robustness_model")
+        from .models import Classifier
+
+        if not isinstance(model, Classifier):
+            what = "declined it (returned None)" if model is None else f"returned a {type(model).__name__}"
+            pytest.fail(
+                f"robustness: the robustness_model fixture {what} for {name!r}: robustness_latency needs a "
+                "robustness.Classifier",
+                pytrace=False,
+            )
+    elif setup.dataset is not None:
+        model = request.getfixturevalue("robustness_session").model(name)
+    else:
+        from .models import load_model
+
+        model = load_model(name, device=setup.device)
+    dataset = request.getfixturevalue("robustness_dataset") if setup.dataset is not None else None
+    device = torch.device(setup.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()  # as robustness.evaluate does
+    batch, description = _latency_batch(model, batch_size, dataset, device)
+    return LatencyCase(name, model, batch_size, device, batch, description, benchmark)
 
 
 # ------------------------------------------------------------------------------ reporting and summary
