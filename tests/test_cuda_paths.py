@@ -232,3 +232,38 @@ def test_the_workers_help_states_both_defaults(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_num_workers("cpu") == 2 and default_num_workers("cuda") == 8
     assert SETTINGS["workers"].default_text == "min(2, cpus) on cpu, min(8, cpus) on cuda"
+
+
+# ------------------------------------------------------------------ provenance
+
+
+def test_a_run_records_the_device_identity_and_dtype_in_its_provenance(tmp_path, capsys):
+    import json
+
+    from robustness.cli import main
+
+    make_dataset(tmp_path / "data", 2)
+    code = main(
+        [
+            "run",
+            "--model",
+            "test_evaluation:tiny_model",
+            "--data",
+            str(tmp_path / "data"),
+            "--distortion",
+            "contrast",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-cache",
+            "--no-report",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    (provenance,) = (tmp_path / "out").rglob("provenance.json")
+    device = json.loads(provenance.read_text())["device"]
+    assert device["type"] == "cpu" and device["dtype"] == "torch.float32"
+    assert {k: v for k, v in device.items() if k != "dtype"} == device_identity("cpu")
