@@ -43,7 +43,10 @@ def cpu_only_model() -> Classifier:
 # ------------------------------------------------------------------ a model declares its devices
 
 
-def test_a_cpu_only_model_runs_on_the_cpu_when_cuda_is_available_and_says_so_once(one_gpu, dataset, capsys):
+def test_a_cpu_only_model_runs_on_the_cpu_when_cuda_is_available_and_says_so_once(
+    one_gpu, dataset, capsys, monkeypatch
+):
+    monkeypatch.setattr("robustness.evaluation._DEVICE_NOTES", set())  # "once" is per process: start afresh
     model = cpu_only_model()
     assert inference_device(tiny_model()) == "cuda"  # the default choice with a GPU here
     assert inference_device(model) == "cpu"
