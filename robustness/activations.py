@@ -395,7 +395,8 @@ def main_activations(args: argparse.Namespace) -> int:
 
     ``args`` holds the options :func:`robustness.cli.add_activations_arguments` defines, with the
     settings (``data``, ``seed``, ``device``) already resolved (:func:`robustness.cli.resolve_settings`);
-    ``device`` ``None`` means cuda when available, else cpu (as for ``robustness run``).
+    ``device`` ``None`` means cuda when available, else cpu, unless the model supports only other
+    devices (:func:`robustness.evaluation.inference_device`, as for ``robustness run``).
 
     Returns 0. Raises ``ValueError`` for bad input (an unknown model or image, a level outside the
     distortion's range, ``--levels`` with several distortions), ``ImportError`` or ``OSError``:
@@ -409,8 +410,10 @@ def main_activations(args: argparse.Namespace) -> int:
     distortions = args.distortion or ["blur", "noise"]
     if args.levels is not None and len(distortions) != 1:
         raise ValueError("--levels needs exactly one --distortion")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device=device)
+    from .evaluation import inference_device
+
+    model = load_model(args.model)
+    model = model.to(inference_device(model, args.device))  # a CPU-only model stays on the CPU (issue 12)
     if args.image and Path(args.image).is_file():
         images, ids = [load_image(args.image)], [Path(args.image).name]
         labels = [None]

@@ -556,8 +556,13 @@ def model_code_digest(model) -> str:
 
 def device_identity(device=None) -> dict:
     """What about the inference device can change a prediction: its type, the CPU's instruction
-    set (``torch.backends.cpu.get_cpu_capability()``) or the GPU's name and compute capability,
-    and the TF32 / float32 matmul precision switches. JSON-serialisable dict."""
+    set (``torch.backends.cpu.get_cpu_capability()``) or, on CUDA, the device index, the GPU's name
+    and compute capability, the TF32 switches (``[matmul.allow_tf32, cudnn.allow_tf32]``) and the
+    determinism switches (``cudnn.deterministic``, ``cudnn.benchmark``,
+    ``torch.are_deterministic_algorithms_enabled()``; :func:`robustness.evaluation.inference_settings`
+    sets them), plus the float32 matmul precision. The model's dtype is keyed separately (every
+    tensor's dtype and device in :func:`model_key`). The CPU entry is unchanged by issue 12, so CPU
+    cache keys stay valid. JSON-serialisable dict."""
     import torch
 
     device = torch.device(device if device is not None else "cpu")
@@ -567,9 +572,15 @@ def device_identity(device=None) -> dict:
             identity["capability"] = torch.backends.cpu.get_cpu_capability()
     elif device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
+        identity["index"] = index
         identity["name"] = torch.cuda.get_device_name(index)
         identity["capability"] = list(torch.cuda.get_device_capability(index))
         identity["tf32"] = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
+        identity["deterministic"] = {
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+        }
     return identity
 
 

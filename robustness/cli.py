@@ -642,9 +642,14 @@ def _write_run_report(args, model, dataset, results, output: Path) -> int:
     import json
 
     from ._io import atomic_write
+    from .cache import device_identity
+    from .evaluation import inference_device, inference_settings
     from .runs import run_provenance, write_predictions
 
-    provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds)
+    device = inference_device(model, args.device)  # the device evaluate chose (issue 12)
+    with inference_settings(device):
+        identity = {**device_identity(device), "dtype": str(getattr(model, "input_dtype", None))}
+    provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds, device=identity)
     write_predictions(results, output / "predictions.npz", provenance)
     atomic_write(output / "provenance.json", (json.dumps(provenance, indent=2) + "\n").encode())
     print(f"wrote {output / 'predictions.npz'} and {output / 'provenance.json'}")

@@ -18,6 +18,7 @@ cannot be read are left out of every condition and reported.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -45,6 +46,7 @@ from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
 from .models import Classifier, load_model
+from .settings import check_device
 from .stats import correct
 
 __all__ = [
@@ -56,6 +58,8 @@ __all__ = [
     "CLEAN",
     "SkippedImagesWarning",
     "default_num_workers",
+    "inference_device",
+    "inference_settings",
     "LineProgress",
     "progress_bar",
 ]
@@ -283,6 +287,72 @@ def default_num_workers(device: str | torch.device) -> int:
     return min(8 if torch.device(device).type != "cpu" else 2, cpus)
 
 
+_DEVICE_NOTES: set[tuple[str, str]] = set()  # (model, device) pairs already announced in this process
+
+
+def inference_device(model: Classifier, device: str | torch.device | None = None) -> str:
+    """The device ``model`` is evaluated on (issue 12).
+
+    ``device`` ``None`` (automatic): ``cuda`` when available, else ``cpu``; but a model that declares
+    the devices it supports (:attr:`robustness.Classifier.devices`, e.g. ``("cpu",)`` for the int8
+    ``mobilenet_v2_quantized``) runs on the first of them instead, and says so once per process on
+    stderr. An explicit ``device`` is checked by :func:`robustness.settings.check_device` (syntax,
+    availability, ``cuda:N`` against ``torch.cuda.device_count()``) and must be supported.
+
+    Returns:
+        the device string (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+
+    Raises:
+        ValueError: ``device`` is not a torch device or not available here, or ``model`` does not
+            support it (the message names the model, the device and the supported ones).
+    """
+    devices = getattr(model, "devices", None)
+    name = getattr(model, "name", type(model).__name__)
+    if device is None or str(device).strip() == "":
+        chosen = "cuda" if torch.cuda.is_available() else "cpu"
+        if devices is not None and torch.device(chosen).type not in devices:
+            fallback = devices[0]
+            if (name, fallback) not in _DEVICE_NOTES:
+                _DEVICE_NOTES.add((name, fallback))
+                print(
+                    f"robustness: model {name} runs on {fallback}: it supports {', '.join(devices)} only "
+                    f"({chosen} is available)",
+                    file=sys.stderr,
+                )
+            chosen = fallback
+        return chosen
+    text = check_device(str(device), "device")
+    if devices is not None and torch.device(text).type not in devices:
+        raise ValueError(f"model {name} cannot run on {text}: it supports {', '.join(devices)} only")
+    return text
+
+
+@contextlib.contextmanager
+def inference_settings(device: str | torch.device, *, allow_tf32: bool = False):
+    """Inference numerics for ``device``, restored on exit (issue 12).
+
+    On CUDA: cuDNN picks deterministic algorithms and does not benchmark by batch size
+    (``torch.backends.cudnn.deterministic = True``, ``benchmark = False``), and TF32 in matmuls and
+    convolutions is off unless ``allow_tf32`` (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.backends.cudnn.allow_tf32``): on Ampere and later (A100, H100, H200) cuDNN uses TF32
+    convolutions by default (PyTorch docs, "TensorFloat-32 (TF32) on Ampere (and later) devices"),
+    which moves logits by ~1e-3 relative and so can swap near-tied classes. These switches are part
+    of the cache key (:func:`robustness.cache.device_identity`, read inside this context). On any
+    other device nothing is changed, so CPU numbers are untouched.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.deterministic, cudnn.benchmark = True, False
+        cudnn.allow_tf32 = matmul.allow_tf32 = bool(allow_tf32)
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 class LineProgress:
     """Progress for a stream that is not a terminal (CI logs): plain lines, no carriage returns.
 
@@ -491,6 +561,7 @@ def evaluate(
     progress: bool = False,
     cache: PredictionStore | str | os.PathLike | bool | None = None,
     restrict_to_dataset_classes: bool = False,
+    allow_tf32: bool = False,
 ) -> list[ConditionResult]:
     """Top-1 / top-5 / balanced accuracy of ``model`` on ``dataset`` under each distortion level, plus clean.
 
@@ -506,7 +577,11 @@ def evaluate(
         seed: base seed for stochastic distortions.
         batch_size: images per forward pass (does not change the numbers).
         num_workers: DataLoader worker processes (default :func:`default_num_workers`; 0 = in-process).
-        device: inference device (default: CUDA when available, else CPU).
+        device: inference device (default: CUDA when available, else CPU; a model that declares
+            its devices runs on one of them: :func:`inference_device`). Checked by
+            :func:`robustness.settings.check_device`. Float inputs are cast to the model's parameter
+            dtype (:attr:`robustness.Classifier.input_dtype`; bf16/fp16 models), which is keyed in the
+            cache through the model's tensor dtypes.
         progress: show progress on stderr: a tqdm bar on a terminal, plain periodic lines
             (:class:`LineProgress`, no carriage returns) on anything else, e.g. a CI log.
         cache: per-image prediction cache (:mod:`robustness.cache`): a :class:`PredictionCache`, a
@@ -528,6 +603,9 @@ def evaluate(
             (:func:`robustness.labels.restrict_to_classes`); when the dataset's list is the full
             ImageNet-1k one it is first cut to the classes that have images
             (:meth:`robustness.ImageDataset.present_classes`).
+        allow_tf32: on CUDA, allow TF32 matmuls and convolutions (faster on Ampere and later, less
+            exact); default off, with cuDNN's deterministic algorithms (:func:`inference_settings`).
+            No effect on the CPU.
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
@@ -536,7 +614,8 @@ def evaluate(
 
     Raises:
         ValueError: unknown distortion or model name, a level outside a distortion's range, an empty
-            dataset, or every image unreadable.
+            dataset, every image unreadable, or a device that is not available here or that the model
+            does not support (:func:`inference_device`).
         robustness.labels.ClassListError (a ``ValueError``): the model's output width is not the
             dataset's class count, or a restricted model lacks one of the dataset's classes.
     """
@@ -557,26 +636,25 @@ def evaluate(
         conditions = conditions_for(distortions, clean=clean)
     if not conditions:
         raise ValueError("nothing to evaluate: no distortions given and clean=False")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = inference_device(model, device)
     if num_workers is None:
         num_workers = default_num_workers(device)
     model = model.to(device).eval()
     store = resolve_store(cache)
     requested, conditions = conditions, list(dict.fromkeys(conditions))  # a repeated condition runs once
-    session = store.open_run(model, device, dataset, conditions, seed)
-    run = _Run(model, dataset, conditions, seed, device, session)
-
-    bar = progress_bar(model.name) if progress else None
-    try:
-        with session:  # closing it writes what is unwritten, also on an error or Ctrl-C
-            for group in session.claim(range(len(conditions))):
-                run.fill_from_store(group)
-                run.compute(group, batch_size, num_workers, bar)
-            _verify_served(run, batch_size, num_workers, bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    with inference_settings(device, allow_tf32=allow_tf32):  # before the store keys the model's device
+        session = store.open_run(model, device, dataset, conditions, seed)
+        run = _Run(model, dataset, conditions, seed, device, session)
+        bar = progress_bar(model.name) if progress else None
+        try:
+            with session:  # closing it writes what is unwritten, also on an error or Ctrl-C
+                for group in session.claim(range(len(conditions))):
+                    run.fill_from_store(group)
+                    run.compute(group, batch_size, num_workers, bar)
+                _verify_served(run, batch_size, num_workers, bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
     keep = np.array([i not in run.skipped for i in range(len(dataset))])
     if not keep.any():

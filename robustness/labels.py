@@ -339,7 +339,7 @@ def restrict_to_classes(model, classes: ClassList, model_classes: ClassList | No
     indices = [model_classes.index(i) for i in classes.ids]
     net = RestrictedLogits(model, indices)
     digest = hashlib.sha256(f"{model.weights_digest}:{','.join(map(str, indices))}".encode()).hexdigest()[:16]
-    restricted = Classifier(net, model.preprocessing, model.name, digest)
+    restricted = Classifier(net, model.preprocessing, model.name, digest, devices=getattr(model, "devices", None))
     restricted.num_classes = len(indices)
     restricted.restricted_from = model_classes.source
     return restricted

@@ -80,7 +80,13 @@ PREDICTIONS_FORMAT = 1
 
 
 def run_provenance(
-    model, dataset, *, seed: int, command: Sequence[str] | None = None, thresholds: str | os.PathLike | None = None
+    model,
+    dataset,
+    *,
+    seed: int,
+    command: Sequence[str] | None = None,
+    thresholds: str | os.PathLike | None = None,
+    device: dict | None = None,
 ) -> dict:
     """What a run was: model name, weights digest, preprocessing, dataset root and image count, seed,
     package versions, UTC date, the command line and the class list (``classes``:
@@ -93,6 +99,9 @@ def run_provenance(
         seed: the base noise seed.
         command: the command line (default ``sys.argv``).
         thresholds: the thresholds file used, if any.
+        device: what the inference device was (:func:`robustness.cache.device_identity` under the
+            run's :func:`robustness.evaluation.inference_settings`, plus the model's input ``dtype``;
+            issue 12), stored as ``device`` when given.
     """
     import datetime as _dt
     import platform
@@ -106,7 +115,7 @@ def run_provenance(
         except ImportError:  # pragma: no cover - all are dependencies
             versions[package] = "missing"
     preprocessing = getattr(model, "preprocessing", None)
-    return {
+    record = {
         "model": model.name,
         "weights_digest": model.weights_digest,
         "preprocessing": preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else None,
@@ -119,6 +128,9 @@ def run_provenance(
         "thresholds": None if thresholds is None else str(thresholds),
         "classes": dataset.classes.to_record() if hasattr(dataset, "classes") else None,
     }
+    if device is not None:
+        record["device"] = dict(device)
+    return record
 
 
 def write_predictions(

@@ -305,7 +305,7 @@ SETTINGS: Mapping[str, Setting] = {
             "DataLoader worker processes (0: in-process)",
             "--workers",
             parse=non_negative_int,
-            default_text="min(2, cpus)",
+            default_text="min(2, cpus) on cpu, min(8, cpus) on cuda",
             metavar="N",
         ),
         _setting(

@@ -57,7 +57,7 @@ def test_rerun_recomputes_only_the_verification_sample_and_gives_identical_resul
     assert table(first) == table(evaluate(tiny_model(), dataset, CONDITIONS, num_workers=0))  # same as uncached
     assert len(chunks(cache)) == 5  # one merged chunk per condition
     again = tiny_model()
-    second = evaluate(again, dataset, CONDITIONS, batch_size=7, num_workers=2, cache=cache)
+    second = evaluate(again, dataset, CONDITIONS, batch_size=7, num_workers=2, device="cpu", cache=cache)
     assert again.net.seen == HIT + check(ITEMS)
     assert table(second) == table(first)
     assert not list(cache.root.rglob("*.tmp"))

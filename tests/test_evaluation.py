@@ -88,7 +88,7 @@ def test_same_results_for_any_batch_size_and_worker_count(dataset):
     model = tiny_model()
     reference = table(evaluate(model, dataset, CONDITIONS, batch_size=32, num_workers=0))
     assert table(evaluate(model, dataset, CONDITIONS, batch_size=1, num_workers=0)) == reference
-    assert table(evaluate(model, dataset, CONDITIONS, batch_size=3, num_workers=2)) == reference
+    assert table(evaluate(model, dataset, CONDITIONS, batch_size=3, num_workers=2, device="cpu")) == reference
     assert [r[0] for r in reference] == ["clean", "blur", "noise", "jpeg", "contrast"]
     assert all(r[4] == 5 for r in reference)
 
@@ -110,7 +110,7 @@ def test_truncated_image_is_skipped_and_reported(tmp_path):
     assert len(dataset) == 5
     model = tiny_model()
     with pytest.warns(SkippedImagesWarning, match="img999.jpg"):
-        results = evaluate(model, dataset, CONDITIONS, batch_size=2, num_workers=2)
+        results = evaluate(model, dataset, CONDITIONS, batch_size=2, num_workers=2, device="cpu")
     reference = evaluate(model, good, CONDITIONS, num_workers=0)
     for r, ref in zip(results, reference):
         assert r.n == 4 and bad.name not in " ".join(r.image_ids)
@@ -151,7 +151,7 @@ def test_real_images_batch_and_workers_invariant():
     model = tiny_model()
     conditions = {"noise": [50], "jpeg": [4]}
     a = table(evaluate(model, dataset, conditions, batch_size=4, num_workers=0))
-    b = table(evaluate(model, dataset, conditions, batch_size=1, num_workers=2))
+    b = table(evaluate(model, dataset, conditions, batch_size=1, num_workers=2, device="cpu"))
     assert a == b
 
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..settings import check_device
 from ..weights import OFFLINE_ENV_VAR
 from .checkpoints import _is_torchscript, _load_into, _load_torchscript
 from .classifier import Classifier, file_digest
@@ -338,7 +339,9 @@ def load_model(
 
     Args:
         name: the model spec (above).
-        device: where to put it (default: where the network already is; CPU for built-in models).
+        device: where to put it (default: where the network already is; CPU for built-in models);
+            checked by :func:`robustness.settings.check_device` and against the devices the model
+            declares (:attr:`Classifier.devices`).
         weights: ``"default"`` (the model's own weights; for ``timm:`` the pretrained weights from the
             Hugging Face cache, downloaded when online), ``None`` (random initialisation, for tests of
             code paths; CLI ``--weights random``), or the path of a state dict loaded with
@@ -358,14 +361,18 @@ def load_model(
 
     Raises:
         ModelError (a ``ValueError``): unknown or ambiguous spec (the message lists the schemes), bad
-            spec, missing preprocessing, bad output shape.
+            spec, missing preprocessing, bad output shape, a device the model does not support.
+        ValueError: ``device`` is not a torch device or not available here (``check_device``).
         FileNotFoundError / ImportError: the weights, the file or the package providing them are missing
             (``timm:`` without timm names the ``timm`` extra).
     """
+    if device is not None:
+        device = check_device(str(device), "device") or None
     scheme, target = model_scheme(name)
     if scheme == "object" and isinstance(target, Classifier):
         if preprocessing is not None:
             target.preprocessing = parse_preprocessing(preprocessing)
+        _check_supports(target, device)
         return target.to(device) if device is not None else target
     if scheme == "object":
         loaded = _from_object(target, weights, preprocessing, model_name)
@@ -387,7 +394,16 @@ def load_model(
         background_class = loaded.background_class
     classifier = Classifier(loaded.net, loaded.preprocessing, loaded.name, loaded.digest)
     _check_output(classifier, background_class)
+    _check_supports(classifier, device)
     return classifier.to(device) if device is not None else classifier
+
+
+def _check_supports(classifier: Classifier, device: str | None) -> None:
+    """Raise :class:`ModelError` when ``classifier`` declares its devices and ``device`` is not one."""
+    if device is not None and not classifier.supports(device):
+        raise ModelError(
+            f"model {classifier.name} cannot run on {device}: it supports {', '.join(classifier.devices)} only"
+        )
 
 
 # ------------------------------------------------------------------------------------ torchvision

@@ -110,6 +110,7 @@ def _mobilenet_v2_quantized(weights="default") -> torch.nn.Module:
     path = _weights_file(WEIGHT_SOURCES["mobilenet_v2_quantized"].location, "mobilenet_v2_quantized")
     net = _load_torchscript(path, "mobilenet_v2_quantized")
     net._robustness_digest = file_digest(path)  # state_dict() of a quantized ScriptModule holds packed params
+    net._robustness_devices = ("cpu",)  # int8 kernels are CPU-only; .to("cuda") leaves packed weights on the CPU
     return net
 
 
