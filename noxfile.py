@@ -81,6 +81,7 @@ def _run_tests(session: nox.Session) -> None:
         "error::pytest.PytestWarning",
         "-p",
         "no:cacheprovider",
+        "--durations=15",  # the slowest tests, so a slow addition shows in every CI log
         *session.posargs,
         env={"PYTHONWARNINGS": "error", "HF_HUB_OFFLINE": "1"},
     )
