@@ -19,6 +19,9 @@ def test_latency(robustness_latency):
 """
 
 FAST = ("--benchmark-min-rounds=1", "--benchmark-max-time=0.001")
+# Runs writing --benchmark-json go through runpytest_subprocess: pytest-benchmark 4.0 (the lowest supported)
+# opens that file with argparse.FileType and never closes it, and in-process its ResourceWarning would surface
+# in a later test of this session (an unraisable-exception warning, an error under -W error).
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def latency(pytester, monkeypatch):
 
 def test_benchmark_only_times_one_case_per_model_and_batch_size(latency):
     out = latency.path / "bench.json"
-    result = latency.runpytest("-m", "benchmark", "--benchmark-only", f"--benchmark-json={out}", "-v", *FAST)
+    result = latency.runpytest_subprocess("-m", "benchmark", "--benchmark-only", f"--benchmark-json={out}", "-v", *FAST)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_latency[[]toy-b1[]] PASSED*", "*test_latency[[]toy-b3[]] PASSED*"])
     benchmarks = {b["name"]: b for b in json.loads(out.read_text())["benchmarks"]}
@@ -79,7 +82,7 @@ def test_autosave_writes_a_run_to_compare_against(latency):
         "--benchmark-only",
         f"--benchmark-storage={storage}",
         "--benchmark-compare",
-        "--benchmark-compare-fail=mean:1000%",
+        "--benchmark-compare-fail=mean:10",
         *FAST,
     )
     result.assert_outcomes(passed=2)
@@ -121,7 +124,7 @@ def test_without_images_a_seeded_random_batch_and_the_threshold_of_the_model(lat
     assert conftest != CONFTEST
     latency.makeconftest(conftest)
     out = latency.path / "bench.json"
-    result = latency.runpytest(
+    result = latency.runpytest_subprocess(
         "--benchmark-only", f"--benchmark-json={out}", "--robustness-benchmark-batch-sizes=2", *FAST
     )
     result.assert_outcomes(passed=1)
@@ -141,7 +144,7 @@ def test_each_thresholds_model_is_timed_registered_ones_as_the_gate_loads_them(l
         "    robustness_latency.run()\n"
     )
     out = latency.path / "bench.json"
-    result = latency.runpytest(
+    result = latency.runpytest_subprocess(
         "-m", "benchmark", f"--benchmark-json={out}", "--robustness-benchmark-batch-sizes=2", *FAST
     )
     result.assert_outcomes(passed=2)
