@@ -218,6 +218,20 @@ class ImageDataset(Sequence[Sample]):
         return f"ImageDataset({self.description!r}, {len(self)} images)"
 
 
+def _manifest_path(row: dict, manifest: Path, line: int) -> str:
+    """A manifest row's ``path``, with ``/`` separators and no leading ``./``.
+
+    Raises:
+        DatasetError: the path is empty (naming the manifest and the line).
+    """
+    rel = (row["path"] or "").strip().replace("\\", "/")
+    while rel.startswith("./"):
+        rel = rel[2:]
+    if not rel:
+        raise DatasetError(f"{manifest}:{line}: empty path")
+    return rel
+
+
 def coverage_problem(full: ImageDataset, sample: ImageDataset) -> str | None:
     """Why ``sample`` (the first N images of ``full``) is a biased sample of an own-classes dataset, or
     ``None``.
@@ -285,11 +299,7 @@ def _read_labels_csv(path: Path) -> dict[str, int]:
                 f"{path}: needs a 'path' column and a 'label', 'wnid' or 'class_index' column, has {sorted(fields)}"
             )
         for line, row in enumerate(reader, start=2):
-            rel = (row["path"] or "").strip().replace("\\", "/")
-            while rel.startswith("./"):
-                rel = rel[2:]
-            if not rel:
-                raise DatasetError(f"{path}:{line}: empty path")
+            rel = _manifest_path(row, path, line)
             wnid = (row.get("wnid") or "").strip()
             index_text = (row.get("class_index") or "").strip()
             label_text = (row.get("label") or "").strip()
@@ -525,11 +535,7 @@ def _read_named_labels_csv(path: Path, classes: ClassList | None) -> tuple[dict[
                 f"{path}: needs a 'path' and a 'label' column (class name or index), has {sorted(fields)}"
             )
         for line, row in enumerate(reader, start=2):
-            rel = (row["path"] or "").strip().replace("\\", "/")
-            while rel.startswith("./"):
-                rel = rel[2:]
-            if not rel:
-                raise DatasetError(f"{path}:{line}: empty path")
+            rel = _manifest_path(row, path, line)
             text = (row["label"] or "").strip()
             if not text:
                 raise DatasetError(f"{path}:{line}: row has no label")
