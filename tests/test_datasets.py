@@ -223,3 +223,17 @@ def test_labels_csv_contradicting_a_wnid_folder_is_an_error(tmp_path):
         load_dataset(tmp_path)
     (tmp_path / "labels.csv").write_text("path,wnid\n./n01443537/a.JPEG,n01443537\n")
     assert [s.label for s in load_dataset(tmp_path)] == [1]
+
+
+@pytest.mark.parametrize(
+    "header, row, classes",
+    [("path,wnid", ",n01440764", None), ("path,label", " ,bird", ["bird", "cat"])],
+    ids=["imagenet manifest", "class-name manifest"],
+)
+def test_manifest_row_with_an_empty_path_is_named(tmp_path, header, row, classes):
+    from robustness.datasets import DatasetError, load_dataset
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"{header}\n{row}\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"m\.csv:2: empty path"):
+        load_dataset(manifest=manifest, classes=classes)
