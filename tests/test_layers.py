@@ -93,9 +93,11 @@ TORCH_FREE = (
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_torch_free_core(module):
     """Imported in a fresh interpreter, the module loads no torch (nor torchvision)."""
+    import os
     import subprocess
     import sys
 
     code = f"import sys, robustness.{module}; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent))  # this checkout's code, wherever robustness is installed
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "[]", f"import robustness.{module} loaded {out.strip()}"

@@ -237,22 +237,6 @@ def test_importing_the_plugin_loads_nothing_heavy():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_thresholds_and_conditions_load_without_torch():
-    """Layering: the thresholds layer (schema, parsing, calibration) knows conditions, not the engine."""
-    code = (
-        "import sys, robustness.thresholds, robustness.conditions; "
-        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
-
-
 def test_an_unrelated_pytest_run_does_not_import_torch(pytester, monkeypatch):
     """The plugin is loaded (entry point) but no gate test is collected: torch, scipy, Pillow stay out."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
