@@ -19,6 +19,7 @@ cannot be read are left out of every condition and reported.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -54,6 +55,7 @@ __all__ = [
     "ConditionResult",
     "evaluate",
     "conditions_for",
+    "identity_condition",
     "image_seed",
     "CLEAN",
     "SkippedImagesWarning",
@@ -215,22 +217,43 @@ class SkippedImagesWarning(UserWarning):
 
 class _WorkItems(Dataset):
     """Item k = ``items[k]`` = (image index, condition index), image-major so a worker decodes each
-    image once for all its conditions.
+    image once for all its conditions; each item is distorted once and then given every preprocessing
+    ``uses[k]`` asks for (one per group of models that share a preprocessing and need the item).
 
-    ``__getitem__`` returns ``(tensor float32 (3, crop, crop) or None, image index, condition index,
-    error message or None, missed)``; an unreadable image (:class:`ImageLoadError`) yields ``None``
-    and the message instead of stopping the run; ``missed`` is true when JPEG 2000 could not land
-    within its PSNR tolerance (:func:`robustness.distortions.distort_with_info`).
+    :meth:`distorted` is the one place an (image, condition) becomes a distorted ``uint8`` image;
+    ``__getitem__`` adds the preprocessing. ``__getitem__`` returns ``(tensors, item index, image index,
+    condition index, error message or None, missed)``: ``tensors`` is a tuple with one float32
+    ``(3, crop, crop)`` tensor per preprocessing, ``None`` where ``uses[k]`` is false; an unreadable
+    image (:class:`ImageLoadError`) yields ``None`` for ``tensors`` and the message instead of stopping
+    the run; ``missed`` is true when JPEG 2000 could not land within its PSNR tolerance
+    (:func:`robustness.distortions.distort_with_info`).
+
+    Args:
+        dataset: the images.
+        conditions: condition ``k`` of an item is ``conditions[k]``.
+        preprocessings: callables ``uint8 (H, W, 3) -> float32 (3, crop, crop)`` (a model's
+            :class:`robustness.Preprocessing`), or a single one (the one-model form).
+        seed: the base seed (:func:`image_seed`).
+        items: int64 ``(n, 2)``: (image index, condition index).
+        uses: bool ``(n, len(preprocessings))``: which preprocessings item k needs (default: all).
     """
 
     def __init__(
-        self, dataset: ImageDataset, conditions: Sequence[Condition], preprocessing, seed: int, items: np.ndarray
+        self,
+        dataset: ImageDataset,
+        conditions: Sequence[Condition],
+        preprocessings,
+        seed: int,
+        items: np.ndarray,
+        uses: np.ndarray | None = None,
     ):
         self.dataset = dataset
         self.conditions = list(conditions)
-        self.preprocessing = preprocessing
+        self.preprocessings = list(preprocessings) if isinstance(preprocessings, (list, tuple)) else [preprocessings]
         self.seed = seed
         self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
+        shape = (len(self.items), len(self.preprocessings))
+        self.uses = np.ones(shape, dtype=bool) if uses is None else np.asarray(uses, dtype=bool).reshape(shape)
         self._cached: tuple[int, np.ndarray | None, str | None] | None = None
 
     def __len__(self) -> int:
@@ -244,11 +267,14 @@ class _WorkItems(Dataset):
                 self._cached = (image_index, None, str(error))
         return self._cached[1], self._cached[2]
 
-    def __getitem__(self, index: int):
-        image_index, condition_index = (int(v) for v in self.items[index])
+    def distorted(self, image_index: int, condition_index: int) -> tuple[np.ndarray | None, str | None, bool]:
+        """Image ``image_index`` under condition ``condition_index``: ``(uint8 (H, W, 3) RGB at native
+        size, None, missed)``, or ``(None, error message, False)`` when the image cannot be read. The
+        noise seed is :func:`image_seed` of (base seed, image id, distortion, level), so the result
+        does not depend on the order, the batch or the worker."""
         image, error = self._image(image_index)
         if image is None:
-            return None, image_index, condition_index, error, False
+            return None, error, False
         condition = self.conditions[condition_index]
         missed = False
         if condition.distortion != CLEAN:
@@ -258,24 +284,41 @@ class _WorkItems(Dataset):
                 missed = not info.within_tolerance
             else:
                 image = distort(image, condition.distortion, condition.level, seed=seed)
-        return self.preprocessing(image), image_index, condition_index, None, missed
+        return image, None, missed
+
+    def __getitem__(self, index: int):
+        image_index, condition_index = (int(v) for v in self.items[index])
+        image, error, missed = self.distorted(image_index, condition_index)
+        if image is None:
+            return None, index, image_index, condition_index, error, False
+        tensors = tuple(
+            preprocess(image) if use else None for preprocess, use in zip(self.preprocessings, self.uses[index])
+        )
+        return tensors, index, image_index, condition_index, None, missed
 
 
 def _collate(batch):
-    """``(float32 (n_ok, 3, crop, crop) or None, int64 (n_ok,) image indices, int64 (n_ok,) condition
-    indices, bool (n_ok,) missed-tolerance flags, [(image index, message), ...] for unreadable
-    images)``; in a worker the batch tensor is built in shared memory (``default_collate``)."""
+    """``(tensors, has, item indices, image indices, condition indices, missed, failed)`` of a batch
+    from :class:`_WorkItems`, over its ``n_ok`` readable items: ``tensors`` a list with, per
+    preprocessing p, float32 ``(n_p, 3, crop, crop)`` (the items that have it, in batch order) or
+    ``None``; ``has`` bool ``(n_ok, P)`` (which items have each); int64 ``(n_ok,)`` item, image and
+    condition indices; bool ``(n_ok,)`` missed-tolerance flags; ``[(item index, image index, message),
+    ...]`` for unreadable images. In a worker the tensors are built in shared memory (``default_collate``)."""
     ok = [b for b in batch if b[0] is not None]
-    failed = [(b[1], b[3]) for b in batch if b[0] is None]
-    if not ok:
-        empty = torch.empty(0, dtype=torch.int64)
-        return None, empty, empty, torch.empty(0, dtype=torch.bool), failed
-    tensors = default_collate([b[0] for b in ok])
+    failed = [(b[1], b[2], b[4]) for b in batch if b[0] is None]
+    count = len(ok[0][0]) if ok else 0
+    has = torch.tensor([[t is not None for t in b[0]] for b in ok], dtype=torch.bool).reshape(len(ok), count)
+    tensors = []
+    for p in range(count):
+        column = [b[0][p] for b in ok if b[0][p] is not None]
+        tensors.append(default_collate(column) if column else None)
     return (
         tensors,
+        has,
         torch.tensor([b[1] for b in ok], dtype=torch.int64),
         torch.tensor([b[2] for b in ok], dtype=torch.int64),
-        torch.tensor([b[4] for b in ok], dtype=torch.bool),
+        torch.tensor([b[3] for b in ok], dtype=torch.int64),
+        torch.tensor([b[5] for b in ok], dtype=torch.bool),
         failed,
     )
 
@@ -409,8 +452,10 @@ def progress_bar(desc: str, file=None):
 
 
 class _Run:
-    """One evaluation's state: the prediction table, what is done and what came from the store.
-    It talks to the store only through its :class:`robustness.cache.PredictionSession`."""
+    """One model's state in an evaluation: the prediction table, what is done, what came from the
+    store, the images it could not read. It talks to the store only through its own
+    :class:`robustness.cache.PredictionSession`; the work itself (distortion, preprocessing,
+    batching) is shared between the runs of one :func:`evaluate` call (:func:`_infer`)."""
 
     def __init__(
         self,
@@ -447,94 +492,68 @@ class _Run:
         """Give the store the predictions of pairs ``(ks[j], iis[j])`` computed in this run."""
         self.session.put(ks, iis, self.predictions[ks, iis], np.where(self.missed[ks, iis], FLAG_MISSED_TOLERANCE, 0))
 
-    def infer(self, items: np.ndarray, batch_size: int, num_workers: int, bar):
-        """Run the model on work ``items`` (int64 ``(n, 2)``: image index, condition index).
-
-        Yields ``(condition indices (b,), image indices (b,), top-5 int64 (b, 5), missed bool (b,))``
-        per batch; unreadable images are recorded in ``skipped``.
-        """
-        batches = math.ceil(len(items) / batch_size)
-        num_workers = min(num_workers, batches) if batches > 1 else 0
-        work = _WorkItems(self.dataset, self.conditions, self.model.preprocessing, self.seed, items)
-        on_cuda = torch.device(self.device).type == "cuda"
-        loader = DataLoader(
-            work, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=on_cuda
-        )
-        if bar is not None:
-            bar.total = (bar.total or 0) + len(items)
-            bar.refresh()
-        with torch.inference_mode():
-            for batch, image_index, condition_index, missed, failed in loader:
-                for i, message in failed:
-                    self.skipped.setdefault(i, message)
-                if batch is not None:
-                    logits = self.model(batch.to(self.device, non_blocking=on_cuda))
-                    if logits.ndim != 2:
-                        raise ValueError(
-                            f"model {self.model.name} returned logits of shape "
-                            f"{tuple(logits.shape)}, expected (N, {self.num_classes})"
-                        )
-                    if logits.shape[1] != self.num_classes:
-                        raise width_mismatch(
-                            self.model,
-                            logits.shape[1],
-                            self.dataset.classes,
-                            f"logits of shape {tuple(logits.shape)}, expected (N, {self.num_classes})",
-                        )
-                    if not torch.isfinite(logits).all():
-                        raise ValueError(
-                            f"model {self.model.name} returned non-finite logits (NaN or inf); "
-                            "its top-5 would be meaningless"
-                        )
-                    top5 = logits.topk(min(5, self.num_classes), dim=1).indices.cpu().numpy()
-                    if top5.shape[1] < 5:  # fewer than 5 classes: pad with -1 (never a label)
-                        top5 = np.pad(top5, ((0, 0), (0, 5 - top5.shape[1])), constant_values=-1)
-                    yield condition_index.numpy(), image_index.numpy(), top5, missed.numpy()
-                if bar is not None:
-                    bar.update(len(failed) + (0 if batch is None else len(batch)))
-
-    def compute(self, condition_indices: Sequence[int], batch_size: int, num_workers: int, bar) -> None:
-        """Run inference for every (image, condition) of ``condition_indices`` not yet done."""
+    def todo(self, condition_indices: Iterable[int]) -> np.ndarray:
+        """bool ``(conditions, images)``: the pairs of ``condition_indices`` not yet done, leaving out
+        the images this run could not read."""
         todo = np.zeros_like(self.done)
         todo[list(condition_indices)] = True
         todo &= ~self.done
-        # image-major work list: (image index, condition index)
-        items = np.argwhere(todo.T)
-        if len(items) == 0:
-            return
-        items = np.array([(i, k) for i, k in items if i not in self.skipped], dtype=np.int64).reshape(-1, 2)
-        if len(items) == 0:
-            return
-        for ks, iis, top5, missed in self.infer(items, batch_size, num_workers, bar):
-            self.predictions[ks, iis] = top5
-            self.missed[ks, iis] = missed
-            self.done[ks, iis] = True
-            self.hand_back(ks, iis)  # the store keeps them even if the run is interrupted later
+        if self.skipped:
+            todo[:, sorted(self.skipped)] = False
+        return todo
 
-    def verify(self, batch_size: int, num_workers: int, bar) -> tuple[int, int]:
-        """Re-compute a seeded sample of the pairs served from the store and compare top-5.
+    def record(self, ks: np.ndarray, iis: np.ndarray, top5: np.ndarray, missed: np.ndarray) -> None:
+        """Keep the predictions computed for pairs ``(ks[j], iis[j])`` and hand them to the store (which
+        keeps them even if the run is interrupted later)."""
+        self.predictions[ks, iis] = top5
+        self.missed[ks, iis] = missed
+        self.done[ks, iis] = True
+        self.hand_back(ks, iis)
 
-        The sample has :func:`verification_sample_size` pairs, drawn with the session's
-        :meth:`~robustness.cache.PredictionSession.sample_seed` of the served conditions (on disk:
-        derived from the model key and their condition keys, so the same run re-checks the same
-        pairs). The comparison is exact: the same five class indices in the same order.
+    def classify(self, batch: torch.Tensor) -> np.ndarray:
+        """int64 ``(b, 5)`` top-5 class indices of a preprocessed batch ``(b, 3, crop, crop)``, best
+        first (fewer than 5 classes: padded with -1, never a label).
 
-        Returns:
-            ``(mismatches, checked)``.
+        Raises:
+            ValueError: logits that are not ``(b, classes)`` (a width mismatch is a
+                :class:`robustness.labels.ClassListError`) or not finite.
         """
+        on_cuda = torch.device(self.device).type == "cuda"
+        logits = self.model(batch.to(self.device, non_blocking=on_cuda))
+        if logits.ndim != 2:
+            raise ValueError(
+                f"model {self.model.name} returned logits of shape {tuple(logits.shape)}, expected (N, {self.num_classes})"
+            )
+        if logits.shape[1] != self.num_classes:
+            raise width_mismatch(
+                self.model,
+                logits.shape[1],
+                self.dataset.classes,
+                f"logits of shape {tuple(logits.shape)}, expected (N, {self.num_classes})",
+            )
+        if not torch.isfinite(logits).all():
+            raise ValueError(
+                f"model {self.model.name} returned non-finite logits (NaN or inf); its top-5 would be meaningless"
+            )
+        top5 = logits.topk(min(5, self.num_classes), dim=1).indices.cpu().numpy()
+        if top5.shape[1] < 5:  # fewer than 5 classes: pad with -1 (never a label)
+            top5 = np.pad(top5, ((0, 0), (0, 5 - top5.shape[1])), constant_values=-1)
+        return top5
+
+    def verification_sample(self) -> np.ndarray:
+        """int64 ``(m, 2)`` (image index, condition index): the seeded sample of served pairs to
+        re-compute, image-major. It has :func:`verification_sample_size` pairs, drawn with the
+        session's :meth:`~robustness.cache.PredictionSession.sample_seed` of the served conditions
+        (on disk: derived from the model key and their condition keys, so the same run re-checks
+        the same pairs)."""
         served = np.argwhere(self.served)  # (condition index, image index), condition-major
         count = verification_sample_size(len(served))
         if count == 0:
-            return 0, 0
+            return np.empty((0, 2), dtype=np.int64)
         seed = self.session.sample_seed(sorted(set(served[:, 0].tolist())))
         picked = served[np.sort(np.random.default_rng(seed).choice(len(served), count, replace=False))]
         items = np.ascontiguousarray(picked[:, ::-1])  # (image index, condition index)
-        items = items[np.lexsort((items[:, 1], items[:, 0]))]  # image-major: each image decoded once
-        mismatches = checked = 0
-        for ks, iis, top5, _ in self.infer(items, batch_size, num_workers, bar):
-            checked += len(ks)
-            mismatches += int((self.predictions[ks, iis] != top5).any(axis=1).sum())
-        return mismatches, checked
+        return items[np.lexsort((items[:, 1], items[:, 0]))]  # image-major: each image decoded once
 
     def discard_served(self) -> None:
         """Have the store discard its entries, hand back again the predictions computed in this run
@@ -548,8 +567,103 @@ class _Run:
         self.served[:] = False
 
 
+def _sharing_key(preprocessing) -> tuple:
+    """Models whose preprocessings have the same key share the preprocessed tensor: the type and
+    :meth:`robustness.Preprocessing.to_dict` (JSON, keys sorted); without ``to_dict``, the object itself."""
+    to_dict = getattr(preprocessing, "to_dict", None)
+    if callable(to_dict):
+        return (type(preprocessing).__module__, type(preprocessing).__qualname__, json.dumps(to_dict(), sort_keys=True))
+    return ("object", id(preprocessing))
+
+
+def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_size: int, num_workers: int, bar):
+    """Distort each work item once and run every model that needs it on it, with its own
+    preprocessing (models with equal preprocessings share one tensor: :func:`_sharing_key`).
+
+    Args:
+        runs: the models' runs (same dataset, conditions and seed).
+        items: int64 ``(n, 2)`` (image index, condition index), image-major.
+        needs: bool ``(n, len(runs))``: run r needs item k; an item no run needs is not distorted.
+
+    Yields ``(run index, condition indices (b,), image indices (b,), top-5 int64 (b, 5), missed bool
+    (b,))`` per run and batch; a run is fed, per batch of ``batch_size`` items, the rows it needs (all
+    of them when every model needs every item, as in a one-model run). Unreadable images are recorded
+    in the ``skipped`` of each run that needed them.
+    """
+    keys: dict[tuple, int] = {}
+    preprocessings, group = [], []
+    for run in runs:
+        key = _sharing_key(run.model.preprocessing)
+        if key not in keys:
+            keys[key] = len(preprocessings)
+            preprocessings.append(run.model.preprocessing)
+        group.append(keys[key])
+    uses = np.zeros((len(items), len(preprocessings)), dtype=bool)
+    for r, p in enumerate(group):
+        uses[:, p] |= needs[:, r]
+    first = runs[0]
+    batches = math.ceil(len(items) / batch_size)
+    num_workers = min(num_workers, batches) if batches > 1 else 0
+    work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items, uses)
+    on_cuda = any(torch.device(run.device).type == "cuda" for run in runs)
+    loader = DataLoader(
+        work, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=on_cuda
+    )
+    if bar is not None:
+        bar.total = (bar.total or 0) + len(items)
+        bar.refresh()
+    with torch.inference_mode():
+        for tensors, has, item_index, image_index, condition_index, missed, failed in loader:
+            for k, i, message in failed:
+                for r in np.flatnonzero(needs[k]):
+                    runs[r].skipped.setdefault(i, message)
+            if len(item_index):
+                item_index, has = item_index.numpy(), has.numpy()
+                image_index, condition_index, missed = image_index.numpy(), condition_index.numpy(), missed.numpy()
+                for r, run in enumerate(runs):
+                    wanted = needs[item_index, r]
+                    if not wanted.any():
+                        continue
+                    p = group[r]
+                    batch = tensors[p]  # the rows of the items that have preprocessing p: a superset of wanted
+                    if not wanted.all():
+                        rows = np.cumsum(has[:, p])[wanted] - 1
+                        batch = batch[torch.from_numpy(rows)]
+                    top5 = run.classify(batch)
+                    yield r, condition_index[wanted], image_index[wanted], top5, missed[wanted]
+            if bar is not None:
+                bar.update(len(failed) + len(item_index))
+
+
+def _compute(runs: Sequence[_Run], condition_indices: Sequence[int], batch_size: int, num_workers: int, bar) -> None:
+    """Run inference for every (image, condition) of ``condition_indices`` that one of ``runs`` has
+    not done yet: each pair is distorted once, for the runs that need it (:func:`_infer`)."""
+    condition_indices = list(condition_indices)
+    todo = np.stack([run.todo(condition_indices) for run in runs])  # (runs, conditions, images)
+    items = np.argwhere(todo.any(axis=0).T)  # image-major work list: (image index, condition index)
+    if len(items) == 0:
+        return
+    needs = todo[:, items[:, 1], items[:, 0]].T  # (items, runs)
+    for r, ks, iis, top5, missed in _infer(runs, items, needs, batch_size, num_workers, bar):
+        runs[r].record(ks, iis, top5, missed)
+
+
+def identity_condition(condition: Condition) -> Condition:
+    """The condition whose predictions ``condition`` has: the clean condition for a distortion at its
+    identity level (:attr:`robustness.distortions.Distortion.identity`: blur, noise and contrast at 0,
+    where the output equals the input), else ``condition`` itself. The engine computes (and caches)
+    such a condition once, as clean, and reports it under its own name and level. A registered
+    distortion's declared identity is trusted (:func:`robustness.testing.check_distortion` checks it)."""
+    if condition.distortion == CLEAN:
+        return condition
+    identity = get_distortion(condition.distortion).identity
+    if identity is not None and condition.level == identity:
+        return Condition(CLEAN, 0)
+    return condition
+
+
 def evaluate(
-    model: Classifier | str,
+    model: Classifier | str | Sequence[Classifier | str],
     dataset: ImageDataset,
     distortions: Iterable[str] | Mapping[str, Sequence[float]] | Sequence[Condition] | None = None,
     *,
@@ -562,28 +676,42 @@ def evaluate(
     cache: PredictionStore | str | os.PathLike | bool | None = None,
     restrict_to_dataset_classes: bool = False,
     allow_tf32: bool = False,
-) -> list[ConditionResult]:
+) -> list[ConditionResult] | dict[str, list[ConditionResult]]:
     """Top-1 / top-5 / balanced accuracy of ``model`` on ``dataset`` under each distortion level, plus clean.
+
+    Several models in one call: pass a list or tuple of models (``evaluate([a, b], dataset, ...)``).
+    Each (image, condition) is then read and distorted once and fed to every model that still needs
+    it, each with its own preprocessing (models whose :meth:`robustness.Preprocessing.to_dict` is
+    equal share the preprocessed tensor), on its own device (:func:`inference_device`), with its own
+    cache session (the store keys each model separately), its own re-check of what the store served
+    and its own unreadable-image bookkeeping; the results are identical to one call per model.
+
+    A condition at its distortion's identity level (contrast, blur or noise at 0:
+    :func:`identity_condition`) is the clean image: it is computed once, as clean (and cached as
+    clean), and reported under its own distortion and level. A repeated condition is computed once.
 
     The model's output width must equal the dataset's class count (``len(dataset.classes)``;
     :func:`robustness.labels.check_output_width`), checked before any image is read.
 
     Args:
-        model: a :class:`Classifier` or a registered model name.
+        model: a :class:`Classifier` or a registered model name; or a list or tuple of them (model
+            names must be unique).
         dataset: labelled images (:func:`robustness.load_dataset`).
         distortions: distortion names (paper levels), a ``{name: levels}`` mapping, a sequence of
             :class:`Condition`, or ``None`` for all five distortions at the paper's levels.
         clean: also evaluate the undistorted images (ignored when conditions are given explicitly).
         seed: base seed for stochastic distortions.
         batch_size: images per forward pass (does not change the numbers).
-        num_workers: DataLoader worker processes (default :func:`default_num_workers`; 0 = in-process).
+        num_workers: DataLoader worker processes (default :func:`default_num_workers` of the models'
+            devices, the largest; 0 = in-process).
         device: inference device (default: CUDA when available, else CPU; a model that declares
             its devices runs on one of them: :func:`inference_device`). Checked by
             :func:`robustness.settings.check_device`. Float inputs are cast to the model's parameter
             dtype (:attr:`robustness.Classifier.input_dtype`; bf16/fp16 models), which is keyed in the
             cache through the model's tensor dtypes.
         progress: show progress on stderr: a tqdm bar on a terminal, plain periodic lines
-            (:class:`LineProgress`, no carriage returns) on anything else, e.g. a CI log.
+            (:class:`LineProgress`, no carriage returns) on anything else, e.g. a CI log. It counts
+            distorted (image, condition) pairs.
         cache: per-image prediction cache (:mod:`robustness.cache`): a :class:`PredictionCache`, a
             folder, ``True`` for the default folder, or ``None``/``False`` (default) for none; or
             any other :class:`robustness.cache.PredictionStore`.
@@ -598,6 +726,10 @@ def evaluate(
             is evaluated without the cache, with a :class:`CacheWarning` (checked before a model
             key's first entries are written, so a fresh key costs two probe runs, a known one one).
             For any class list but ImageNet-1k the list's digest joins each condition's key.
+            With several models, the models take the store's per-condition claims one after the
+            other; while one model holds a group, the pairs of that group the later models still
+            miss are computed with it (so a concurrent process may compute some of those too; it
+            never deadlocks, and results do not change).
         restrict_to_dataset_classes: score an ImageNet-1k model on a subset of its classes (the
             ImageNet-R / ImageNet-A convention): its logits are restricted to the dataset's classes
             (:func:`robustness.labels.restrict_to_classes`); when the dataset's list is the full
@@ -610,24 +742,36 @@ def evaluate(
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
         cannot be read (:class:`ImageLoadError`) are left out of every condition, listed in each
-        result's ``skipped`` and reported with a :class:`SkippedImagesWarning`.
+        result's ``skipped`` and reported with a :class:`SkippedImagesWarning`. For a list or tuple
+        of models: a ``dict`` model name -> that list, in the order the models were given.
 
     Raises:
         ValueError: unknown distortion or model name, a level outside a distortion's range, an empty
-            dataset, every image unreadable, or a device that is not available here or that the model
-            does not support (:func:`inference_device`).
+            dataset, every image unreadable, a device that is not available here or that the model
+            does not support (:func:`inference_device`), an empty list of models or two models with
+            the same name.
         robustness.labels.ClassListError (a ``ValueError``): the model's output width is not the
             dataset's class count, or a restricted model lacks one of the dataset's classes.
     """
-    if isinstance(model, str):
-        model = load_model(model)
+    several = isinstance(model, (list, tuple))
+    models = [load_model(m) if isinstance(m, str) else m for m in (model if several else [model])]
+    if not models:
+        raise ValueError("evaluate: the list of models is empty; give at least one model")
+    names = [m.name for m in models]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"evaluate: model names must be unique, got {', '.join(map(repr, repeated))} more than once "
+            f"(in {names}); give each model its own name (load_model(..., model_name=NAME))"
+        )
     if len(dataset) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     if restrict_to_dataset_classes:
         if dataset.classes.is_imagenet:
             dataset = dataset.present_classes()
-        model = restrict_to_classes(model, dataset.classes)
-    check_output_width(model, dataset.classes, probe=False)  # unrecorded width: checked on the first batch
+        models = [restrict_to_classes(m, dataset.classes) for m in models]
+    for m in models:
+        check_output_width(m, dataset.classes, probe=False)  # unrecorded width: checked on the first batch
     if distortions is not None and not isinstance(distortions, (Mapping, str)):
         distortions = list(distortions)
     if distortions and all(isinstance(c, Condition) for c in distortions):
@@ -636,77 +780,120 @@ def evaluate(
         conditions = conditions_for(distortions, clean=clean)
     if not conditions:
         raise ValueError("nothing to evaluate: no distortions given and clean=False")
-    device = inference_device(model, device)
+    devices = [inference_device(m, device) for m in models]
     if num_workers is None:
-        num_workers = default_num_workers(device)
-    model = model.to(device).eval()
+        num_workers = max(default_num_workers(d) for d in devices)
+    models = [m.to(d).eval() for m, d in zip(models, devices)]
     store = resolve_store(cache)
-    requested, conditions = conditions, list(dict.fromkeys(conditions))  # a repeated condition runs once
-    with inference_settings(device, allow_tf32=allow_tf32):  # before the store keys the model's device
-        session = store.open_run(model, device, dataset, conditions, seed)
-        run = _Run(model, dataset, conditions, seed, device, session)
-        bar = progress_bar(model.name) if progress else None
+    requested = conditions
+    # an identity level is the clean image and a repeated condition is one condition: each computed once
+    computed_as = [identity_condition(c) for c in requested]
+    conditions = list(dict.fromkeys(computed_as))
+    with contextlib.ExitStack() as numerics:
+        for d in dict.fromkeys(devices):  # before the store keys a model's device
+            numerics.enter_context(inference_settings(d, allow_tf32=allow_tf32))
+        bar = progress_bar(", ".join(names)) if progress else None
         try:
-            with session:  # closing it writes what is unwritten, also on an error or Ctrl-C
-                for group in session.claim(range(len(conditions))):
-                    run.fill_from_store(group)
-                    run.compute(group, batch_size, num_workers, bar)
-                _verify_served(run, batch_size, num_workers, bar)
+            # closing a session writes what is unwritten, also on an error or Ctrl-C
+            with contextlib.ExitStack() as sessions:
+                runs = []
+                for m, d in zip(models, devices):
+                    session = sessions.enter_context(store.open_run(m, d, dataset, conditions, seed))
+                    runs.append(_Run(m, dataset, conditions, seed, d, session))
+                for lead in range(len(runs)):
+                    # the lead model's claimed group; the later models' missing pairs of it come along
+                    for group in runs[lead].session.claim(range(len(conditions))):
+                        for run in runs[lead:]:
+                            run.fill_from_store(group)
+                        _compute(runs[lead:], group, batch_size, num_workers, bar)
+                _verify_served(runs, batch_size, num_workers, bar)
         finally:
             if bar is not None:
                 bar.close()
 
-    keep = np.array([i not in run.skipped for i in range(len(dataset))])
-    if not keep.any():
-        raise ValueError(f"no image of {dataset!r} could be read; first error: {next(iter(run.skipped.values()))}")
-    skipped = {dataset[i].image_id: message for i, message in sorted(run.skipped.items())}
-    if skipped:
-        listing = "; ".join(skipped.values())
-        warnings.warn(
-            f"skipped {len(skipped)} unreadable image(s), left out of every condition: {listing}",
-            SkippedImagesWarning,
-            stacklevel=2,
-        )
-    labels = np.asarray([sample.label for sample in dataset], dtype=np.int64)[keep]
-    image_ids = [sample.image_id for sample, k in zip(dataset, keep) if k]
-    assert run.done[:, keep].all(), "internal error: an (image, condition) pair was not evaluated"
-    results = []
-    for condition in requested:
-        k = conditions.index(condition)
-        predictions = run.predictions[k][keep]
-        correct1, correct5 = correct(predictions, labels, "top1"), correct(predictions, labels, "top5")
-        results.append(
-            ConditionResult(
-                model=model.name,
-                distortion=condition.distortion,
-                level=condition.level,
-                top1=float(correct1.mean()),
-                top5=float(correct5.mean()),
-                n=int(keep.sum()),
-                image_ids=image_ids,
-                labels=labels,
-                predictions=predictions.copy(),
-                skipped=dict(skipped),
-                tolerance_misses=int(run.missed[k][keep].sum()),
-                balanced_accuracy=balanced_accuracy(labels, predictions[:, 0]),
-                classes=dataset.classes,
+    results = {}
+    for run in runs:
+        keep = np.array([i not in run.skipped for i in range(len(dataset))])
+        if not keep.any():
+            raise ValueError(f"no image of {dataset!r} could be read; first error: {next(iter(run.skipped.values()))}")
+        skipped = {dataset[i].image_id: message for i, message in sorted(run.skipped.items())}
+        if skipped:
+            listing = "; ".join(skipped.values())
+            warnings.warn(
+                f"{run.model.name + ': ' if several else ''}skipped {len(skipped)} unreadable image(s), "
+                f"left out of every condition: {listing}",
+                SkippedImagesWarning,
+                stacklevel=2,
             )
-        )
-    return results
+        labels = np.asarray([sample.label for sample in dataset], dtype=np.int64)[keep]
+        image_ids = [sample.image_id for sample, k in zip(dataset, keep) if k]
+        assert run.done[:, keep].all(), "internal error: an (image, condition) pair was not evaluated"
+        results[run.model.name] = [
+            _result(run, condition, conditions.index(computed), keep, labels, image_ids, skipped)
+            for condition, computed in zip(requested, computed_as)
+        ]
+    return results if several else results[runs[0].model.name]
 
 
-def _verify_served(run: _Run, batch_size: int, num_workers: int, bar) -> None:
-    """Re-check a sample of what ``run`` read from the store; on any mismatch warn once, have the
-    store discard the model's entries and recompute every pair that was served (handing the fresh
-    predictions back)."""
-    mismatches, checked = run.verify(batch_size, num_workers, bar)
-    if mismatches == 0:
-        return
-    warnings.warn(
-        f"robustness cache: cached predictions of {run.model.name} disagree with the model on {mismatches}/"
-        f"{checked} re-checked (image, condition) pairs; discarding its cache entries and recomputing",
-        CacheWarning,
-        stacklevel=3,
+def _result(
+    run: _Run,
+    condition: Condition,
+    k: int,
+    keep: np.ndarray,
+    labels: np.ndarray,
+    image_ids: list[str],
+    skipped: dict[str, str],
+) -> ConditionResult:
+    """The :class:`ConditionResult` of ``condition``, from row ``k`` of ``run``'s predictions (the
+    condition it was computed as) at the readable images ``keep``."""
+    predictions = run.predictions[k][keep]
+    correct1, correct5 = correct(predictions, labels, "top1"), correct(predictions, labels, "top5")
+    return ConditionResult(
+        model=run.model.name,
+        distortion=condition.distortion,
+        level=condition.level,
+        top1=float(correct1.mean()),
+        top5=float(correct5.mean()),
+        n=int(keep.sum()),
+        image_ids=image_ids,
+        labels=labels,
+        predictions=predictions.copy(),
+        skipped=dict(skipped),
+        tolerance_misses=int(run.missed[k][keep].sum()),
+        balanced_accuracy=balanced_accuracy(labels, predictions[:, 0]),
+        classes=run.dataset.classes,
     )
-    run.discard_served()
-    run.compute(range(len(run.conditions)), batch_size, num_workers, bar)
+
+
+def _verify_served(runs: Sequence[_Run], batch_size: int, num_workers: int, bar) -> None:
+    """Re-check a sample of what each run read from its store (:meth:`_Run.verification_sample`; the
+    samples of all runs distorted once, :func:`_infer`), comparing the top-5 exactly (the same five
+    class indices in the same order). For each run with a mismatch: warn once, have its store
+    discard the model's entries and recompute every pair that was served (handing the fresh
+    predictions back)."""
+    samples = [run.verification_sample() for run in runs]
+    if not any(len(sample) for sample in samples):
+        return
+    items, inverse = np.unique(np.concatenate(samples), axis=0, return_inverse=True)  # image-major
+    inverse = inverse.reshape(-1)
+    needs = np.zeros((len(items), len(runs)), dtype=bool)
+    start = 0
+    for r, sample in enumerate(samples):
+        needs[inverse[start : start + len(sample)], r] = True
+        start += len(sample)
+    mismatches, checked = [0] * len(runs), [0] * len(runs)
+    for r, ks, iis, top5, _ in _infer(runs, items, needs, batch_size, num_workers, bar):
+        checked[r] += len(ks)
+        mismatches[r] += int((runs[r].predictions[ks, iis] != top5).any(axis=1).sum())
+    wrong = [r for r in range(len(runs)) if mismatches[r]]
+    for r in wrong:
+        warnings.warn(
+            f"robustness cache: cached predictions of {runs[r].model.name} disagree with the model on "
+            f"{mismatches[r]}/{checked[r]} re-checked (image, condition) pairs; discarding its cache entries "
+            "and recomputing",
+            CacheWarning,
+            stacklevel=3,
+        )
+        runs[r].discard_served()
+    if wrong:
+        _compute([runs[r] for r in wrong], range(len(runs[0].conditions)), batch_size, num_workers, bar)

@@ -439,14 +439,15 @@ def test_cli_run_uses_the_cache_and_no_cache_disables_it(tmp_path, monkeypatch, 
     ]
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert cli.main(args) == 0
-    probe = sum(seen) - 3 * 12 - PROBE  # load_model may run one probe image through the model
+    pairs = 3 * 11  # 3 readable images x (clean + 11 contrast levels), contrast 0 being the clean image
+    probe = sum(seen) - pairs - PROBE  # load_model may run one probe image through the model
     assert probe in (0, 1)
     assert "skipped unreadable image n01440764/broken.jpg" in capsys.readouterr().err
     seen.clear()
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert cli.main(args) == 0
-    assert sum(seen) == probe + HIT + check(3 * 12)  # no inference beyond probe and verification
+    assert sum(seen) == probe + HIT + check(pairs)  # no inference beyond probe and verification
     seen.clear()
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert cli.main(args + ["--no-cache"]) == 0
-    assert sum(seen) == probe + 3 * 12
+    assert sum(seen) == probe + pairs
