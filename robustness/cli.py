@@ -202,26 +202,90 @@ def _fresh_output_dir(model: str) -> Path:
     return path
 
 
+#: The model ``run`` evaluates when no ``--model`` is given.
+DEFAULT_RUN_MODEL = "efficientnet_lite0"
+
+#: ``run`` options that describe one model: refused with several ``--model``.
+_ONE_MODEL_OPTIONS = {
+    "weights": "--weights",
+    "arch": "--arch",
+    "preprocessing": "--preprocessing",
+    "background_class": "--background-class",
+    "name": "--name",
+}
+
+
+def _run_model_specs(args: argparse.Namespace) -> list[str]:
+    """The ``--model`` values of ``run`` (default :data:`DEFAULT_RUN_MODEL`). With several, the
+    per-model options are refused: they would not say which model they describe.
+
+    Raises:
+        CommandError: several ``--model`` with ``--weights``, ``--arch``, ``--preprocessing``,
+            ``--background-class`` or ``--name`` (naming the options given).
+    """
+    specs = list(args.model or [DEFAULT_RUN_MODEL])
+    if len(specs) > 1:
+        given = [flag for dest, flag in _ONE_MODEL_OPTIONS.items() if getattr(args, dest, None)]
+        if given:
+            raise CommandError(
+                f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} one model, but {len(specs)} --model "
+                f"were given ({', '.join(specs)}); run such a model on its own, or register it "
+                "(robustness.register_model) and give its name"
+            )
+    return specs
+
+
+def _run_outputs(args: argparse.Namespace, models) -> list[Path]:
+    """The run folder of each model: ``--output`` (else a fresh ``runs/<model>-<timestamp>``) for one
+    model; for several, ``--output/<model>/`` (else a fresh ``runs/<model>-<timestamp>`` each).
+
+    Raises:
+        CommandError: two models with the same name, or names that give the same folder.
+    """
+    names = [model.name for model in models]
+    folders = [safe_name(name) for name in names]
+    for k, folder in enumerate(folders):
+        if folder in folders[:k]:
+            other = names[folders.index(folder)]
+            same = "the same name" if other == names[k] else f"names that give the same folder {folder!r}"
+            raise CommandError(
+                f"--model: two models have {same} ({other!r}, {names[k]!r}); each model needs its own name "
+                "(register one under another name, or run it on its own with --name)"
+            )
+    if len(models) == 1:
+        return [Path(args.output) if args.output else _fresh_output_dir(folders[0])]
+    if args.output:
+        return [Path(args.output) / folder for folder in folders]
+    return [_fresh_output_dir(folder) for folder in folders]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .cache import PredictionCache
     from .evaluation import evaluate
     from .report import format_table, plot_accuracy_vs_level
     from .runs import write_results_json
 
+    specs = _run_model_specs(args)
     distortions = _run_distortions(args)
     resolve_settings(args)
     dataset = _load_run_dataset(args)
-    model = _load_run_model(args)
-    model, dataset = _match_classes(args, model, dataset)
-    output = Path(args.output) if args.output else _fresh_output_dir(safe_name(model.name))
-    with _context(f"cannot create output folder {output}: "):
-        output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
+    models = []
+    for spec in specs:
+        model, matched = _match_classes(args, _load_run_model(args, spec), dataset)
+        models.append(model)
+    dataset = matched  # the same class list for every model
+    outputs = _run_outputs(args, models)
+    for output in outputs:
+        with _context(f"cannot create output folder {output}: "):
+            output.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --output fails at once
+    described = _describe_distortions(distortions) or "none (clean only)"
     print(
-        f"model {model.name}  |  {len(dataset)} images from {dataset.root}  |  distortions: {_describe_distortions(distortions) or 'none (clean only)'}"
+        f"{'model' if len(models) == 1 else 'models'} {', '.join(m.name for m in models)}  |  {len(dataset)} images "
+        f"from {dataset.root}  |  distortions: {described}"
     )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
-    results = evaluate(
-        model,
+    measured = evaluate(
+        models if len(models) > 1 else models[0],
         dataset,
         distortions,
         seed=args.seed,
@@ -231,27 +295,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cache=cache,
     )
-    print(format_table(results))
-    for image_id, message in results[0].skipped.items():
+    per_model = list(measured.values()) if len(models) > 1 else [measured]
+    print(format_table([r for results in per_model for r in results]))
+    skipped = {}
+    for results in per_model:
+        skipped.update(results[0].skipped)
+    for image_id, message in skipped.items():
         print(f"skipped unreadable image {image_id}: {message}", file=sys.stderr)
-    write_results_json(results, output / "results.json")
-    plot_accuracy_vs_level(results, output / "accuracy_vs_level.png")
-    print(f"wrote {output / 'results.json'} and {output / 'accuracy_vs_level.png'}")
-    return _write_run_report(args, model, dataset, results, output)
+    for model, results, output in zip(models, per_model, outputs):
+        write_results_json(results, output / "results.json")
+        plot_accuracy_vs_level(results, output / "accuracy_vs_level.png")
+        print(
+            f"{model.name}: " * (len(models) > 1)
+            + f"wrote {output / 'results.json'} and {output / 'accuracy_vs_level.png'}"
+        )
+        _write_run_report(args, model, dataset, results, output, label=f"{model.name}: " * (len(models) > 1))
+    if len(models) > 1 and args.output and not args.no_report:
+        from .html_report import write_report
+
+        with _context("report: "):
+            path = write_report(outputs, Path(args.output) / "report.html", thresholds=args.thresholds)
+        print(f"wrote {path} (all {len(models)} models)")
+    return 0
 
 
-def _load_run_model(args: argparse.Namespace):
-    """The model of ``run``: a registered name or any spec load_model takes, with --weights/--arch/
-    --preprocessing/--background-class."""
+def _load_run_model(args: argparse.Namespace, spec: str | None = None):
+    """The model of ``run``: a registered name or any spec load_model takes (``spec``, default the
+    first ``--model``), with --weights/--arch/--preprocessing/--background-class."""
     import os
 
     from .models import MODELS_ENV_VAR, load_model
 
+    if spec is None:
+        spec = _run_model_specs(args)[0]
     if args.models_dir:
         os.environ[MODELS_ENV_VAR] = args.models_dir
     weights = {None: "default", "random": None}.get(args.weights, args.weights)
     return load_model(
-        args.model,
+        spec,
         device=args.device,
         weights=weights,
         preprocessing=args.preprocessing,
@@ -637,8 +718,9 @@ def _add_run_report_options(run: argparse.ArgumentParser) -> None:
     )
 
 
-def _write_run_report(args, model, dataset, results, output: Path) -> int:
-    """After ``run``: per-image predictions + provenance, then report.html unless ``--no-report``."""
+def _write_run_report(args, model, dataset, results, output: Path, label: str = "") -> int:
+    """After ``run``: per-image predictions + provenance, then report.html unless ``--no-report``;
+    each "wrote" line starts with ``label`` (the model's name when a run has several)."""
     import json
 
     from ._io import atomic_write
@@ -652,14 +734,14 @@ def _write_run_report(args, model, dataset, results, output: Path) -> int:
     provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds, device=identity)
     write_predictions(results, output / "predictions.npz", provenance)
     atomic_write(output / "provenance.json", (json.dumps(provenance, indent=2) + "\n").encode())
-    print(f"wrote {output / 'predictions.npz'} and {output / 'provenance.json'}")
+    print(f"{label}wrote {output / 'predictions.npz'} and {output / 'provenance.json'}")
     if args.no_report:
         return 0
     from .html_report import write_report
 
     with _context("report: "):
         path = write_report([output], output / "report.html", thresholds=args.thresholds)
-    print(f"wrote {path}")
+    print(f"{label}wrote {path}")
     return 0
 
 
@@ -767,8 +849,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="evaluate a model under the distortions and write results.json + a figure")
     run.add_argument(
         "--model",
-        default="efficientnet_lite0",
-        help="registered model name (see 'robustness list'), torchvision:ARCH, timm:NAME (pip install '.[timm]'), a TorchScript or state-dict file, or module:function; default %(default)s",
+        action="append",
+        default=None,
+        help="registered model name (see 'robustness list'), torchvision:ARCH, timm:NAME (pip install '.[timm]'), a TorchScript or state-dict file, or module:function; default "
+        + DEFAULT_RUN_MODEL
+        + ". Repeatable: --model a --model b evaluates several models in one run, each image and condition "
+        "distorted once for all of them, one run folder per model (--output DIR: DIR/<model>/ and a report.html "
+        "of all models); --weights, --arch, --preprocessing, --background-class and --name then refuse",
     )
     run.add_argument(
         "--distortion",
@@ -776,7 +863,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[=LEVELS]",
         help=DISTORTION_HELP + "; default: all five at the paper's levels",
     )
-    run.add_argument("--output", default=None, help="output folder; default a fresh runs/<model>-<timestamp>")
+    run.add_argument(
+        "--output",
+        default=None,
+        help="output folder; default a fresh runs/<model>-<timestamp>. With several --model: the folder that "
+        "holds one run folder per model (DIR/<model>/) and report.html of all of them; default a fresh "
+        "runs/<model>-<timestamp> per model",
+    )
     _add_groups(run)
     _add_model_dataset_options(run)
     run.set_defaults(func=_cmd_run)

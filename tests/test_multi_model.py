@@ -226,3 +226,80 @@ def test_two_real_models_match_separate_runs_with_and_without_the_cache(tmp_path
     for name, results in cached.items():
         for r, s in zip(results, separate[name]):
             np.testing.assert_array_equal(r.predictions, s.predictions)
+
+
+# ------------------------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture
+def two_registered(monkeypatch):
+    """``tiny-a`` and ``tiny-b``: two registered tiny models with different preprocessings."""
+    from robustness import models
+
+    monkeypatch.setitem(
+        models.MODELS, "tiny-a", models.ModelSpec("tiny-a", lambda: _TinyNet(0), tiny_model().preprocessing)
+    )
+    monkeypatch.setitem(
+        models.MODELS, "tiny-b", models.ModelSpec("tiny-b", lambda: _TinyNet(1), other_model().preprocessing)
+    )
+
+
+def _run_args(root: Path, *extra: str) -> list[str]:
+    distortions = ["--distortion", "contrast=0,0.5", "--distortion", "noise=30"]
+    return ["run", "--data", str(root), *distortions, "--workers", "0", "--no-cache", "--no-progress", *extra]
+
+
+def test_cli_run_with_several_models_writes_one_run_folder_each(tmp_path, two_registered, capsys):
+    from robustness import cli
+    from robustness.runs import read_predictions, read_results_json
+
+    root = tmp_path / "data"
+    make_dataset(root, 4)
+    out = tmp_path / "out"
+    assert cli.main(_run_args(root, "--model", "tiny-a", "--model", "tiny-b", "--output", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert "models tiny-a, tiny-b" in printed
+    assert f"tiny-a: wrote {out / 'tiny-a' / 'results.json'}" in printed
+    assert f"tiny-b: wrote {out / 'tiny-b' / 'results.json'}" in printed
+    assert (out / "report.html").is_file() and (out / "tiny-a" / "report.html").is_file()
+    for name in ("tiny-a", "tiny-b"):  # each folder holds what a one-model run writes
+        alone = tmp_path / f"alone-{name}"
+        assert cli.main(_run_args(root, "--model", name, "--output", str(alone), "--no-report")) == 0
+        assert read_results_json(out / name / "results.json") == read_results_json(alone / "results.json")
+        together, single = read_predictions(out / name / "predictions.npz"), read_predictions(alone / "predictions.npz")
+        for key in ("predictions", "labels"):
+            np.testing.assert_array_equal(together[key], single[key])
+    records = read_results_json(out / "tiny-b" / "results.json")
+    assert [(r["model"], r["distortion"], r["level"]) for r in records] == [
+        ("tiny-b", "clean", 0),
+        ("tiny-b", "contrast", 0),
+        ("tiny-b", "contrast", 0.5),
+        ("tiny-b", "noise", 30),
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--weights", "random"], "--weights describes one model, but 2 --model were given (tiny-a, tiny-b)"),
+        (["--name", "x", "--preprocessing", "caffe"], "--preprocessing, --name describe one model"),
+        (["--arch", "resnet18"], "--arch describes one model"),
+    ],
+)
+def test_cli_per_model_options_are_refused_with_several_models(tmp_path, two_registered, capsys, extra, message):
+    from robustness import cli
+
+    args = _run_args(tmp_path / "nowhere", "--model", "tiny-a", "--model", "tiny-b", *extra)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustness run: ") and message in err
+
+
+def test_cli_the_same_model_twice_is_refused(tmp_path, two_registered, capsys):
+    from robustness import cli
+
+    root = tmp_path / "data"
+    make_dataset(root, 2)
+    assert cli.main(_run_args(root, "--model", "tiny-a", "--model", "tiny-a", "--output", str(tmp_path / "o"))) == 2
+    assert "two models have the same name ('tiny-a', 'tiny-a')" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any folder is made
