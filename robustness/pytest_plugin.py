@@ -249,7 +249,7 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
             "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
         )
-    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin"):
+    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin", "allow_tf32"):
         try:  # malformed variables or ini values: named here, once, not in every case
             _resolve(config, name)
         except _settings.SettingError as error:
@@ -566,6 +566,13 @@ def _restrict(config: pytest.Config, thresholds) -> bool:
     return bool(resolved.value)
 
 
+def _allow_tf32(config: pytest.Config, thresholds) -> bool:
+    """Whether CUDA inference may use TF32 (``--robustness-allow-tf32`` > variable > ``defaults.allow_tf32``
+    > ini > off): passed to :func:`robustness.evaluate` as ``allow_tf32``."""
+    resolved = _resolve(config, "allow_tf32", file=thresholds.allow_tf32, file_name=_file_name(thresholds))
+    return bool(resolved.value)
+
+
 def _cache(config: pytest.Config):
     """The prediction cache the settings ask for, or ``None`` (no cache)."""
     if _resolve(config, "no_cache").value:
@@ -594,6 +601,7 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
             cache=_cache(pytestconfig),
             allow_fewer_images=robustness_thresholds.allow_fewer_images,
             restrict_to_dataset_classes=_restrict(pytestconfig, robustness_thresholds),
+            evaluate_options={"allow_tf32": _allow_tf32(pytestconfig, robustness_thresholds)},
         )
     except (_settings.SettingError, ThresholdsError) as error:
         problem = str(error)

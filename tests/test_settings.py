@@ -32,6 +32,7 @@ VALUES = {
     "restrict_to_dataset_classes": ("true", True),
     "images": ("7", 7),
     "device": ("cpu", "cpu"),
+    "allow_tf32": ("true", True),
     "cache_dir": ("{tmp}/cache", "{tmp}/cache"),
     "no_cache": ("true", True),
     "workers": ("0", 0),
@@ -256,3 +257,56 @@ def test_activations_does_not_import_the_cli():
     tree = ast.parse((Path(robustness.__file__).parent / "activations.py").read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "cli" not in imported and "robustness.cli" not in imported
+
+
+# ------------------------------------------------------------------------------ allow_tf32 reaches evaluate
+
+
+@pytest.mark.parametrize("command", ["run", "calibrate"])
+def test_allow_tf32_reaches_evaluate_from_the_cli(command, tmp_path, monkeypatch, capsys):
+    """Absent, as a flag and as a variable: what ``robustness run`` / ``calibrate`` pass to ``evaluate``."""
+    from test_evaluation import make_dataset
+
+    import robustness.evaluation
+
+    seen, real = [], robustness.evaluation.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["allow_tf32"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(robustness.evaluation, "evaluate", spy)
+    monkeypatch.delenv("ROBUSTNESS_ALLOW_TF32", raising=False)
+    make_dataset(tmp_path / "data", 2)
+    argv = [command, "--model", "test_evaluation:tiny_model", "--data", str(tmp_path / "data")]
+    argv += ["--distortion", "contrast=0.5", "--device", "cpu", "--workers", "0", "--no-cache", "--no-progress"]
+    if command == "run":
+        argv += ["--no-report", "--output", str(tmp_path / "out")]
+    else:
+        argv += ["--thresholds", str(tmp_path / "t.yaml"), "--dry-run"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--allow-tf32"]) == 0, capsys.readouterr().err
+    monkeypatch.setenv("ROBUSTNESS_ALLOW_TF32", "yes")
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen == [False, True, True]
+
+
+@pytest.mark.parametrize("layer, expected", [("none", False), ("pytest", True), ("yaml", True), ("ini", True)])
+def test_allow_tf32_reaches_evaluate_from_the_gate(layer, expected, pytester, monkeypatch):
+    """The gate's session passes the resolved ``allow_tf32`` to every ``evaluate`` call."""
+    from test_plugin import CONFTEST, THRESHOLDS, make_images
+
+    monkeypatch.delenv("ROBUSTNESS_ALLOW_TF32", raising=False)
+    make_images(pytester.path / "images")
+    pytester.makeconftest(CONFTEST)
+    defaults = "  images: 10\n"
+    thresholds = THRESHOLDS.replace(defaults, defaults + "  allow_tf32: true\n") if layer == "yaml" else THRESHOLDS
+    pytester.makefile(".yaml", thresholds=thresholds)
+    pytester.makepyfile(
+        test_tf32=f"def test_it(robustness_session):\n"
+        f"    assert robustness_session.evaluate_options['allow_tf32'] is {expected}\n"
+    )
+    ini = "robustness_allow_tf32 = true\n" if layer == "ini" else ""
+    pytester.makeini(f"[pytest]\nrobustness_data = images\n{ini}")
+    flags = ["--robustness-allow-tf32"] if layer == "pytest" else []
+    pytester.runpytest("-p", "no:cacheprovider", *flags).assert_outcomes(passed=1)
