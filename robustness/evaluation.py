@@ -291,15 +291,14 @@ def default_num_workers(device: str | torch.device) -> int:
     """DataLoader workers when none are given, from ``os.cpu_count()`` (``cpus``).
 
     On the CPU ``min(2, cpus)``: the model's own threads need the other cores. On an accelerator
-    ``max(1, cpus - 1)``: the model no longer needs the CPU, so decoding and distorting are the
-    bottleneck and every core but one does them; the one left is the main process's, which collates,
-    copies batches to the device and reads back the top-5 (issue 12: a 16-core GPU machine gets 15,
-    where the old ``min(8, cpus)`` left half of it idle).
+    ``cpus - 1``, but never fewer than on the CPU: the model no longer needs the CPU, so decoding and
+    distorting are the bottleneck and every core but one does them; the one left is the main
+    process's, which collates, copies batches to the device and reads back the top-5 (issue 12: a
+    16-core GPU machine gets 15, where the old ``min(8, cpus)`` left half of it idle; 2 cores get 2).
     """
     cpus = os.cpu_count() or 1
-    if torch.device(device).type == "cpu":
-        return min(2, cpus)
-    return max(1, cpus - 1)
+    on_cpu = min(2, cpus)
+    return on_cpu if torch.device(device).type == "cpu" else max(on_cpu, cpus - 1)
 
 
 _DEVICE_NOTES: set[tuple[str, str]] = set()  # (model, device) pairs already announced in this process

@@ -320,7 +320,7 @@ SETTINGS: Mapping[str, Setting] = {
             "DataLoader worker processes (0: in-process)",
             "--workers",
             parse=non_negative_int,
-            default_text="min(2, cpus) on cpu, cpus - 1 on cuda",
+            default_text="min(2, cpus) on cpu, max(that, cpus - 1) on cuda",
             metavar="N",
         ),
         _setting(

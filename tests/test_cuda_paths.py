@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -374,7 +375,9 @@ def test_tests_that_fork_dataloader_workers_pin_the_cpu():
     assert offenders == []
 
 
-@pytest.mark.parametrize("cpus, on_cpu, on_cuda", [(16, 2, 15), (64, 2, 63), (2, 2, 1), (1, 1, 1), (None, 1, 1)])
+@pytest.mark.parametrize(
+    "cpus, on_cpu, on_cuda", [(16, 2, 15), (64, 2, 63), (4, 2, 3), (3, 2, 2), (2, 2, 2), (1, 1, 1), (None, 1, 1)]
+)
 def test_default_workers_use_an_accelerator_machines_cores_but_one(monkeypatch, cpus, on_cpu, on_cuda):
     monkeypatch.setattr("os.cpu_count", lambda: cpus)  # None: os.cpu_count cannot tell
     assert default_num_workers("cpu") == on_cpu and default_num_workers("cuda:0") == on_cuda
@@ -384,10 +387,10 @@ def test_the_workers_help_states_both_defaults(capsys):
     from robustness.cli import main
     from robustness.settings import SETTINGS
 
-    assert SETTINGS["workers"].default_text == "min(2, cpus) on cpu, cpus - 1 on cuda"
+    assert SETTINGS["workers"].default_text == "min(2, cpus) on cpu, max(that, cpus - 1) on cuda"
     with pytest.raises(SystemExit):
         main(["run", "--help"])
-    assert "else min(2, cpus) on cpu, cpus - 1 on cuda" in " ".join(capsys.readouterr().out.split())
+    assert "else min(2, cpus) on cpu, max(that, cpus - 1) on cuda" in " ".join(capsys.readouterr().out.split())
     docs = (TESTS.parent / "docs" / "caching.md").read_text(encoding="utf-8")
     assert "`min(8, cpus)` on CUDA" not in docs and "`cpus - 1` on CUDA" in docs
 
@@ -425,3 +428,26 @@ def test_a_run_records_the_device_identity_and_dtype_in_its_provenance(tmp_path,
     device = json.loads(provenance.read_text())["device"]
     assert device["type"] == "cpu" and device["dtype"] == "torch.float32"
     assert {k: v for k, v in device.items() if k != "dtype"} == device_identity("cpu")
+
+
+# ------------------------------------------------------------------ the GPU measurement script
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_the_gpu_measurement_script_stops_at_once_without_a_gpu(tmp_path):
+    """No ``nvidia-smi`` on the PATH (a folder holding only a fake ``python3`` that must never run):
+    exit status 2 with a message, before any Python or output folder."""
+    import subprocess
+
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "python3"
+    fake.write_text("#!/bin/sh\ntouch '%s'\n" % (tmp_path / "python-ran"))
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    if any(Path(d, "nvidia-smi").exists() for d in env["PATH"].split(":")):
+        pytest.skip("this machine has nvidia-smi")
+    script = TESTS.parent / "benchmarks" / "gpu_measure.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "gpu_measure: no nvidia-smi: this script measures a GPU" in result.stderr
+    assert not (tmp_path / "python-ran").exists() and not (tmp_path / "out").exists()
