@@ -113,7 +113,7 @@ from robustness import load_dataset, load_model
 from robustness.evaluation import inference_settings
 
 spec, weights, data, device, batch_size = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-model = load_model(spec, weights=None if weights == "random" else "default").to(device).eval()
+model = load_model(spec, weights=None if weights == "random" else "default", device=device).eval()
 dataset = load_dataset(data, limit=batch_size)
 batch = torch.stack([model.preprocess(dataset.load(i % len(dataset))[0]) for i in range(batch_size)]).to(device)
 with inference_settings(device):

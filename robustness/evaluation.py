@@ -420,10 +420,12 @@ def inference_settings(device: str | torch.device, *, allow_tf32: bool = False):
       anyway, without the explanation).
     * ``$CUBLAS_WORKSPACE_CONFIG``: cuBLAS is reproducible only with ``:4096:8`` or ``:16:8``, read once
       at the process's first cuBLAS call (NVIDIA cuBLAS docs, "Results reproducibility"; PyTorch docs,
-      "Reproducibility"). Unset, it is set to ``:4096:8`` (robustness already does so when it chooses a
-      CUDA device, before the model moves there: :func:`robustness.settings.set_cublas_workspace_config`);
-      if CUDA was initialised before that, one :class:`DeterminismWarning` per process names the
-      variable. Another value raises :class:`DeterminismError`. The variable stays set after exit.
+      "Reproducibility"). Robustness sets it to ``:4096:8`` when it chooses a CUDA device, before the
+      model moves there (:func:`robustness.settings.set_cublas_workspace_config`). Still unset here
+      (this function used on its own), it is set now, with one :class:`DeterminismWarning` per process
+      naming it if CUDA is already initialised (a cuBLAS call may have happened: then the first one
+      here raises :class:`DeterminismError`). Another value raises :class:`DeterminismError`. The
+      variable stays set after exit.
     * TF32 in matmuls and convolutions is off unless ``allow_tf32`` (``torch.backends.cuda.matmul.allow_tf32``,
       ``torch.backends.cudnn.allow_tf32``): on Ampere and later (A100, H100, H200) cuDNN uses TF32
       convolutions by default (PyTorch docs, "TensorFloat-32 (TF32) on Ampere (and later) devices"),
