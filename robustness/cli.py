@@ -755,7 +755,7 @@ def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", default=None, help="output folder (default runs/activations-<model>)")
     add_settings_options(parser, ("data", "seed"), title="images")
-    add_settings_options(parser, ("device",), title="engine")
+    add_settings_options(parser, ("device", "allow_tf32"), title="engine")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -310,3 +310,31 @@ def test_allow_tf32_reaches_evaluate_from_the_gate(layer, expected, pytester, mo
     pytester.makeini(f"[pytest]\nrobustness_data = images\n{ini}")
     flags = ["--robustness-allow-tf32"] if layer == "pytest" else []
     pytester.runpytest("-p", "no:cacheprovider", *flags).assert_outcomes(passed=1)
+
+
+def test_allow_tf32_reaches_the_activations_forward_passes(tmp_path, monkeypatch, capsys):
+    """``robustness activations`` runs its forward passes under ``inference_settings`` with the setting."""
+    import contextlib
+
+    import numpy as np
+    from PIL import Image
+
+    import robustness.evaluation
+
+    seen, real = [], robustness.evaluation.inference_settings
+
+    @contextlib.contextmanager
+    def spy(device, *, allow_tf32=False):
+        seen.append((str(device), allow_tf32))
+        with real(device, allow_tf32=allow_tf32):
+            yield
+
+    monkeypatch.setattr(robustness.evaluation, "inference_settings", spy)
+    monkeypatch.delenv("ROBUSTNESS_ALLOW_TF32", raising=False)
+    image = tmp_path / "one.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image)
+    argv = ["activations", "--model", "test_evaluation:tiny_model", "--image", str(image), "--device", "cpu"]
+    argv += ["--distortion", "blur", "--levels", "1", "--channels", "2", "--output", str(tmp_path / "out")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--allow-tf32"]) == 0, capsys.readouterr().err
+    assert seen == [("cpu", False), ("cpu", True)]
