@@ -10,7 +10,7 @@ import pytest
 
 # Imported here, outside the pytester tests: pytester drops the modules first imported inside a test,
 # and numpy cannot be imported twice in one process (see test_plugin.py).
-import torch  # noqa: F401
+import torch
 
 import robustness.cache
 import robustness.distortions
@@ -337,4 +337,39 @@ def test_allow_tf32_reaches_the_activations_forward_passes(tmp_path, monkeypatch
     argv += ["--distortion", "blur", "--levels", "1", "--channels", "2", "--output", str(tmp_path / "out")]
     assert main(argv) == 0, capsys.readouterr().err
     assert main([*argv, "--allow-tf32"]) == 0, capsys.readouterr().err
+    assert seen == [("cpu", False), ("cpu", True)]
+
+
+def test_allow_tf32_reaches_the_latency_timing(monkeypatch):
+    """``robustness_latency`` times under the gate's inference settings, and records the switch."""
+    import contextlib
+
+    from test_evaluation import tiny_model
+
+    import robustness.evaluation
+    from robustness.pytest_plugin import LatencyCase
+
+    seen, real = [], robustness.evaluation.inference_settings
+
+    @contextlib.contextmanager
+    def spy(device, *, allow_tf32=False):
+        seen.append((str(device), allow_tf32))
+        with real(device, allow_tf32=allow_tf32):
+            yield
+
+    class Benchmark:
+        def __init__(self):
+            self.extra_info = {}
+
+        def __call__(self, function):
+            return function()
+
+    monkeypatch.setattr(robustness.evaluation, "inference_settings", spy)
+    batch = torch.rand(2, 3, 32, 32)
+    for allowed in (False, True):
+        case = LatencyCase(
+            "tiny", tiny_model(), 2, torch.device("cpu"), batch, "random", Benchmark(), allow_tf32=allowed
+        )
+        assert case.run().shape == (2, 1000)
+        assert case.benchmark.extra_info["allow_tf32"] is allowed
     assert seen == [("cpu", False), ("cpu", True)]
