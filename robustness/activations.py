@@ -394,9 +394,12 @@ def main_activations(args: argparse.Namespace) -> int:
     """``robustness activations``: figure per distortion, depth curves, per-layer table (printed and JSON).
 
     ``args`` holds the options :func:`robustness.cli.add_activations_arguments` defines, with the
-    settings (``data``, ``seed``, ``device``) already resolved (:func:`robustness.cli.resolve_settings`);
-    ``device`` ``None`` means cuda when available, else cpu, unless the model supports only other
-    devices (:func:`robustness.evaluation.inference_device`, as for ``robustness run``).
+    settings (``data``, ``seed``, ``device``, ``allow_tf32``) already resolved
+    (:func:`robustness.cli.resolve_settings`); ``device`` ``None`` means cuda when available, else cpu,
+    unless the model supports only other devices (:func:`robustness.evaluation.inference_device`, as
+    for ``robustness run``). The forward passes run under the same numerics as ``evaluate``
+    (:func:`robustness.evaluation.inference_settings`: on CUDA deterministic algorithms, TF32 only
+    with ``allow_tf32``).
 
     Returns 0. Raises ``ValueError`` for bad input (an unknown model or image, a level outside the
     distortion's range, ``--levels`` with several distortions), ``ImportError`` or ``OSError``:
@@ -410,10 +413,11 @@ def main_activations(args: argparse.Namespace) -> int:
     distortions = args.distortion or ["blur", "noise"]
     if args.levels is not None and len(distortions) != 1:
         raise ValueError("--levels needs exactly one --distortion")
-    from .evaluation import inference_device
+    from .evaluation import inference_device, inference_settings
 
     model = load_model(args.model)
-    model = model.to(inference_device(model, args.device))  # a CPU-only model stays on the CPU (issue 12)
+    device = inference_device(model, args.device)
+    model = model.to(device)  # a CPU-only model stays on the CPU (issue 12)
     if args.image and Path(args.image).is_file():
         images, ids = [load_image(args.image)], [Path(args.image).name]
         labels = [None]
@@ -444,25 +448,28 @@ def main_activations(args: argparse.Namespace) -> int:
         f"model {model.name}  |  {len(images)} image(s), figure from {ids[0]}"
         + (f" (true class: {names[labels[0]]})" if labels[0] is not None else "")
     )
-    for name in distortions:
-        levels = [float(v) if not DISTORTIONS[name].integer else int(v) for v in (args.levels or _default_levels(name))]
-        study = activation_study(model, images, name, levels, image_ids=ids, seed=args.seed)
-        studies.append(study)
-        top1 = study["top1"]
-        print(
-            f"\n{name}: top-1 of the figure's image: clean {names[top1['clean'][0]]}; "
-            + "; ".join(f"{DISTORTIONS[name].level_id(lv)} {names[top1[lv][0]]}" for lv in levels)
-        )
-        print(format_layer_table(study))
-        figure = output / f"feature_maps_{name}.png"
-        plot_feature_maps(
-            study,
-            figure,
-            channels=args.channels,
-            title=f"{model.name}, {name}, {Path(ids[0]).name}: first and last conv layers,\n"
-            f"{args.channels} most active channels, each scaled by its clean map's range",
-        )
-        print(f"wrote {figure}")
+    with inference_settings(device, allow_tf32=getattr(args, "allow_tf32", False)):  # as evaluate() (issue 12)
+        for name in distortions:
+            levels = [
+                float(v) if not DISTORTIONS[name].integer else int(v) for v in (args.levels or _default_levels(name))
+            ]
+            study = activation_study(model, images, name, levels, image_ids=ids, seed=args.seed)
+            studies.append(study)
+            top1 = study["top1"]
+            print(
+                f"\n{name}: top-1 of the figure's image: clean {names[top1['clean'][0]]}; "
+                + "; ".join(f"{DISTORTIONS[name].level_id(lv)} {names[top1[lv][0]]}" for lv in levels)
+            )
+            print(format_layer_table(study))
+            figure = output / f"feature_maps_{name}.png"
+            plot_feature_maps(
+                study,
+                figure,
+                channels=args.channels,
+                title=f"{model.name}, {name}, {Path(ids[0]).name}: first and last conv layers,\n"
+                f"{args.channels} most active channels, each scaled by its clean map's range",
+            )
+            print(f"wrote {figure}")
     plot_depth(
         studies,
         output / "depth.png",

@@ -559,8 +559,9 @@ def device_identity(device=None) -> dict:
     set (``torch.backends.cpu.get_cpu_capability()``) or, on CUDA, the device index, the GPU's name
     and compute capability, the TF32 switches (``[matmul.allow_tf32, cudnn.allow_tf32]``) and the
     determinism switches (``cudnn.deterministic``, ``cudnn.benchmark``,
-    ``torch.are_deterministic_algorithms_enabled()``; :func:`robustness.evaluation.inference_settings`
-    sets them), plus the float32 matmul precision. The model's dtype is keyed separately (every
+    ``torch.are_deterministic_algorithms_enabled()`` and its ``warn_only``, and
+    ``$CUBLAS_WORKSPACE_CONFIG``, whose workspace size can change which cuBLAS kernels run;
+    :func:`robustness.evaluation.inference_settings` sets them), plus the float32 matmul precision. The model's dtype is keyed separately (every
     tensor's dtype and device in :func:`model_key`). The CPU entry is unchanged by issue 12, so CPU
     cache keys stay valid. JSON-serialisable dict."""
     import torch
@@ -580,6 +581,8 @@ def device_identity(device=None) -> dict:
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+            "warn_only": bool(torch.is_deterministic_algorithms_warn_only_enabled()),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG") or None,
         }
     return identity
 

@@ -110,6 +110,7 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
             "baseline_dir": None if paired is None else str(paired),
             "classes": thresholds.classes,
             "restrict_to_dataset_classes": thresholds.restrict_to_dataset_classes,
+            "allow_tf32": thresholds.allow_tf32,
         }
     file_name = "thresholds file" if thresholds is None or thresholds.path is None else str(thresholds.path)
     sources = {}
@@ -181,7 +182,7 @@ def add_settings_options(parser, names, *, title: str | None = None, file: bool 
 
 #: The option groups the subcommands share, built by :func:`_add_groups` (one definition each).
 _DATA_GROUP = ("data", "classes", "restrict_to_dataset_classes", "images", "seed")
-_ENGINE_GROUP = ("device", "batch_size", "workers", "cache_dir", "no_cache")
+_ENGINE_GROUP = ("device", "allow_tf32", "batch_size", "workers", "cache_dir", "no_cache")
 
 
 def _add_groups(parser: argparse.ArgumentParser, *, file: bool = False) -> None:
@@ -294,6 +295,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         cache=cache,
+        allow_tf32=args.allow_tf32,
     )
     per_model = list(measured.values()) if len(models) > 1 else [measured]
     print(format_table([r for results in per_model for r in results]))
@@ -599,6 +601,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         cache=cache,
+        allow_tf32=args.allow_tf32,
     )
     for result in results:
         result.model = name
@@ -729,7 +732,7 @@ def _write_run_report(args, model, dataset, results, output: Path, label: str = 
     from .runs import run_provenance, write_predictions
 
     device = inference_device(model, args.device)  # the device evaluate chose (issue 12)
-    with inference_settings(device):
+    with inference_settings(device, allow_tf32=args.allow_tf32):
         identity = {**device_identity(device), "dtype": str(getattr(model, "input_dtype", None))}
     provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds, device=identity)
     write_predictions(results, output / "predictions.npz", provenance)
@@ -834,7 +837,7 @@ def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", default=None, help="output folder (default runs/activations-<model>)")
     add_settings_options(parser, ("data", "seed"), title="images")
-    add_settings_options(parser, ("device",), title="engine")
+    add_settings_options(parser, ("device", "allow_tf32"), title="engine")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,12 @@ from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
 from .models import Classifier, load_model
-from .settings import check_device
+from .settings import (
+    CUBLAS_DETERMINISTIC_CONFIGS,
+    CUBLAS_WORKSPACE_VARIABLE,
+    check_device,
+    set_cublas_workspace_config,
+)
 from .stats import correct
 
 __all__ = [
@@ -62,6 +67,8 @@ __all__ = [
     "default_num_workers",
     "inference_device",
     "inference_settings",
+    "DeterminismError",
+    "DeterminismWarning",
     "LineProgress",
     "progress_bar",
 ]
@@ -324,10 +331,17 @@ def _collate(batch):
 
 
 def default_num_workers(device: str | torch.device) -> int:
-    """DataLoader workers when none are given: ``min(2, cpus)`` on the CPU (the model's threads need
-    the rest), ``min(8, cpus)`` on an accelerator (distortion is then the bottleneck)."""
+    """DataLoader workers when none are given, from ``os.cpu_count()`` (``cpus``).
+
+    On the CPU ``min(2, cpus)``: the model's own threads need the other cores. On an accelerator
+    ``cpus - 1``, but never fewer than on the CPU: the model no longer needs the CPU, so decoding and
+    distorting are the bottleneck and every core but one does them; the one left is the main
+    process's, which collates, copies batches to the device and reads back the top-5 (issue 12: a
+    16-core GPU machine gets 15, where the old ``min(8, cpus)`` left half of it idle; 2 cores get 2).
+    """
     cpus = os.cpu_count() or 1
-    return min(8 if torch.device(device).type != "cpu" else 2, cpus)
+    on_cpu = min(2, cpus)
+    return on_cpu if torch.device(device).type == "cpu" else max(on_cpu, cpus - 1)
 
 
 _DEVICE_NOTES: set[tuple[str, str]] = set()  # (model, device) pairs already announced in this process
@@ -353,6 +367,8 @@ def inference_device(model: Classifier, device: str | torch.device | None = None
     name = getattr(model, "name", type(model).__name__)
     if device is None or str(device).strip() == "":
         chosen = "cuda" if torch.cuda.is_available() else "cpu"
+        if chosen == "cuda" and (devices is None or "cuda" in devices):
+            set_cublas_workspace_config()  # before the model moves there (see inference_settings)
         if devices is not None and torch.device(chosen).type not in devices:
             fallback = devices[0]
             if (name, fallback) not in _DEVICE_NOTES:
@@ -370,30 +386,122 @@ def inference_device(model: Classifier, device: str | torch.device | None = None
     return text
 
 
+class DeterminismError(RuntimeError, ValueError):
+    """CUDA inference cannot run deterministically: an operation of the model has no deterministic
+    CUDA implementation, or ``$CUBLAS_WORKSPACE_CONFIG`` holds a value cuBLAS is not reproducible
+    with (or came too late). A ``RuntimeError`` (what PyTorch raises) and a ``ValueError`` (bad input:
+    the CLI prints it as one line and exits with status 2)."""
+
+
+class DeterminismWarning(UserWarning):
+    """``$CUBLAS_WORKSPACE_CONFIG`` had to be set after CUDA was initialised (see :func:`inference_settings`)."""
+
+
+_CUBLAS_WARNED: list[bool] = []  # the late-variable warning, once per process
+
+
+def _check_cublas_workspace_config() -> None:
+    """Before deterministic algorithms go on: ``$CUBLAS_WORKSPACE_CONFIG`` unset is set (with one
+    :class:`DeterminismWarning` per process when CUDA is already initialised, since the process may
+    have made its first cuBLAS call already); a value cuBLAS is not reproducible with is refused."""
+    value = os.environ.get(CUBLAS_WORKSPACE_VARIABLE)
+    if value is not None and value.strip():
+        if value not in CUBLAS_DETERMINISTIC_CONFIGS:
+            raise DeterminismError(
+                f"${CUBLAS_WORKSPACE_VARIABLE}={value!r}: cuBLAS is not reproducible with it; robustness runs CUDA "
+                f"inference with deterministic algorithms, which need {' or '.join(CUBLAS_DETERMINISTIC_CONFIGS)} "
+                f"(unset it, or export {CUBLAS_WORKSPACE_VARIABLE}={CUBLAS_DETERMINISTIC_CONFIGS[0]})"
+            )
+        return
+    late = torch.cuda.is_initialized()
+    set_cublas_workspace_config()
+    if late and not _CUBLAS_WARNED:
+        _CUBLAS_WARNED.append(True)
+        warnings.warn(
+            f"${CUBLAS_WORKSPACE_VARIABLE} was unset and CUDA was already initialised: robustness set it to "
+            f"{CUBLAS_DETERMINISTIC_CONFIGS[0]}, which PyTorch honours only if this process has not yet made a "
+            f"cuBLAS call; export {CUBLAS_WORKSPACE_VARIABLE}={CUBLAS_DETERMINISTIC_CONFIGS[0]} before starting "
+            "Python to be sure",
+            DeterminismWarning,
+            stacklevel=4,
+        )
+
+
+def _determinism_error(error: RuntimeError) -> DeterminismError | None:
+    """PyTorch's refusal under ``torch.use_deterministic_algorithms(True)`` as a :class:`DeterminismError`
+    saying why robustness asks for determinism and what to do; ``None`` for any other error."""
+    text = str(error)
+    if "CUBLAS_WORKSPACE_CONFIG" in text:
+        return DeterminismError(
+            f"cuBLAS refused deterministic work: ${CUBLAS_WORKSPACE_VARIABLE} was not "
+            f"{' or '.join(CUBLAS_DETERMINISTIC_CONFIGS)} at this process's first cuBLAS call (PyTorch reads it "
+            f"once); export {CUBLAS_WORKSPACE_VARIABLE}={CUBLAS_DETERMINISTIC_CONFIGS[0]} before starting Python "
+            f"(PyTorch: {text.splitlines()[0]})"
+        )
+    if "does not have a deterministic implementation" in text:
+        operation = text.split(" does not have", 1)[0].strip()
+        return DeterminismError(
+            f"CUDA inference runs with torch.use_deterministic_algorithms(True), so that results are identical "
+            f"for any batch size and with or without the cache, and the model uses {operation}, which has no "
+            "deterministic CUDA implementation: replace that operation, or evaluate on the CPU (--device cpu)"
+        )
+    return None
+
+
 @contextlib.contextmanager
 def inference_settings(device: str | torch.device, *, allow_tf32: bool = False):
     """Inference numerics for ``device``, restored on exit (issue 12).
 
-    On CUDA: cuDNN picks deterministic algorithms and does not benchmark by batch size
-    (``torch.backends.cudnn.deterministic = True``, ``benchmark = False``), and TF32 in matmuls and
-    convolutions is off unless ``allow_tf32`` (``torch.backends.cuda.matmul.allow_tf32``,
-    ``torch.backends.cudnn.allow_tf32``): on Ampere and later (A100, H100, H200) cuDNN uses TF32
-    convolutions by default (PyTorch docs, "TensorFloat-32 (TF32) on Ampere (and later) devices"),
-    which moves logits by ~1e-3 relative and so can swap near-tied classes. These switches are part
-    of the cache key (:func:`robustness.cache.device_identity`, read inside this context). On any
-    other device nothing is changed, so CPU numbers are untouched.
+    On CUDA:
+
+    * deterministic algorithms: ``torch.use_deterministic_algorithms(True, warn_only=False)``, and cuDNN
+      picks deterministic algorithms without benchmarking by batch size
+      (``torch.backends.cudnn.deterministic = True``, ``benchmark = False``). An operation with no
+      deterministic CUDA implementation is an error (:class:`DeterminismError`), not a warning: a
+      release gate must not pass on numbers that a re-run, another batch size or the prediction
+      cache would not reproduce, and a warning scrolls by unseen (or, under ``-W error``, is an error
+      anyway, without the explanation).
+    * ``$CUBLAS_WORKSPACE_CONFIG``: cuBLAS is reproducible only with ``:4096:8`` or ``:16:8``, read once
+      at the process's first cuBLAS call (NVIDIA cuBLAS docs, "Results reproducibility"; PyTorch docs,
+      "Reproducibility"). Robustness sets it to ``:4096:8`` when it chooses a CUDA device, before the
+      model moves there (:func:`robustness.settings.set_cublas_workspace_config`). Still unset here
+      (this function used on its own), it is set now, with one :class:`DeterminismWarning` per process
+      naming it if CUDA is already initialised (a cuBLAS call may have happened: then the first one
+      here raises :class:`DeterminismError`). Another value raises :class:`DeterminismError`. The
+      variable stays set after exit.
+    * TF32 in matmuls and convolutions is off unless ``allow_tf32`` (``torch.backends.cuda.matmul.allow_tf32``,
+      ``torch.backends.cudnn.allow_tf32``): on Ampere and later (A100, H100, H200) cuDNN uses TF32
+      convolutions by default (PyTorch docs, "TensorFloat-32 (TF32) on Ampere (and later) devices"),
+      which moves logits by ~1e-3 relative and so can swap near-tied classes.
+
+    These switches are part of the cache key (:func:`robustness.cache.device_identity`, read inside
+    this context). On any other device nothing is changed, so CPU numbers are untouched.
+
+    Raises:
+        DeterminismError: on entry, ``$CUBLAS_WORKSPACE_CONFIG`` holds a non-deterministic value; inside,
+            PyTorch refused an operation for determinism (the original error is its ``__cause__``).
     """
     if torch.device(device).type != "cuda":
         yield
         return
+    _check_cublas_workspace_config()
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    algorithms = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         cudnn.deterministic, cudnn.benchmark = True, False
         cudnn.allow_tf32 = matmul.allow_tf32 = bool(allow_tf32)
-        yield
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        try:
+            yield
+        except RuntimeError as error:
+            translated = _determinism_error(error)
+            if translated is None:
+                raise
+            raise translated from error
     finally:
         cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+        torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
 
 
 class LineProgress:
@@ -736,8 +844,9 @@ def evaluate(
             ImageNet-1k one it is first cut to the classes that have images
             (:meth:`robustness.ImageDataset.present_classes`).
         allow_tf32: on CUDA, allow TF32 matmuls and convolutions (faster on Ampere and later, less
-            exact); default off, with cuDNN's deterministic algorithms (:func:`inference_settings`).
-            No effect on the CPU.
+            exact); default off. Either way CUDA inference runs with deterministic algorithms
+            (:func:`inference_settings`). No effect on the CPU. The setting ``allow_tf32`` (CLI
+            ``--allow-tf32``, pytest ``--robustness-allow-tf32``, ...) passes it.
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
@@ -750,6 +859,8 @@ def evaluate(
             dataset, every image unreadable, a device that is not available here or that the model
             does not support (:func:`inference_device`), an empty list of models or two models with
             the same name.
+        DeterminismError: on CUDA, the model uses an operation without a deterministic implementation,
+            or ``$CUBLAS_WORKSPACE_CONFIG`` is not deterministic (:func:`inference_settings`).
         robustness.labels.ClassListError (a ``ValueError``): the model's output width is not the
             dataset's class count, or a restricted model lacks one of the dataset's classes.
     """

@@ -249,7 +249,7 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
             "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
         )
-    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin"):
+    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin", "allow_tf32"):
         try:  # malformed variables or ini values: named here, once, not in every case
             _resolve(config, name)
         except _settings.SettingError as error:
@@ -566,6 +566,13 @@ def _restrict(config: pytest.Config, thresholds) -> bool:
     return bool(resolved.value)
 
 
+def _allow_tf32(config: pytest.Config, thresholds) -> bool:
+    """Whether CUDA inference may use TF32 (``--robustness-allow-tf32`` > variable > ``defaults.allow_tf32``
+    > ini > off): passed to :func:`robustness.evaluate` as ``allow_tf32``."""
+    resolved = _resolve(config, "allow_tf32", file=thresholds.allow_tf32, file_name=_file_name(thresholds))
+    return bool(resolved.value)
+
+
 def _cache(config: pytest.Config):
     """The prediction cache the settings ask for, or ``None`` (no cache)."""
     if _resolve(config, "no_cache").value:
@@ -594,6 +601,7 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
             cache=_cache(pytestconfig),
             allow_fewer_images=robustness_thresholds.allow_fewer_images,
             restrict_to_dataset_classes=_restrict(pytestconfig, robustness_thresholds),
+            evaluate_options={"allow_tf32": _allow_tf32(pytestconfig, robustness_thresholds)},
         )
     except (_settings.SettingError, ThresholdsError) as error:
         problem = str(error)
@@ -944,11 +952,17 @@ class LatencyCase:
             ``uint8`` images (``numpy.random.default_rng(0)``, crop x crop) through the same preprocessing.
         input: what :attr:`batch` holds, in words (also in the benchmark's ``extra_info``).
         benchmark: the pytest-benchmark fixture of this test.
+        allow_tf32: the gate's ``allow_tf32`` setting: :meth:`run` times under the gate's numerics
+            (:func:`robustness.evaluation.inference_settings`: on CUDA deterministic algorithms, TF32
+            only when allowed).
     """
 
-    def __init__(self, name: str, model, batch_size: int, device, batch, input: str, benchmark) -> None:
+    def __init__(
+        self, name: str, model, batch_size: int, device, batch, input: str, benchmark, *, allow_tf32: bool = False
+    ) -> None:
         self.name, self.model, self.batch_size, self.device = name, model, batch_size, device
         self.batch, self.input, self.benchmark = batch, input, benchmark
+        self.allow_tf32 = allow_tf32
 
     def __repr__(self) -> str:
         return f"LatencyCase({self.name}, batch_size={self.batch_size}, device={self.device})"
@@ -969,8 +983,9 @@ class LatencyCase:
         """Warm up (:data:`WARMUP_CALLS` untimed calls), then time :meth:`forward` with
         ``benchmark(forward)`` (pytest-benchmark's calibrated mode: ``--benchmark-min-rounds``,
         ``--benchmark-max-time``, ``--benchmark-warmup`` apply; with ``--benchmark-disable`` or under
-        xdist it runs once, untimed). Records ``model``, ``batch_size``, ``device``, ``input`` and
-        ``torch_threads`` in ``benchmark.extra_info``. Asserts nothing about time.
+        xdist it runs once, untimed), under the gate's inference settings (:attr:`allow_tf32`). Records
+        ``model``, ``batch_size``, ``device``, ``input``, ``torch_threads`` and ``allow_tf32`` in
+        ``benchmark.extra_info``. Asserts nothing about time.
 
         Returns:
             The logits of the last call, ``(batch_size, classes)``.
@@ -980,9 +995,12 @@ class LatencyCase:
         """
         import torch
 
-        for _ in range(WARMUP_CALLS):
-            self.forward()
-        logits = self.benchmark(self.forward)
+        from .evaluation import inference_settings
+
+        with inference_settings(self.device, allow_tf32=self.allow_tf32):
+            for _ in range(WARMUP_CALLS):
+                self.forward()
+            logits = self.benchmark(self.forward)
         if logits.ndim != 2 or logits.shape[0] != self.batch_size:
             raise ValueError(
                 f"robustness_latency {self.name}: the model returned logits of shape {tuple(logits.shape)} for a "
@@ -995,6 +1013,7 @@ class LatencyCase:
                 "device": str(self.device),
                 "input": self.input,
                 "torch_threads": torch.get_num_threads(),
+                "allow_tf32": self.allow_tf32,
             }
         )
         return logits
@@ -1071,10 +1090,13 @@ def robustness_latency(request, pytestconfig: pytest.Config, benchmark) -> Laten
 
         model = load_model(name, device=setup.device)
     dataset = request.getfixturevalue("robustness_dataset") if setup.dataset is not None else None
-    device = torch.device(setup.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device).eval()  # as robustness.evaluate does
+    from .evaluation import inference_device
+
+    device = torch.device(inference_device(model, setup.device))  # as robustness.evaluate chooses (issue 12)
+    model = model.to(device).eval()
     batch, description = _latency_batch(model, batch_size, dataset, device)
-    return LatencyCase(name, model, batch_size, device, batch, description, benchmark)
+    allow_tf32 = _allow_tf32(pytestconfig, thresholds)
+    return LatencyCase(name, model, batch_size, device, batch, description, benchmark, allow_tf32=allow_tf32)
 
 
 # ------------------------------------------------------------------------------ reporting and summary

@@ -49,6 +49,9 @@ __all__ = [
     "margin_fraction",
     "boolean",
     "check_device",
+    "CUBLAS_WORKSPACE_VARIABLE",
+    "CUBLAS_DETERMINISTIC_CONFIGS",
+    "set_cublas_workspace_config",
     "BadValue",
     "DEFAULT_DATA_DIR",
     "DEFAULT_CACHE_DIR",
@@ -281,6 +284,18 @@ SETTINGS: Mapping[str, Setting] = {
             metavar="DEVICE",
         ),
         _setting(
+            "allow_tf32",
+            "allow TF32",
+            "on CUDA, allow TF32 matmuls and convolutions: faster on Ampere and later, but near-tied classes can "
+            "swap (keyed in the cache); no effect on the CPU",
+            "--allow-tf32",
+            "allow_tf32",
+            parse=boolean,
+            default=False,
+            default_text="false",
+            metavar=None,
+        ),
+        _setting(
             "cache_dir",
             "prediction cache",
             "prediction cache folder",
@@ -305,7 +320,7 @@ SETTINGS: Mapping[str, Setting] = {
             "DataLoader worker processes (0: in-process)",
             "--workers",
             parse=non_negative_int,
-            default_text="min(2, cpus) on cpu, min(8, cpus) on cuda",
+            default_text="min(2, cpus) on cpu, max(that, cpus - 1) on cuda",
             metavar="N",
         ),
         _setting(
@@ -480,6 +495,38 @@ def resolve(
 
 # ------------------------------------------------------------------------------------------ device
 
+#: The environment variable that makes cuBLAS reproducible (NVIDIA cuBLAS documentation, "Results
+#: reproducibility"; PyTorch documentation, "Reproducibility" and ``torch.use_deterministic_algorithms``).
+#: PyTorch reads it once, at the process's first cuBLAS call, and with deterministic algorithms on it
+#: refuses every cuBLAS operation unless it holds one of :data:`CUBLAS_DETERMINISTIC_CONFIGS`.
+CUBLAS_WORKSPACE_VARIABLE = "CUBLAS_WORKSPACE_CONFIG"
+#: The values PyTorch accepts as deterministic: 8 buffers of 4096 KiB (32 MiB per stream; PyTorch's own
+#: default size on Hopper GPUs) or 8 of 16 KiB (less memory, possibly slower). The first is what robustness sets.
+CUBLAS_DETERMINISTIC_CONFIGS = (":4096:8", ":16:8")
+
+
+def set_cublas_workspace_config(environ: dict[str, str] | None = None) -> bool:
+    """Set ``$CUBLAS_WORKSPACE_CONFIG`` to ``:4096:8`` when it is unset or empty; a value already there is
+    left alone (:func:`robustness.evaluation.inference_settings` refuses one that is not deterministic).
+
+    Called wherever robustness chooses a CUDA device (:func:`check_device`,
+    :func:`robustness.evaluation.inference_device`), i.e. before robustness moves a model there, because
+    PyTorch reads the variable once, at the process's first cuBLAS call; it stays set for the rest of the
+    process (and its children), as an ``export`` would. Imports nothing.
+
+    Args:
+        environ: the environment to change (default ``os.environ``).
+
+    Returns:
+        True when this call set it, False when it was already set.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(CUBLAS_WORKSPACE_VARIABLE, "").strip():
+        return False
+    environ[CUBLAS_WORKSPACE_VARIABLE] = CUBLAS_DETERMINISTIC_CONFIGS[0]
+    return True
+
+
 _DEVICE = re.compile(r"^(?P<type>[a-z_]+)(?::(?P<index>\d+))?$")
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 _ALIASES = {"gpu": "cuda", "cude": "cuda", "nvidia": "cuda", "metal": "mps", "apple": "mps"}
@@ -490,7 +537,8 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
 
     Accepted: ``cpu``, ``cuda``, ``cuda:N`` (N < the number of CUDA devices), ``mps``, ``xpu[:N]``;
     ``None`` or ``""`` (automatic: cuda when available, else cpu) is returned as ``None``.
-    The syntax is checked without torch; torch is imported only to ask what is available.
+    The syntax is checked without torch; torch is imported only to ask what is available. A valid CUDA
+    device also sets ``$CUBLAS_WORKSPACE_CONFIG`` when unset (:func:`set_cublas_workspace_config`).
 
     Args:
         device: the device string.
@@ -529,6 +577,7 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
             raise ValueError(
                 f"{option} {text}: this machine has {count} CUDA device{'s' * (count != 1)} (cuda:0..cuda:{count - 1})"
             )
+        set_cublas_workspace_config()  # before anything runs there: see the function
     elif kind == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():

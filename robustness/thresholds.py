@@ -11,6 +11,7 @@ Schema (validated on load with :mod:`jsonschema`, see :func:`thresholds_schema`)
                                 # `dataset:` is its deprecated spelling (warns; removed in the next release)
       classes: classes.txt      # optional class list (one name per line, the model's output order), relative to this file
       restrict_to_dataset_classes: false  # true: score an ImageNet-1k model on the dataset's classes only
+      allow_tf32: false         # true: allow TF32 on CUDA (faster, less exact; keyed in the cache)
       paired:                   # optional paired regression check against a stored baseline
         alpha: 0.05             # fail only on a drop significant at this level (one-sided McNemar)
         metric: top1            # top1 (default) ... top5 (not balanced_accuracy: not a count of images)
@@ -210,6 +211,7 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
                         "restrict_to_dataset_classes",
                         "paired",
                         "allow_fewer_images",
+                        "allow_tf32",
                     ]
                 },
                 "properties": {
@@ -220,6 +222,7 @@ def thresholds_schema(known_models: Iterable[str] = (), *, allow_unregistered: b
                     "dataset": {"type": "string", "minLength": 1, "deprecated": True},
                     "classes": {"type": "string", "minLength": 1},
                     "restrict_to_dataset_classes": {"type": "boolean"},
+                    "allow_tf32": {"type": "boolean"},
                     "paired": {
                         "type": "object",
                         "propertyNames": {"enum": ["alpha", "metric", "baseline"]},
@@ -572,6 +575,8 @@ class Thresholds:
     classes: str | None = None
     #: ``defaults.restrict_to_dataset_classes``, or ``None`` when the file does not say
     restrict_to_dataset_classes: bool | None = None
+    #: ``defaults.allow_tf32`` (TF32 on CUDA), or ``None`` when the file does not say
+    allow_tf32: bool | None = None
 
     def models(self) -> list[str]:
         """Model names in file order."""
@@ -722,6 +727,7 @@ def _build(data: dict, document: _Document, path: Path | None) -> Thresholds:
         allow_fewer_images=bool(defaults.get("allow_fewer_images", False)),
         classes=_relative_to(base, defaults.get("classes")),
         restrict_to_dataset_classes=defaults.get("restrict_to_dataset_classes"),
+        allow_tf32=defaults.get("allow_tf32"),
     )
 
 

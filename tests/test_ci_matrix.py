@@ -16,7 +16,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
-SHELL = sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"]
+SHELL = sorted((ROOT / "scripts").glob("*.sh")) + sorted((ROOT / "benchmarks").glob("*.sh")) + [ROOT / ".ci" / "run"]
 LOWEST = ROOT / ".ci" / "constraints-lowest.txt"
 
 

@@ -6,7 +6,10 @@ first GPU run is not the first time this code runs.
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,15 @@ from test_evaluation import CONDITIONS, make_dataset, table, tiny_model
 
 from robustness import Classifier, Preprocessing, evaluate, load_model
 from robustness.cache import PredictionCache, device_identity, model_key
-from robustness.evaluation import default_num_workers, inference_device, inference_settings
+from robustness.evaluation import (
+    DeterminismError,
+    DeterminismWarning,
+    default_num_workers,
+    inference_device,
+    inference_settings,
+)
 from robustness.models import ModelError
+from robustness.settings import CUBLAS_WORKSPACE_VARIABLE
 
 TESTS = Path(__file__).resolve().parent
 
@@ -29,6 +39,15 @@ def one_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H200")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+
+
+@pytest.fixture(autouse=True)
+def no_cublas_variable(monkeypatch):
+    """Start each test with ``$CUBLAS_WORKSPACE_CONFIG`` unset, and undo whatever the code sets (setenv
+    first, so that monkeypatch removes a value the code under test adds)."""
+    monkeypatch.setenv(CUBLAS_WORKSPACE_VARIABLE, "")
+    monkeypatch.delenv(CUBLAS_WORKSPACE_VARIABLE)
+    monkeypatch.setattr("robustness.evaluation._CUBLAS_WARNED", [])  # "once" is per process: start afresh
 
 
 @pytest.fixture
@@ -166,42 +185,169 @@ def test_a_float32_model_gets_its_input_unchanged():
 # ------------------------------------------------------------------ determinism and TF32 on CUDA
 
 
-def test_inference_settings_turn_tf32_off_and_cudnn_deterministic_on_cuda_and_restore_them():
+def _switches():
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    return (
+        cudnn.deterministic,
+        cudnn.benchmark,
+        cudnn.allow_tf32,
+        matmul.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+
+
+@pytest.fixture
+def restore_switches():
+    """Put the global switches back however a test leaves them."""
+    before = _switches()
+    yield
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = before[:4]
+    torch.use_deterministic_algorithms(before[4], warn_only=before[5])
+
+
+def test_inference_settings_set_deterministic_algorithms_and_tf32_off_on_cuda_and_restore_them(restore_switches):
+    cudnn = torch.backends.cudnn
     cudnn.benchmark, cudnn.allow_tf32 = True, True
-    try:
-        with inference_settings("cuda:0"):
-            assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (
-                True,
-                False,
-                False,
-                False,
-            )
-        with inference_settings("cuda", allow_tf32=True):
-            assert cudnn.allow_tf32 and matmul.allow_tf32 and cudnn.deterministic
-        assert (cudnn.benchmark, cudnn.allow_tf32) == (True, True)  # restored
-        with inference_settings("cpu"):
-            assert (cudnn.benchmark, cudnn.allow_tf32) == (True, True)  # the CPU path changes nothing
-    finally:
-        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = before
+    torch.use_deterministic_algorithms(False)
+    outside = _switches()
+    with inference_settings("cuda:0"):
+        # (cudnn.deterministic, benchmark, cudnn TF32, matmul TF32, deterministic algorithms, warn_only)
+        assert _switches() == (True, False, False, False, True, False)
+    assert _switches() == outside  # restored
+    with inference_settings("cuda", allow_tf32=True):
+        assert _switches() == (True, False, True, True, True, False)
+    assert _switches() == outside
+    torch.use_deterministic_algorithms(True, warn_only=True)  # a caller's own setting comes back as it was
+    with inference_settings("cuda"):
+        assert torch.is_deterministic_algorithms_warn_only_enabled() is False
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    with inference_settings("cpu"):
+        assert _switches() == outside  # the CPU path changes nothing
+    assert CUBLAS_WORKSPACE_VARIABLE in os.environ  # set by the CUDA entries above, and kept
+    os.environ.pop(CUBLAS_WORKSPACE_VARIABLE)
+    with inference_settings("cpu"):
+        assert CUBLAS_WORKSPACE_VARIABLE not in os.environ  # ... but never on the CPU
 
 
-def test_device_identity_keys_the_gpu_index_tf32_and_determinism(one_gpu):
+def test_the_switches_are_restored_after_an_error(restore_switches):
+    torch.use_deterministic_algorithms(False)
+    outside = _switches()
+    with pytest.raises(KeyError), inference_settings("cuda"):
+        raise KeyError("boom")  # any error: passed through unchanged
+    assert _switches() == outside
+
+
+def test_an_operation_without_a_deterministic_implementation_is_a_clear_error(restore_switches):
+    """``put_`` has no deterministic implementation (on the CPU too, so the real PyTorch refusal runs here)."""
+    torch.use_deterministic_algorithms(False)
+    with (
+        pytest.raises(DeterminismError, match=r"uses put_, which has no deterministic CUDA implementation") as info,
+        inference_settings("cuda"),
+    ):
+        torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+    assert "--device cpu" in str(info.value) and isinstance(info.value.__cause__, RuntimeError)
+    assert isinstance(info.value, ValueError)  # the CLI prints it as one line, exit status 2
+    assert not torch.are_deterministic_algorithms_enabled()
+    torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))  # outside: allowed again
+
+
+def test_cublas_refusing_deterministic_work_names_the_variable(restore_switches):
+    refusal = (
+        "Deterministic behavior was enabled with either `torch.use_deterministic_algorithms(True)` or "
+        "`at::Context::setDeterministicAlgorithms(true)`, but this operation is not deterministic because it uses "
+        "CuBLAS and you have CUDA >= 10.2. To enable deterministic behavior in this case, you must set an "
+        "environment variable before running your PyTorch application: CUBLAS_WORKSPACE_CONFIG=:4096:8 or "
+        "CUBLAS_WORKSPACE_CONFIG=:16:8."
+    )  # PyTorch's message (aten/src/ATen/Context.cpp), raised by a real GPU when the variable came too late
+    with (
+        pytest.raises(DeterminismError, match=r"export CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting Python"),
+        inference_settings("cuda"),
+    ):
+        raise RuntimeError(refusal)
+
+
+def test_the_cublas_variable_is_set_when_unset_and_a_late_one_warns_once(one_gpu, monkeypatch, restore_switches):
+    initialised = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: bool(initialised))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # CUDA not initialised yet: set silently
+        with inference_settings("cuda"):
+            assert os.environ[CUBLAS_WORKSPACE_VARIABLE] == ":4096:8"
+    os.environ.pop(CUBLAS_WORKSPACE_VARIABLE)
+    initialised.append(True)  # something initialised CUDA before robustness could set the variable
+    with (
+        pytest.warns(DeterminismWarning, match=r"\$CUBLAS_WORKSPACE_CONFIG was unset and CUDA was already"),
+        inference_settings("cuda"),
+    ):
+        pass
+    assert os.environ[CUBLAS_WORKSPACE_VARIABLE] == ":4096:8"
+    os.environ.pop(CUBLAS_WORKSPACE_VARIABLE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        with inference_settings("cuda"):
+            pass
+
+
+def test_robustness_sets_the_cublas_variable_when_it_chooses_cuda(one_gpu, monkeypatch):
+    """Before the model moves there: an explicit device (check_device) or the automatic choice."""
+    from robustness.settings import check_device
+
+    check_device("cuda:0")
+    assert os.environ[CUBLAS_WORKSPACE_VARIABLE] == ":4096:8"
+    os.environ.pop(CUBLAS_WORKSPACE_VARIABLE)
+    assert inference_device(cpu_only_model()) == "cpu"
+    assert CUBLAS_WORKSPACE_VARIABLE not in os.environ  # a CPU-only model: nothing goes to CUDA
+    assert inference_device(tiny_model()) == "cuda"
+    assert os.environ[CUBLAS_WORKSPACE_VARIABLE] == ":4096:8"
+    monkeypatch.setenv(CUBLAS_WORKSPACE_VARIABLE, ":16:8")  # the user's own deterministic choice is kept
+    check_device("cuda")
+    with inference_settings("cuda"):
+        assert os.environ[CUBLAS_WORKSPACE_VARIABLE] == ":16:8"
+
+
+def test_a_non_deterministic_cublas_value_is_refused(monkeypatch, restore_switches):
+    outside = _switches()
+    monkeypatch.setenv(CUBLAS_WORKSPACE_VARIABLE, ":4096:2:16:8")
+    with (
+        pytest.raises(DeterminismError, match=r"\$CUBLAS_WORKSPACE_CONFIG=':4096:2:16:8': cuBLAS is not"),
+        inference_settings("cuda"),
+    ):
+        pass
+    assert _switches() == outside  # refused before any switch moved
+
+
+def test_device_identity_keys_the_gpu_index_tf32_and_determinism(one_gpu, restore_switches, monkeypatch):
+    torch.use_deterministic_algorithms(False)
     with inference_settings("cuda:0"):
         strict = device_identity("cuda:0")
     with inference_settings("cuda:0", allow_tf32=True):
         loose = device_identity("cuda:0")
     assert strict["name"] == "NVIDIA H200" and strict["capability"] == [9, 0] and strict["index"] == 0
     assert strict["tf32"] == [False, False] and loose["tf32"] == [True, True]
-    assert strict["deterministic"] == {"cudnn_deterministic": True, "cudnn_benchmark": False, "algorithms": False}
+    assert strict["deterministic"] == {
+        "cudnn_deterministic": True,
+        "cudnn_benchmark": False,
+        "algorithms": True,
+        "warn_only": False,
+        "cublas_workspace_config": ":4096:8",
+    }
+    assert device_identity("cuda:0")["deterministic"]["algorithms"] is False  # outside: keyed as it is
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    assert device_identity("cuda:0")["deterministic"]["warn_only"] is True
+    torch.use_deterministic_algorithms(False)
     # the model key follows (the fingerprint is given: no forward pass on the absent GPU)
     model = tiny_model()
     with inference_settings("cuda:0"):
         strict_key = model_key(model, "cuda:0", fingerprint="f" * 32)
     with inference_settings("cuda:0", allow_tf32=True):
         loose_key = model_key(model, "cuda:0", fingerprint="f" * 32)
-    assert strict_key != loose_key
+    monkeypatch.setenv(CUBLAS_WORKSPACE_VARIABLE, ":16:8")
+    with inference_settings("cuda:0"):
+        small_workspace_key = model_key(model, "cuda:0", fingerprint="f" * 32)
+    assert len({strict_key, loose_key, small_workspace_key}) == 3
 
 
 def test_the_cpu_identity_is_what_it_was_so_cpu_cache_keys_stay_valid():
@@ -229,12 +375,24 @@ def test_tests_that_fork_dataloader_workers_pin_the_cpu():
     assert offenders == []
 
 
-def test_the_workers_help_states_both_defaults(monkeypatch):
+@pytest.mark.parametrize(
+    "cpus, on_cpu, on_cuda", [(16, 2, 15), (64, 2, 63), (4, 2, 3), (3, 2, 2), (2, 2, 2), (1, 1, 1), (None, 1, 1)]
+)
+def test_default_workers_use_an_accelerator_machines_cores_but_one(monkeypatch, cpus, on_cpu, on_cuda):
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)  # None: os.cpu_count cannot tell
+    assert default_num_workers("cpu") == on_cpu and default_num_workers("cuda:0") == on_cuda
+
+
+def test_the_workers_help_states_both_defaults(capsys):
+    from robustness.cli import main
     from robustness.settings import SETTINGS
 
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert default_num_workers("cpu") == 2 and default_num_workers("cuda") == 8
-    assert SETTINGS["workers"].default_text == "min(2, cpus) on cpu, min(8, cpus) on cuda"
+    assert SETTINGS["workers"].default_text == "min(2, cpus) on cpu, max(that, cpus - 1) on cuda"
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "else min(2, cpus) on cpu, max(that, cpus - 1) on cuda" in " ".join(capsys.readouterr().out.split())
+    docs = (TESTS.parent / "docs" / "caching.md").read_text(encoding="utf-8")
+    assert "`min(8, cpus)` on CUDA" not in docs and "`cpus - 1` on CUDA" in docs
 
 
 # ------------------------------------------------------------------ provenance
@@ -270,3 +428,26 @@ def test_a_run_records_the_device_identity_and_dtype_in_its_provenance(tmp_path,
     device = json.loads(provenance.read_text())["device"]
     assert device["type"] == "cpu" and device["dtype"] == "torch.float32"
     assert {k: v for k, v in device.items() if k != "dtype"} == device_identity("cpu")
+
+
+# ------------------------------------------------------------------ the GPU measurement script
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_the_gpu_measurement_script_stops_at_once_without_a_gpu(tmp_path):
+    """No ``nvidia-smi`` on the PATH (a folder holding only a fake ``python3`` that must never run):
+    exit status 2 with a message, before any Python or output folder."""
+    import subprocess
+
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "python3"
+    fake.write_text("#!/bin/sh\ntouch '%s'\n" % (tmp_path / "python-ran"))
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    if any(Path(d, "nvidia-smi").exists() for d in env["PATH"].split(":")):
+        pytest.skip("this machine has nvidia-smi")
+    script = TESTS.parent / "benchmarks" / "gpu_measure.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "gpu_measure: no nvidia-smi: this script measures a GPU" in result.stderr
+    assert not (tmp_path / "python-ran").exists() and not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import pytest
 
 # Imported here, outside the pytester tests: pytester drops the modules first imported inside a test,
 # and numpy cannot be imported twice in one process (see test_plugin.py).
-import torch  # noqa: F401
+import torch
 
 import robustness.cache
 import robustness.distortions
@@ -32,6 +32,7 @@ VALUES = {
     "restrict_to_dataset_classes": ("true", True),
     "images": ("7", 7),
     "device": ("cpu", "cpu"),
+    "allow_tf32": ("true", True),
     "cache_dir": ("{tmp}/cache", "{tmp}/cache"),
     "no_cache": ("true", True),
     "workers": ("0", 0),
@@ -256,3 +257,119 @@ def test_activations_does_not_import_the_cli():
     tree = ast.parse((Path(robustness.__file__).parent / "activations.py").read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "cli" not in imported and "robustness.cli" not in imported
+
+
+# ------------------------------------------------------------------------------ allow_tf32 reaches evaluate
+
+
+@pytest.mark.parametrize("command", ["run", "calibrate"])
+def test_allow_tf32_reaches_evaluate_from_the_cli(command, tmp_path, monkeypatch, capsys):
+    """Absent, as a flag and as a variable: what ``robustness run`` / ``calibrate`` pass to ``evaluate``."""
+    from test_evaluation import make_dataset
+
+    import robustness.evaluation
+
+    seen, real = [], robustness.evaluation.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["allow_tf32"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(robustness.evaluation, "evaluate", spy)
+    monkeypatch.delenv("ROBUSTNESS_ALLOW_TF32", raising=False)
+    make_dataset(tmp_path / "data", 2)
+    argv = [command, "--model", "test_evaluation:tiny_model", "--data", str(tmp_path / "data")]
+    argv += ["--distortion", "contrast=0.5", "--device", "cpu", "--workers", "0", "--no-cache", "--no-progress"]
+    if command == "run":
+        argv += ["--no-report", "--output", str(tmp_path / "out")]
+    else:
+        argv += ["--thresholds", str(tmp_path / "t.yaml"), "--dry-run"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--allow-tf32"]) == 0, capsys.readouterr().err
+    monkeypatch.setenv("ROBUSTNESS_ALLOW_TF32", "yes")
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen == [False, True, True]
+
+
+@pytest.mark.parametrize("layer, expected", [("none", False), ("pytest", True), ("yaml", True), ("ini", True)])
+def test_allow_tf32_reaches_evaluate_from_the_gate(layer, expected, pytester, monkeypatch):
+    """The gate's session passes the resolved ``allow_tf32`` to every ``evaluate`` call."""
+    from test_plugin import CONFTEST, THRESHOLDS, make_images
+
+    monkeypatch.delenv("ROBUSTNESS_ALLOW_TF32", raising=False)
+    make_images(pytester.path / "images")
+    pytester.makeconftest(CONFTEST)
+    defaults = "  images: 10\n"
+    thresholds = THRESHOLDS.replace(defaults, defaults + "  allow_tf32: true\n") if layer == "yaml" else THRESHOLDS
+    pytester.makefile(".yaml", thresholds=thresholds)
+    pytester.makepyfile(
+        test_tf32=f"def test_it(robustness_session):\n"
+        f"    assert robustness_session.evaluate_options['allow_tf32'] is {expected}\n"
+    )
+    ini = "robustness_allow_tf32 = true\n" if layer == "ini" else ""
+    pytester.makeini(f"[pytest]\nrobustness_data = images\n{ini}")
+    flags = ["--robustness-allow-tf32"] if layer == "pytest" else []
+    pytester.runpytest("-p", "no:cacheprovider", *flags).assert_outcomes(passed=1)
+
+
+def test_allow_tf32_reaches_the_activations_forward_passes(tmp_path, monkeypatch, capsys):
+    """``robustness activations`` runs its forward passes under ``inference_settings`` with the setting."""
+    import contextlib
+
+    import numpy as np
+    from PIL import Image
+
+    import robustness.evaluation
+
+    seen, real = [], robustness.evaluation.inference_settings
+
+    @contextlib.contextmanager
+    def spy(device, *, allow_tf32=False):
+        seen.append((str(device), allow_tf32))
+        with real(device, allow_tf32=allow_tf32):
+            yield
+
+    monkeypatch.setattr(robustness.evaluation, "inference_settings", spy)
+    monkeypatch.delenv("ROBUSTNESS_ALLOW_TF32", raising=False)
+    image = tmp_path / "one.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image)
+    argv = ["activations", "--model", "test_evaluation:tiny_model", "--image", str(image), "--device", "cpu"]
+    argv += ["--distortion", "blur", "--levels", "1", "--channels", "2", "--output", str(tmp_path / "out")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--allow-tf32"]) == 0, capsys.readouterr().err
+    assert seen == [("cpu", False), ("cpu", True)]
+
+
+def test_allow_tf32_reaches_the_latency_timing(monkeypatch):
+    """``robustness_latency`` times under the gate's inference settings, and records the switch."""
+    import contextlib
+
+    from test_evaluation import tiny_model
+
+    import robustness.evaluation
+    from robustness.pytest_plugin import LatencyCase
+
+    seen, real = [], robustness.evaluation.inference_settings
+
+    @contextlib.contextmanager
+    def spy(device, *, allow_tf32=False):
+        seen.append((str(device), allow_tf32))
+        with real(device, allow_tf32=allow_tf32):
+            yield
+
+    class Benchmark:
+        def __init__(self):
+            self.extra_info = {}
+
+        def __call__(self, function):
+            return function()
+
+    monkeypatch.setattr(robustness.evaluation, "inference_settings", spy)
+    batch = torch.rand(2, 3, 32, 32)
+    for allowed in (False, True):
+        case = LatencyCase(
+            "tiny", tiny_model(), 2, torch.device("cpu"), batch, "random", Benchmark(), allow_tf32=allowed
+        )
+        assert case.run().shape == (2, 1000)
+        assert case.benchmark.extra_info["allow_tf32"] is allowed
+    assert seen == [("cpu", False), ("cpu", True)]
