@@ -209,9 +209,8 @@ def test_two_real_models_match_separate_runs_with_and_without_the_cache(tmp_path
             pytest.skip(f"shared weights not loadable: {error}")
     dataset = load_dataset(SHARED_DATA, limit=4)
     conditions = {"blur": [2], "noise": [40], "contrast": [0, 0.6]}
-    options = dict(batch_size=4, num_workers=0, device="cpu")
-    separate = {m.name: evaluate(m, dataset, conditions, **options) for m in models}
-    together = evaluate(models, dataset, conditions, **options)
+    separate = {m.name: evaluate(m, dataset, conditions, batch_size=4, num_workers=0, device="cpu") for m in models}
+    together = evaluate(models, dataset, conditions, batch_size=4, num_workers=0, device="cpu")
     assert list(together) == ["mobilenet_v2_quantized", "squeezenet1_0_caffe"]
     for name, results in together.items():
         for r, s in zip(results, separate[name]):
@@ -221,8 +220,8 @@ def test_two_real_models_match_separate_runs_with_and_without_the_cache(tmp_path
     assert together["squeezenet1_0_caffe"][0].top1 > 0  # a real model: some images right
     # the cache holds the first model only; the second is computed, both equal the separate runs
     cache = PredictionCache(tmp_path / "cache")
-    evaluate(models[0], dataset, conditions, cache=cache, **options)
-    cached = evaluate(models, dataset, conditions, cache=cache, **options)
+    evaluate(models[0], dataset, conditions, cache=cache, batch_size=4, num_workers=0, device="cpu")
+    cached = evaluate(models, dataset, conditions, cache=cache, batch_size=4, num_workers=0, device="cpu")
     for name, results in cached.items():
         for r, s in zip(results, separate[name]):
             np.testing.assert_array_equal(r.predictions, s.predictions)
