@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "robustness"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_checks", "_io", "names", "settings", "weights", "images", "_restrict"),
     ("distortions", "models"),
-    ("conditions", "testing", "labels"),
+    ("conditions", "testing", "labels", "device_pipeline"),
     ("datasets", "cache", "stats"),
     ("evaluation", "thresholds"),
     ("report", "runs", "gate"),
