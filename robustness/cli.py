@@ -182,7 +182,7 @@ def add_settings_options(parser, names, *, title: str | None = None, file: bool 
 
 #: The option groups the subcommands share, built by :func:`_add_groups` (one definition each).
 _DATA_GROUP = ("data", "classes", "restrict_to_dataset_classes", "images", "seed")
-_ENGINE_GROUP = ("device", "allow_tf32", "batch_size", "workers", "cache_dir", "no_cache")
+_ENGINE_GROUP = ("device", "allow_tf32", "pipeline", "batch_size", "workers", "cache_dir", "no_cache")
 
 
 def _add_groups(parser: argparse.ArgumentParser, *, file: bool = False) -> None:
@@ -293,6 +293,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
+        pipeline=args.pipeline,
         progress=not args.no_progress,
         cache=cache,
         allow_tf32=args.allow_tf32,
@@ -599,6 +600,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
+        pipeline=args.pipeline,
         progress=not args.no_progress,
         cache=cache,
         allow_tf32=args.allow_tf32,

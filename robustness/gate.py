@@ -473,6 +473,8 @@ class GateSession:
         dataset: the images to evaluate.
         thresholds: the parsed thresholds (which levels are evaluated together, the seed, the paired check).
         device, batch_size, num_workers: passed to :func:`robustness.evaluate`.
+        pipeline: ``auto``, ``device`` or ``reference`` (:func:`robustness.evaluate`'s option of that
+            name); ``None`` leaves evaluate's default (``auto``).
         cache: the prediction cache, passed to :func:`robustness.evaluate` when not ``None``.
         evaluate_options: further keyword arguments for :func:`robustness.evaluate`.
         allow_fewer_images: judge on the readable images when some of ``dataset`` cannot be read
@@ -495,6 +497,7 @@ class GateSession:
         thresholds: Thresholds,
         *,
         device=None,
+        pipeline: str | None = None,
         batch_size: int = 32,
         num_workers: int | None = None,
         cache=None,
@@ -510,6 +513,8 @@ class GateSession:
         self.evaluate_options = dict(evaluate_options or {})
         if cache is not None:
             self.evaluate_options["cache"] = cache
+        if pipeline is not None:
+            self.evaluate_options["pipeline"] = pipeline
         if restrict_to_dataset_classes:
             self.evaluate_options["restrict_to_dataset_classes"] = True
         if allow_fewer_images is None:

@@ -249,7 +249,7 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
             "so the paired check could not run: store a baseline with `pytest --robustness-update-thresholds` or "
             "`robustness calibrate`, correct defaults.paired.baseline, or remove defaults.paired"
         )
-    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin", "allow_tf32"):
+    for name in ("batch_size", "workers", "no_cache", "cache_dir", "margin", "allow_tf32", "pipeline"):
         try:  # malformed variables or ini values: named here, once, not in every case
             _resolve(config, name)
         except _settings.SettingError as error:
@@ -596,6 +596,7 @@ def robustness_session(pytestconfig: pytest.Config, robustness_dataset, robustne
             robustness_dataset,
             robustness_thresholds,
             device=setup.device,
+            pipeline=_resolve(pytestconfig, "pipeline").value,
             batch_size=_resolve(pytestconfig, "batch_size").value,
             num_workers=_resolve(pytestconfig, "workers").value,
             cache=_cache(pytestconfig),

@@ -52,6 +52,8 @@ __all__ = [
     "CUBLAS_WORKSPACE_VARIABLE",
     "CUBLAS_DETERMINISTIC_CONFIGS",
     "set_cublas_workspace_config",
+    "pipeline_choice",
+    "PIPELINES",
     "BadValue",
     "DEFAULT_DATA_DIR",
     "DEFAULT_CACHE_DIR",
@@ -124,6 +126,18 @@ def boolean(text: str | bool) -> bool:
     if value in _FALSE:
         return False
     raise BadValue(f"must be one of 1/true/yes/on or 0/false/no/off, got {text!r}")
+
+
+#: The values of the ``pipeline`` setting (:mod:`robustness.device_pipeline`).
+PIPELINES = ("auto", "device", "reference")
+
+
+def pipeline_choice(text: str) -> str:
+    """One of :data:`PIPELINES` (any case, surrounding blanks ignored). Raises :class:`BadValue`."""
+    value = str(text).strip().lower()
+    if value not in PIPELINES:
+        raise BadValue(f"must be one of {', '.join(PIPELINES)}, got {text!r}")
+    return value
 
 
 def _text(text: str) -> str:
@@ -322,6 +336,18 @@ SETTINGS: Mapping[str, Setting] = {
             parse=non_negative_int,
             default_text="min(2, cpus) on cpu, max(that, cpus - 1) on cuda",
             metavar="N",
+        ),
+        _setting(
+            "pipeline",
+            "pipeline",
+            "where blur, noise, contrast and the model's preprocessing run: device (batched torch ops on the "
+            "inference device; workers only decode and run JPEG / JPEG 2000), reference (Pillow / numpy in "
+            "the workers: the paper's numbers) or auto",
+            "--pipeline",
+            parse=pipeline_choice,
+            default="auto",
+            default_text="auto: device on cuda, else reference",
+            metavar="MODE",
         ),
         _setting(
             "batch_size",

@@ -36,6 +36,7 @@ VALUES = {
     "cache_dir": ("{tmp}/cache", "{tmp}/cache"),
     "no_cache": ("true", True),
     "workers": ("0", 0),
+    "pipeline": ("Device", "device"),
     "batch_size": ("5", 5),
     "baseline_dir": ("{tmp}/baseline", "{tmp}/baseline"),
     "margin": ("0.02", 0.02),
