@@ -237,10 +237,20 @@ class PredictionStore(Protocol):
     """
 
     def open_run(
-        self, model, device, dataset: Sequence, conditions: Sequence[Condition], seed: int
+        self,
+        model,
+        device,
+        dataset: Sequence,
+        conditions: Sequence[Condition],
+        seed: int,
+        *,
+        pipeline: str = "reference",
     ) -> PredictionSession:
         """Start one evaluation of ``model`` (a :class:`robustness.Classifier`, already on
         ``device`` and in eval mode) on ``dataset`` under ``conditions`` with base seed ``seed``.
+        ``pipeline`` is ``"reference"`` or ``"device"`` (:mod:`robustness.device_pipeline`, another
+        computation: a store must never serve one's predictions to the other); the engine passes it
+        only when it is ``"device"``, so a store without the keyword still serves reference runs.
 
         A store that cannot vouch for the model's predictions (:class:`PredictionCache`: the model
         is not deterministic) returns a session that stores nothing, after a :class:`CacheWarning`.
@@ -634,7 +644,14 @@ class PredictionCache:
     # ------------------------------------------------------------------------ the store interface
 
     def open_run(
-        self, model, device, dataset: Sequence, conditions: Sequence[Condition], seed: int
+        self,
+        model,
+        device,
+        dataset: Sequence,
+        conditions: Sequence[Condition],
+        seed: int,
+        *,
+        pipeline: str = "reference",
     ) -> PredictionSession:
         """Start one evaluation (:class:`PredictionStore`): key the model, check it may use the cache,
         and return the session that serves and stores its predictions.
@@ -656,6 +673,8 @@ class PredictionCache:
                 ``dataset[i]``, keyed by :func:`image_keys`.
             conditions: each with ``distortion`` and ``level``; condition ``k`` is ``conditions[k]``.
             seed: the base seed (in the condition key of stochastic distortions only).
+            pipeline: ``"reference"`` or ``"device"`` (in every condition key of a device run:
+                :meth:`condition_key`), so the two pipelines never share entries.
 
         Raises:
             Exception: whatever the model raises on the probe batch.
@@ -694,7 +713,9 @@ class PredictionCache:
         # the class list joins the key for every label space but ImageNet-1k (whose keys stay as they were)
         classes = getattr(dataset, "classes", None)
         digest = None if classes is None or classes.is_imagenet else classes.digest
-        condition_keys = [self.condition_key(c.distortion, c.level, seed, classes=digest) for c in conditions]
+        condition_keys = [
+            self.condition_key(c.distortion, c.level, seed, classes=digest, pipeline=pipeline) for c in conditions
+        ]
         return _CacheSession(self, key, image_keys(dataset), condition_keys)
 
     # ------------------------------------------------------------------------------------- keys
@@ -705,11 +726,20 @@ class PredictionCache:
         return model_key(model, device, fingerprint=fingerprint)
 
     @staticmethod
-    def condition_key(distortion: str, level: float, seed: int, classes: str | None = None) -> str:
+    def condition_key(
+        distortion: str, level: float, seed: int, classes: str | None = None, pipeline: str | None = None
+    ) -> str:
         """Hex key of a condition (``distortion`` ``"clean"`` for the undistorted images).
 
         ``classes``: the digest of the dataset's class list (:attr:`robustness.labels.ClassList.digest`),
         so two label spaces never share entries; ``None`` for ImageNet-1k, whose keys are unchanged.
+        ``pipeline``: ``"device"`` adds the device pipeline and its code version
+        (:data:`robustness.device_pipeline.DEVICE_PIPELINE_VERSION`) to the key, so its predictions are
+        never served to a reference run nor the reverse; ``None`` or ``"reference"`` leave the key
+        as it was.
+
+        Raises:
+            ValueError: ``pipeline`` is another value.
         """
         from .distortions import DISTORTION_CODE_VERSION, DISTORTIONS
 
@@ -725,6 +755,12 @@ class PredictionCache:
         }
         if classes is not None:
             fields["classes"] = str(classes)
+        if pipeline == "device":
+            from .device_pipeline import DEVICE_PIPELINE_VERSION
+
+            fields["pipeline"] = f"device-{DEVICE_PIPELINE_VERSION}"
+        elif pipeline not in (None, "reference"):
+            raise ValueError(f"pipeline must be 'reference' or 'device', got {pipeline!r}")
         return _sha256_json(fields)[:32]
 
     def _folder(self, model_key: str, condition_key: str) -> Path:
@@ -1112,7 +1148,14 @@ class NullStore:
         return "NullStore()"
 
     def open_run(
-        self, model, device, dataset: Sequence, conditions: Sequence[Condition], seed: int
+        self,
+        model,
+        device,
+        dataset: Sequence,
+        conditions: Sequence[Condition],
+        seed: int,
+        *,
+        pipeline: str = "reference",
     ) -> PredictionSession:
         """A session that serves nothing and keeps nothing (:class:`PredictionStore`)."""
         return _NullSession()
