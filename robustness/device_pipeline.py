@@ -63,6 +63,8 @@ __all__ = [
     "contrast",
     "preprocess",
     "device_stage",
+    "DeviceInput",
+    "NativeImage",
 ]
 
 #: Bumped whenever the device pipeline's output for the same input changes; in the prediction cache's
@@ -353,3 +355,47 @@ def device_stage(
     if not out:
         return torch.empty((0, *preprocessing.input_size), dtype=torch.float32, device=device)
     return torch.stack(out)
+
+
+class NativeImage:
+    """A ``uint8`` ``(H, W, 3)`` image at native size on its way from a DataLoader worker to the device
+    stage (``array``); the engine's collate keeps these as a list instead of stacking them."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __getstate__(self):
+        return (self.array,)  # a tuple: pickle skips __setstate__ for a false state, and arrays have no truth value
+
+    def __setstate__(self, state):
+        (self.array,) = state
+
+
+class DeviceInput:
+    """The engine's preprocessing entry for a model on the device pipeline: in the worker it only wraps
+    the (decoded, codec-distorted) image (:meth:`__call__`); :meth:`stage` does the rest on the device.
+
+    Args:
+        preprocessing: the model's :class:`robustness.Preprocessing` (:func:`unsupported_reason` must be ``None``).
+    """
+
+    def __init__(self, preprocessing: Preprocessing):
+        self.preprocessing = preprocessing
+
+    def __call__(self, image: np.ndarray) -> NativeImage:
+        return NativeImage(image)
+
+    def to_dict(self) -> dict:
+        """What identifies it (the engine shares one worker output between equal entries)."""
+        return {"device_pipeline": DEVICE_PIPELINE_VERSION, "preprocessing": self.preprocessing.to_dict()}
+
+    def stage(
+        self,
+        images: Sequence[torch.Tensor],
+        distortions: Sequence[tuple[str, float, int | np.random.SeedSequence] | None],
+        device: str | torch.device,
+    ) -> torch.Tensor:
+        """:func:`device_stage` with this entry's preprocessing."""
+        return device_stage(images, distortions, self.preprocessing, device)

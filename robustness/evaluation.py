@@ -43,6 +43,7 @@ from .cache import (
 )
 from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
+from .device_pipeline import DeviceInput, NativeImage, resolve_pipeline, runs_on_device
 from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
@@ -239,7 +240,11 @@ class _WorkItems(Dataset):
         dataset: the images.
         conditions: condition ``k`` of an item is ``conditions[k]``.
         preprocessings: callables ``uint8 (H, W, 3) -> float32 (3, crop, crop)`` (a model's
-            :class:`robustness.Preprocessing`), or a single one (the one-model form).
+            :class:`robustness.Preprocessing`), or a single one (the one-model form). A
+            :class:`robustness.device_pipeline.DeviceInput` (a model on the device pipeline) gets the
+            image undistorted for blur, noise and contrast (the device stage applies them) and returns
+            it wrapped (:class:`~robustness.device_pipeline.NativeImage`); when only such entries want
+            an item of those distortions, the worker does not distort it.
         seed: the base seed (:func:`image_seed`).
         items: int64 ``(n, 2)``: (image index, condition index).
         uses: bool ``(n, len(preprocessings))``: which preprocessings item k needs (default: all).
@@ -295,11 +300,19 @@ class _WorkItems(Dataset):
 
     def __getitem__(self, index: int):
         image_index, condition_index = (int(v) for v in self.items[index])
-        image, error, missed = self.distorted(image_index, condition_index)
+        # device pipeline (DeviceInput): blur, noise and contrast are left to the device stage
+        native = runs_on_device(self.conditions[condition_index].distortion)
+        users = [p for p, use in zip(self.preprocessings, self.uses[index]) if use]
+        if native and all(isinstance(p, DeviceInput) for p in users):
+            (image, error), missed = self._image(image_index), False
+        else:
+            image, error, missed = self.distorted(image_index, condition_index)
         if image is None:
             return None, index, image_index, condition_index, error, False
+        undistorted = self._image(image_index)[0] if native else image
         tensors = tuple(
-            preprocess(image) if use else None for preprocess, use in zip(self.preprocessings, self.uses[index])
+            (preprocess(undistorted) if isinstance(preprocess, DeviceInput) else preprocess(image)) if use else None
+            for preprocess, use in zip(self.preprocessings, self.uses[index])
         )
         return tensors, index, image_index, condition_index, None, missed
 
@@ -318,7 +331,10 @@ def _collate(batch):
     tensors = []
     for p in range(count):
         column = [b[0][p] for b in ok if b[0][p] is not None]
-        tensors.append(default_collate(column) if column else None)
+        if column and isinstance(column[0], NativeImage):  # device pipeline: native sizes, not stacked
+            tensors.append([torch.from_numpy(c.array) for c in column])
+        else:
+            tensors.append(default_collate(column) if column else None)
     return (
         tensors,
         has,
@@ -573,8 +589,10 @@ class _Run:
         seed: int,
         device,
         session: PredictionSession,
+        pipeline: str = "reference",
     ):
         self.model, self.dataset, self.conditions, self.seed, self.device = model, dataset, conditions, seed, device
+        self.pipeline = pipeline  # "reference" or "device" (robustness.device_pipeline)
         self.session = session
         self.num_classes = len(dataset.classes)
         size = (len(conditions), len(dataset))
@@ -648,6 +666,20 @@ class _Run:
             top5 = np.pad(top5, ((0, 0), (0, 5 - top5.shape[1])), constant_values=-1)
         return top5
 
+    def device_entries(self, image_index: np.ndarray, condition_index: np.ndarray) -> list:
+        """Per pair, what the device stage applies (:func:`robustness.device_pipeline.device_stage`):
+        ``(distortion, level, image_seed)`` for blur, noise and contrast, ``None`` for clean or a
+        distortion the worker applied."""
+        entries = []
+        for i, k in zip(image_index.tolist(), condition_index.tolist()):
+            condition = self.conditions[k]
+            if condition.distortion == CLEAN or not runs_on_device(condition.distortion):
+                entries.append(None)
+            else:
+                seed = image_seed(self.seed, self.dataset[i].image_id, condition.distortion, condition.level)
+                entries.append((condition.distortion, condition.level, seed))
+        return entries
+
     def verification_sample(self) -> np.ndarray:
         """int64 ``(m, 2)`` (image index, condition index): the seeded sample of served pairs to
         re-compute, image-major. It has :func:`verification_sample_size` pairs, drawn with the
@@ -701,10 +733,11 @@ def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_siz
     keys: dict[tuple, int] = {}
     preprocessings, group = [], []
     for run in runs:
-        key = _sharing_key(run.model.preprocessing)
+        entry = DeviceInput(run.model.preprocessing) if run.pipeline == "device" else run.model.preprocessing
+        key = _sharing_key(entry)
         if key not in keys:
             keys[key] = len(preprocessings)
-            preprocessings.append(run.model.preprocessing)
+            preprocessings.append(entry)
         group.append(keys[key])
     uses = np.zeros((len(items), len(preprocessings)), dtype=bool)
     for r, p in enumerate(group):
@@ -736,7 +769,10 @@ def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_siz
                     batch = tensors[p]  # the rows of the items that have preprocessing p: a superset of wanted
                     if not wanted.all():
                         rows = np.cumsum(has[:, p])[wanted] - 1
-                        batch = batch[torch.from_numpy(rows)]
+                        batch = [batch[j] for j in rows] if isinstance(batch, list) else batch[torch.from_numpy(rows)]
+                    if isinstance(preprocessings[p], DeviceInput):
+                        entries = run.device_entries(image_index[wanted], condition_index[wanted])
+                        batch = preprocessings[p].stage(batch, entries, run.device)
                     top5 = run.classify(batch)
                     yield r, condition_index[wanted], image_index[wanted], top5, missed[wanted]
             if bar is not None:
@@ -780,6 +816,7 @@ def evaluate(
     batch_size: int = 32,
     num_workers: int | None = None,
     device: str | torch.device | None = None,
+    pipeline: str | None = "auto",
     progress: bool = False,
     cache: PredictionStore | str | os.PathLike | bool | None = None,
     restrict_to_dataset_classes: bool = False,
@@ -817,6 +854,15 @@ def evaluate(
             :func:`robustness.settings.check_device`. Float inputs are cast to the model's parameter
             dtype (:attr:`robustness.Classifier.input_dtype`; bf16/fp16 models), which is keyed in the
             cache through the model's tensor dtypes.
+        pipeline: where blur, noise, contrast and the preprocessing run
+            (:mod:`robustness.device_pipeline`): ``"reference"`` (numpy / scipy / Pillow in the
+            DataLoader workers: the paper's numbers), ``"device"`` (workers only decode and run JPEG /
+            JPEG 2000; the rest are torch ops on the model's device; results differ from the reference
+            only within the tolerance in docs/caching.md) or ``"auto"`` (default; ``None`` too):
+            ``device`` on CUDA, else ``reference``, per model
+            (:func:`robustness.device_pipeline.resolve_pipeline`: a model whose preprocessing the
+            device path cannot reproduce falls back to ``reference`` with a one-line note). The
+            choice is in the cache's condition keys.
         progress: show progress on stderr: a tqdm bar on a terminal, plain periodic lines
             (:class:`LineProgress`, no carriage returns) on anything else, e.g. a CI log. It counts
             distorted (image, condition) pairs.
@@ -858,7 +904,8 @@ def evaluate(
         ValueError: unknown distortion or model name, a level outside a distortion's range, an empty
             dataset, every image unreadable, a device that is not available here or that the model
             does not support (:func:`inference_device`), an empty list of models or two models with
-            the same name.
+            the same name; an unknown ``pipeline``, or ``"device"`` for a model whose preprocessing the
+            device path cannot reproduce.
         DeterminismError: on CUDA, the model uses an operation without a deterministic implementation,
             or ``$CUBLAS_WORKSPACE_CONFIG`` is not deterministic (:func:`inference_settings`).
         robustness.labels.ClassListError (a ``ValueError``): the model's output width is not the
@@ -892,6 +939,7 @@ def evaluate(
     if not conditions:
         raise ValueError("nothing to evaluate: no distortions given and clean=False")
     devices = [inference_device(m, device) for m in models]
+    pipelines = [resolve_pipeline(pipeline, d, m) for m, d in zip(models, devices)]
     if num_workers is None:
         num_workers = max(default_num_workers(d) for d in devices)
     models = [m.to(d).eval() for m, d in zip(models, devices)]
@@ -908,9 +956,10 @@ def evaluate(
             # closing a session writes what is unwritten, also on an error or Ctrl-C
             with contextlib.ExitStack() as sessions:
                 runs = []
-                for m, d in zip(models, devices):
-                    session = sessions.enter_context(store.open_run(m, d, dataset, conditions, seed))
-                    runs.append(_Run(m, dataset, conditions, seed, d, session))
+                for m, d, p in zip(models, devices, pipelines):
+                    extra = {"pipeline": p} if p == "device" else {}  # a store without the keyword: reference only
+                    session = sessions.enter_context(store.open_run(m, d, dataset, conditions, seed, **extra))
+                    runs.append(_Run(m, dataset, conditions, seed, d, session, p))
                 for lead in range(len(runs)):
                     # the lead model's claimed group; the later models' missing pairs of it come along
                     for group in runs[lead].session.claim(range(len(conditions))):
