@@ -334,9 +334,8 @@ def test_engine_device_pipeline_agrees_with_reference_on_real_images(shared_imag
     dataset = load_dataset(shared_image_paths[0].parents[1], limit=8)
     model = load_model("efficientnet_lite0")
     conditions = {"blur": [3], "noise": [20], "contrast": [0.5]}
-    kwargs = dict(device="cpu", num_workers=0, batch_size=8)
-    device = evaluate(model, dataset, conditions, pipeline="device", **kwargs)
-    reference = evaluate(model, dataset, conditions, pipeline="reference", **kwargs)
+    device = evaluate(model, dataset, conditions, pipeline="device", device="cpu", num_workers=0, batch_size=8)
+    reference = evaluate(model, dataset, conditions, pipeline="reference", device="cpu", num_workers=0, batch_size=8)
     agreement = {
         a.distortion: float((a.predictions[:, 0] == r.predictions[:, 0]).mean()) for a, r in zip(device, reference)
     }
