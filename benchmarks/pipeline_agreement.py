@@ -13,6 +13,11 @@ predicted class), the images whose top-1 correctness differs (reference right / 
 McNemar's discordant pairs ``b`` / ``c``) and the two-sided exact McNemar p-value
 (``2 min(P(X >= b), P(X >= c))``, ``X ~ Binomial(b + c, 1/2)``, capped at 1). Seconds per path are
 printed for information (machine load moves them).
+
+``--pixel-images N`` (no model run) instead measures, on the first N images at native size, the
+largest difference in grey levels (0-255) and the share of values that differ between
+:mod:`robustness.device_pipeline` and the reference: blur at sigma 1, 3, 9 and contrast at 0.5 against
+``distort()``, and the model's preprocessing against :meth:`robustness.Preprocessing.__call__`.
 """
 
 from __future__ import annotations
@@ -59,6 +64,36 @@ def agreement_rows(reference: list, device: list) -> list[dict]:
     return rows
 
 
+def pixel_rows(dataset, count: int, preprocessing) -> list[dict]:
+    """Per operation: ``max`` difference in grey levels and ``share`` of differing values over the
+    first ``count`` images of ``dataset`` (device pipeline on the CPU against the reference)."""
+    import torch
+
+    from robustness import device_pipeline as dp
+    from robustness import distort
+
+    operations = {f"blur {s:g}": ("blur", s) for s in (1, 3, 9)} | {"contrast 0.5": ("contrast", 0.5)}
+    stats = {name: [0.0, 0, 0] for name in [*operations, "preprocessing"]}  # max, differing, total
+    scale = torch.tensor(preprocessing.std).view(3, 1, 1)
+    for index in range(min(count, len(dataset))):
+        image = dataset.load(index)[0]
+        tensor = torch.from_numpy(image).permute(2, 0, 1).to(torch.float32)
+        for name, (distortion, level) in operations.items():
+            reference = torch.from_numpy(distort(image, distortion, level)).permute(2, 0, 1).to(torch.float32)
+            device = dp.gaussian_blur(tensor, level) if distortion == "blur" else dp.contrast(tensor, level)
+            difference = (device - reference).abs()
+            entry = stats[name]
+            entry[0] = max(entry[0], float(difference.max()))
+            entry[1] += int((difference > 0).sum())
+            entry[2] += difference.numel()
+        difference = ((dp.preprocess(tensor, preprocessing) - preprocessing(image)) * scale).abs()
+        entry = stats["preprocessing"]
+        entry[0] = max(entry[0], float(difference.max()))
+        entry[1] += int((difference > 1e-3).sum())
+        entry[2] += difference.numel()
+    return [{"operation": k, "max": v[0], "share": v[1] / max(v[2], 1)} for k, v in stats.items()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0")
@@ -69,10 +104,20 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--distortion", action="append", choices=list(DISTORTIONS), help="paper levels (repeatable)")
     parser.add_argument("--json", default=None, help="write the rows as JSON here")
+    parser.add_argument("--pixel-images", type=int, default=0, help="measure pixel differences on N images instead")
     args = parser.parse_args(argv)
 
     model = load_model(args.model)
     dataset = load_dataset(args.data, limit=args.images)
+    if args.pixel_images:
+        rows = pixel_rows(dataset, args.pixel_images, model.preprocessing)
+        print(f"# {min(args.pixel_images, len(dataset))} images, preprocessing {model.preprocessing.describe()}")
+        print("| operation | max difference (grey levels) | values that differ % |\n| --- | --- | --- |")
+        for row in rows:
+            print(f"| {row['operation']} | {row['max']:.3g} | {100 * row['share']:.4f} |")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"pixels": rows}, indent=1) + "\n")
+        return 0
     results, seconds = {}, {}
     for pipeline in ("reference", "device"):
         start = time.perf_counter()
