@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_checks", "_io", "names", "settings", "weights", "images", "_restrict"),
     ("distortions", "models"),
     ("conditions", "testing", "labels"),
-    ("datasets", "cache", "stats"),
+    ("datasets", "cache", "stats", "ray_engine"),
     ("evaluation", "thresholds"),
     ("report", "runs", "gate"),
     ("html_report", "activations"),

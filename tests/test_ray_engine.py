@@ -1,0 +1,180 @@
+"""The Ray engine (robustness.ray_engine, ``evaluate(engine="ray")``): the same top-5 as the local
+engine, bit for bit on the CPU, and no prediction lost or duplicated when a worker dies mid-run.
+
+One local Ray instance (2 CPUs, no dashboard) is started for the module and shut down at its end;
+the tiny random-weight classifier and synthetic images of ``test_evaluation`` keep it small. Skipped
+when Ray Data is not installed, except the check of the error that says how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_evaluation import _TinyNet, make_dataset, table, tiny_model
+
+from robustness import Classifier, Preprocessing, evaluate
+from robustness.evaluation import Condition
+
+#: Ray Data's own deprecation warnings, raised inside Ray when its DataContext is created (Ray 2.60:
+#: ``use_push_based_shuffle``, ``use_polars`` ... set by its own ``__init__``), not by our calls:
+#: ignored (only those, by their module) so the file passes under ``python -W error``.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
+CONDITIONS = [Condition("clean", 0), Condition("noise", 30), Condition("jpeg2000", 30)]
+
+
+@pytest.fixture(scope="module")
+def ray_instance(tmp_path_factory):
+    """A local Ray with 2 CPUs for this module; the test modules' classes travel by value (the
+    workers cannot import ``tests/``)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from ray import cloudpickle
+
+    for module in (sys.modules[_TinyNet.__module__], sys.modules[__name__]):
+        cloudpickle.register_pickle_by_value(module)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for module in (sys.modules[_TinyNet.__module__], sys.modules[__name__]):
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("images"), count=5)
+
+
+@pytest.fixture(scope="module")
+def local_results(images):
+    return evaluate(tiny_model(), images, CONDITIONS, num_workers=0, batch_size=4)
+
+
+def test_same_predictions_as_local(ray_instance, images, local_results):
+    """Noise (seeded per image, never per worker), JPEG 2000 (with its tolerance flag) and clean:
+    every top-5 row, accuracy and count equal to the local engine's."""
+    results = evaluate(tiny_model(), images, CONDITIONS, engine="ray", batch_size=3)
+    assert table(results) == table(local_results)
+    assert [r.tolerance_misses for r in results] == [r.tolerance_misses for r in local_results]
+    for ray_result, local_result in zip(results, local_results):
+        assert np.array_equal(ray_result.predictions, local_result.predictions)
+
+
+class _DiesOnce(_TinyNet):
+    """A :class:`_TinyNet` whose first forward pass inside a Ray actor ends that actor's process
+    (``os._exit(1)``), once per ``marker`` file: a worker killed mid-run."""
+
+    def __init__(self, marker: Path):
+        super().__init__(0)
+        self.marker = str(marker)
+
+    def forward(self, x):
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            try:
+                with open(self.marker, "x"):
+                    pass
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return super().forward(x)
+
+
+class _Recording:
+    """A prediction store that keeps every ``put`` (``PredictionStore`` protocol): condition index,
+    image index, top-5 row."""
+
+    def __init__(self):
+        self.puts: list[tuple[int, int, tuple]] = []
+
+    def open_run(self, model, device, dataset, conditions, seed):
+        return _RecordingSession(self)
+
+
+class _RecordingSession:
+    def __init__(self, store: _Recording):
+        self.store = store
+
+    def claim(self, condition_indices):
+        group = list(condition_indices)
+        if group:
+            yield group
+
+    def get(self, condition_index):
+        return {}
+
+    def put(self, condition_indices, image_indices, top5, flags):
+        for k, i, row in zip(np.asarray(condition_indices).tolist(), np.asarray(image_indices).tolist(), top5):
+            self.store.puts.append((k, i, tuple(np.asarray(row).tolist())))
+
+    def sample_seed(self, condition_indices):
+        return 0
+
+    def discard(self):
+        pass
+
+    def close(self, error=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(exc[1])
+
+
+def test_killed_actor_loses_and_duplicates_nothing(ray_instance, images, local_results, tmp_path):
+    """The first inference actor dies on its first batch; Ray restarts it and re-runs the batch.
+    Every (image, condition) pair is handed to the store exactly once, equal to the local result."""
+    marker = tmp_path / "died"
+    model = Classifier(_DiesOnce(marker), Preprocessing(36, 32, "bilinear"), "tiny")
+    store = _Recording()
+    results = evaluate(model, images, CONDITIONS, engine="ray", batch_size=2, cache=store)
+    assert marker.exists(), "no actor was killed: the test did not test anything"
+    pairs = [(k, i) for k, i, _ in store.puts]
+    expected = {(k, i) for k in range(len(CONDITIONS)) for i in range(len(images))}
+    assert sorted(pairs) == sorted(expected), "a pair was lost or handed to the store twice"
+    for k, i, row in store.puts:
+        assert row == tuple(local_results[k].predictions[i].tolist())
+    assert table(results) == table(local_results)
+
+
+def test_unknown_engine_is_named(images):
+    with pytest.raises(ValueError, match="unknown engine 'spark'.*local, ray"):
+        evaluate(tiny_model(), images, CONDITIONS, engine="spark")
+
+
+def test_missing_ray_says_how_to_install(images, monkeypatch):
+    """Without Ray the error names the extra to install (``sys.modules`` entry ``None`` makes the
+    import fail as if it were absent)."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(ImportError, match=r"pip install 'robustness\[ray\]'"):
+        evaluate(tiny_model(), images, CONDITIONS, engine="ray")
+
+
+def test_import_loads_neither_ray_nor_torch():
+    """``import robustness`` and the engine module itself load no Ray (and the module no torch): Ray
+    is imported when ``engine="ray"`` runs."""
+    import subprocess
+
+    code = (
+        "import sys, robustness, robustness.ray_engine; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "[]"
