@@ -36,11 +36,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["RayEngine", "RayEngineError", "ENGINES", "require_ray"]
-
-#: The engines :func:`robustness.evaluate` knows: ``local`` (DataLoader workers in this process's
-#: machine) and ``ray`` (this module).
-ENGINES = ("local", "ray")
+__all__ = ["RayEngine", "RayEngineError", "require_ray"]
 
 #: Largest number of work items in one block of the input dataset (one CPU task).
 MAX_BLOCK_ITEMS = 256
@@ -158,6 +154,46 @@ def _original_error(error: BaseException) -> BaseException:
     return error
 
 
+class _Receipts:
+    """What came back from the cluster for the work ``items`` (int64 ``(n, 2)``): each (image index,
+    condition index) pair is handed on once."""
+
+    def __init__(self, items: np.ndarray):
+        self.items = items
+        self.received: dict[tuple[int, int], np.ndarray] = {}
+
+    def take(self, batch: dict) -> np.ndarray:
+        """The rows of an output ``batch`` (numpy columns ``image_index``, ``condition_index``,
+        ``top5``) not received before, int64 indices. A pair received again with the same top-5 (a
+        batch re-run after its actor or task died) is dropped.
+
+        Raises:
+            RayEngineError: a pair came back again with a different top-5.
+        """
+        fresh = []
+        for j, pair in enumerate(zip(batch["image_index"].tolist(), batch["condition_index"].tolist())):
+            top5 = np.asarray(batch["top5"][j])
+            if pair in self.received:
+                if not np.array_equal(self.received[pair], top5):
+                    raise RayEngineError(
+                        f"Ray engine: image {pair[0]} under condition {pair[1]} came back twice with different "
+                        f"top-5 ({self.received[pair].tolist()} and {top5.tolist()})"
+                    )
+                continue  # a re-run batch: already handed on
+            self.received[pair] = top5
+            fresh.append(j)
+        return np.asarray(fresh, dtype=np.int64)
+
+    def check_complete(self) -> None:
+        """Raises :class:`RayEngineError` naming the first work item that never came back."""
+        missing = [pair for pair in map(tuple, self.items.tolist()) if pair not in self.received]
+        if missing:
+            raise RayEngineError(
+                f"Ray engine: {len(missing)} work item(s) did not come back from the cluster, first "
+                f"(image index, condition index) {missing[0]}"
+            )
+
+
 class RayEngine:
     """Runs the engine's work items on a Ray cluster (see the module docstring).
 
@@ -247,22 +283,10 @@ class RayEngine:
             concurrency=(1, self.actors),
             **gpu,
         )
-        received: dict[tuple[int, int], np.ndarray] = {}
+        receipts = _Receipts(items)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                fresh = []
-                for j, pair in enumerate(zip(batch["image_index"].tolist(), batch["condition_index"].tolist())):
-                    top5 = batch["top5"][j]
-                    if pair in received:
-                        if not np.array_equal(received[pair], top5):
-                            raise RayEngineError(
-                                f"Ray engine: image {pair[0]} under condition {pair[1]} came back twice with "
-                                f"different top-5 ({received[pair].tolist()} and {top5.tolist()})"
-                            )
-                        continue  # a re-run batch (a restarted actor or retried task): already handed on
-                    received[pair] = top5
-                    fresh.append(j)
-                fresh = np.asarray(fresh, dtype=np.int64)
+                fresh = receipts.take(batch)
                 ok = fresh[[not batch["error"][j] for j in fresh]] if len(fresh) else fresh
                 failed = [(int(batch["image_index"][j]), str(batch["error"][j])) for j in fresh if batch["error"][j]]
                 yield (
@@ -279,9 +303,4 @@ class RayEngine:
             if original is error:
                 raise
             raise original from error
-        missing = [pair for pair in map(tuple, items.tolist()) if pair not in received]
-        if missing:
-            raise RayEngineError(
-                f"Ray engine: {len(missing)} work item(s) did not come back from the cluster, first "
-                f"(image index, condition index) {missing[0]}"
-            )
+        receipts.check_complete()

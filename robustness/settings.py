@@ -48,6 +48,8 @@ __all__ = [
     "non_negative_int",
     "margin_fraction",
     "boolean",
+    "engine_name",
+    "ENGINES",
     "check_device",
     "BadValue",
     "DEFAULT_DATA_DIR",
@@ -121,6 +123,19 @@ def boolean(text: str | bool) -> bool:
     if value in _FALSE:
         return False
     raise BadValue(f"must be one of 1/true/yes/on or 0/false/no/off, got {text!r}")
+
+
+#: The engines :func:`robustness.evaluate` runs the work on: ``local`` (DataLoader workers on this
+#: machine) and ``ray`` (a Ray cluster through Ray Data, :mod:`robustness.ray_engine`).
+ENGINES = ("local", "ray")
+
+
+def engine_name(text: str) -> str:
+    """One of :data:`ENGINES` (any case, spaces stripped). Raises :class:`BadValue` naming them."""
+    value = str(text).strip().lower()
+    if value not in ENGINES:
+        raise BadValue(f"must be one of {', '.join(ENGINES)}, got {text!r}")
+    return value
 
 
 def _text(text: str) -> str:
@@ -347,6 +362,27 @@ SETTINGS: Mapping[str, Setting] = {
             default=0,
             default_text="0",
             metavar="S",
+            gate=False,
+        ),
+        _setting(
+            "engine",
+            "engine",
+            "where the per-item work runs: local (DataLoader workers on this machine) or ray (a Ray cluster "
+            "through Ray Data; pip install 'robustness[ray]')",
+            "--engine",
+            parse=engine_name,
+            default="local",
+            default_text="local",
+            metavar="ENGINE",
+            gate=False,
+        ),
+        _setting(
+            "ray_address",
+            "Ray cluster",
+            "the Ray cluster to join with --engine ray: auto, HOST:6379, ray://HOST:10001",
+            "--ray-address",
+            default_text="$RAY_ADDRESS, else a local Ray instance",
+            metavar="ADDR",
             gate=False,
         ),
     )

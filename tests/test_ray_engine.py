@@ -178,3 +178,26 @@ def test_import_loads_neither_ray_nor_torch():
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "[]"
+
+
+def test_receipts_hand_on_each_pair_once():
+    """The driver's bookkeeping (no Ray needed): a re-run batch is dropped, a pair that comes back
+    with other predictions or never comes back is an error naming it."""
+    from robustness.ray_engine import RayEngineError, _Receipts
+
+    items = np.array([[0, 0], [0, 1], [1, 0]], dtype=np.int64)
+    receipts = _Receipts(items)
+
+    def batch(pairs, top5):
+        pairs = np.array(pairs, dtype=np.int64)
+        return {"image_index": pairs[:, 0], "condition_index": pairs[:, 1], "top5": np.array(top5)}
+
+    first = batch([[0, 0], [0, 1]], [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    assert receipts.take(first).tolist() == [0, 1]
+    assert receipts.take(first).tolist() == []  # the same batch re-run: nothing handed on twice
+    with pytest.raises(RayEngineError, match="did not come back.*\\(1, 0\\)"):
+        receipts.check_complete()
+    assert receipts.take(batch([[1, 0]], [[1, 2, 3, 4, 5]])).tolist() == [0]
+    receipts.check_complete()
+    with pytest.raises(RayEngineError, match="image 0 under condition 1 came back twice"):
+        receipts.take(batch([[0, 1]], [[10, 9, 8, 7, 6]]))
