@@ -103,8 +103,8 @@ def estimate(rows: list[dict], *, images: int, nodes: int, cores: int, gpu_rate:
     With one GPU per node doing ``gpu_rate`` images/s (an assumption, not measured): per node, the
     read-and-distort tasks run on ``cores - 1`` cores, and the one inference actor (1 core) preprocesses
     and then runs each batch, so its rate is ``1 / (preprocess + 1 / gpu_rate)``; the node goes at the
-    slower of the two. ``preprocess_in_tasks`` is the same with the preprocessing moved into the CPU
-    tasks (the actor then only feeds the GPU).
+    slower of the two. ``seconds_preprocess_in_tasks`` is the same with the preprocessing in the CPU
+    tasks (the actor then only feeds the GPU): what :mod:`robustness.ray_engine` does for GPU actors.
 
     Returns ``{"items", "seconds", "bound"}`` (and ``"seconds_preprocess_in_tasks"`` with a GPU).
     """
@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['stage']} | {row['items']} | {1000 * row['cpu_s_per_item']:.1f} | "
               f"{1000 * row['wall_s_per_item']:.1f} |")  # fmt: skip
     print(f"\n50,000 images x every paper condition; nodes of 16 cores; GPU rate {args.gpu_rate:g} img/s ASSUMED\n")
-    print("| nodes | no GPU | one GPU each (bound) | one GPU each, preprocessing in the CPU tasks |")
+    print(
+        "| nodes | no GPU | one GPU each, preprocessing in the actor (bound) | one GPU each, preprocessing in the tasks |"
+    )
     print("| --- | --- | --- | --- |")
     for nodes in (1, 4, 16):
         cpu = estimate(rows, images=50_000, nodes=nodes, cores=16, gpu_rate=None)

@@ -15,7 +15,8 @@ it hands this module is a list of work items, int64 ``(n, 2)`` (image index, con
    level) only, never on the worker);
 3. an **actor pool** (``map_batches`` with a callable class, ``concurrency``) applies the model's
    preprocessing and runs the model: one actor per GPU (``num_gpus=1``) when the inference device
-   is CUDA, else CPU actors; the top-5 come from :func:`robustness.evaluation.top5_of`;
+   is CUDA, else CPU actors; the top-5 come from :func:`robustness.evaluation.top5_of`. For GPU
+   actors the preprocessing runs at the end of step 2 instead (:func:`preprocess_where`);
 4. the driver iterates the output and yields one batch at a time to the engine, which hands it to
    the store as it comes.
 
@@ -82,23 +83,42 @@ def _blocks(items: np.ndarray, cpus: int) -> list:
     ]
 
 
-def _distort_batch(batch: dict, *, work) -> dict:
+def preprocess_where(on_gpu: bool) -> str:
+    """Where the model's preprocessing runs: ``"tasks"`` (beside the distortion, on every CPU of the
+    cluster) for GPU actors, whose one CPU would otherwise cap the node at ~200 items/s (the estimate in
+    docs/cluster.md); ``"actors"`` for CPU actors (the same CPU cost either way, and a smaller
+    ``uint8`` image than a ``float32`` tensor crosses the object store when the crop is smaller)."""
+    return "tasks" if on_gpu else "actors"
+
+
+def _distort_batch(batch: dict, *, work, preprocess: bool = False) -> dict:
     """Ray task body: read and distort each item of ``batch`` (numpy columns ``image_index``,
     ``condition_index``) with ``work.distorted``. Returns the batch with ``image`` (object array of
-    uint8 ``(H, W, 3)``; a 1x1 placeholder for an unreadable image), ``error`` (message or "") and
-    ``missed`` (bool: JPEG 2000 missed its PSNR tolerance)."""
+    uint8 ``(H, W, 3)``; a 1x1 placeholder for an unreadable image) or, with ``preprocess``,
+    ``tensor`` (float32 ``(n, 3, crop, crop)``, ``work.preprocessing`` applied; zeros for an
+    unreadable image), ``error`` (message or "") and ``missed`` (bool: JPEG 2000 missed its PSNR
+    tolerance)."""
     images, errors, missed = [], [], []
     for i, k in zip(batch["image_index"].tolist(), batch["condition_index"].tolist()):
         image, error, miss = work.distorted(i, k)
-        images.append(np.zeros((1, 1, 3), np.uint8) if image is None else image)
+        if preprocess:
+            images.append(None if image is None else work.preprocessing(image).numpy())
+        else:
+            images.append(np.zeros((1, 1, 3), np.uint8) if image is None else image)
         errors.append(error or "")
         missed.append(bool(miss))
-    column = np.empty(len(images), dtype=object)
-    column[:] = images
+    if preprocess:
+        shape = next((t.shape for t in images if t is not None), None)
+        if shape is None:  # no readable image in the block: placeholders of the network's input shape
+            shape = (3, work.preprocessing.crop_size, work.preprocessing.crop_size)
+        column = {"tensor": np.stack([np.zeros(shape, np.float32) if t is None else t for t in images])}
+    else:
+        column = {"image": np.empty(len(images), dtype=object)}
+        column["image"][:] = images
     return {
         "image_index": batch["image_index"],
         "condition_index": batch["condition_index"],
-        "image": column,
+        **column,
         "error": np.asarray(errors, dtype=object),
         "missed": np.asarray(missed, dtype=bool),
     }
@@ -125,7 +145,12 @@ class _Infer:
         ok = np.array([not e for e in errors], dtype=bool)
         top5 = np.full((len(errors), 5), -1, dtype=np.int64)
         if ok.any():
-            tensors = torch.stack([self.model.preprocessing(image) for image, good in zip(batch["image"], ok) if good])
+            if "tensor" in batch:  # preprocessed in the tasks
+                tensors = torch.from_numpy(np.ascontiguousarray(batch["tensor"][ok]))
+            else:
+                tensors = torch.stack(
+                    [self.model.preprocessing(image) for image, good in zip(batch["image"], ok) if good]
+                )
             with self.settings(), torch.inference_mode():
                 logits = self.model(tensors.to(self.device))
                 top5[ok] = self.score(logits, self.model)
@@ -267,8 +292,9 @@ class RayEngine:
         # A task whose worker dies is re-run (Ray's default: 3 retries). The memory request (what a
         # task may hold) also keeps Ray Data from fusing this stage into the actors' (their remote
         # arguments differ): the distortions then use every CPU of the cluster, not only the actors'.
+        in_tasks = preprocess_where(self.on_gpu) == "tasks"
         dataset = dataset.map_batches(
-            functools.partial(_distort_batch, work=work),
+            functools.partial(_distort_batch, work=work, preprocess=in_tasks),
             batch_size=None,
             batch_format="numpy",
             num_cpus=1,

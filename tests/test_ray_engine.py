@@ -62,9 +62,14 @@ def local_results(images):
     return evaluate(tiny_model(), images, CONDITIONS, num_workers=0, batch_size=4)
 
 
-def test_same_predictions_as_local(ray_instance, images, local_results):
+@pytest.mark.parametrize("preprocess", ["actors", "tasks"])
+def test_same_predictions_as_local(ray_instance, images, local_results, preprocess, monkeypatch):
     """Noise (seeded per image, never per worker), JPEG 2000 (with its tolerance flag) and clean:
-    every top-5 row, accuracy and count equal to the local engine's."""
+    every top-5 row, accuracy and count equal to the local engine's, with the preprocessing in the
+    inference actors (CPU actors) or in the distortion tasks (what GPU actors get)."""
+    from robustness import ray_engine
+
+    monkeypatch.setattr(ray_engine, "preprocess_where", lambda on_gpu: preprocess)
     results = evaluate(tiny_model(), images, CONDITIONS, engine="ray", batch_size=3)
     assert table(results) == table(local_results)
     assert [r.tolerance_misses for r in results] == [r.tolerance_misses for r in local_results]
