@@ -69,20 +69,6 @@ def require_ray():
     return ray
 
 
-def _blocks(items: np.ndarray, cpus: int) -> list:
-    """``items`` cut into pyarrow tables of at most :data:`MAX_BLOCK_ITEMS` rows, about four per CPU,
-    in the order given (image-major)."""
-    import pyarrow as pa
-
-    per_block = max(1, min(MAX_BLOCK_ITEMS, math.ceil(len(items) / max(1, 4 * cpus))))
-    return [
-        pa.table(
-            {"image_index": items[start : start + per_block, 0], "condition_index": items[start : start + per_block, 1]}
-        )
-        for start in range(0, len(items), per_block)
-    ]
-
-
 def preprocess_where(on_gpu: bool) -> str:
     """Where the model's preprocessing runs: ``"tasks"`` (beside the distortion, on every CPU of the
     cluster) for GPU actors, whose one CPU would otherwise cap the node at ~200 items/s (the estimate in
@@ -93,70 +79,86 @@ def preprocess_where(on_gpu: bool) -> str:
 
 def _distort_batch(batch: dict, *, work, preprocess: bool = False) -> dict:
     """Ray task body: read and distort each item of ``batch`` (numpy columns ``image_index``,
-    ``condition_index``) with ``work.distorted``. Returns the batch with ``image`` (object array of
-    uint8 ``(H, W, 3)``; a 1x1 placeholder for an unreadable image) or, with ``preprocess``,
-    ``tensor`` (float32 ``(n, 3, crop, crop)``, ``work.preprocessing`` applied; zeros for an
+    ``condition_index``, ``need<r>``) with ``work.distorted``. Returns the batch with ``image`` (object
+    array of uint8 ``(H, W, 3)``; a 1x1 placeholder for an unreadable image) or, with ``preprocess``,
+    ``tensor<p>`` for each of ``work.preprocessings`` (float32 ``(n, 3, crop, crop)``; zeros for an
     unreadable image), ``error`` (message or "") and ``missed`` (bool: JPEG 2000 missed its PSNR
-    tolerance)."""
+    tolerance); the ``need<r>`` columns pass through."""
+    preprocessings = work.preprocessings if preprocess else []
     images, errors, missed = [], [], []
+    tensors: list[list] = [[] for _ in preprocessings]
     for i, k in zip(batch["image_index"].tolist(), batch["condition_index"].tolist()):
         image, error, miss = work.distorted(i, k)
-        if preprocess:
-            images.append(None if image is None else work.preprocessing(image).numpy())
-        else:
-            images.append(np.zeros((1, 1, 3), np.uint8) if image is None else image)
+        images.append(np.zeros((1, 1, 3), np.uint8) if image is None else image)
+        for p, preprocessing in enumerate(preprocessings):
+            tensors[p].append(None if image is None else preprocessing(image).numpy())
         errors.append(error or "")
         missed.append(bool(miss))
+    columns = {name: batch[name] for name in batch if name.startswith("need")}
     if preprocess:
-        shape = next((t.shape for t in images if t is not None), None)
-        if shape is None:  # no readable image in the block: placeholders of the network's input shape
-            shape = (3, work.preprocessing.crop_size, work.preprocessing.crop_size)
-        column = {"tensor": np.stack([np.zeros(shape, np.float32) if t is None else t for t in images])}
+        for p, column in enumerate(tensors):
+            shape = next((t.shape for t in column if t is not None), None)
+            if shape is None:  # no readable image in the block: placeholders of the network's input shape
+                crop = preprocessings[p].crop_size
+                shape = (3, crop, crop)
+            columns[f"tensor{p}"] = np.stack([np.zeros(shape, np.float32) if t is None else t for t in column])
     else:
-        column = {"image": np.empty(len(images), dtype=object)}
-        column["image"][:] = images
+        columns["image"] = np.empty(len(images), dtype=object)
+        columns["image"][:] = images
     return {
         "image_index": batch["image_index"],
         "condition_index": batch["condition_index"],
-        **column,
+        **columns,
         "error": np.asarray(errors, dtype=object),
         "missed": np.asarray(missed, dtype=bool),
     }
 
 
 class _Infer:
-    """Ray actor: the model's preprocessing and forward pass, top-5 per item (``score``).
+    """Ray actor: each model's preprocessing and forward pass, top-5 per item and model (``score``).
 
-    Constructed once per actor from the model in the object store (``model_ref``), moved to
-    ``device`` (on a GPU actor ``cuda`` is the GPU Ray assigned to it); ``settings()`` is the
+    Constructed once per actor from the models in the object store (``model_refs``), each moved to its
+    device (``cuda`` on a GPU actor is the GPU Ray assigned to it); ``group[r]`` is the index of model
+    ``r``'s preprocessing (models with equal preprocessings share it); ``settings(device)`` is the
     engine's inference-numerics context (deterministic cuDNN, TF32 off unless allowed)."""
 
-    def __init__(self, model_ref, device: str, score: Callable, settings: Callable):
+    def __init__(self, model_refs, devices, group, score: Callable, settings: Callable):
         import ray
         import torch
 
-        (model,) = ray.get([model_ref])
-        self.torch, self.device, self.score, self.settings = torch, device, score, settings
-        self.model = model.to(device).eval()
+        models = ray.get(list(model_refs))
+        self.torch, self.devices, self.group, self.score, self.settings = torch, devices, group, score, settings
+        self.models = [m.to(d).eval() for m, d in zip(models, devices)]
+
+    def _inputs(self, batch: dict, p: int, rows: np.ndarray, model):
+        torch = self.torch
+        if f"tensor{p}" in batch:  # preprocessed in the tasks
+            return torch.from_numpy(np.ascontiguousarray(batch[f"tensor{p}"][rows]))
+        return torch.stack([model.preprocessing(batch["image"][j]) for j in np.flatnonzero(rows)])
 
     def __call__(self, batch: dict) -> dict:
         torch = self.torch
         errors = batch["error"]
         ok = np.array([not e for e in errors], dtype=bool)
-        top5 = np.full((len(errors), 5), -1, dtype=np.int64)
-        if ok.any():
-            if "tensor" in batch:  # preprocessed in the tasks
-                tensors = torch.from_numpy(np.ascontiguousarray(batch["tensor"][ok]))
-            else:
-                tensors = torch.stack(
-                    [self.model.preprocessing(image) for image, good in zip(batch["image"], ok) if good]
-                )
-            with self.settings(), torch.inference_mode():
-                logits = self.model(tensors.to(self.device))
-                top5[ok] = self.score(logits, self.model)
+        top5 = np.full((len(errors), len(self.models), 5), -1, dtype=np.int64)
+        inputs: dict[int, tuple] = {}  # preprocessing index -> (rows, tensors), shared by its models
+        for r, (model, device) in enumerate(zip(self.models, self.devices)):
+            rows = ok & batch[f"need{r}"].astype(bool)
+            if not rows.any():
+                continue
+            p = self.group[r]
+            if p not in inputs:
+                union = ok & np.any([batch[f"need{q}"] for q in range(len(self.models)) if self.group[q] == p], axis=0)
+                inputs[p] = (union, self._inputs(batch, p, union, model))
+            union, tensors = inputs[p]
+            mine = torch.from_numpy(rows[union])
+            with self.settings(device), torch.inference_mode():
+                logits = model(tensors[mine].to(device))
+                top5[rows, r] = self.score(logits, model)
         return {
             "image_index": batch["image_index"],
             "condition_index": batch["condition_index"],
+            **{name: batch[name] for name in batch if name.startswith("need")},
             "top5": top5,
             "missed": batch["missed"],
             "error": errors,
@@ -223,29 +225,31 @@ class RayEngine:
     """Runs the engine's work items on a Ray cluster (see the module docstring).
 
     Args:
-        model: the :class:`robustness.Classifier`, already on ``device`` and in eval mode; it is
-            pickled once into Ray's object store (so its code must be importable on the workers).
-        device: the inference device of the actors: ``"cpu"`` (CPU actors) or a CUDA device (one
-            actor per GPU, ``num_gpus=1``; the actor uses the GPU Ray assigns it).
+        models: the :class:`robustness.Classifier` objects of one evaluation, each already on its
+            device and in eval mode; each is pickled once into Ray's object store (so their code must be
+            importable on the workers).
+        devices: each model's inference device: ``"cpu"`` or a CUDA device. When any is CUDA the actors
+            are GPU actors (one per GPU, ``num_gpus=1``; ``cuda`` is the GPU Ray assigns to the actor),
+            else CPU actors.
         score: ``score(logits, model) -> int64 (N, 5)`` top-5 (the engine's ``top5_of`` with the
             dataset's class list), called in the actors.
-        settings: a no-argument context manager factory for the inference numerics, entered in the
-            actors around each forward pass.
+        settings: ``settings(device)``, a context manager for the inference numerics on that device,
+            entered in the actors around each forward pass.
         address: the Ray cluster to join (``ray.init(address=...)``: ``"auto"``, ``"ray://host:10001"``,
             ``"host:6379"``); ``None`` joins the one in ``$RAY_ADDRESS`` or starts a local instance. A
             Ray already initialised in this process is used as is.
-        actors: the most inference actors (default: the cluster's GPUs for CUDA, else half its
+        actors: the most inference actors (default: the cluster's GPUs for GPU actors, else half its
             CPUs, at least 1).
 
     Raises:
         ImportError: Ray Data is not installed (:func:`require_ray`).
-        ValueError: a CUDA ``device`` on a cluster without GPUs.
+        ValueError: a CUDA device on a cluster without GPUs.
     """
 
     def __init__(
         self,
-        model,
-        device: str,
+        models,
+        devices,
         *,
         score: Callable,
         settings: Callable,
@@ -259,40 +263,68 @@ class RayEngine:
         resources = ray.cluster_resources()
         self.cpus = max(1, int(resources.get("CPU", 1)))
         gpus = int(resources.get("GPU", 0))
-        self.on_gpu = str(device).startswith("cuda")
+        devices = [str(d) for d in devices]
+        self.on_gpu = any(d.startswith("cuda") for d in devices)
         if self.on_gpu and gpus < 1:
-            raise ValueError(f"inference device {device} was asked for, but the Ray cluster has no GPU ({resources})")
+            raise ValueError(
+                f"inference device {', '.join(devices)} was asked for, but the Ray cluster has no GPU ({resources})"
+            )
         if actors is None:
             actors = gpus if self.on_gpu else max(1, self.cpus // 2)
         self.actors = max(1, int(actors))
-        self.device = "cuda" if self.on_gpu else "cpu"
-        self.model_ref = ray.put(model)
+        self.devices = ["cuda" if d.startswith("cuda") else d for d in devices]  # the actor's own GPU
+        self.model_refs = [ray.put(m) for m in models]
         self.score, self.settings = score, settings
 
-    def infer(self, work, items: np.ndarray, batch_size: int) -> Iterator[tuple]:
+    def infer(self, work, group, items: np.ndarray, needs: np.ndarray, batch_size: int, models=None) -> Iterator[tuple]:
         """Run ``items`` (int64 ``(n, 2)``: image index, condition index) through the pipeline.
 
-        ``work`` is the engine's per-item object (``distorted(image_index, condition_index)`` and
-        ``dataset``); it is pickled into the tasks. Yields, per output batch, ``(condition indices
-        (b,), image indices (b,), top-5 int64 (b, 5), missed bool (b,), [(image index, message),
-        ...] unreadable images)``, each pair once.
+        Args:
+            work: the engine's per-item object (``distorted(image_index, condition_index)``,
+                ``preprocessings``); pickled into the tasks.
+            group: ``group[r]``: the index into ``work.preprocessings`` of model ``r``'s preprocessing.
+            items: the work items.
+            needs: bool ``(n, len(models))``: model ``r`` needs item ``k``.
+            batch_size: items per inference batch.
+            models: the indices (into the constructor's ``models``) of the models the columns of
+                ``needs`` stand for (default: all, in order).
+
+        Yields, per output batch and model ``r`` (an index into ``models``), ``(r, condition indices
+        (b,), image indices (b,), top-5 int64 (b, 5), missed bool (b,), [(image index, message), ...]
+        unreadable images it needed, items done)``, each pair once; ``items done`` counts the batch's
+        new items on its first yield and is 0 on the others.
 
         Raises:
             RayEngineError: a pair came back twice with different predictions, or did not come back.
-            Exception: what the model or the distortion raised in a worker (unwrapped from Ray's
-                error, the cause chained).
+            Exception: what a model or a distortion raised in a worker (unwrapped from Ray's error, the
+                cause chained).
         """
         import functools
 
+        import pyarrow as pa
+
         ray = self.ray
         items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
+        models = list(range(len(self.model_refs))) if models is None else list(models)
+        needs = np.asarray(needs, dtype=bool).reshape(len(items), len(models))
         if len(items) == 0:
             return
-        dataset = ray.data.from_arrow(_blocks(items, self.cpus))
+        per_block = max(1, min(MAX_BLOCK_ITEMS, math.ceil(len(items) / max(1, 4 * self.cpus))))
+        blocks = [
+            pa.table(
+                {
+                    "image_index": items[start : start + per_block, 0],
+                    "condition_index": items[start : start + per_block, 1],
+                    **{f"need{r}": needs[start : start + per_block, r] for r in range(len(models))},
+                }
+            )
+            for start in range(0, len(items), per_block)
+        ]
+        dataset = ray.data.from_arrow(blocks)
+        in_tasks = preprocess_where(self.on_gpu) == "tasks"
         # A task whose worker dies is re-run (Ray's default: 3 retries). The memory request (what a
         # task may hold) also keeps Ray Data from fusing this stage into the actors' (their remote
         # arguments differ): the distortions then use every CPU of the cluster, not only the actors'.
-        in_tasks = preprocess_where(self.on_gpu) == "tasks"
         dataset = dataset.map_batches(
             functools.partial(_distort_batch, work=work, preprocess=in_tasks),
             batch_size=None,
@@ -300,28 +332,44 @@ class RayEngine:
             num_cpus=1,
             memory=TASK_MEMORY,
         )
-        gpu = {"num_gpus": 1} if self.on_gpu else {"num_cpus": 1}
+        resources = {"num_gpus": 1} if self.on_gpu else {"num_cpus": 1}
         dataset = dataset.map_batches(
             _Infer,
-            fn_constructor_args=(self.model_ref, self.device, self.score, self.settings),
+            fn_constructor_args=(
+                [self.model_refs[m] for m in models],
+                [self.devices[m] for m in models],
+                list(group),
+                self.score,
+                self.settings,
+            ),
             batch_size=batch_size,
             batch_format="numpy",
             concurrency=(1, self.actors),
-            **gpu,
+            **resources,
         )
         receipts = _Receipts(items)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                fresh = receipts.take(batch)
-                ok = fresh[[not batch["error"][j] for j in fresh]] if len(fresh) else fresh
-                failed = [(int(batch["image_index"][j]), str(batch["error"][j])) for j in fresh if batch["error"][j]]
-                yield (
-                    batch["condition_index"][ok].astype(np.int64),
-                    batch["image_index"][ok].astype(np.int64),
-                    batch["top5"][ok].astype(np.int64),
-                    batch["missed"][ok].astype(bool),
-                    failed,
-                )
+                fresh = np.zeros(len(batch["error"]), dtype=bool)
+                fresh[receipts.take(batch)] = True
+                ok = np.array([not e for e in batch["error"]], dtype=bool)
+                count = int(fresh.sum())
+                for r in range(len(models)):
+                    need = fresh & batch[f"need{r}"].astype(bool)
+                    rows = need & ok
+                    failed = [
+                        (int(batch["image_index"][j]), str(batch["error"][j])) for j in np.flatnonzero(need & ~ok)
+                    ]
+                    yield (
+                        r,
+                        batch["condition_index"][rows].astype(np.int64),
+                        batch["image_index"][rows].astype(np.int64),
+                        batch["top5"][rows, r].astype(np.int64),
+                        batch["missed"][rows].astype(bool),
+                        failed,
+                        count,
+                    )
+                    count = 0
         except RayEngineError:
             raise
         except Exception as error:

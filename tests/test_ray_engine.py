@@ -62,14 +62,10 @@ def local_results(images):
     return evaluate(tiny_model(), images, CONDITIONS, num_workers=0, batch_size=4)
 
 
-@pytest.mark.parametrize("preprocess", ["actors", "tasks"])
-def test_same_predictions_as_local(ray_instance, images, local_results, preprocess, monkeypatch):
+def test_same_predictions_as_local(ray_instance, images, local_results):
     """Noise (seeded per image, never per worker), JPEG 2000 (with its tolerance flag) and clean:
-    every top-5 row, accuracy and count equal to the local engine's, with the preprocessing in the
-    inference actors (CPU actors) or in the distortion tasks (what GPU actors get)."""
-    from robustness import ray_engine
-
-    monkeypatch.setattr(ray_engine, "preprocess_where", lambda on_gpu: preprocess)
+    every top-5 row, accuracy and count equal to the local engine's (CPU actors: the preprocessing
+    in the actors; the tasks' preprocessing, what GPU actors get, is tested with several models)."""
     results = evaluate(tiny_model(), images, CONDITIONS, engine="ray", batch_size=3)
     assert table(results) == table(local_results)
     assert [r.tolerance_misses for r in results] == [r.tolerance_misses for r in local_results]
@@ -206,3 +202,35 @@ def test_receipts_hand_on_each_pair_once():
     receipts.check_complete()
     with pytest.raises(RayEngineError, match="image 0 under condition 1 came back twice"):
         receipts.take(batch([[0, 1]], [[10, 9, 8, 7, 6]]))
+
+
+def test_several_models_as_separate_local_runs(ray_instance, images, local_results, monkeypatch):
+    """Two models with different preprocessings in one Ray run (each item distorted once, each model
+    fed its own tensors, made in the tasks): each model's top-5 equal to its own local run."""
+    from robustness import ray_engine
+
+    monkeypatch.setattr(ray_engine, "preprocess_where", lambda on_gpu: "tasks")
+    other = Classifier(_TinyNet(1), Preprocessing(40, 32, "bicubic"), "tiny-other")
+    local_other = evaluate(
+        Classifier(_TinyNet(1), Preprocessing(40, 32, "bicubic"), "tiny-other"),
+        images,
+        CONDITIONS,
+        num_workers=0,
+    )
+    results = evaluate([tiny_model(), other], images, CONDITIONS, engine="ray", batch_size=4)
+    assert table(results["tiny"]) == table(local_results)
+    assert table(results["tiny-other"]) == table(local_other)
+    assert table(local_other) != table(local_results)  # two models that disagree: the test can tell them apart
+
+
+def test_cache_written_by_ray_serves_the_local_engine(ray_instance, images, local_results, tmp_path):
+    """The driver writes the Ray engine's predictions in the cache's own format: a local run then
+    reads them, re-checks its sample without a disagreement (a CacheWarning would fail under -W
+    error) and reports the same numbers."""
+    cache = tmp_path / "cache"
+    first = evaluate(tiny_model(), images, CONDITIONS, engine="ray", cache=cache)
+    model = tiny_model()
+    second = evaluate(model, images, CONDITIONS, num_workers=0, cache=cache)
+    assert table(first) == table(second) == table(local_results)
+    computed = len(images) * len(CONDITIONS)
+    assert model.net.seen < computed, "the local run recomputed everything instead of reading the cache"
