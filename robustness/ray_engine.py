@@ -13,8 +13,9 @@ it hands this module is a list of work items, int64 ``(n, 2)`` (image index, con
    loading rules, :func:`robustness.distortions.distort` / ``distort_with_info`` and the seed of
    :func:`robustness.evaluation.image_seed`, which depends on (base seed, image id, distortion,
    level) only, never on the worker);
-3. an **actor pool** (``map_batches`` with a callable class, ``concurrency``) applies the model's
-   preprocessing and runs the model: one actor per GPU (``num_gpus=1``) when the inference device
+3. an **actor pool** (``map_batches`` with a callable class, ``concurrency``) applies each model's
+   preprocessing and runs each model on the items it needs (several models of one
+   ``evaluate([a, b], ...)`` share the distorted items, as in the local engine): one actor per GPU (``num_gpus=1``) when the inference device
    is CUDA, else CPU actors; the top-5 come from :func:`robustness.evaluation.top5_of`. For GPU
    actors the preprocessing runs at the end of step 2 instead (:func:`preprocess_where`);
 4. the driver iterates the output and yields one batch at a time to the engine, which hands it to
@@ -46,6 +47,14 @@ MAX_BLOCK_ITEMS = 256
 #: and torch imported (445 MiB peak measured here by Ray Data on the test's tiny images) plus a
 #: block of :data:`MAX_BLOCK_ITEMS` distorted ImageNet images (~0.5 MB each at native size, ~130 MB).
 TASK_MEMORY = 2**30
+
+
+class _Raised(Exception):
+    """Carries an exception a task or actor handed back, out of the driver's loop."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
 
 
 class RayEngineError(RuntimeError):
@@ -84,6 +93,32 @@ def _distort_batch(batch: dict, *, work, preprocess: bool = False) -> dict:
     ``tensor<p>`` for each of ``work.preprocessings`` (float32 ``(n, 3, crop, crop)``; zeros for an
     unreadable image), ``error`` (message or "") and ``missed`` (bool: JPEG 2000 missed its PSNR
     tolerance); the ``need<r>`` columns pass through."""
+    try:
+        return _distorted_columns(batch, work, preprocess)
+    except Exception as error:  # noqa: BLE001 - handed to the driver, which raises it as itself
+        return _failure(batch, error)
+
+
+def _failure(batch: dict, error: BaseException) -> dict:
+    """The output of a task or actor whose work raised ``error``: the work items, their ``need<r>``
+    columns and ``failure`` (the pickled exception on every row), which the driver raises."""
+    from ray import cloudpickle
+
+    try:
+        pickled = cloudpickle.dumps(error)
+        cloudpickle.loads(pickled)
+    except Exception:  # noqa: BLE001 - an exception that does not survive pickling: its type and message
+        pickled = cloudpickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+    return {
+        "image_index": batch["image_index"],
+        "condition_index": batch["condition_index"],
+        **{name: batch[name] for name in batch if name.startswith("need")},
+        "failure": np.array([pickled] * len(batch["image_index"]), dtype=object),
+    }
+
+
+def _distorted_columns(batch: dict, work, preprocess: bool) -> dict:
+    """The body of :func:`_distort_batch`."""
     preprocessings = work.preprocessings if preprocess else []
     images, errors, missed = [], [], []
     tensors: list[list] = [[] for _ in preprocessings]
@@ -111,6 +146,7 @@ def _distort_batch(batch: dict, *, work, preprocess: bool = False) -> dict:
         **columns,
         "error": np.asarray(errors, dtype=object),
         "missed": np.asarray(missed, dtype=bool),
+        "failure": np.array([b""] * len(errors), dtype=object),
     }
 
 
@@ -137,6 +173,14 @@ class _Infer:
         return torch.stack([model.preprocessing(batch["image"][j]) for j in np.flatnonzero(rows)])
 
     def __call__(self, batch: dict) -> dict:
+        if "error" not in batch or any(len(f) for f in batch["failure"]):
+            return _failure_passed_on(batch)
+        try:
+            return self._top5(batch)
+        except Exception as error:  # noqa: BLE001 - handed to the driver, which raises it as itself
+            return _failure(batch, error)
+
+    def _top5(self, batch: dict) -> dict:
         torch = self.torch
         errors = batch["error"]
         ok = np.array([not e for e in errors], dtype=bool)
@@ -162,7 +206,19 @@ class _Infer:
             "top5": top5,
             "missed": batch["missed"],
             "error": errors,
+            "failure": batch["failure"],
         }
+
+
+def _failure_passed_on(batch: dict) -> dict:
+    """An actor's output for a batch that holds a task's failure: the work items and the failure."""
+    first = next(f for f in batch["failure"] if len(f))
+    return {
+        "image_index": batch["image_index"],
+        "condition_index": batch["condition_index"],
+        **{name: batch[name] for name in batch if name.startswith("need")},
+        "failure": np.array([first] * len(batch["image_index"]), dtype=object),
+    }
 
 
 def _original_error(error: BaseException) -> BaseException:
@@ -344,12 +400,15 @@ class RayEngine:
             ),
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=(1, self.actors),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
             **resources,
         )
         receipts = _Receipts(items)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                failure = next((f for f in batch["failure"] if len(f)), None)
+                if failure is not None:
+                    raise _Raised(ray.cloudpickle.loads(failure))
                 fresh = np.zeros(len(batch["error"]), dtype=bool)
                 fresh[receipts.take(batch)] = True
                 ok = np.array([not e for e in batch["error"]], dtype=bool)
@@ -372,6 +431,8 @@ class RayEngine:
                     count = 0
         except RayEngineError:
             raise
+        except _Raised as raised:
+            raise raised.error from None
         except Exception as error:
             original = _original_error(error)
             if original is error:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_evaluation import _TinyNet, make_dataset, table, tiny_model
 
 from robustness import Classifier, Preprocessing, evaluate
@@ -234,3 +235,21 @@ def test_cache_written_by_ray_serves_the_local_engine(ray_instance, images, loca
     assert table(first) == table(second) == table(local_results)
     computed = len(images) * len(CONDITIONS)
     assert model.net.seen < computed, "the local run recomputed everything instead of reading the cache"
+
+
+class _Narrow(_TinyNet):
+    """A :class:`_TinyNet` with 10 outputs: a width the dataset's 1000 classes do not match."""
+
+    def __init__(self):
+        super().__init__(0)
+        self.fc = torch.nn.Linear(8 * 4, 10)
+
+
+def test_model_error_in_an_actor_reaches_the_caller_as_itself(ray_instance, images):
+    """A model whose output width is wrong fails in the actor (``top5_of``); the caller gets the
+    ValueError naming the shape, not a Ray wrapper."""
+    from robustness.labels import ClassListError
+
+    model = Classifier(_Narrow(), Preprocessing(36, 32, "bilinear"), "narrow")
+    with pytest.raises(ClassListError, match=r"logits of shape \(\d+, 10\), expected \(N, 1000\)"):
+        evaluate(model, images, CONDITIONS[:1], engine="ray")
