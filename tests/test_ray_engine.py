@@ -253,3 +253,28 @@ def test_model_error_in_an_actor_reaches_the_caller_as_itself(ray_instance, imag
     model = Classifier(_Narrow(), Preprocessing(36, 32, "bilinear"), "narrow")
     with pytest.raises(ClassListError, match=r"logits of shape \(\d+, 10\), expected \(N, 1000\)"):
         evaluate(model, images, CONDITIONS[:1], engine="ray")
+
+
+class _Stop(Exception):
+    """Raised by a stand-in ``evaluate`` once it has seen its arguments."""
+
+
+def test_run_flags_reach_evaluate(images, monkeypatch, tmp_path):
+    """``robustness run --engine ray --ray-address ADDR`` hands both to ``evaluate`` (stopped there:
+    no model runs); a misspelt engine is a usage error."""
+    from robustness import cli, evaluation
+
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(evaluation, "evaluate", stop)
+    monkeypatch.setattr(cli, "_load_run_model", lambda args, spec=None: tiny_model())
+    with pytest.raises(_Stop):
+        cli.main(["run", "--data", str(images.root), "--engine", "ray", "--ray-address", "auto",
+                  "--no-cache", "--output", str(tmp_path / "out"), "--distortion", "noise=30"])  # fmt: skip
+    assert (seen["engine"], seen["ray_address"]) == ("ray", "auto")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--engine", "spark"])
