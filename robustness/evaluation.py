@@ -61,6 +61,7 @@ __all__ = [
     "image_seed",
     "CLEAN",
     "SkippedImagesWarning",
+    "top5_of",
     "default_num_workers",
     "inference_device",
     "inference_settings",
