@@ -82,6 +82,7 @@ TORCH_FREE = (
     "datasets",
     "cache",
     "stats",
+    "ray_engine",
     "runs",
     "thresholds",
     "gate",
