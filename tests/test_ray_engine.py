@@ -60,14 +60,14 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_results(images):
-    return evaluate(tiny_model(), images, CONDITIONS, num_workers=0, batch_size=4)
+    return evaluate(tiny_model(), images, CONDITIONS, num_workers=0, device="cpu", batch_size=4)
 
 
 def test_same_predictions_as_local(ray_instance, images, local_results):
     """Noise (seeded per image, never per worker), JPEG 2000 (with its tolerance flag) and clean:
     every top-5 row, accuracy and count equal to the local engine's (CPU actors: the preprocessing
     in the actors; the tasks' preprocessing, what GPU actors get, is tested with several models)."""
-    results = evaluate(tiny_model(), images, CONDITIONS, engine="ray", batch_size=3)
+    results = evaluate(tiny_model(), images, CONDITIONS, engine="ray", device="cpu", batch_size=3)
     assert table(results) == table(local_results)
     assert [r.tolerance_misses for r in results] == [r.tolerance_misses for r in local_results]
     for ray_result, local_result in zip(results, local_results):
@@ -145,7 +145,7 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_instance, images, local_r
     marker = tmp_path / "died"
     model = Classifier(_DiesOnce(marker), Preprocessing(36, 32, "bilinear"), "tiny")
     store = _Recording()
-    results = evaluate(model, images, CONDITIONS, engine="ray", batch_size=2, cache=store)
+    results = evaluate(model, images, CONDITIONS, engine="ray", device="cpu", batch_size=2, cache=store)
     assert marker.exists(), "no actor was killed: the test did not test anything"
     pairs = [(k, i) for k, i, _ in store.puts]
     expected = {(k, i) for k in range(len(CONDITIONS)) for i in range(len(images))}
@@ -157,7 +157,7 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_instance, images, local_r
 
 def test_unknown_engine_is_named(images):
     with pytest.raises(ValueError, match="unknown engine 'spark'.*local, ray"):
-        evaluate(tiny_model(), images, CONDITIONS, engine="spark")
+        evaluate(tiny_model(), images, CONDITIONS, engine="spark", device="cpu")
 
 
 def test_missing_ray_says_how_to_install(images, monkeypatch):
@@ -166,7 +166,7 @@ def test_missing_ray_says_how_to_install(images, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.data", None)
     with pytest.raises(ImportError, match=r"pip install 'robustness\[ray\]'"):
-        evaluate(tiny_model(), images, CONDITIONS, engine="ray")
+        evaluate(tiny_model(), images, CONDITIONS, engine="ray", device="cpu")
 
 
 def test_import_loads_neither_ray_nor_torch():
@@ -217,8 +217,9 @@ def test_several_models_as_separate_local_runs(ray_instance, images, local_resul
         images,
         CONDITIONS,
         num_workers=0,
+        device="cpu",
     )
-    results = evaluate([tiny_model(), other], images, CONDITIONS, engine="ray", batch_size=4)
+    results = evaluate([tiny_model(), other], images, CONDITIONS, engine="ray", device="cpu", batch_size=4)
     assert table(results["tiny"]) == table(local_results)
     assert table(results["tiny-other"]) == table(local_other)
     assert table(local_other) != table(local_results)  # two models that disagree: the test can tell them apart
@@ -229,9 +230,9 @@ def test_cache_written_by_ray_serves_the_local_engine(ray_instance, images, loca
     reads them, re-checks its sample without a disagreement (a CacheWarning would fail under -W
     error) and reports the same numbers."""
     cache = tmp_path / "cache"
-    first = evaluate(tiny_model(), images, CONDITIONS, engine="ray", cache=cache)
+    first = evaluate(tiny_model(), images, CONDITIONS, engine="ray", device="cpu", cache=cache)
     model = tiny_model()
-    second = evaluate(model, images, CONDITIONS, num_workers=0, cache=cache)
+    second = evaluate(model, images, CONDITIONS, num_workers=0, device="cpu", cache=cache)
     assert table(first) == table(second) == table(local_results)
     computed = len(images) * len(CONDITIONS)
     assert model.net.seen < computed, "the local run recomputed everything instead of reading the cache"
@@ -252,7 +253,7 @@ def test_model_error_in_an_actor_reaches_the_caller_as_itself(ray_instance, imag
 
     model = Classifier(_Narrow(), Preprocessing(36, 32, "bilinear"), "narrow")
     with pytest.raises(ClassListError, match=r"logits of shape \(\d+, 10\), expected \(N, 1000\)"):
-        evaluate(model, images, CONDITIONS[:1], engine="ray")
+        evaluate(model, images, CONDITIONS[:1], engine="ray", device="cpu")
 
 
 class _Stop(Exception):
