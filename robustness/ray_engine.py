@@ -34,6 +34,7 @@ nor ray at import time: ``import robustness`` stays free of both. Ray is an opti
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -315,6 +316,12 @@ class RayEngine:
         ray = require_ray()
         if not ray.is_initialized():
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        with warnings.catch_warnings():
+            # Ray Data 2.60 warns about its own deprecated settings while it builds its DataContext
+            # (use_push_based_shuffle, use_polars ...): nothing a caller can act on, and an error
+            # under `python -W error`. Built once here, without them; later uses share it.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.context")
+            ray.data.DataContext.get_current()
         self.ray = ray
         resources = ray.cluster_resources()
         self.cpus = max(1, int(resources.get("CPU", 1)))

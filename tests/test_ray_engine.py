@@ -20,11 +20,6 @@ from test_evaluation import _TinyNet, make_dataset, table, tiny_model
 from robustness import Classifier, Preprocessing, evaluate
 from robustness.evaluation import Condition
 
-#: Ray Data's own deprecation warnings, raised inside Ray when its DataContext is created (Ray 2.60:
-#: ``use_push_based_shuffle``, ``use_polars`` ... set by its own ``__init__``), not by our calls:
-#: ignored (only those, by their module) so the file passes under ``python -W error``.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
-
 CONDITIONS = [Condition("clean", 0), Condition("noise", 30), Condition("jpeg2000", 30)]
 
 
