@@ -297,6 +297,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cache=cache,
         allow_tf32=args.allow_tf32,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
     per_model = list(measured.values()) if len(models) > 1 else [measured]
     print(format_table([r for results in per_model for r in results]))
@@ -876,6 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
         "runs/<model>-<timestamp> per model",
     )
     _add_groups(run)
+    add_settings_options(run, ("engine", "ray_address"), title="cluster (Ray)")
     _add_model_dataset_options(run)
     run.set_defaults(func=_cmd_run)
     _add_run_report_options(run)

@@ -19,6 +19,7 @@ cannot be read are left out of every condition and reported.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -48,9 +49,11 @@ from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
 from .models import Classifier, load_model
+from .ray_engine import RayEngine
 from .settings import (
     CUBLAS_DETERMINISTIC_CONFIGS,
     CUBLAS_WORKSPACE_VARIABLE,
+    ENGINES,
     check_device,
     set_cublas_workspace_config,
 )
@@ -65,6 +68,7 @@ __all__ = [
     "image_seed",
     "CLEAN",
     "SkippedImagesWarning",
+    "top5_of",
     "default_num_workers",
     "inference_device",
     "inference_settings",
@@ -575,6 +579,32 @@ def progress_bar(desc: str, file=None):
     return LineProgress(desc, file)
 
 
+def top5_of(logits: torch.Tensor, model: Classifier, classes: ClassList) -> np.ndarray:
+    """The top-5 class indices of each row of ``logits`` (float ``(N, C)``, C = ``len(classes)``):
+    int64 ``(N, 5)``, best first; with C < 5 the top-C padded with -1 (never a label). Both engines
+    use it (the Ray engine's inference actors call it).
+
+    Raises:
+        ValueError: ``logits`` is not 2-D or holds NaN or inf (the message names ``model``).
+        robustness.labels.ClassListError: the width C is not the class count of ``classes``.
+    """
+    num_classes = len(classes)
+    if logits.ndim != 2:
+        raise ValueError(
+            f"model {model.name} returned logits of shape {tuple(logits.shape)}, expected (N, {num_classes})"
+        )
+    if logits.shape[1] != num_classes:
+        raise width_mismatch(
+            model, logits.shape[1], classes, f"logits of shape {tuple(logits.shape)}, expected (N, {num_classes})"
+        )
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"model {model.name} returned non-finite logits (NaN or inf); its top-5 would be meaningless")
+    top5 = logits.topk(min(5, num_classes), dim=1).indices.cpu().numpy()
+    if top5.shape[1] < 5:  # fewer than 5 classes: pad with -1 (never a label)
+        top5 = np.pad(top5, ((0, 0), (0, 5 - top5.shape[1])), constant_values=-1)
+    return top5
+
+
 class _Run:
     """One model's state in an evaluation: the prediction table, what is done, what came from the
     store, the images it could not read. It talks to the store only through its own
@@ -601,6 +631,8 @@ class _Run:
         self.missed = np.zeros(size, dtype=bool)  # the distortion missed its tolerance (JPEG 2000)
         self.served = np.zeros(size, dtype=bool)  # filled from the store (not computed in this run)
         self.skipped: dict[int, str] = {}
+        self.engine = None  # the Ray engine (robustness.ray_engine) that runs this model, at engine_index
+        self.engine_index = 0
 
     def fill_from_store(self, condition_indices: Iterable[int]) -> None:
         """Take what the store holds for ``condition_indices`` (pairs not yet done)."""
@@ -645,26 +677,7 @@ class _Run:
                 :class:`robustness.labels.ClassListError`) or not finite.
         """
         on_cuda = torch.device(self.device).type == "cuda"
-        logits = self.model(batch.to(self.device, non_blocking=on_cuda))
-        if logits.ndim != 2:
-            raise ValueError(
-                f"model {self.model.name} returned logits of shape {tuple(logits.shape)}, expected (N, {self.num_classes})"
-            )
-        if logits.shape[1] != self.num_classes:
-            raise width_mismatch(
-                self.model,
-                logits.shape[1],
-                self.dataset.classes,
-                f"logits of shape {tuple(logits.shape)}, expected (N, {self.num_classes})",
-            )
-        if not torch.isfinite(logits).all():
-            raise ValueError(
-                f"model {self.model.name} returned non-finite logits (NaN or inf); its top-5 would be meaningless"
-            )
-        top5 = logits.topk(min(5, self.num_classes), dim=1).indices.cpu().numpy()
-        if top5.shape[1] < 5:  # fewer than 5 classes: pad with -1 (never a label)
-            top5 = np.pad(top5, ((0, 0), (0, 5 - top5.shape[1])), constant_values=-1)
-        return top5
+        return top5_of(self.model(batch.to(self.device, non_blocking=on_cuda)), self.model, self.dataset.classes)
 
     def device_entries(self, image_index: np.ndarray, condition_index: np.ndarray) -> list:
         """Per pair, what the device stage applies (:func:`robustness.device_pipeline.device_stage`):
@@ -743,6 +756,9 @@ def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_siz
     for r, p in enumerate(group):
         uses[:, p] |= needs[:, r]
     first = runs[0]
+    if first.engine is not None:  # the Ray engine: the same per-item work on a cluster
+        yield from _infer_elsewhere(runs, items, needs, preprocessings, group, batch_size, bar)
+        return
     batches = math.ceil(len(items) / batch_size)
     num_workers = min(num_workers, batches) if batches > 1 else 0
     work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items, uses)
@@ -777,6 +793,24 @@ def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_siz
                     yield r, condition_index[wanted], image_index[wanted], top5, missed[wanted]
             if bar is not None:
                 bar.update(len(failed) + len(item_index))
+
+
+def _infer_elsewhere(runs, items, needs, preprocessings, group, batch_size: int, bar):
+    """:func:`_infer` on the runs' Ray engine (:meth:`robustness.ray_engine.RayEngine.infer`), which
+    calls :meth:`_WorkItems.distorted` in its tasks and :func:`top5_of` in its actors."""
+    first = runs[0]
+    work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items[:0])
+    if bar is not None:
+        bar.total = (bar.total or 0) + len(items)
+        bar.refresh()
+    indices = [run.engine_index for run in runs]
+    for r, ks, iis, top5, missed, failed, count in first.engine.infer(work, group, items, needs, batch_size, indices):
+        for i, message in failed:
+            runs[r].skipped.setdefault(i, message)
+        if len(ks):
+            yield r, ks, iis, top5, missed
+        if bar is not None and count:
+            bar.update(count)
 
 
 def _compute(runs: Sequence[_Run], condition_indices: Sequence[int], batch_size: int, num_workers: int, bar) -> None:
@@ -821,6 +855,8 @@ def evaluate(
     cache: PredictionStore | str | os.PathLike | bool | None = None,
     restrict_to_dataset_classes: bool = False,
     allow_tf32: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> list[ConditionResult] | dict[str, list[ConditionResult]]:
     """Top-1 / top-5 / balanced accuracy of ``model`` on ``dataset`` under each distortion level, plus clean.
 
@@ -861,7 +897,8 @@ def evaluate(
             only within the tolerance in docs/caching.md) or ``"auto"`` (default; ``None`` too):
             ``device`` on CUDA, else ``reference``, per model
             (:func:`robustness.device_pipeline.resolve_pipeline`: a model whose preprocessing the
-            device path cannot reproduce falls back to ``reference`` with a one-line note). The
+            device path cannot reproduce falls back to ``reference`` with a one-line note). With
+            ``engine="ray"`` it is always ``reference`` (``"device"`` is a ``ValueError``). The
             choice is in the cache's condition keys.
         progress: show progress on stderr: a tqdm bar on a terminal, plain periodic lines
             (:class:`LineProgress`, no carriage returns) on anything else, e.g. a CI log. It counts
@@ -893,6 +930,13 @@ def evaluate(
             exact); default off. Either way CUDA inference runs with deterministic algorithms
             (:func:`inference_settings`). No effect on the CPU. The setting ``allow_tf32`` (CLI
             ``--allow-tf32``, pytest ``--robustness-allow-tf32``, ...) passes it.
+        engine: where the per-item work runs: ``"local"`` (DataLoader workers on this machine) or
+            ``"ray"`` (a Ray cluster through Ray Data, :mod:`robustness.ray_engine`: read and distort
+            in CPU tasks, preprocess and infer in an actor pool, one actor per GPU when a device is
+            CUDA). The stores, verification and metrics stay in this process; the results are the same
+            (bit-identical top-5 on the CPU).
+        ray_address: the Ray cluster to join with ``engine="ray"`` (``ray.init(address=...)``;
+            ``None``: ``$RAY_ADDRESS`` or a local instance).
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
@@ -901,7 +945,8 @@ def evaluate(
         of models: a ``dict`` model name -> that list, in the order the models were given.
 
     Raises:
-        ValueError: unknown distortion or model name, a level outside a distortion's range, an empty
+        ImportError: ``engine="ray"`` without Ray Data installed (``pip install 'robustness[ray]'``).
+        ValueError: unknown engine, distortion or model name, a level outside a distortion's range, an empty
             dataset, every image unreadable, a device that is not available here or that the model
             does not support (:func:`inference_device`), an empty list of models or two models with
             the same name; an unknown ``pipeline``, or ``"device"`` for a model whose preprocessing the
@@ -911,6 +956,8 @@ def evaluate(
         robustness.labels.ClassListError (a ``ValueError``): the model's output width is not the
             dataset's class count, or a restricted model lacks one of the dataset's classes.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     several = isinstance(model, (list, tuple))
     models = [load_model(m) if isinstance(m, str) else m for m in (model if several else [model])]
     if not models:
@@ -939,10 +986,27 @@ def evaluate(
     if not conditions:
         raise ValueError("nothing to evaluate: no distortions given and clean=False")
     devices = [inference_device(m, device) for m in models]
+    if engine == "ray":  # the Ray engine preprocesses in its CPU tasks or actors: the reference path
+        if pipeline is not None and str(pipeline).strip().lower() == "device":
+            raise ValueError(
+                "pipeline device runs with the local engine only; with engine ray use pipeline reference or auto"
+            )
+        if pipeline is not None and str(pipeline).strip().lower() not in ("", "auto", "reference"):
+            resolve_pipeline(pipeline, devices[0], models[0])  # raises, naming the choices
+        pipeline = "reference"
     pipelines = [resolve_pipeline(pipeline, d, m) for m, d in zip(models, devices)]
     if num_workers is None:
         num_workers = max(default_num_workers(d) for d in devices)
     models = [m.to(d).eval() for m, d in zip(models, devices)]
+    elsewhere = None  # the Ray engine when asked for: joined (ray.init) before any work
+    if engine == "ray":
+        elsewhere = RayEngine(
+            models,
+            devices,
+            score=functools.partial(top5_of, classes=dataset.classes),
+            settings=functools.partial(inference_settings, allow_tf32=allow_tf32),
+            address=ray_address,
+        )
     store = resolve_store(cache)
     requested = conditions
     # an identity level is the clean image and a repeated condition is one condition: each computed once
@@ -960,6 +1024,7 @@ def evaluate(
                     extra = {"pipeline": p} if p == "device" else {}  # a store without the keyword: reference only
                     session = sessions.enter_context(store.open_run(m, d, dataset, conditions, seed, **extra))
                     runs.append(_Run(m, dataset, conditions, seed, d, session, p))
+                    runs[-1].engine, runs[-1].engine_index = elsewhere, len(runs) - 1
                 for lead in range(len(runs)):
                     # the lead model's claimed group; the later models' missing pairs of it come along
                     for group in runs[lead].session.claim(range(len(conditions))):

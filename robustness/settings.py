@@ -48,6 +48,8 @@ __all__ = [
     "non_negative_int",
     "margin_fraction",
     "boolean",
+    "engine_name",
+    "ENGINES",
     "check_device",
     "CUBLAS_WORKSPACE_VARIABLE",
     "CUBLAS_DETERMINISTIC_CONFIGS",
@@ -137,6 +139,19 @@ def pipeline_choice(text: str) -> str:
     value = str(text).strip().lower()
     if value not in PIPELINES:
         raise BadValue(f"must be one of {', '.join(PIPELINES)}, got {text!r}")
+    return value
+
+
+#: The engines :func:`robustness.evaluate` runs the work on: ``local`` (DataLoader workers on this
+#: machine) and ``ray`` (a Ray cluster through Ray Data, :mod:`robustness.ray_engine`).
+ENGINES = ("local", "ray")
+
+
+def engine_name(text: str) -> str:
+    """One of :data:`ENGINES` (any case, spaces stripped). Raises :class:`BadValue` naming them."""
+    value = str(text).strip().lower()
+    if value not in ENGINES:
+        raise BadValue(f"must be one of {', '.join(ENGINES)}, got {text!r}")
     return value
 
 
@@ -388,6 +403,27 @@ SETTINGS: Mapping[str, Setting] = {
             default=0,
             default_text="0",
             metavar="S",
+            gate=False,
+        ),
+        _setting(
+            "engine",
+            "engine",
+            "where the per-item work runs: local (DataLoader workers on this machine) or ray (a Ray cluster "
+            "through Ray Data; pip install 'robustness[ray]')",
+            "--engine",
+            parse=engine_name,
+            default="local",
+            default_text="local",
+            metavar="ENGINE",
+            gate=False,
+        ),
+        _setting(
+            "ray_address",
+            "Ray cluster",
+            "the Ray cluster to join with --engine ray: auto, HOST:6379, ray://HOST:10001",
+            "--ray-address",
+            default_text="$RAY_ADDRESS, else a local Ray instance",
+            metavar="ADDR",
             gate=False,
         ),
     )

@@ -79,6 +79,7 @@ def test_lowest_pins_equal_the_declared_lower_bounds():
         "torch",
         "torchvision",
         "timm",
+        "ray",
     ):
         assert name in pins, f"{LOWEST.name} does not pin {name}"
         assert name in bounds, f"pyproject.toml declares no lower bound for {name}"
