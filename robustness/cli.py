@@ -606,6 +606,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cache=cache,
         allow_tf32=args.allow_tf32,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
     for result in results:
         result.model = name
@@ -680,6 +682,7 @@ def _add_calibrate(commands) -> None:
         "--name", default=None, help="the model's name in thresholds.yaml and the baseline (default: --model as given)"
     )
     add_settings_options(calibrate, ("thresholds", "margin", "baseline_dir"), title="thresholds file", file=True)
+    add_settings_options(calibrate, ("engine", "ray_address"), title="cluster (Ray)")
     calibrate.add_argument(
         "--distortion",
         action="append",

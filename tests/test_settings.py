@@ -41,6 +41,8 @@ VALUES = {
     "baseline_dir": ("{tmp}/baseline", "{tmp}/baseline"),
     "margin": ("0.02", 0.02),
     "seed": ("3", 3),
+    "engine": ("Ray", "ray"),
+    "ray_address": ("10.0.0.1:6379", "10.0.0.1:6379"),
 }
 
 #: A minimal valid thresholds file; ``{defaults}`` is replaced by the defaults under test.
