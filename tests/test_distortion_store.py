@@ -243,28 +243,38 @@ def test_size_counts_entries_and_bytes(tmp_path):
 # ------------------------------------------------------------------------------ concurrency
 
 
-def _concurrent_writer(barrier, queue, root, image, distortion, level):
+def _concurrent_writer(barrier, queue, root, image, distortion, level, index):
+    """Read or compute the entry 400 times (JPEG 2000: 12); every other time first delete it, so the two processes
+    keep rewriting it while the other reads it."""
     store = DistortionStore(root)
+    path = store.path(store.key(image, distortion, level))
     barrier.wait(timeout=60)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a torn or half-written entry would warn
-        outs = [store.distort(image, distortion, level).tobytes() for _ in range(3)]
+    outs = set()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a torn or half-written entry would warn (corrupt entry)
+            for i in range(400 if distortion == "jpeg" else 12):
+                if i % 2 == index:
+                    path.unlink(missing_ok=True)
+                outs.add(store.distort(image, distortion, level).tobytes())
+    except Exception as error:  # noqa: BLE001 - reported to the parent at once, not after a timeout
+        outs.add(repr(error))
     queue.put(outs)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize(("distortion", "level"), [("jpeg", 10), ("jpeg2000", 30)])
 def test_two_processes_writing_the_same_entry(tmp_path, distortion, level):
-    """Two processes compute and write the same entry at once (no torch, no CUDA in the children):
-    no error, no torn file, both get ``distort()``'s output, one whole entry and no temporary file
-    is left."""
+    """Two processes compute, write, delete and read the same entry at once (no torch, no CUDA in
+    the children): no error, no torn file read, both always get ``distort()``'s output, and one
+    whole entry and no temporary file is left."""
     import multiprocessing
 
     image = np.random.default_rng(9).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     context = multiprocessing.get_context("fork")
     barrier, queue = context.Barrier(2), context.Queue()
     args = (barrier, queue, tmp_path, image, distortion, level)
-    procs = [context.Process(target=_concurrent_writer, args=args) for _ in range(2)]
+    procs = [context.Process(target=_concurrent_writer, args=(*args, index)) for index in range(2)]
     for proc in procs:
         proc.start()
     outputs = [queue.get(timeout=120) for _ in procs]
@@ -272,7 +282,7 @@ def test_two_processes_writing_the_same_entry(tmp_path, distortion, level):
         proc.join(timeout=30)
         assert proc.exitcode == 0
     expected = distort(image, distortion, level).tobytes()
-    assert all(out == expected for outs in outputs for out in outs)
+    assert outputs == [{expected}, {expected}]
     store = DistortionStore(tmp_path)
     assert len(_entry_files(store)) == 1 and list(tmp_path.rglob("*.tmp")) == []
     with warnings.catch_warnings():
