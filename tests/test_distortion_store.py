@@ -288,3 +288,95 @@ def test_two_processes_writing_the_same_entry(tmp_path, distortion, level):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert store.distort(image, distortion, level).tobytes() == expected
+
+
+# ---------------------------------------------------------------------------------- engine
+
+ENGINE_CONDITIONS = {"jpeg": [10], "jpeg2000": [30], "blur": [1]}
+
+
+def _engine_table(results) -> list[tuple]:
+    return [(r.distortion, r.level, r.top1, r.predictions.tolist(), r.tolerance_misses) for r in results]
+
+
+def test_evaluate_fills_the_store_beside_the_cache_and_a_second_model_only_decodes(tmp_path, monkeypatch):
+    """A first model's run writes one entry per (image, codec condition) into
+    ``<cache>/distortions`` (DataLoader workers included); a second model then gets every codec
+    output from the store (the encoder is made to fail) with the no-cache results."""
+    from test_evaluation import make_dataset, tiny_model
+
+    from robustness import evaluate
+
+    dataset = make_dataset(tmp_path / "data", 4)
+    expected = {
+        seed: _engine_table(evaluate(tiny_model(seed), dataset, ENGINE_CONDITIONS, num_workers=0, cache=None))
+        for seed in (0, 1)
+    }
+    cache = tmp_path / "cache"
+    first = evaluate(tiny_model(0), dataset, ENGINE_CONDITIONS, batch_size=2, num_workers=2, device="cpu", cache=cache)
+    assert _engine_table(first) == expected[0]
+    store = DistortionStore.beside(cache)
+    assert store.size().entries == 4 * 2  # jpeg and jpeg2000; blur and clean are not stored
+    monkeypatch.setattr(distortions, "encode", _no_encoder)
+    monkeypatch.setattr(distortions, "jpeg2000_with_psnr", _no_encoder)
+    second = evaluate(tiny_model(1, "other"), dataset, ENGINE_CONDITIONS, num_workers=0, cache=cache)
+    assert _engine_table(second) == expected[1]
+    assert store.size().entries == 4 * 2
+
+
+def test_no_cache_bypasses_the_store(tmp_path, monkeypatch):
+    """``cache=None`` (``--no-cache``): the store is neither read nor written, and no folder appears."""
+    from test_evaluation import make_dataset, tiny_model
+
+    from robustness import evaluate
+
+    dataset = make_dataset(tmp_path / "data", 3)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROBUSTNESS_CACHE_DIR", str(tmp_path / "env-cache"))
+    monkeypatch.setattr(DistortionStore, "_read", _no_encoder)
+    monkeypatch.setattr(DistortionStore, "_write", _no_encoder)
+    results = evaluate(tiny_model(), dataset, ENGINE_CONDITIONS, num_workers=0, cache=None)
+    assert [r.n for r in results] == [3] * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_robustness_run_reports_the_store_and_no_cache_writes_nothing(tmp_path, capsys):
+    from test_evaluation import make_dataset
+
+    from robustness.cli import main
+
+    make_dataset(tmp_path / "data", 2)
+
+    def run(*extra: str) -> int:
+        return main(
+            [
+                "run",
+                "--model",
+                "test_evaluation:tiny_model",
+                "--data",
+                str(tmp_path / "data"),
+                "--distortion",
+                "jpeg2000=30",
+                "--distortion",
+                "jpeg=10,20",
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--no-report",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                *extra,
+            ]
+        )
+
+    assert run("--no-cache", "--output", str(tmp_path / "a")) == 0
+    assert not (tmp_path / "cache").exists()
+    assert "distortion store" not in capsys.readouterr().out
+    assert run("--output", str(tmp_path / "b")) == 0
+    size = DistortionStore.beside(tmp_path / "cache").size()
+    assert size.entries == 2 * 3 and size.bytes > 0
+    store = tmp_path / "cache" / "distortions"
+    assert f"distortion store {store}: {size.describe()} (+6 this run)" in capsys.readouterr().out
+    assert run("--output", str(tmp_path / "c")) == 0
+    assert f"distortion store {store}: {size.describe()} (+0 this run)" in capsys.readouterr().out
