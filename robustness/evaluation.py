@@ -283,7 +283,8 @@ class _WorkItems(Dataset):
         missed = False
         if condition.distortion != CLEAN:
             seed = image_seed(self.seed, self.dataset[image_index].image_id, condition.distortion, condition.level)
-            codecs = self.codecs  # the distortion store (JPEG, JPEG 2000 decoded from it), or None
+            # JPEG and JPEG 2000 through the distortion store (decoded from it once stored), if there is one
+            codecs = self.codecs if self.codecs is not None and self.codecs.stores(condition.distortion) else None
             if condition.distortion == "jpeg2000":  # the one distortion with a tolerance it may miss
                 with_info = distort_with_info if codecs is None else codecs.distort_with_info
                 image, info = with_info(image, condition.distortion, condition.level, seed=seed)
