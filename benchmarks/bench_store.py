@@ -13,7 +13,8 @@ levels (20-40 dB in steps of 2), in one process:
 * **second model**: the same calls on the filled store (read, check, decode), as a second model,
   run or release does.
 
-Each is one pass over every (image, level), timed as a whole; the outputs of the three passes are
+Each is one pass over every (image, level), timed as a whole (wall clock, and this process's CPU
+time, the steadier figure on a shared machine); the outputs of the three passes are
 checked to be bit-identical. ``--engine`` also times ``robustness.evaluate`` end to end for two
 small random-weight models (model cost a few ms per image) with a prediction cache in a temporary
 folder, so the second model reads the store the first one filled (``num_workers=0``, CPU).
@@ -35,18 +36,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _pass(images, levels, function) -> tuple[float, list]:
+def _pass(images, levels, function) -> tuple[tuple[float, float], list]:
+    """``((wall s, CPU s of this process), outputs)`` of ``function`` over every (image, level)."""
     outputs = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for image in images:
         for level in levels:
             outputs.append(function(image, level))
-    return time.perf_counter() - start, outputs
+    return (time.perf_counter() - start, time.process_time() - cpu), outputs
 
 
-def _engine(data: str, count: int, levels) -> tuple[float, float, float]:
-    """Wall seconds of evaluate() for a first and a second model (store filled by the first), and
-    for the second model with the store emptied (what it cost before the store)."""
+def _engine(data: str, count: int, levels) -> list[tuple[float, float]]:
+    """(wall s, CPU s) of evaluate() for a first and a second model (store filled by the first), and
+    for a third model with the store emptied again (what every model cost before the store)."""
     import shutil
 
     import torch
@@ -75,10 +77,10 @@ def _engine(data: str, count: int, levels) -> tuple[float, float, float]:
             if name == "third":
                 shutil.rmtree(DistortionStore.beside(cache).root)
             model = Classifier(Net(seed), Preprocessing(36, 32, "bilinear"), f"bench-{name}")
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             evaluate(model, dataset, conditions, clean=False, num_workers=0, device="cpu", cache=cache)
-            times.append(time.perf_counter() - start)
-    return times[0], times[1], times[2]
+            times.append((time.perf_counter() - start, time.process_time() - cpu))
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,25 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         "mean entry size by PSNR level: " + ", ".join(f"{level:g} dB {b / 1000:.1f} KB" for level, b in sizes.items())
     )
     print()
-    print("| pass | total s | ms per (image, level) | share of first |")
-    print("| --- | --- | --- | --- |")
-    for name, seconds in (
-        ("no store", plain),
-        ("first model (encode + store)", first),
-        ("second model (reuse)", second),
-    ):
-        print(f"| {name} | {seconds:.2f} | {1000 * seconds / pairs:.1f} | {seconds / first:.1%} |")
+    print("| pass | wall s | CPU s | CPU ms per (image, level) | share of first (wall / CPU) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    rows = (("no store", plain), ("first model (encode + store)", first), ("second model (reuse)", second))
+    for name, (wall, cpu) in rows:
+        share = f"{wall / first[0]:.1%} / {cpu / first[1]:.1%}"
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {1000 * cpu / pairs:.1f} | {share} |")
     if args.engine:
-        first_run, second_run, without = _engine(args.data, args.images, levels)
+        runs = _engine(args.data, args.images, levels)
+        names = ("first model (store empty)", "second model (store filled)", "third model, store emptied again")
         print()
-        print("| evaluate(), JPEG 2000 levels only, small model | wall s | share of first |")
-        print("| --- | --- | --- |")
-        for name, seconds in (
-            ("first model (store empty)", first_run),
-            ("second model (store filled)", second_run),
-            ("third model, store emptied again", without),
-        ):
-            print(f"| {name} | {seconds:.2f} | {seconds / first_run:.1%} |")
+        print("| evaluate(), JPEG 2000 levels only, small model | wall s | CPU s | share of first (wall / CPU) |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, (wall, cpu) in zip(names, runs):
+            print(f"| {name} | {wall:.2f} | {cpu:.2f} | {wall / runs[0][0]:.1%} / {cpu / runs[0][1]:.1%} |")
     return 0
 
 
