@@ -217,8 +217,7 @@ class DistortionStore:
         entry = self._read(key, distortion, level, image.shape)
         if entry is not None:
             return entry
-        codestream, info = _distortions.encode(image, distortion, level)
-        out = _distortions.decode(codestream)
+        codestream, out, info = _distortions.codec_round_trip(image, distortion, level)
         self._write(key, distortion, level, image.shape, codestream, info)
         return out, info
 

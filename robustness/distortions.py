@@ -45,6 +45,7 @@ __all__ = [
     "CODEC_DISTORTIONS",
     "encode",
     "decode",
+    "codec_round_trip",
     "jpeg_encode",
     "jpeg2000_encode",
     "JPEG2000_PSNR_TOLERANCE_DB",
@@ -1146,6 +1147,21 @@ def encode(image: np.ndarray, distortion: str, level: float) -> tuple[bytes, Dis
         ValueError: ``distortion`` is not a codec distortion, the level is outside its valid range,
             or the image is not ``uint8`` ``(H, W, 3)``; the message names the value.
     """
+    codestream, _, info = codec_round_trip(image, distortion, level)
+    return codestream, info
+
+
+def codec_round_trip(
+    image: np.ndarray, distortion: str, level: float
+) -> tuple[bytes, np.ndarray, DistortionInfo | None]:
+    """:func:`encode` and the image its bytes decode to, without decoding them a second time.
+
+    ``(encoded, decoded, info)`` with ``encoded, info == encode(image, distortion, level)`` and
+    ``decoded == decode(encoded) == distort(image, distortion, level)`` (the JPEG 2000 search has
+    already decoded its chosen encode to measure its PSNR).
+
+    Args, Raises: as :func:`encode`.
+    """
     if distortion not in CODEC_DISTORTIONS:
         raise ValueError(
             f"encode: {distortion!r} is not a codec distortion; only {', '.join(sorted(CODEC_DISTORTIONS))} "
@@ -1155,7 +1171,8 @@ def encode(image: np.ndarray, distortion: str, level: float) -> tuple[bytes, Dis
     check_image(image)
     spec.check_level(level)
     if distortion == "jpeg":
-        return jpeg_encode(image, int(level)), None
-    codestream, achieved, encodes = jpeg2000_encode(image, level)
+        codestream = jpeg_encode(image, int(level))
+        return codestream, decode(codestream), None
+    codestream, decoded, achieved, encodes = _jpeg2000_search(image, level)
     within = abs(achieved - float(level)) <= JPEG2000_PSNR_TOLERANCE_DB
-    return codestream, DistortionInfo(achieved, float(level), within, encodes)
+    return codestream, decoded, DistortionInfo(achieved, float(level), within, encodes)

@@ -13,7 +13,7 @@ import pytest
 
 from robustness import distortions
 from robustness.distortion_store import DistortionStore, DistortionStoreWarning, StoreSize, codec_versions
-from robustness.distortions import decode, distort, distort_with_info, encode
+from robustness.distortions import codec_round_trip, decode, distort, distort_with_info, encode
 from robustness.images import load_image
 
 #: JPEG quality and JPEG 2000 PSNR levels from the paper's grids (mildest and harshest ends).
@@ -46,6 +46,9 @@ def test_stored_then_decoded_is_distort_on_real_images(real_images, tmp_path, di
     for image in real_images:
         expected, expected_info = distort_with_info(image, distortion, level)
         assert np.array_equal(decode(encode(image, distortion, level)[0]), expected)
+        encoded, decoded, info = codec_round_trip(image, distortion, level)
+        assert np.array_equal(decoded, expected) and np.array_equal(decode(encoded), expected)
+        assert info == (expected_info if distortion == "jpeg2000" else None)
         first, first_info = store.distort_with_info(image, distortion, level)
         second, second_info = store.distort_with_info(image, distortion, level)
         assert np.array_equal(first, expected) and np.array_equal(second, expected)
@@ -85,7 +88,7 @@ def test_reuse_skips_the_encoder(tmp_path, monkeypatch):
     images = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
     first = DistortionStore(tmp_path)
     computed = [first.distort_with_info(image, d, level) for image in images for d, level in CODEC_CONDITIONS]
-    monkeypatch.setattr(distortions, "encode", _no_encoder)
+    monkeypatch.setattr(distortions, "codec_round_trip", _no_encoder)
     monkeypatch.setattr(distortions, "jpeg2000_with_psnr", _no_encoder)
     second = DistortionStore(tmp_path)  # another process or release: only the folder is shared
     reused = [second.distort_with_info(image, d, level) for image in images for d, level in CODEC_CONDITIONS]
@@ -129,8 +132,8 @@ def test_a_new_code_version_recomputes(tmp_path, monkeypatch):
     store = DistortionStore(tmp_path)
     store.distort(image, "jpeg", 10)
     calls = []
-    real = distortions.encode
-    monkeypatch.setattr(distortions, "encode", lambda *args: calls.append(args) or real(*args))
+    real = distortions.codec_round_trip
+    monkeypatch.setattr(distortions, "codec_round_trip", lambda *args: calls.append(args) or real(*args))
     store.distort(image, "jpeg", 10)
     assert calls == []
     monkeypatch.setattr(distortions, "DISTORTION_CODE_VERSION", "next")
@@ -151,7 +154,7 @@ def test_same_pixels_in_another_file_share_the_entry(tmp_path, monkeypatch):
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
     store = DistortionStore(tmp_path / "store")
     store.distort(load_image(tmp_path / "a.png"), "jpeg2000", 30)
-    monkeypatch.setattr(distortions, "encode", _no_encoder)
+    monkeypatch.setattr(distortions, "codec_round_trip", _no_encoder)
     store.distort(load_image(tmp_path / "b.png"), "jpeg2000", 30)
     pixels[0, 0, 0] ^= 1
     Image.fromarray(pixels).save(tmp_path / "a.png")
@@ -190,8 +193,8 @@ def test_a_corrupt_entry_is_detected_discarded_and_recomputed(tmp_path, monkeypa
     good = path.read_bytes()
     path.write_bytes(CORRUPTIONS[corruption](good))
     calls = []
-    real = distortions.encode
-    monkeypatch.setattr(distortions, "encode", lambda *args: calls.append(args) or real(*args))
+    real = distortions.codec_round_trip
+    monkeypatch.setattr(distortions, "codec_round_trip", lambda *args: calls.append(args) or real(*args))
     with pytest.warns(DistortionStoreWarning, match=f"corrupt entry {path}"):
         again = store.distort(image, distortion, level)
     assert np.array_equal(again, expected) and len(calls) == 1  # recomputed, not served
@@ -317,7 +320,7 @@ def test_evaluate_fills_the_store_beside_the_cache_and_a_second_model_only_decod
     assert _engine_table(first) == expected[0]
     store = DistortionStore.beside(cache)
     assert store.size().entries == 4 * 2  # jpeg and jpeg2000; blur and clean are not stored
-    monkeypatch.setattr(distortions, "encode", _no_encoder)
+    monkeypatch.setattr(distortions, "codec_round_trip", _no_encoder)
     monkeypatch.setattr(distortions, "jpeg2000_with_psnr", _no_encoder)
     second = evaluate(tiny_model(1, "other"), dataset, ENGINE_CONDITIONS, num_workers=0, cache=cache)
     assert _engine_table(second) == expected[1]
