@@ -285,6 +285,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"from {dataset.root}  |  distortions: {described}"
     )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
+    stored_before = _distortion_store_size(cache)
     measured = evaluate(
         models if len(models) > 1 else models[0],
         dataset,
@@ -302,6 +303,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     per_model = list(measured.values()) if len(models) > 1 else [measured]
     print(format_table([r for results in per_model for r in results]))
+    if cache is not None:
+        print(_distortion_store_line(cache, stored_before))
     skipped = {}
     for results in per_model:
         skipped.update(results[0].skipped)
@@ -322,6 +325,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
             path = write_report(outputs, Path(args.output) / "report.html", thresholds=args.thresholds)
         print(f"wrote {path} (all {len(models)} models)")
     return 0
+
+
+def _distortion_store_size(cache):
+    """The size of the distortion store beside ``cache`` (a PredictionCache, or ``None``: no store)."""
+    if cache is None:
+        return None
+    from .distortion_store import DistortionStore
+
+    return DistortionStore.beside(cache.root).size()
+
+
+def _distortion_store_line(cache, before) -> str:
+    """``distortion store DIR: N entries, X MB (+K this run)``: the JPEG / JPEG 2000 outputs kept
+    beside the prediction cache (docs/caching.md)."""
+    from .distortion_store import DistortionStore
+
+    store = DistortionStore.beside(cache.root)
+    after = store.size()
+    return f"distortion store {store.root}: {after.describe()} (+{max(0, after.entries - before.entries)} this run)"
 
 
 def _load_run_model(args: argparse.Namespace, spec: str | None = None):

@@ -42,6 +42,12 @@ __all__ = [
     "distort",
     "distort_with_info",
     "DistortionInfo",
+    "CODEC_DISTORTIONS",
+    "encode",
+    "decode",
+    "codec_round_trip",
+    "jpeg_encode",
+    "jpeg2000_encode",
     "JPEG2000_PSNR_TOLERANCE_DB",
     "gaussian_blur",
     "gaussian_kernel",
@@ -247,13 +253,59 @@ def contrast(image: np.ndarray, weight: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- JPEG
 
 
+def decode(codestream: bytes) -> np.ndarray:
+    """Decode a JPEG or JPEG 2000 stream made by :func:`encode` back to RGB.
+
+    The decoding half of the codec distortions: ``jpeg(image, q) == decode(jpeg_encode(image, q))``
+    and ``jpeg2000(image, t) == decode(jpeg2000_encode(image, t)[0])``, bit for bit (the same bytes
+    through the same decoder, Pillow's libjpeg / OpenJPEG). Only those two formats are opened.
+
+    Args:
+        codestream: the encoded bytes (a JPEG file, or a JP2 file holding a JPEG 2000 codestream).
+
+    Returns:
+        a fresh ``uint8`` array ``(H, W, 3)``, RGB 0-255.
+
+    Raises:
+        ValueError: the bytes are not a JPEG or JPEG 2000 image Pillow can decode.
+    """
+    if not isinstance(codestream, (bytes, bytearray, memoryview)):
+        raise ValueError(f"decode needs the encoded bytes, got {type(codestream).__name__}")
+    try:
+        with Image.open(io.BytesIO(codestream), formats=("JPEG", "JPEG2000")) as decoded:
+            decoded.load()
+            return _rgb_array(decoded)
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot decode a {len(codestream)}-byte JPEG / JPEG 2000 stream: {error}") from None
+
+
+def jpeg_encode(image: np.ndarray, quality: int) -> bytes:
+    """The encoding half of :func:`jpeg`: the JPEG file Pillow's libjpeg writes for ``image``.
+
+    ``Image.save(format="JPEG", quality=quality, subsampling=2)``: 4:2:0 chroma subsampling,
+    baseline, standard IJG tables scaled by quality (Dodge & Karam 2016, Sec. III-C).
+
+    Args:
+        image: ``uint8`` array ``(H, W, 3)``, RGB 0-255.
+        quality: JPEG quality, an integer in [1, 100].
+
+    Returns:
+        the JPEG file's bytes (:func:`decode` turns them into the distorted image).
+    """
+    check_image(image)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), subsampling=2)
+    return buffer.getvalue()
+
+
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """JPEG compression round trip through Pillow's libjpeg (Dodge & Karam 2016, Sec. III-C).
 
     Encodes with ``Image.save(format="JPEG", quality=quality, subsampling=2)`` (4:2:0 chroma
     subsampling, libjpeg's default, baseline, standard IJG tables scaled by quality) and decodes
-    back to RGB. Note: libjpeg's quality scaling clamps every table entry to 255 for baseline
-    JPEG, so qualities 1, 2 and 3 produce identical tables and identical output.
+    back to RGB: ``decode(jpeg_encode(image, quality))``. Note: libjpeg's quality scaling clamps
+    every table entry to 255 for baseline JPEG, so qualities 1, 2 and 3 produce identical tables
+    and identical output.
 
     Args:
         image: ``uint8`` array ``(H, W, 3)``, RGB 0-255.
@@ -262,13 +314,7 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     Returns:
         ``uint8`` array of the same shape (the decoded image).
     """
-    check_image(image)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), subsampling=2)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        decoded.load()
-        return _rgb_array(decoded)
+    return decode(jpeg_encode(image, quality))
 
 
 # ---------------------------------------------------------------------------------------- JPEG 2000
@@ -317,21 +363,21 @@ def _jpeg2000_configurations(height: int, width: int) -> list[dict]:
     )
 
 
-def _jpeg2000_round_trip(image: np.ndarray, resolutions: int, **options) -> tuple[np.ndarray, int]:
-    """Encode ``image`` with OpenJPEG (irreversible 9/7, one layer) and decode it; return (decoded, bytes)."""
+def _jpeg2000_round_trip(image: np.ndarray, resolutions: int, **options) -> tuple[np.ndarray, int, bytes]:
+    """Encode ``image`` with OpenJPEG (irreversible 9/7, one layer) and decode it; return
+    ``(decoded, size in bytes, the encoded file)``."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG2000", irreversible=True, num_resolutions=resolutions, **options)
     size = buffer.tell()
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        decoded.load()
-        return _rgb_array(decoded), size
+    codestream = buffer.getvalue()
+    return decode(codestream), size, codestream
 
 
 def _search_one_configuration(
     image: np.ndarray, target: float, max_encodes: int, **config
-) -> list[tuple[float, np.ndarray, float]]:
-    """Encodes for one coder configuration: ``[(|psnr - target|, decoded, psnr)]`` in order made.
+) -> list[tuple[float, np.ndarray, float, bytes]]:
+    """Encodes for one coder configuration: ``[(|psnr - target|, decoded, psnr, encoded file)]`` in
+    order made.
 
     ``config`` holds ``resolutions`` and, optionally, Pillow's ``mct=1`` (colour transform) flag.
 
@@ -351,7 +397,7 @@ def _search_one_configuration(
     search stops.
     """
     raw_bytes = image.size
-    made: list[tuple[float, np.ndarray, float]] = []
+    made: list[tuple[float, np.ndarray, float, bytes]] = []
     below: list[float] | None = None  # [x, psnr - target] with psnr < target (ratio too high)
     above: list[float] | None = None  # [x, psnr - target] with psnr >= target (inf if lossless)
     last_side = ""
@@ -385,9 +431,9 @@ def _search_one_configuration(
             else:
                 x = 20.0  # only lossless encodes so far: ask for the smallest codestream
             options = {"quality_mode": "rates", "quality_layers": [2.0 ** min(max(x, 0.0), 20.0)]}
-        decoded, size = _jpeg2000_round_trip(image, **config, **options)
+        decoded, size, codestream = _jpeg2000_round_trip(image, **config, **options)
         achieved = psnr(image, decoded)
-        made.append((abs(achieved - target), decoded, achieved))
+        made.append((abs(achieved - target), decoded, achieved, codestream))
         if made[-1][0] <= JPEG2000_PSNR_TOLERANCE_DB:
             break
         lossless_at_max_ratio = step > 0 and not samples and not math.isfinite(achieved)
@@ -414,8 +460,9 @@ def _search_one_configuration(
 
 def _search_requested_psnr(
     image: np.ndarray, target: float, first_psnr: float, max_encodes: int, **config
-) -> list[tuple[float, np.ndarray, float]]:
-    """Encodes asking OpenJPEG for other PSNRs than the target: ``[(|psnr - target|, decoded, psnr)]``.
+) -> list[tuple[float, np.ndarray, float, bytes]]:
+    """Encodes asking OpenJPEG for other PSNRs than the target: ``[(|psnr - target|, decoded, psnr,
+    encoded file)]``.
 
     OpenJPEG's ``quality_mode="dB"`` allocation picks other truncation points than its
     ``"rates"`` allocation, so on flat colour a request off the target can land where no rate
@@ -423,7 +470,7 @@ def _search_requested_psnr(
     (``q = target`` gave ``first_psnr``): ``q`` moves by the remaining miss (by -6 dB after a
     lossless encode), kept within ``target +- 20`` dB and above 1 dB.
     """
-    made: list[tuple[float, np.ndarray, float]] = []
+    made: list[tuple[float, np.ndarray, float, bytes]] = []
     points = [(target, first_psnr)]
     for _ in range(max_encodes):
         (q0, p0), (q1, p1) = points[-2] if len(points) > 1 else points[-1], points[-1]
@@ -436,9 +483,9 @@ def _search_requested_psnr(
         q = min(max(q, target - 20.0, 1.0), target + 20.0)
         if any(abs(q - seen) < 1e-6 for seen, _ in points):
             break
-        decoded, _ = _jpeg2000_round_trip(image, **config, quality_mode="dB", quality_layers=[q])
+        decoded, _, codestream = _jpeg2000_round_trip(image, **config, quality_mode="dB", quality_layers=[q])
         achieved = psnr(image, decoded)
-        made.append((abs(achieved - target), decoded, achieved))
+        made.append((abs(achieved - target), decoded, achieved, codestream))
         if made[-1][0] <= JPEG2000_PSNR_TOLERANCE_DB:
             break
         points.append((q, achieved))
@@ -499,8 +546,36 @@ def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarra
         ValueError: if ``image`` is not a ``uint8`` ``(H, W, 3)`` array.
     """
     check_image(image)
+    _, decoded, achieved, encodes = _jpeg2000_search(image, target_psnr)
+    return decoded, achieved, encodes
+
+
+def jpeg2000_encode(image: np.ndarray, target_psnr: float) -> tuple[bytes, float, int]:
+    """The encoding half of :func:`jpeg2000_with_psnr`: the JPEG 2000 file it decodes.
+
+    The same rate search (:func:`jpeg2000_with_psnr`); ``decode(jpeg2000_encode(image, t)[0])`` is
+    bit-identical to ``jpeg2000(image, t)``.
+
+    Args:
+        image: ``uint8`` array ``(H, W, 3)``, RGB 0-255.
+        target_psnr: PSNR in dB against ``image`` (as computed by :func:`psnr`).
+
+    Returns:
+        ``(the encoded file (JP2 holding the codestream; for mid-grey images with no lossy encode a
+        lossless one), achieved PSNR in dB (``inf`` if lossless), number of encodes made)``.
+
+    Raises:
+        ValueError: if ``image`` is not a ``uint8`` ``(H, W, 3)`` array.
+    """
+    check_image(image)
+    codestream, _, achieved, encodes = _jpeg2000_search(image, target_psnr)
+    return codestream, achieved, encodes
+
+
+def _jpeg2000_search(image: np.ndarray, target_psnr: float) -> tuple[bytes, np.ndarray, float, int]:
+    """The search of :func:`jpeg2000_with_psnr`: ``(encoded file, decoded, achieved PSNR, encodes)``."""
     target = float(target_psnr)
-    made: list[tuple[float, np.ndarray, float]] = []
+    made: list[tuple[float, np.ndarray, float, bytes]] = []
     configurations = _jpeg2000_configurations(*image.shape[:2])
     first_psnrs = []  # PSNR of each configuration's first encode (asked for the target in dB)
     for config in configurations:
@@ -515,7 +590,7 @@ def jpeg2000_with_psnr(image: np.ndarray, target_psnr: float) -> tuple[np.ndarra
             if min(m[0] for m in made) <= JPEG2000_PSNR_TOLERANCE_DB:
                 break
     best = min(made, key=lambda m: m[0])  # min() keeps the earliest of equals
-    return best[1], best[2], len(made)
+    return best[3], best[1], best[2], len(made)
 
 
 def jpeg2000(image: np.ndarray, target_psnr: float) -> np.ndarray:
@@ -1042,3 +1117,62 @@ def distort_with_info(
     if spec.name not in _BUILT_IN:
         _check_output(spec, image, level, out)
     return out, DistortionInfo(psnr(image, out))
+
+
+#: The distortions whose output is a codec stream: :func:`encode` makes it, :func:`decode` turns it
+#: into the distorted image (what :mod:`robustness.distortion_store` keeps on disk).
+CODEC_DISTORTIONS = frozenset({"jpeg", "jpeg2000"})
+
+
+def encode(image: np.ndarray, distortion: str, level: float) -> tuple[bytes, DistortionInfo | None]:
+    """The encoding half of a codec distortion (:data:`CODEC_DISTORTIONS`: ``jpeg``, ``jpeg2000``).
+
+    ``decode(encode(image, d, level)[0])`` is bit-identical to ``distort(image, d, level)``: the
+    codec distortions are deterministic in (image, level, :data:`DISTORTION_CODE_VERSION`, the
+    Pillow / libjpeg / OpenJPEG versions) and ignore the seed, so the bytes can be stored and
+    decoded later instead of encoding again.
+
+    Args:
+        image: ``uint8`` array ``(H, W, 3)``, RGB 0-255. Not modified.
+        distortion: ``"jpeg"`` or ``"jpeg2000"``.
+        level: JPEG quality (integer in [1, 100]) or JPEG 2000 target PSNR in dB ([15, 60]).
+
+    Returns:
+        ``(encoded file, info)``: the JPEG file (:func:`jpeg_encode`) with ``info`` ``None``, or
+        the JPEG 2000 file (:func:`jpeg2000_encode`) with the :class:`DistortionInfo` that
+        :func:`distort_with_info` returns for it (achieved and target PSNR, within tolerance,
+        encodes made).
+
+    Raises:
+        ValueError: ``distortion`` is not a codec distortion, the level is outside its valid range,
+            or the image is not ``uint8`` ``(H, W, 3)``; the message names the value.
+    """
+    codestream, _, info = codec_round_trip(image, distortion, level)
+    return codestream, info
+
+
+def codec_round_trip(
+    image: np.ndarray, distortion: str, level: float
+) -> tuple[bytes, np.ndarray, DistortionInfo | None]:
+    """:func:`encode` and the image its bytes decode to, without decoding them a second time.
+
+    ``(encoded, decoded, info)`` with ``encoded, info == encode(image, distortion, level)`` and
+    ``decoded == decode(encoded) == distort(image, distortion, level)`` (the JPEG 2000 search has
+    already decoded its chosen encode to measure its PSNR).
+
+    Args, Raises: as :func:`encode`.
+    """
+    if distortion not in CODEC_DISTORTIONS:
+        raise ValueError(
+            f"encode: {distortion!r} is not a codec distortion; only {', '.join(sorted(CODEC_DISTORTIONS))} "
+            "have an encoded form"
+        )
+    spec = get_distortion(distortion)
+    check_image(image)
+    spec.check_level(level)
+    if distortion == "jpeg":
+        codestream = jpeg_encode(image, int(level))
+        return codestream, decode(codestream), None
+    codestream, decoded, achieved, encodes = _jpeg2000_search(image, level)
+    within = abs(achieved - float(level)) <= JPEG2000_PSNR_TOLERANCE_DB
+    return codestream, decoded, DistortionInfo(achieved, float(level), within, encodes)

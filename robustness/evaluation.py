@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from .cache import (
     FLAG_MISSED_TOLERANCE,
     CacheWarning,
+    PredictionCache,
     PredictionSession,
     PredictionStore,
     resolve_store,
@@ -45,6 +46,7 @@ from .cache import (
 from .conditions import CLEAN, Condition
 from .datasets import ImageDataset
 from .device_pipeline import DeviceInput, NativeImage, resolve_pipeline, runs_on_device
+from .distortion_store import DistortionStore
 from .distortions import DISTORTIONS, distort, distort_with_info, get_distortion
 from .images import ImageLoadError
 from .labels import ClassList, balanced_accuracy, check_output_width, restrict_to_classes, width_mismatch
@@ -252,6 +254,7 @@ class _WorkItems(Dataset):
         seed: the base seed (:func:`image_seed`).
         items: int64 ``(n, 2)``: (image index, condition index).
         uses: bool ``(n, len(preprocessings))``: which preprocessings item k needs (default: all).
+        codecs: the distortion store that JPEG and JPEG 2000 go through (``None``: computed directly).
     """
 
     def __init__(
@@ -262,8 +265,9 @@ class _WorkItems(Dataset):
         seed: int,
         items: np.ndarray,
         uses: np.ndarray | None = None,
+        codecs: DistortionStore | None = None,
     ):
-        self.dataset = dataset
+        self.dataset, self.codecs = dataset, codecs
         self.conditions = list(conditions)
         self.preprocessings = list(preprocessings) if isinstance(preprocessings, (list, tuple)) else [preprocessings]
         self.seed = seed
@@ -295,11 +299,16 @@ class _WorkItems(Dataset):
         missed = False
         if condition.distortion != CLEAN:
             seed = image_seed(self.seed, self.dataset[image_index].image_id, condition.distortion, condition.level)
+            # JPEG and JPEG 2000 through the distortion store (decoded from it once stored), if there is one
+            codecs = self.codecs if self.codecs is not None and self.codecs.stores(condition.distortion) else None
             if condition.distortion == "jpeg2000":  # the one distortion with a tolerance it may miss
-                image, info = distort_with_info(image, condition.distortion, condition.level, seed=seed)
+                with_info = distort_with_info if codecs is None else codecs.distort_with_info
+                image, info = with_info(image, condition.distortion, condition.level, seed=seed)
                 missed = not info.within_tolerance
             else:
-                image = distort(image, condition.distortion, condition.level, seed=seed)
+                image = (distort if codecs is None else codecs.distort)(
+                    image, condition.distortion, condition.level, seed=seed
+                )
         return image, None, missed
 
     def __getitem__(self, index: int):
@@ -620,10 +629,11 @@ class _Run:
         device,
         session: PredictionSession,
         pipeline: str = "reference",
+        codecs: DistortionStore | None = None,
     ):
         self.model, self.dataset, self.conditions, self.seed, self.device = model, dataset, conditions, seed, device
         self.pipeline = pipeline  # "reference" or "device" (robustness.device_pipeline)
-        self.session = session
+        self.session, self.codecs = session, codecs
         self.num_classes = len(dataset.classes)
         size = (len(conditions), len(dataset))
         self.predictions = np.full(size + (5,), -1, dtype=np.int64)
@@ -761,7 +771,7 @@ def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_siz
         return
     batches = math.ceil(len(items) / batch_size)
     num_workers = min(num_workers, batches) if batches > 1 else 0
-    work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items, uses)
+    work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items, uses, first.codecs)
     on_cuda = any(torch.device(run.device).type == "cuda" for run in runs)
     loader = DataLoader(
         work, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=on_cuda
@@ -799,7 +809,7 @@ def _infer_elsewhere(runs, items, needs, preprocessings, group, batch_size: int,
     """:func:`_infer` on the runs' Ray engine (:meth:`robustness.ray_engine.RayEngine.infer`), which
     calls :meth:`_WorkItems.distorted` in its tasks and :func:`top5_of` in its actors."""
     first = runs[0]
-    work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items[:0])
+    work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items[:0], codecs=first.codecs)
     if bar is not None:
         bar.total = (bar.total or 0) + len(items)
         bar.refresh()
@@ -917,6 +927,10 @@ def evaluate(
             is evaluated without the cache, with a :class:`CacheWarning` (checked before a model
             key's first entries are written, so a fresh key costs two probe runs, a known one one).
             For any class list but ImageNet-1k the list's digest joins each condition's key.
+            With an on-disk :class:`~robustness.cache.PredictionCache`, JPEG and JPEG 2000 outputs go
+            through the distortion store beside it (``<folder>/distortions``,
+            :class:`robustness.distortion_store.DistortionStore`): encoded once, decoded on reuse by any
+            model or run, bit-identical; without a cache nothing is stored.
             With several models, the models take the store's per-condition claims one after the
             other; while one model holds a group, the pairs of that group the later models still
             miss are computed with it (so a concurrent process may compute some of those too; it
@@ -1008,6 +1022,7 @@ def evaluate(
             address=ray_address,
         )
     store = resolve_store(cache)
+    codecs = DistortionStore.beside(store.root) if isinstance(store, PredictionCache) else None  # beside the cache
     requested = conditions
     # an identity level is the clean image and a repeated condition is one condition: each computed once
     computed_as = [identity_condition(c) for c in requested]
@@ -1023,7 +1038,7 @@ def evaluate(
                 for m, d, p in zip(models, devices, pipelines):
                     extra = {"pipeline": p} if p == "device" else {}  # a store without the keyword: reference only
                     session = sessions.enter_context(store.open_run(m, d, dataset, conditions, seed, **extra))
-                    runs.append(_Run(m, dataset, conditions, seed, d, session, p))
+                    runs.append(_Run(m, dataset, conditions, seed, d, session, p, codecs))
                     runs[-1].engine, runs[-1].engine_index = elsewhere, len(runs) - 1
                 for lead in range(len(runs)):
                     # the lead model's claimed group; the later models' missing pairs of it come along
