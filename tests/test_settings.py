@@ -315,12 +315,11 @@ def test_allow_tf32_reaches_evaluate_from_the_gate(layer, expected, pytester, mo
     pytester.runpytest("-p", "no:cacheprovider", *flags).assert_outcomes(passed=1)
 
 
-def test_allow_tf32_reaches_the_activations_forward_passes(tmp_path, monkeypatch, capsys):
-    """``robustness activations`` runs its forward passes under ``inference_settings`` with the setting."""
+@pytest.fixture
+def inference_settings_calls(monkeypatch):
+    """The ``(device, allow_tf32)`` of every ``robustness.evaluation.inference_settings`` call, in
+    order (the real context manager still runs)."""
     import contextlib
-
-    import numpy as np
-    from PIL import Image
 
     import robustness.evaluation
 
@@ -333,6 +332,14 @@ def test_allow_tf32_reaches_the_activations_forward_passes(tmp_path, monkeypatch
             yield
 
     monkeypatch.setattr(robustness.evaluation, "inference_settings", spy)
+    return seen
+
+
+def test_allow_tf32_reaches_the_activations_forward_passes(tmp_path, monkeypatch, capsys, inference_settings_calls):
+    """``robustness activations`` runs its forward passes under ``inference_settings`` with the setting."""
+    import numpy as np
+    from PIL import Image
+
     monkeypatch.delenv("ROBUSTNESS_ALLOW_TF32", raising=False)
     image = tmp_path / "one.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image)
@@ -340,25 +347,14 @@ def test_allow_tf32_reaches_the_activations_forward_passes(tmp_path, monkeypatch
     argv += ["--distortion", "blur", "--levels", "1", "--channels", "2", "--output", str(tmp_path / "out")]
     assert main(argv) == 0, capsys.readouterr().err
     assert main([*argv, "--allow-tf32"]) == 0, capsys.readouterr().err
-    assert seen == [("cpu", False), ("cpu", True)]
+    assert inference_settings_calls == [("cpu", False), ("cpu", True)]
 
 
-def test_allow_tf32_reaches_the_latency_timing(monkeypatch):
+def test_allow_tf32_reaches_the_latency_timing(inference_settings_calls):
     """``robustness_latency`` times under the gate's inference settings, and records the switch."""
-    import contextlib
-
     from test_evaluation import tiny_model
 
-    import robustness.evaluation
     from robustness.pytest_plugin import LatencyCase
-
-    seen, real = [], robustness.evaluation.inference_settings
-
-    @contextlib.contextmanager
-    def spy(device, *, allow_tf32=False):
-        seen.append((str(device), allow_tf32))
-        with real(device, allow_tf32=allow_tf32):
-            yield
 
     class Benchmark:
         def __init__(self):
@@ -367,7 +363,6 @@ def test_allow_tf32_reaches_the_latency_timing(monkeypatch):
         def __call__(self, function):
             return function()
 
-    monkeypatch.setattr(robustness.evaluation, "inference_settings", spy)
     batch = torch.rand(2, 3, 32, 32)
     for allowed in (False, True):
         case = LatencyCase(
@@ -375,4 +370,4 @@ def test_allow_tf32_reaches_the_latency_timing(monkeypatch):
         )
         assert case.run().shape == (2, 1000)
         assert case.benchmark.extra_info["allow_tf32"] is allowed
-    assert seen == [("cpu", False), ("cpu", True)]
+    assert inference_settings_calls == [("cpu", False), ("cpu", True)]
