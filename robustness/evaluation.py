@@ -841,13 +841,48 @@ def identity_condition(condition: Condition) -> Condition:
     identity level (:attr:`robustness.distortions.Distortion.identity`: blur, noise and contrast at 0,
     where the output equals the input), else ``condition`` itself. The engine computes (and caches)
     such a condition once, as clean, and reports it under its own name and level. A registered
-    distortion's declared identity is trusted (:func:`robustness.testing.check_distortion` checks it)."""
+    distortion's declared identity is checked first (:func:`_check_identity`), since serving the clean
+    predictions for a level that does change the image would report numbers never measured.
+
+    Raises:
+        ValueError: a registered distortion changes a probe image at its declared identity level (the
+            message names the distortion and the level).
+    """
     if condition.distortion == CLEAN:
         return condition
-    identity = get_distortion(condition.distortion).identity
-    if identity is not None and condition.level == identity:
+    spec = get_distortion(condition.distortion)
+    if spec.identity is not None and condition.level == spec.identity:
+        _check_identity(spec)
         return Condition(CLEAN, 0)
     return condition
+
+
+_IDENTITIES_CHECKED: set[tuple] = set()  # registered distortions whose declared identity held
+
+
+def _check_identity(spec) -> None:
+    """Raise ``ValueError`` unless ``spec`` (a :class:`robustness.distortions.Distortion`) returns a
+    fixed probe image (``uint8 (17, 23, 3)``, seeded) unchanged at its identity level, for an ``int``
+    seed and a :class:`numpy.random.SeedSequence` (as the engine passes). The built-in identities
+    (blur, noise, contrast at 0) hold by construction and are tested (``tests/test_properties.py``);
+    a registered distortion's is checked once per process and definition."""
+    if spec.name in ("blur", "noise", "contrast"):
+        return
+    key = (spec.name, spec.function, spec.identity, spec.code_version)
+    if key in _IDENTITIES_CHECKED:
+        return
+    from .names import format_level
+
+    probe = np.random.default_rng(12).integers(0, 256, size=(17, 23, 3), dtype=np.uint8)
+    for seed in (0, image_seed(0, "identity-probe", spec.name, spec.identity)):
+        if not np.array_equal(distort(probe, spec.name, spec.identity, seed=seed), probe):
+            raise ValueError(
+                f"distortion {spec.name!r} declares identity level {format_level(spec.identity)} "
+                "(register_distortion(identity=...)), but at that level it changed a probe image; "
+                f"an identity level is evaluated as the clean image, so fix or remove identity= "
+                f"(robustness.testing.check_distortion checks it)"
+            )
+    _IDENTITIES_CHECKED.add(key)
 
 
 def evaluate(
