@@ -285,3 +285,16 @@ def test_run_flags_reach_evaluate(images, monkeypatch, tmp_path):
     assert (seen["engine"], seen["ray_address"]) == ("ray", "auto")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["run", "--engine", "spark"])
+
+
+def test_a_torchscript_model_runs_on_ray_as_locally(ray_instance, images, local_results):
+    """A TorchScript network (a ``.pt`` file such as the shared ``mobilenet_v2_quantized``) cannot be
+    pickled (``RuntimeError: Tried to serialize object __torch__... which does not have a
+    __getstate__``): it travels to the actors as ``torch.jit.save`` bytes and gives the local top-5."""
+    net = torch.jit.trace(_TinyNet(0).eval(), torch.zeros(1, 3, 32, 32))
+    scripted = Classifier(net, Preprocessing(36, 32, "bilinear"), "tiny")
+    results = evaluate(scripted, images, CONDITIONS, engine="ray", device="cpu", batch_size=4)
+    assert table(results) == table(local_results)
+    # the driver's model is left as it was (still TorchScript, still usable)
+    assert isinstance(scripted.net, torch.jit.ScriptModule)
+    assert table(evaluate(scripted, images, CONDITIONS, num_workers=0, device="cpu")) == table(local_results)
