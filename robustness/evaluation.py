@@ -104,6 +104,10 @@ class ConditionResult:
             (:func:`robustness.labels.balanced_accuracy`, as ``sklearn.metrics.balanced_accuracy_score``);
             ``None`` when not computed (a result rebuilt from an older results.json).
         classes: the dataset's class list (``None``: ImageNet-1k).
+        pipeline: where the distortions and preprocessing ran: ``"reference"`` (numpy / scipy /
+            Pillow, the paper's numbers) or ``"device"`` (:mod:`robustness.device_pipeline`, whose
+            noise draws differ image by image); the paired check compares like with like
+            (:meth:`robustness.gate.Baseline.pair`).
     """
 
     model: str
@@ -119,6 +123,7 @@ class ConditionResult:
     tolerance_misses: int = 0
     balanced_accuracy: float | None = None
     classes: ClassList | None = field(repr=False, default=None)
+    pipeline: str = field(repr=False, default="reference")
 
     @property
     def condition(self) -> Condition:
@@ -1137,6 +1142,7 @@ def _result(
         tolerance_misses=int(run.missed[k][keep].sum()),
         balanced_accuracy=balanced_accuracy(labels, predictions[:, 0]),
         classes=run.dataset.classes,
+        pipeline=run.pipeline,
     )
 
 
