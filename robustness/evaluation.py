@@ -990,7 +990,7 @@ def evaluate(
             CUDA). The stores, verification and metrics stay in this process; the results are the same
             (bit-identical top-5 on the CPU).
         ray_address: the Ray cluster to join with ``engine="ray"`` (``ray.init(address=...)``;
-            ``None``: ``$RAY_ADDRESS`` or a local instance).
+            ``None``: ``$RAY_ADDRESS`` or a local instance); with another engine it is a ``ValueError``.
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
@@ -1000,7 +1000,7 @@ def evaluate(
 
     Raises:
         ImportError: ``engine="ray"`` without Ray Data installed (``pip install 'robustness[ray]'``).
-        ValueError: unknown engine, distortion or model name, a level outside a distortion's range, an empty
+        ValueError: unknown engine, a ``ray_address`` without ``engine="ray"``, distortion or model name, a level outside a distortion's range, an empty
             dataset, every image unreadable, a device that is not available here or that the model
             does not support (:func:`inference_device`), an empty list of models or two models with
             the same name; an unknown ``pipeline``, or ``"device"`` for a model whose preprocessing the
@@ -1012,6 +1012,11 @@ def evaluate(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if ray_address is not None and engine != "ray":  # else the work silently stays on this machine
+        raise ValueError(
+            f"ray_address {ray_address!r} (--ray-address) is the Ray cluster of engine 'ray', but this evaluation "
+            f"runs on engine {engine!r}: add engine='ray' (--engine ray), or drop the address"
+        )
     several = isinstance(model, (list, tuple))
     models = [load_model(m) if isinstance(m, str) else m for m in (model if several else [model])]
     if not models:

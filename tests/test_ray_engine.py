@@ -298,3 +298,17 @@ def test_a_torchscript_model_runs_on_ray_as_locally(ray_instance, images, local_
     # the driver's model is left as it was (still TorchScript, still usable)
     assert isinstance(scripted.net, torch.jit.ScriptModule)
     assert table(evaluate(scripted, images, CONDITIONS, num_workers=0, device="cpu")) == table(local_results)
+
+
+def test_a_ray_address_without_the_ray_engine_is_refused(images, capsys):
+    """``--ray-address auto`` without ``--engine ray`` ran everything on this machine, silently: the
+    user believes the cluster did the work (and sized the run for it). Now one error naming both."""
+    from robustness import cli
+
+    with pytest.raises(ValueError, match=r"ray_address 'auto'.*engine 'local'.*--engine ray"):
+        evaluate(tiny_model(), images, CONDITIONS[:1], ray_address="auto", num_workers=0, device="cpu")
+    status = cli.main(
+        ["run", "--data", str(images.root), "--model", "resnet18", "--weights", "random", "--ray-address", "auto",
+         "--clean-only", "--no-cache", "--output", str(images.root.parent / "out"), "--device", "cpu"]
+    )  # fmt: skip
+    assert status == 2 and "--ray-address" in capsys.readouterr().err
