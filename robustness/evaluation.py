@@ -365,7 +365,9 @@ def _collate(batch):
 
 
 def default_num_workers(device: str | torch.device) -> int:
-    """DataLoader workers when none are given, from ``os.cpu_count()`` (``cpus``).
+    """DataLoader workers when none are given, from the CPUs this process may use (``cpus``: its
+    affinity mask, ``os.sched_getaffinity(0)``, where the platform has one, e.g. a Slurm or
+    ``taskset`` allocation of 8 cores on a 128-core node; else ``os.cpu_count()``).
 
     On the CPU ``min(2, cpus)``: the model's own threads need the other cores. On an accelerator
     ``cpus - 1``, but never fewer than on the CPU: the model no longer needs the CPU, so decoding and
@@ -373,7 +375,8 @@ def default_num_workers(device: str | torch.device) -> int:
     process's, which collates, copies batches to the device and reads back the top-5 (issue 12: a
     16-core GPU machine gets 15, where the old ``min(8, cpus)`` left half of it idle; 2 cores get 2).
     """
-    cpus = os.cpu_count() or 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
     on_cpu = min(2, cpus)
     return on_cpu if torch.device(device).type == "cpu" else max(on_cpu, cpus - 1)
 
