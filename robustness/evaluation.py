@@ -739,11 +739,19 @@ class _Run:
 
 
 def _sharing_key(preprocessing) -> tuple:
-    """Models whose preprocessings have the same key share the preprocessed tensor: the type and
-    :meth:`robustness.Preprocessing.to_dict` (JSON, keys sorted); without ``to_dict``, the object itself."""
+    """Models whose preprocessings have the same key share the preprocessed tensor: the type,
+    :meth:`robustness.Preprocessing.to_dict` (JSON, keys sorted) and any other instance attribute (a
+    subclass's own setting, which ``to_dict`` does not list) as JSON; without ``to_dict``, or with an
+    attribute that is not JSON, the object itself (no sharing)."""
     to_dict = getattr(preprocessing, "to_dict", None)
     if callable(to_dict):
-        return (type(preprocessing).__module__, type(preprocessing).__qualname__, json.dumps(to_dict(), sort_keys=True))
+        fields = to_dict()
+        extra = {k: v for k, v in getattr(preprocessing, "__dict__", {}).items() if k not in fields}
+        try:
+            state = json.dumps([fields, extra], sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):  # not JSON: compared by identity
+            return ("object", id(preprocessing))
+        return (type(preprocessing).__module__, type(preprocessing).__qualname__, state)
     return ("object", id(preprocessing))
 
 

@@ -340,3 +340,29 @@ def test_a_registered_distortion_with_a_wrong_identity_is_not_served_as_clean(da
         assert identity_condition(Condition("pixelate", 1)) == Condition("clean", 0)
     finally:
         unregister_distortion("pixelate")
+
+
+class _Gamma(Preprocessing):
+    """A team's preprocessing subclass with a setting that is not a dataclass field (``gamma``): two
+    instances differ although their ``to_dict()`` is equal."""
+
+    def __init__(self, gamma: float, *args):
+        super().__init__(*args)
+        object.__setattr__(self, "gamma", gamma)
+
+    def __call__(self, image):
+        return super().__call__(np.clip(np.rint(255 * (image / 255) ** self.gamma), 0, 255).astype(np.uint8))
+
+
+def test_preprocessings_that_differ_outside_their_fields_are_not_shared(dataset):
+    """Models share a preprocessed tensor only when their preprocessings are the same computation:
+    equal ``to_dict()`` is not enough when a subclass keeps other settings (the second model would be
+    fed the first one's tensors, a silently wrong number)."""
+    make = [
+        lambda: Classifier(_TinyNet(0), _Gamma(0.4, 36, 32, "bilinear"), "dark"),
+        lambda: Classifier(_TinyNet(0), _Gamma(2.5, 36, 32, "bilinear"), "light"),
+    ]
+    separate = [table(evaluate(m(), dataset, CONDITIONS, num_workers=0)) for m in make]
+    assert separate[0] != separate[1]  # the two settings give other answers: the test can tell
+    together = evaluate([m() for m in make], dataset, CONDITIONS, num_workers=0)
+    assert [table(together["dark"]), table(together["light"])] == separate
