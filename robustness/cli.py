@@ -763,7 +763,14 @@ def _write_run_report(args, model, dataset, results, output: Path, label: str = 
     device = inference_device(model, args.device)  # the device evaluate chose (issue 12)
     with inference_settings(device, allow_tf32=args.allow_tf32):
         identity = {**device_identity(device), "dtype": str(getattr(model, "input_dtype", None))}
-    provenance = run_provenance(model, dataset, seed=args.seed, thresholds=args.thresholds, device=identity)
+    provenance = run_provenance(
+        model,
+        dataset,
+        seed=args.seed,
+        thresholds=args.thresholds,
+        device=identity,
+        pipeline=results[0].pipeline if results else None,
+    )
     write_predictions(results, output / "predictions.npz", provenance)
     atomic_write(output / "provenance.json", (json.dumps(provenance, indent=2) + "\n").encode())
     print(f"{label}wrote {output / 'predictions.npz'} and {output / 'provenance.json'}")

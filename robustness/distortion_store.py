@@ -326,13 +326,19 @@ class DistortionStore:
     # ------------------------------------------------------------------------------ housekeeping
 
     def _entries(self):
+        # another process may clear the store (or a cleanup job delete it) while this one lists it:
+        # a folder that vanished holds no entries
         folder = self.root / _FORMAT
-        if not folder.is_dir():
+        try:
+            subfolders = [sub for sub in os.scandir(folder) if sub.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for sub in os.scandir(folder):
-            if not sub.is_dir():
+        for sub in subfolders:
+            try:
+                entries = list(os.scandir(sub.path))
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            for entry in os.scandir(sub.path):
+            for entry in entries:
                 if entry.name.endswith(_SUFFIX) and not entry.name.startswith("."):
                     yield entry
 

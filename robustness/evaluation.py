@@ -104,6 +104,10 @@ class ConditionResult:
             (:func:`robustness.labels.balanced_accuracy`, as ``sklearn.metrics.balanced_accuracy_score``);
             ``None`` when not computed (a result rebuilt from an older results.json).
         classes: the dataset's class list (``None``: ImageNet-1k).
+        pipeline: where the distortions and preprocessing ran: ``"reference"`` (numpy / scipy /
+            Pillow, the paper's numbers) or ``"device"`` (:mod:`robustness.device_pipeline`, whose
+            noise draws differ image by image); the paired check compares like with like
+            (:meth:`robustness.gate.Baseline.pair`).
     """
 
     model: str
@@ -119,6 +123,7 @@ class ConditionResult:
     tolerance_misses: int = 0
     balanced_accuracy: float | None = None
     classes: ClassList | None = field(repr=False, default=None)
+    pipeline: str = field(repr=False, default="reference")
 
     @property
     def condition(self) -> Condition:
@@ -360,7 +365,9 @@ def _collate(batch):
 
 
 def default_num_workers(device: str | torch.device) -> int:
-    """DataLoader workers when none are given, from ``os.cpu_count()`` (``cpus``).
+    """DataLoader workers when none are given, from the CPUs this process may use (``cpus``: its
+    affinity mask, ``os.sched_getaffinity(0)``, where the platform has one, e.g. a Slurm or
+    ``taskset`` allocation of 8 cores on a 128-core node; else ``os.cpu_count()``).
 
     On the CPU ``min(2, cpus)``: the model's own threads need the other cores. On an accelerator
     ``cpus - 1``, but never fewer than on the CPU: the model no longer needs the CPU, so decoding and
@@ -368,7 +375,8 @@ def default_num_workers(device: str | torch.device) -> int:
     process's, which collates, copies batches to the device and reads back the top-5 (issue 12: a
     16-core GPU machine gets 15, where the old ``min(8, cpus)`` left half of it idle; 2 cores get 2).
     """
-    cpus = os.cpu_count() or 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
     on_cpu = min(2, cpus)
     return on_cpu if torch.device(device).type == "cpu" else max(on_cpu, cpus - 1)
 
@@ -731,11 +739,19 @@ class _Run:
 
 
 def _sharing_key(preprocessing) -> tuple:
-    """Models whose preprocessings have the same key share the preprocessed tensor: the type and
-    :meth:`robustness.Preprocessing.to_dict` (JSON, keys sorted); without ``to_dict``, the object itself."""
+    """Models whose preprocessings have the same key share the preprocessed tensor: the type,
+    :meth:`robustness.Preprocessing.to_dict` (JSON, keys sorted) and any other instance attribute (a
+    subclass's own setting, which ``to_dict`` does not list) as JSON; without ``to_dict``, or with an
+    attribute that is not JSON, the object itself (no sharing)."""
     to_dict = getattr(preprocessing, "to_dict", None)
     if callable(to_dict):
-        return (type(preprocessing).__module__, type(preprocessing).__qualname__, json.dumps(to_dict(), sort_keys=True))
+        fields = to_dict()
+        extra = {k: v for k, v in getattr(preprocessing, "__dict__", {}).items() if k not in fields}
+        try:
+            state = json.dumps([fields, extra], sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):  # not JSON: compared by identity
+            return ("object", id(preprocessing))
+        return (type(preprocessing).__module__, type(preprocessing).__qualname__, state)
     return ("object", id(preprocessing))
 
 
@@ -841,13 +857,48 @@ def identity_condition(condition: Condition) -> Condition:
     identity level (:attr:`robustness.distortions.Distortion.identity`: blur, noise and contrast at 0,
     where the output equals the input), else ``condition`` itself. The engine computes (and caches)
     such a condition once, as clean, and reports it under its own name and level. A registered
-    distortion's declared identity is trusted (:func:`robustness.testing.check_distortion` checks it)."""
+    distortion's declared identity is checked first (:func:`_check_identity`), since serving the clean
+    predictions for a level that does change the image would report numbers never measured.
+
+    Raises:
+        ValueError: a registered distortion changes a probe image at its declared identity level (the
+            message names the distortion and the level).
+    """
     if condition.distortion == CLEAN:
         return condition
-    identity = get_distortion(condition.distortion).identity
-    if identity is not None and condition.level == identity:
+    spec = get_distortion(condition.distortion)
+    if spec.identity is not None and condition.level == spec.identity:
+        _check_identity(spec)
         return Condition(CLEAN, 0)
     return condition
+
+
+_IDENTITIES_CHECKED: set[tuple] = set()  # registered distortions whose declared identity held
+
+
+def _check_identity(spec) -> None:
+    """Raise ``ValueError`` unless ``spec`` (a :class:`robustness.distortions.Distortion`) returns a
+    fixed probe image (``uint8 (17, 23, 3)``, seeded) unchanged at its identity level, for an ``int``
+    seed and a :class:`numpy.random.SeedSequence` (as the engine passes). The built-in identities
+    (blur, noise, contrast at 0) hold by construction and are tested (``tests/test_properties.py``);
+    a registered distortion's is checked once per process and definition."""
+    if spec.name in ("blur", "noise", "contrast"):
+        return
+    key = (spec.name, spec.function, spec.identity, spec.code_version)
+    if key in _IDENTITIES_CHECKED:
+        return
+    from .names import format_level
+
+    probe = np.random.default_rng(12).integers(0, 256, size=(17, 23, 3), dtype=np.uint8)
+    for seed in (0, image_seed(0, "identity-probe", spec.name, spec.identity)):
+        if not np.array_equal(distort(probe, spec.name, spec.identity, seed=seed), probe):
+            raise ValueError(
+                f"distortion {spec.name!r} declares identity level {format_level(spec.identity)} "
+                "(register_distortion(identity=...)), but at that level it changed a probe image; "
+                f"an identity level is evaluated as the clean image, so fix or remove identity= "
+                f"(robustness.testing.check_distortion checks it)"
+            )
+    _IDENTITIES_CHECKED.add(key)
 
 
 def evaluate(
@@ -950,7 +1001,7 @@ def evaluate(
             CUDA). The stores, verification and metrics stay in this process; the results are the same
             (bit-identical top-5 on the CPU).
         ray_address: the Ray cluster to join with ``engine="ray"`` (``ray.init(address=...)``;
-            ``None``: ``$RAY_ADDRESS`` or a local instance).
+            ``None``: ``$RAY_ADDRESS`` or a local instance); with another engine it is a ``ValueError``.
 
     Returns:
         one :class:`ConditionResult` per condition, in the order given (clean first). Images that
@@ -960,7 +1011,7 @@ def evaluate(
 
     Raises:
         ImportError: ``engine="ray"`` without Ray Data installed (``pip install 'robustness[ray]'``).
-        ValueError: unknown engine, distortion or model name, a level outside a distortion's range, an empty
+        ValueError: unknown engine, a ``ray_address`` without ``engine="ray"``, distortion or model name, a level outside a distortion's range, an empty
             dataset, every image unreadable, a device that is not available here or that the model
             does not support (:func:`inference_device`), an empty list of models or two models with
             the same name; an unknown ``pipeline``, or ``"device"`` for a model whose preprocessing the
@@ -972,6 +1023,11 @@ def evaluate(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if ray_address is not None and engine != "ray":  # else the work silently stays on this machine
+        raise ValueError(
+            f"ray_address {ray_address!r} (--ray-address) is the Ray cluster of engine 'ray', but this evaluation "
+            f"runs on engine {engine!r}: add engine='ray' (--engine ray), or drop the address"
+        )
     several = isinstance(model, (list, tuple))
     models = [load_model(m) if isinstance(m, str) else m for m in (model if several else [model])]
     if not models:
@@ -1102,6 +1158,7 @@ def _result(
         tolerance_misses=int(run.missed[k][keep].sum()),
         balanced_accuracy=balanced_accuracy(labels, predictions[:, 0]),
         classes=run.dataset.classes,
+        pipeline=run.pipeline,
     )
 
 

@@ -348,7 +348,9 @@ class Baseline:
 
     ``classes`` is the digest of the class list the labels and predictions index
     (:attr:`robustness.labels.ClassList.digest`); baselines written before class lists existed
-    are ImageNet-1k's."""
+    are ImageNet-1k's. ``pipeline`` is the pipeline the predictions came from
+    (:attr:`robustness.evaluation.ConditionResult.pipeline`); baselines written before it was stored
+    are ``"reference"``'s."""
 
     model: str
     distortion: str
@@ -358,6 +360,7 @@ class Baseline:
     levels: list[float]
     predictions: np.ndarray  # (levels, n, 5)
     classes: str = ""
+    pipeline: str = "reference"
 
     def __post_init__(self):
         if not self.classes:
@@ -374,6 +377,14 @@ class Baseline:
         digest = (result.classes or imagenet_class_list()).digest
         if digest != self.classes:
             return f"the baseline was measured with another class list (digest {self.classes}, this run {digest})"
+        pipeline = getattr(result, "pipeline", "reference")
+        if pipeline != self.pipeline and result.distortion in PAIRED_PIPELINE_SENSITIVE:
+            # the two pipelines draw the noise differently: image i's prediction of one is not paired
+            # with image i's of the other (docs/caching.md#device-side-pipeline)
+            return (
+                f"the baseline was measured with the {self.pipeline} pipeline, this run uses the {pipeline} "
+                f"pipeline, which draws other {result.distortion} per image"
+            )
         if result.predictions is None or not result.image_ids:
             return "the result carries no per-image predictions"
         index = {image_id: i for i, image_id in enumerate(self.image_ids)}
@@ -389,6 +400,12 @@ class Baseline:
         return (base, labels), (np.asarray(result.predictions)[cand_rows], labels)
 
 
+#: Distortions whose per-image output differs between the reference and the device pipeline beyond
+#: the documented 1-grey-level tolerance (the noise is drawn from another generator), so a baseline of
+#: one pipeline is not paired with a run of the other (:meth:`Baseline.pair`).
+PAIRED_PIPELINE_SENSITIVE = frozenset({"noise"})
+
+
 def _baseline_file(folder: Path, model: str, distortion: str) -> Path:
     return Path(folder) / safe_name(model) / f"{safe_name(distortion)}.npz"
 
@@ -399,7 +416,7 @@ def save_baseline(
     """Store the per-image predictions of ``results`` as baselines, one ``.npz`` per (model, distortion).
 
     Files: ``<folder>/<model>/<distortion>.npz`` (image ids, labels, levels, int16 top-5 predictions,
-    seed, the class list's digest), written atomically. Levels already stored for that distortion and not in ``results`` are kept.
+    seed, the class list's digest, the pipeline), written atomically. Levels already stored for that distortion and not in ``results`` are kept.
     Returns the files written.
     """
     from ._io import atomic_write
@@ -413,8 +430,15 @@ def save_baseline(
         image_ids = list(items[0].image_ids)
         levels = {format_level(r.level): (float(r.level), np.asarray(r.predictions)) for r in items}
         classes = (items[0].classes or imagenet_class_list()).digest
+        pipeline = getattr(items[0], "pipeline", "reference")
         old = load_baseline(folder, name, distortion)
-        if old is not None and old.image_ids == image_ids and old.seed == seed and old.classes == classes:
+        if (
+            old is not None
+            and old.image_ids == image_ids
+            and old.seed == seed
+            and old.classes == classes
+            and old.pipeline == pipeline
+        ):
             for level, preds in zip(old.levels, old.predictions):
                 levels.setdefault(format_level(level), (float(level), preds))
         ordered = sorted(levels.values(), key=lambda item: item[0])
@@ -429,6 +453,7 @@ def save_baseline(
             levels=np.array([lv for lv, _ in ordered], dtype=np.float64),
             predictions=np.stack([p for _, p in ordered]).astype(np.int16),
             classes=np.array(classes),
+            pipeline=np.array(pipeline),
         )
         atomic_write(path, buffer.getvalue())
         written.append(path)
@@ -450,6 +475,7 @@ def load_baseline(folder: str | os.PathLike, model: str, distortion: str) -> Bas
             [float(x) for x in data["levels"]],
             data["predictions"].astype(np.int64),
             str(data["classes"]) if "classes" in data.files else "",
+            str(data["pipeline"]) if "pipeline" in data.files else "reference",
         )
 
 

@@ -62,6 +62,48 @@ class RayEngineError(RuntimeError):
     """A work item came back from the cluster twice with different predictions, or not at all."""
 
 
+def _load_torchscript(data: bytes):
+    """A TorchScript module from its ``torch.jit.save`` bytes (:func:`_put_model`), on the CPU (the
+    actor then moves its model to its device)."""
+    import io
+
+    import torch
+
+    return torch.jit.load(io.BytesIO(data), map_location="cpu")
+
+
+def _reduce_torchscript(module):
+    """Pickle a TorchScript module as its ``torch.jit.save`` bytes (TorchScript modules themselves
+    cannot be pickled: ``Tried to serialize object __torch__... which does not have a __getstate__``)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    return _load_torchscript, (buffer.getvalue(),)
+
+
+def _put_model(ray, model):
+    """``ray.put(model)``, with any TorchScript module inside it (a ``.pt`` file model such as
+    ``mobilenet_v2_quantized``, maybe wrapped) pickled as its ``torch.jit.save`` bytes: the reducer
+    is in ``copyreg.dispatch_table`` (which Ray's cloudpickle consults) only during this call, for
+    the TorchScript types the model holds; ``torch.jit.load`` gives back the same graph and weights."""
+    import copyreg
+
+    import torch
+
+    kinds = {type(m) for m in model.modules() if isinstance(m, torch.jit.ScriptModule)}
+    saved = {kind: copyreg.dispatch_table[kind] for kind in kinds if kind in copyreg.dispatch_table}
+    copyreg.dispatch_table.update(dict.fromkeys(kinds, _reduce_torchscript))
+    try:
+        return ray.put(model)
+    finally:
+        for kind in kinds:
+            copyreg.dispatch_table.pop(kind, None)
+        copyreg.dispatch_table.update(saved)
+
+
 def require_ray():
     """Import and return ``ray`` with Ray Data.
 
@@ -336,7 +378,7 @@ class RayEngine:
             actors = gpus if self.on_gpu else max(1, self.cpus // 2)
         self.actors = max(1, int(actors))
         self.devices = ["cuda" if d.startswith("cuda") else d for d in devices]  # the actor's own GPU
-        self.model_refs = [ray.put(m) for m in models]
+        self.model_refs = [_put_model(ray, m) for m in models]
         self.score, self.settings = score, settings
 
     def infer(self, work, group, items: np.ndarray, needs: np.ndarray, batch_size: int, models=None) -> Iterator[tuple]:

@@ -87,6 +87,7 @@ def run_provenance(
     command: Sequence[str] | None = None,
     thresholds: str | os.PathLike | None = None,
     device: dict | None = None,
+    pipeline: str | None = None,
 ) -> dict:
     """What a run was: model name, weights digest, preprocessing, dataset root and image count, seed,
     package versions, UTC date, the command line and the class list (``classes``:
@@ -102,6 +103,10 @@ def run_provenance(
         device: what the inference device was (:func:`robustness.cache.device_identity` under the
             run's :func:`robustness.evaluation.inference_settings`, plus the model's input ``dtype``;
             issue 12), stored as ``device`` when given.
+        pipeline: the pipeline the results came from (:attr:`robustness.evaluation.ConditionResult.pipeline`);
+            ``"device"`` is stored as ``pipeline`` (its numbers differ from the reference path within
+            the tolerance of docs/caching.md); ``None`` or ``"reference"`` add nothing, so a
+            reference run's provenance is as before.
     """
     import datetime as _dt
     import platform
@@ -130,6 +135,8 @@ def run_provenance(
     }
     if device is not None:
         record["device"] = dict(device)
+    if pipeline not in (None, "reference"):
+        record["pipeline"] = str(pipeline)
     return record
 
 

@@ -380,7 +380,19 @@ def test_tests_that_fork_dataloader_workers_pin_the_cpu():
 )
 def test_default_workers_use_an_accelerator_machines_cores_but_one(monkeypatch, cpus, on_cpu, on_cuda):
     monkeypatch.setattr("os.cpu_count", lambda: cpus)  # None: os.cpu_count cannot tell
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # a platform without it (macOS, Windows)
     assert default_num_workers("cpu") == on_cpu and default_num_workers("cuda:0") == on_cuda
+
+
+def test_default_workers_count_the_cpus_this_process_may_use(monkeypatch):
+    """A GPU job given 8 cores of a 128-core node (Slurm, ``taskset``, ``docker --cpuset-cpus``) sees
+    ``os.cpu_count() == 128``: 127 DataLoader workers on 8 cores, each holding two batches in shared
+    memory. The default counts the CPUs in the process's affinity mask instead."""
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert default_num_workers("cuda") == 7 and default_num_workers("cpu") == 2
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {5}, raising=False)
+    assert default_num_workers("cuda") == 1 and default_num_workers("cpu") == 1
 
 
 def test_the_workers_help_states_both_defaults(capsys):

@@ -361,3 +361,33 @@ def test_one_call_with_a_device_and_a_reference_model_equals_separate_calls(tmp_
     for name, results in together.items():
         for a, b in zip(results, alone[name]):
             assert np.array_equal(a.predictions, b.predictions), (name, a.distortion)
+
+
+def test_a_device_pipeline_run_says_so_in_its_provenance(tmp_path):
+    """Device-pipeline numbers differ from the paper's reference path (noise draws, resize within 1
+    grey level), but its run folder looked exactly like a reference run's: provenance.json (and the
+    provenance inside predictions.npz) now says ``"pipeline": "device"``; a reference run's provenance
+    is unchanged (no new field), so existing run folders still compare equal."""
+    import json
+
+    from robustness import cli
+    from robustness.models import register_model, unregister_model
+
+    dataset = make_dataset(tmp_path / "data", 3)
+    register_model("tiny-device-prov", Preprocessing(36, 32, "bilinear"))(lambda: tiny_model().net)
+    try:
+        for pipeline in ("device", "reference"):
+            out = tmp_path / pipeline
+            status = cli.main(
+                ["run", "--model", "tiny-device-prov", "--data", str(dataset.root), "--distortion", "noise=30",
+                 "--pipeline", pipeline, "--device", "cpu", "--workers", "0", "--no-cache", "--no-report",
+                 "--no-progress", "--output", str(out)]
+            )  # fmt: skip
+            assert status == 0
+            provenance = json.loads((out / "provenance.json").read_text())
+            if pipeline == "device":
+                assert provenance["pipeline"] == "device"
+            else:
+                assert "pipeline" not in provenance
+    finally:
+        unregister_model("tiny-device-prov")

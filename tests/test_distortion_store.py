@@ -383,3 +383,29 @@ def test_robustness_run_reports_the_store_and_no_cache_writes_nothing(tmp_path, 
     assert f"distortion store {store}: {size.describe()} (+6 this run)" in capsys.readouterr().out
     assert run("--output", str(tmp_path / "c")) == 0
     assert f"distortion store {store}: {size.describe()} (+0 this run)" in capsys.readouterr().out
+
+
+def test_size_survives_a_folder_removed_while_it_counts(tmp_path, monkeypatch):
+    """Another process clearing the store (DistortionStore.clear, a cleanup job) while this one counts
+    it: ``robustness run`` prints the size after the evaluation and before writing results.json, so a
+    raise here lost the run's results. A vanished folder counts as empty."""
+    store = DistortionStore(tmp_path / "store")
+    image = np.random.default_rng(3).integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    for quality in (10, 20, 30, 40, 50, 60):
+        store.distort(image, "jpeg", quality)
+    assert store.size().entries == 6
+    original = os.scandir
+
+    def racing(path="."):  # the store is cleared after its top folder is listed, before a subfolder is read
+        if Path(path) != store.root / "v1":
+            return original(path)
+        with original(path) as listing:
+            subfolders = list(listing)
+        monkeypatch.setattr(os, "scandir", original)
+        store.clear()
+        return iter(subfolders)
+
+    monkeypatch.setattr(os, "scandir", racing)
+    assert store.size() == StoreSize(0, 0)
+    monkeypatch.undo()
+    assert store.size() == StoreSize(0, 0)

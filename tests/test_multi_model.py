@@ -302,3 +302,67 @@ def test_cli_the_same_model_twice_is_refused(tmp_path, two_registered, capsys):
     assert cli.main(_run_args(root, "--model", "tiny-a", "--model", "tiny-a", "--output", str(tmp_path / "o"))) == 2
     assert "two models have the same name ('tiny-a', 'tiny-a')" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before any folder is made
+
+
+def test_a_registered_distortion_with_a_wrong_identity_is_not_served_as_clean(dataset):
+    """A user's distortion that declares an identity level at which it still changes the image must
+    not be reported with the clean image's predictions (a gate would pass on numbers that were never
+    measured): the declared identity is checked before it is used, and a wrong one is an error."""
+    from robustness import register_distortion, unregister_distortion
+
+    def brighten(image, level, seed):  # + 40 grey levels at every level: level 0 is no identity
+        return np.clip(image.astype(np.int16) + 40 + int(level), 0, 255).astype(np.uint8)
+
+    register_distortion(
+        "brighten",
+        brighten,
+        parameter="offset",
+        unit="grey",
+        minimum=0,
+        maximum=100,
+        levels=(10, 20),
+        integer=True,
+        identity=0,
+        code_version="1",
+    )
+    try:
+        with pytest.raises(ValueError, match=r"brighten.*identity level 0.*changed"):
+            evaluate(tiny_model(), dataset, [Condition("brighten", 0)], num_workers=0)
+        with pytest.raises(ValueError, match=r"brighten.*identity level 0"):
+            identity_condition(Condition("brighten", 0))
+    finally:
+        unregister_distortion("brighten")
+    # a true identity (the documentation's pixelate at block 1) is still computed as clean
+    from user_distortions import PIXELATE, pixelate
+
+    register_distortion("pixelate", pixelate, **PIXELATE)
+    try:
+        assert identity_condition(Condition("pixelate", 1)) == Condition("clean", 0)
+    finally:
+        unregister_distortion("pixelate")
+
+
+class _Gamma(Preprocessing):
+    """A team's preprocessing subclass with a setting that is not a dataclass field (``gamma``): two
+    instances differ although their ``to_dict()`` is equal."""
+
+    def __init__(self, gamma: float, *args):
+        super().__init__(*args)
+        object.__setattr__(self, "gamma", gamma)
+
+    def __call__(self, image):
+        return super().__call__(np.clip(np.rint(255 * (image / 255) ** self.gamma), 0, 255).astype(np.uint8))
+
+
+def test_preprocessings_that_differ_outside_their_fields_are_not_shared(dataset):
+    """Models share a preprocessed tensor only when their preprocessings are the same computation:
+    equal ``to_dict()`` is not enough when a subclass keeps other settings (the second model would be
+    fed the first one's tensors, a silently wrong number)."""
+    make = [
+        lambda: Classifier(_TinyNet(0), _Gamma(0.4, 36, 32, "bilinear"), "dark"),
+        lambda: Classifier(_TinyNet(0), _Gamma(2.5, 36, 32, "bilinear"), "light"),
+    ]
+    separate = [table(evaluate(m(), dataset, CONDITIONS, num_workers=0)) for m in make]
+    assert separate[0] != separate[1]  # the two settings give other answers: the test can tell
+    together = evaluate([m() for m in make], dataset, CONDITIONS, num_workers=0)
+    assert [table(together["dark"]), table(together["light"])] == separate

@@ -285,3 +285,30 @@ def test_run_flags_reach_evaluate(images, monkeypatch, tmp_path):
     assert (seen["engine"], seen["ray_address"]) == ("ray", "auto")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["run", "--engine", "spark"])
+
+
+def test_a_torchscript_model_runs_on_ray_as_locally(ray_instance, images, local_results):
+    """A TorchScript network (a ``.pt`` file such as the shared ``mobilenet_v2_quantized``) cannot be
+    pickled (``RuntimeError: Tried to serialize object __torch__... which does not have a
+    __getstate__``): it travels to the actors as ``torch.jit.save`` bytes and gives the local top-5."""
+    net = torch.jit.trace(_TinyNet(0).eval(), torch.zeros(1, 3, 32, 32))
+    scripted = Classifier(net, Preprocessing(36, 32, "bilinear"), "tiny")
+    results = evaluate(scripted, images, CONDITIONS, engine="ray", device="cpu", batch_size=4)
+    assert table(results) == table(local_results)
+    # the driver's model is left as it was (still TorchScript, still usable)
+    assert isinstance(scripted.net, torch.jit.ScriptModule)
+    assert table(evaluate(scripted, images, CONDITIONS, num_workers=0, device="cpu")) == table(local_results)
+
+
+def test_a_ray_address_without_the_ray_engine_is_refused(images, capsys):
+    """``--ray-address auto`` without ``--engine ray`` ran everything on this machine, silently: the
+    user believes the cluster did the work (and sized the run for it). Now one error naming both."""
+    from robustness import cli
+
+    with pytest.raises(ValueError, match=r"ray_address 'auto'.*engine 'local'.*--engine ray"):
+        evaluate(tiny_model(), images, CONDITIONS[:1], ray_address="auto", num_workers=0, device="cpu")
+    status = cli.main(
+        ["run", "--data", str(images.root), "--model", "resnet18", "--weights", "random", "--ray-address", "auto",
+         "--clean-only", "--no-cache", "--output", str(images.root.parent / "out"), "--device", "cpu"]
+    )  # fmt: skip
+    assert status == 2 and "--ray-address" in capsys.readouterr().err

@@ -237,3 +237,34 @@ def test_a_failure_caused_only_by_the_paired_check_is_headed_by_it(tmp_path):
     assert both.splitlines()[0].endswith(": BELOW THRESHOLD AND SIGNIFICANT DROP VS BASELINE")
     only_bar = judge(Threshold("m", Condition("blur", 3), top1=0.5), worse).message()
     assert only_bar.splitlines()[0].endswith(": BELOW THRESHOLD")
+
+
+def test_a_baseline_of_the_other_pipeline_is_not_paired_under_noise(tmp_path):
+    """The device pipeline draws its noise from a torch generator, the reference path from numpy: the
+    same image gets other noise, so a paired (McNemar) check of a device-pipeline gate run (the
+    default on CUDA) against a baseline stored from the reference path (the CPU) would pair unrelated
+    draws, adding discordant pairs that hide a real drop or invent one. Each result carries its
+    pipeline, the baseline stores it, and such a pair is refused with a note naming both."""
+    from test_evaluation import make_dataset, tiny_model
+
+    from robustness import evaluate
+
+    dataset = make_dataset(tmp_path / "data", 4)
+    conditions = [Condition("noise", 30), Condition("blur", 2)]
+    reference = evaluate(tiny_model(), dataset, conditions, num_workers=0, device="cpu", pipeline="reference")
+    device = evaluate(tiny_model(), dataset, conditions, num_workers=0, device="cpu", pipeline="device")
+    assert [r.pipeline for r in reference] == ["reference"] * 2 and [r.pipeline for r in device] == ["device"] * 2
+    save_baseline(reference, tmp_path / "baseline", seed=0)
+    noise = load_baseline(tmp_path / "baseline", "tiny", "noise")
+    assert noise.pipeline == "reference"
+    assert not isinstance(noise.pair(reference[0]), str)  # same pipeline: paired
+    reason = noise.pair(device[0])
+    assert isinstance(reason, str) and "reference pipeline" in reason and "device pipeline" in reason
+    v = judge(Threshold("tiny", Condition("noise", 30), top1=0.0), device[0], baseline=noise, paired=PairedSettings())
+    assert v.paired is None and "device pipeline" in v.notes[0]
+    # blur is the same computation within 1 grey level on both paths: still paired
+    blur = load_baseline(tmp_path / "baseline", "tiny", "blur")
+    assert not isinstance(blur.pair(device[1]), str)
+    # a baseline stored from the device pipeline says so
+    save_baseline(device, tmp_path / "device-baseline", seed=0)
+    assert load_baseline(tmp_path / "device-baseline", "tiny", "noise").pipeline == "device"
