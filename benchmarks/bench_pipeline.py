@@ -48,6 +48,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -116,6 +117,27 @@ def end_to_end(model, dataset, name: str, levels, args, cache=None) -> tuple[flo
     wall = time.perf_counter() - start
     count = len(dataset) * len(levels)
     return count / wall, (cpu_seconds() - cpu) / count, count
+
+
+def cache_overhead(model, dataset, args, repeats: int = 2) -> tuple[float, float]:
+    """(wall s, CPU s) that a fresh cache folder adds to one :func:`robustness.evaluate` call: the
+    median over ``repeats`` of (the first image, clean, with a fresh cache) minus (the same without a
+    cache), interleaved. It is a fixed cost per call (the model probe, run twice for a model key
+    with no entries, the model key, locks, the writes), which the "first" and "store reused" rows pay
+    once whatever their size."""
+    one = dataset.limit(1)
+    walls, cpus = [], []
+    for _ in range(repeats):
+        measured = []
+        for cached in (False, True):
+            with tempfile.TemporaryDirectory() as folder:
+                cpu, start = cpu_seconds(), time.perf_counter()
+                evaluate(model, one, {}, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                         cache=PredictionCache(folder) if cached else None)  # fmt: skip
+                measured.append((time.perf_counter() - start, cpu_seconds() - cpu))
+        walls.append(measured[1][0] - measured[0][0])
+        cpus.append(measured[1][1] - measured[0][1])
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def _cpu(function, *args) -> float:
@@ -197,6 +219,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip the run without cache and store")
     parser.add_argument("--no-costs", action="store_true", help="skip the per-item CPU costs (and the ceiling)")
     parser.add_argument("--json", default=None, help="write the rows as JSON here")
+    parser.add_argument(
+        "--cache-overhead", action="store_true", help="also measure the fixed cost a cache adds to one evaluate call"
+    )
+    parser.add_argument("--no-table", action="store_true", help="skip the table (e.g. with --cache-overhead)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -221,6 +247,14 @@ def main(argv=None) -> int:
         if own:
             print(f"## {model.name}: preprocess {1000 * own['preprocess']:.1f} ms, model {1000 * own['model']:.1f} ms"
                   " (single-thread CPU per image)")  # fmt: skip
+        if args.cache_overhead:
+            wall, cpu = cache_overhead(model, dataset, args)
+            per_model[model.name]["cache_overhead_s"] = {"wall": wall, "cpu": cpu}
+            print(
+                f"## {model.name}: a fresh cache adds {wall:.1f} s wall, {cpu:.1f} s CPU per evaluate call", flush=True
+            )
+        if args.no_table:
+            continue
         print(
             f"{'model':<24} {'distortion':<9} {'run':<13} {'images':>6} {'e2e img/s':>9} {'model img/s':>11} "
             f"{'ratio':>5} {'e2e cpu ms':>10} {'model cpu ms':>12} {'cpu ratio':>9} {'ceiling':>7} {'ceil@cpu':>8} "
