@@ -1106,6 +1106,8 @@ def evaluate(
         )
     store = resolve_store(cache)
     codecs = DistortionStore.beside(store.root) if isinstance(store, PredictionCache) else None  # beside the cache
+    if codecs is not None:
+        codecs.tidy()  # once per run: temporary files of writers killed mid-write, older than an hour
     requested = conditions
     # an identity level is the clean image and a repeated condition is one condition: each computed once
     computed_as = [identity_condition(c) for c in requested]

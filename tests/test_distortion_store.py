@@ -409,3 +409,30 @@ def test_size_survives_a_folder_removed_while_it_counts(tmp_path, monkeypatch):
     assert store.size() == StoreSize(0, 0)
     monkeypatch.undo()
     assert store.size() == StoreSize(0, 0)
+
+
+def test_evaluate_tidies_temporary_files_of_killed_writers(tmp_path):
+    """A writer killed mid-write leaves ``.<entry>.<random>.tmp`` (``_io.atomic_write``'s name) in an
+    entry folder; ``tidy`` was never called, so they piled up. Each evaluation with a cache now deletes
+    those older than an hour, once, and leaves a younger one (maybe a live writer's) alone."""
+    import time
+
+    from test_evaluation import make_dataset, tiny_model
+
+    from robustness import evaluate
+    from robustness._io import atomic_write
+    from robustness.evaluation import Condition
+
+    store = DistortionStore.beside(tmp_path / "cache")
+    entry = store.path("ab" + "0" * 62)
+    atomic_write(entry, b"x")  # the entry folder, as a real write makes it
+    entry.unlink()
+    stale, fresh = entry.parent / f".{entry.name}.k1ll3d.tmp", entry.parent / f".{entry.name}.l1v3.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half an entry")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    dataset = make_dataset(tmp_path / "data", 2)
+    evaluate(tiny_model(), dataset, [Condition("clean", 0)], num_workers=0, device="cpu", cache=tmp_path / "cache")
+    assert not stale.exists(), "a killed writer's temporary file was left in the store"
+    assert fresh.exists(), "a temporary file younger than an hour (a live writer's) was deleted"
