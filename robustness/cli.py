@@ -307,7 +307,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"from {dataset.root}  |  distortions: {described}"
     )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
-    stored_before = _distortion_store_size(cache)
     measured = evaluate(
         models if len(models) > 1 else models[0],
         dataset,
@@ -326,7 +325,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     per_model = list(measured.values()) if len(models) > 1 else [measured]
     print(format_table([r for results in per_model for r in results]))
     if cache is not None:
-        print(_distortion_store_line(cache, stored_before))
+        print(_distortion_store_line(cache))
     skipped = {}
     for results in per_model:
         skipped.update(results[0].skipped)
@@ -349,23 +348,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distortion_store_size(cache):
-    """The size of the distortion store beside ``cache`` (a PredictionCache, or ``None``: no store)."""
-    if cache is None:
-        return None
-    from .distortion_store import DistortionStore
-
-    return DistortionStore.beside(cache.root).size()
-
-
-def _distortion_store_line(cache, before) -> str:
-    """``distortion store DIR: N entries, X MB (+K this run)``: the JPEG / JPEG 2000 outputs kept
-    beside the prediction cache (docs/caching.md)."""
+def _distortion_store_line(cache) -> str:
+    """``distortion store DIR: N entries, X MB``: the JPEG / JPEG 2000 outputs kept beside the
+    prediction cache (docs/caching.md), one walk of the store. No "+K this run": the change in the
+    total would count another run's entries written meanwhile into a shared folder, and this run's
+    own writes happen in worker processes (DataLoader workers, Ray tasks) that cannot be tallied cheaply."""
     from .distortion_store import DistortionStore
 
     store = DistortionStore.beside(cache.root)
-    after = store.size()
-    return f"distortion store {store.root}: {after.describe()} (+{max(0, after.entries - before.entries)} this run)"
+    return f"distortion store {store.root}: {store.size().describe()}"
 
 
 def _load_run_model(args: argparse.Namespace, spec: str | None = None):
