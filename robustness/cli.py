@@ -97,7 +97,7 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
         ValueError: a malformed variable (:class:`robustness.settings.SettingError`), or a device that
             is not a torch device or not available here (the message names the flag or variable).
     """
-    from .settings import resolve
+    from .settings import check_cache_dir, resolve
 
     file_values = {}
     if thresholds is not None:
@@ -128,27 +128,7 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
     if hasattr(args, "device"):
         check_device(args.device, sources.get("device", "--device"))
     if getattr(args, "cache_dir", None) and not getattr(args, "no_cache", False):
-        check_cache_dir(args.cache_dir, sources.get("cache_dir", "--cache-dir"))
-
-
-def check_cache_dir(path: str | Path, option: str = "--cache-dir") -> None:
-    """Check that the prediction cache folder ``path`` is, or can become, a folder: the path itself and
-    the nearest part of it that exists must be folders, not files (otherwise the first write fails
-    with a bare ``[Errno 20] Not a directory``, naming neither the option nor the path).
-
-    Raises:
-        CommandError: ``path``, or a folder above it, is a file (the message names ``option`` and both paths).
-    """
-    path = Path(path)
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                what = "is a file" if part == path else f"lies inside {part}, which is a file"
-                raise CommandError(
-                    f"{option} {path} {what}, not a folder: give the prediction cache folder "
-                    "(created if missing), or --no-cache"
-                )
-            return
+        check_cache_dir(args.cache_dir, sources.get("cache_dir", "--cache-dir"))  # a SettingError: exit 2
 
 
 class _DeprecatedAlias(argparse.Action):
