@@ -44,8 +44,11 @@ nor ray at import time: ``import robustness`` stays free of both. Ray is an opti
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -201,6 +204,32 @@ def _put_model(ray, model):
         for kind in kinds:
             copyreg.dispatch_table.pop(kind, None)
         copyreg.dispatch_table.update(saved)
+
+
+#: Ray Data's documented variable for a logging configuration of the user's own (a YAML file): when it is
+#: set, the engine leaves Ray Data's logging and progress bars as they are (:func:`_quiet_ray_data`).
+RAY_DATA_LOGGING_VARIABLE = "RAY_DATA_LOGGING_CONFIG"
+
+
+@contextlib.contextmanager
+def _quiet_ray_data(context):
+    """Ray Data's own output kept to warnings while the engine runs (restored on exit): its logger
+    ``ray.data`` (execution plan, a progress report every few seconds and per-operator statistics at
+    INFO, on stderr and in ``ray-data.log``) at ``WARNING``, and its progress bars off
+    (``DataContext.enable_progress_bars``): the engine shows its own bar. Nothing is changed when the
+    user configured Ray Data's logging (``$RAY_DATA_LOGGING_CONFIG``, docs/cluster.md)."""
+    if os.environ.get(RAY_DATA_LOGGING_VARIABLE, "").strip():
+        yield
+        return
+    logger = logging.getLogger("ray.data")
+    saved = logger.level, context.enable_progress_bars
+    logger.setLevel(logging.WARNING)
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        context.enable_progress_bars = saved[1]
 
 
 def require_ray():
@@ -489,13 +518,16 @@ class RayEngine:
     ):
         ray = require_ray()
         if not ray.is_initialized():
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+            # Ray's own start-up lines at warnings only (docs/cluster.md: a Ray started by the caller is used as is)
+            ray.init(
+                address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            )
         with warnings.catch_warnings():
             # Ray Data 2.60 warns about its own deprecated settings while it builds its DataContext
             # (use_push_based_shuffle, use_polars ...): nothing a caller can act on, and an error
             # under `python -W error`. Built once here, without them; later uses share it.
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.context")
-            ray.data.DataContext.get_current()
+            self.data_context = ray.data.DataContext.get_current()
         self.ray = ray
         resources = ray.cluster_resources()
         self.cpus = max(1, int(resources.get("CPU", 1)))
@@ -598,31 +630,8 @@ class RayEngine:
         )
         receipts = _Receipts(items)
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                failure = next((f for f in batch["failure"] if len(f)), None)
-                if failure is not None:
-                    raise _Raised(ray.cloudpickle.loads(failure))
-                self.environments.check(batch)  # before any row of this batch reaches the store
-                fresh = np.zeros(len(batch["error"]), dtype=bool)
-                fresh[receipts.take(batch)] = True
-                ok = np.array([not e for e in batch["error"]], dtype=bool)
-                count = int(fresh.sum())
-                for r in range(len(models)):
-                    need = fresh & batch[f"need{r}"].astype(bool)
-                    rows = need & ok
-                    failed = [
-                        (int(batch["image_index"][j]), str(batch["error"][j])) for j in np.flatnonzero(need & ~ok)
-                    ]
-                    yield (
-                        r,
-                        batch["condition_index"][rows].astype(np.int64),
-                        batch["image_index"][rows].astype(np.int64),
-                        batch["top5"][rows, r].astype(np.int64),
-                        batch["missed"][rows].astype(bool),
-                        failed,
-                        count,
-                    )
-                    count = 0
+            with _quiet_ray_data(self.data_context):
+                yield from self._received(dataset, receipts, models)
         except RayEngineError:
             raise
         except _Raised as raised:
@@ -633,3 +642,31 @@ class RayEngine:
                 raise
             raise original from error
         receipts.check_complete()
+
+    def _received(self, dataset, receipts: _Receipts, models: list) -> Iterator[tuple]:
+        """The body of :meth:`infer`: each output batch of ``dataset``, checked (a failure raised, the
+        environments compared, each pair once), yielded per model."""
+        ray = self.ray
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            failure = next((f for f in batch["failure"] if len(f)), None)
+            if failure is not None:
+                raise _Raised(ray.cloudpickle.loads(failure))
+            self.environments.check(batch)  # before any row of this batch reaches the store
+            fresh = np.zeros(len(batch["error"]), dtype=bool)
+            fresh[receipts.take(batch)] = True
+            ok = np.array([not e for e in batch["error"]], dtype=bool)
+            count = int(fresh.sum())
+            for r in range(len(models)):
+                need = fresh & batch[f"need{r}"].astype(bool)
+                rows = need & ok
+                failed = [(int(batch["image_index"][j]), str(batch["error"][j])) for j in np.flatnonzero(need & ~ok)]
+                yield (
+                    r,
+                    batch["condition_index"][rows].astype(np.int64),
+                    batch["image_index"][rows].astype(np.int64),
+                    batch["top5"][rows, r].astype(np.int64),
+                    batch["missed"][rows].astype(bool),
+                    failed,
+                    count,
+                )
+                count = 0

@@ -370,3 +370,47 @@ def test_nodes_like_the_driver_pass_the_check(ray_instance, images, tmp_path):
     cache = tmp_path / "cache"
     evaluate(tiny_model(), images, CONDITIONS[:1], engine="ray", device="cpu", cache=cache)
     assert list(cache.rglob("*.rpc"))
+
+
+def test_ray_data_keeps_quiet_but_for_warnings(ray_instance, images, monkeypatch):
+    """Ray Data's own INFO lines (execution plan, a progress report every few seconds, per-operator
+    stats) flooded stderr beside the engine's own bar; the engine turns its progress bars off and its
+    logger to warnings for the run (both restored after), unless the user configured Ray Data's
+    logging ($RAY_DATA_LOGGING_CONFIG). Ray Data's handlers write to the stream they found at import
+    (not pytest's capfd), so a handler of our own on the ``ray.data`` logger sees what they would print."""
+    import logging
+    import warnings
+
+    import ray.data
+
+    logger = logging.getLogger("ray.data")
+    with warnings.catch_warnings():  # Ray Data warns about its own deprecated settings when it builds this
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
+    level, bars = logger.level, context.enable_progress_bars
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.levels = []
+
+        def emit(self, record):
+            self.levels.append(record.levelno)
+
+    def run() -> list[int]:
+        records = Records()
+        logger.addHandler(records)
+        try:
+            evaluate(tiny_model(), images, CONDITIONS[:1], engine="ray", device="cpu", progress=False)
+        finally:
+            logger.removeHandler(records)
+        return records.levels
+
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+    assert [n for n in run() if n < logging.WARNING] == []
+    assert (logger.level, context.enable_progress_bars) == (level, bars)
+    from robustness.ray_engine import _quiet_ray_data
+
+    monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", "user.yaml")  # the user asked for Ray Data's own logging
+    with _quiet_ray_data(context):
+        assert (logger.level, context.enable_progress_bars) == (level, bars)
