@@ -97,7 +97,7 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
         ValueError: a malformed variable (:class:`robustness.settings.SettingError`), or a device that
             is not a torch device or not available here (the message names the flag or variable).
     """
-    from .settings import resolve
+    from .settings import check_cache_dir, resolve
 
     file_values = {}
     if thresholds is not None:
@@ -127,6 +127,8 @@ def resolve_settings(args: argparse.Namespace, thresholds=None) -> None:
         setattr(args, name, resolved.value)
     if hasattr(args, "device"):
         check_device(args.device, sources.get("device", "--device"))
+    if getattr(args, "cache_dir", None) and not getattr(args, "no_cache", False):
+        check_cache_dir(args.cache_dir, sources.get("cache_dir", "--cache-dir"))  # a SettingError: exit 2
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -285,7 +287,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"from {dataset.root}  |  distortions: {described}"
     )
     cache = None if args.no_cache else PredictionCache(args.cache_dir)
-    stored_before = _distortion_store_size(cache)
     measured = evaluate(
         models if len(models) > 1 else models[0],
         dataset,
@@ -304,7 +305,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     per_model = list(measured.values()) if len(models) > 1 else [measured]
     print(format_table([r for results in per_model for r in results]))
     if cache is not None:
-        print(_distortion_store_line(cache, stored_before))
+        print(_distortion_store_line(cache))
     skipped = {}
     for results in per_model:
         skipped.update(results[0].skipped)
@@ -327,23 +328,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distortion_store_size(cache):
-    """The size of the distortion store beside ``cache`` (a PredictionCache, or ``None``: no store)."""
-    if cache is None:
-        return None
-    from .distortion_store import DistortionStore
-
-    return DistortionStore.beside(cache.root).size()
-
-
-def _distortion_store_line(cache, before) -> str:
-    """``distortion store DIR: N entries, X MB (+K this run)``: the JPEG / JPEG 2000 outputs kept
-    beside the prediction cache (docs/caching.md)."""
+def _distortion_store_line(cache) -> str:
+    """``distortion store DIR: N entries, X MB``: the JPEG / JPEG 2000 outputs kept beside the
+    prediction cache (docs/caching.md), one walk of the store. No "+K this run": the change in the
+    total would count another run's entries written meanwhile into a shared folder, and this run's
+    own writes happen in worker processes (DataLoader workers, Ray tasks) that cannot be tallied cheaply."""
     from .distortion_store import DistortionStore
 
     store = DistortionStore.beside(cache.root)
-    after = store.size()
-    return f"distortion store {store.root}: {after.describe()} (+{max(0, after.entries - before.entries)} this run)"
+    return f"distortion store {store.root}: {store.size().describe()}"
 
 
 def _load_run_model(args: argparse.Namespace, spec: str | None = None):

@@ -354,7 +354,13 @@ class DistortionStore:
 
     def tidy(self, age: float = 3600.0) -> int:
         """Delete temporary files of writers killed mid-write, older than ``age`` seconds; returns
-        how many were deleted."""
+        how many were deleted.
+
+        The files are :func:`robustness._io.atomic_write`'s ``.<entry name>.<random>.tmp`` in an
+        entry's folder; a younger one may belong to a live writer and is left alone (an entry write
+        takes milliseconds, so an hour is far beyond any live one). :func:`robustness.evaluate` calls
+        it once per run with a cache (one listing of the entry folders' names; only the temporary
+        files are looked at)."""
         folder = self.root / _FORMAT
         deleted = 0
         now = time.time()

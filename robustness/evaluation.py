@@ -622,6 +622,29 @@ def top5_of(logits: torch.Tensor, model: Classifier, classes: ClassList) -> np.n
     return top5
 
 
+def ray_task_environment() -> dict:
+    """What a Ray read-and-distort task's outputs depend on, checked against the driver's by the Ray
+    engine (:class:`robustness.ray_engine.RayEngine`, ``task_identity``): the library versions of the
+    model key (:func:`robustness.cache._environment`: torch, torchvision, numpy, scipy, Pillow, libjpeg,
+    OpenJPEG; the tasks read, distort and, for GPU actors, preprocess), the built-in distortions'
+    :data:`robustness.distortions.DISTORTION_CODE_VERSION` and :data:`robustness.cache.ENGINE_VERSION`
+    (image loading and seed rules). JSON-able dict."""
+    from .cache import ENGINE_VERSION, _environment
+    from .distortions import DISTORTION_CODE_VERSION
+
+    return {"libraries": _environment(), "distortion_code": DISTORTION_CODE_VERSION, "engine": ENGINE_VERSION}
+
+
+def ray_actor_environment(device) -> dict:
+    """What a Ray inference actor's predictions on ``device`` depend on and the model key holds
+    (:func:`robustness.cache.model_key`): the device's :func:`robustness.cache.device_identity` (read
+    inside :func:`inference_settings`) and the library versions (:func:`robustness.cache._environment`).
+    Checked against the driver's by the Ray engine (``actor_identity``). JSON-able dict."""
+    from .cache import _environment, device_identity
+
+    return {"device": device_identity(device), "libraries": _environment()}
+
+
 class _Run:
     """One model's state in an evaluation: the prediction table, what is done, what came from the
     store, the images it could not read. It talks to the store only through its own
@@ -1076,9 +1099,15 @@ def evaluate(
             score=functools.partial(top5_of, classes=dataset.classes),
             settings=functools.partial(inference_settings, allow_tf32=allow_tf32),
             address=ray_address,
+            # every node must compute what the driver's keys promise (else its predictions would be
+            # cached under the driver's model key): checked before any of them reaches the store
+            task_identity=ray_task_environment,
+            actor_identity=ray_actor_environment,
         )
     store = resolve_store(cache)
     codecs = DistortionStore.beside(store.root) if isinstance(store, PredictionCache) else None  # beside the cache
+    if codecs is not None:
+        codecs.tidy()  # once per run: temporary files of writers killed mid-write, older than an hour
     requested = conditions
     # an identity level is the clean image and a repeated condition is one condition: each computed once
     computed_as = [identity_condition(c) for c in requested]

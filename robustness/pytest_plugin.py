@@ -254,6 +254,12 @@ def _check(config: pytest.Config, setup: _Setup) -> None:
             _resolve(config, name)
         except _settings.SettingError as error:
             setup.problems.append(str(error))
+    if not setup.problems and not _resolve(config, "no_cache").value:
+        cache_dir = _resolve(config, "cache_dir", default=str(config.rootpath / _settings.DEFAULT_CACHE_DIR))
+        try:  # a file there: one clear error, not [Errno 20] at the first write
+            _settings.check_cache_dir(cache_dir.value, option=cache_dir.source)
+        except _settings.SettingError as error:
+            setup.problems.append(str(error))
     device = _resolve(config, "device")
     try:
         setup.device = _settings.check_device(device.value, option=device.source)

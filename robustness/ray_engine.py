@@ -21,6 +21,17 @@ it hands this module is a list of work items, int64 ``(n, 2)`` (image index, con
 4. the driver iterates the output and yields one batch at a time to the engine, which hands it to
    the store as it comes.
 
+Every task and actor reports, with each output batch, what its outputs depend on (a JSON text per
+row, computed once per worker process or actor: :func:`_report`): a task, the engine's
+``task_identity()`` (the library versions and code versions of the reading and the distortions); an
+actor, ``actor_identity(device)`` per inference device (the device's
+:func:`robustness.cache.device_identity`, read inside the inference-numerics context, and the library
+versions of the model key). The driver compares each report with its own values before it hands on
+any row of the batch (:class:`_Environments`): the store keys the predictions with the *driver's*
+model key, so a node that differs (another CPU instruction set, GPU, torch, Pillow, libjpeg or
+OpenJPEG) would have its predictions cached as if the driver had computed them. A mismatch is a
+:class:`RayEngineError` naming the node, the field, the driver's value and the node's.
+
 Ray retries a task whose worker died and restarts a dead actor and re-runs its batch (Ray Data's
 defaults: ``max_restarts=-1``, ``max_task_retries=-1`` for actor pools); the driver drops a pair
 it has already received (a re-run batch) and fails, naming it, on a pair that arrives twice with
@@ -33,7 +44,11 @@ nor ray at import time: ``import robustness`` stays free of both. Ray is an opti
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -59,7 +74,94 @@ class _Raised(Exception):
 
 
 class RayEngineError(RuntimeError):
-    """A work item came back from the cluster twice with different predictions, or not at all."""
+    """A work item came back from the cluster twice with different predictions, or not at all; or a
+    node's environment differs from the driver's (:class:`_Environments`)."""
+
+
+#: Per worker process: the JSON report of each identity function already computed (:func:`_report`).
+_REPORTS: dict = {}
+
+
+def _report(identity: Callable, *args) -> str:
+    """JSON text ``{"node": IP, "node_id": ID, "fields": identity(*args)}`` (keys sorted), computed
+    once per worker process and ``(identity, args)``: what this worker's outputs depend on, with the
+    node it runs on (``ray.util.get_node_ip_address()``, ``ray.get_runtime_context().get_node_id()``)."""
+    import json
+
+    import ray
+
+    key = (identity, args)
+    if key not in _REPORTS:
+        _REPORTS[key] = json.dumps(
+            {
+                "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "fields": identity(*args),
+            },
+            sort_keys=True,
+        )
+    return _REPORTS[key]
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    """A nested dict as ``{"a.b": leaf}``; lists and other leaves as they are."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+#: Fields of an actor's device identity left out of the comparison: ``index`` is the CUDA device's
+#: index in its own process (the GPU Ray assigns to an actor is always ``cuda:0`` there), not a property
+#: that can change a prediction.
+_NOT_COMPARED = ("index",)
+
+
+class _Environments:
+    """The driver's side of the environment check: the driver's own values (``task``: the JSON-able
+    dict a task must report; ``actors``: per actor device, the dict an actor must report) and the
+    reports already checked."""
+
+    def __init__(self, task: dict | None, actors: dict | None):
+        self.expected = {"task_env": task, "actor_env": actors}
+        self.checked: set[tuple[str, str]] = set()
+
+    def check(self, batch: dict) -> None:
+        """Compare every report in ``batch`` (columns ``task_env``, ``actor_env``: JSON texts from
+        :func:`_report`) with the driver's values.
+
+        Raises:
+            RayEngineError: a report is missing or differs; the message names the node, the part
+                (read-and-distort task or inference actor), the field, the driver's value and the node's.
+        """
+        import json
+
+        for column, expected in self.expected.items():
+            if expected is None:
+                continue
+            part = "read-and-distort task" if column == "task_env" else "inference actor"
+            if column not in batch:
+                raise RayEngineError(f"Ray engine: an output batch came back without the {part}'s environment report")
+            for text in set(batch[column].tolist()):
+                if (column, text) in self.checked:
+                    continue
+                report = json.loads(text)
+                mine, theirs = _flatten(expected), _flatten(report["fields"])
+                for field in sorted(set(mine) | set(theirs)):
+                    if field.rsplit(".", 1)[-1] in _NOT_COMPARED:
+                        continue
+                    if mine.get(field, "<absent>") != theirs.get(field, "<absent>"):
+                        raise RayEngineError(
+                            f"Ray engine: node {report['node']} (node id {report['node_id']}) differs from the "
+                            f"driver: its {part} has {field} = {theirs.get(field, '<absent>')!r}, the driver "
+                            f"{mine.get(field, '<absent>')!r}. Its predictions would be cached under the "
+                            "driver's model key as if the driver had computed them, so none of them is used; "
+                            "give every node the driver's versions and hardware (docs/cluster.md, "
+                            "'What every node needs')"
+                        )
+                self.checked.add((column, text))
 
 
 def _load_torchscript(data: bytes):
@@ -104,6 +206,32 @@ def _put_model(ray, model):
         copyreg.dispatch_table.update(saved)
 
 
+#: Ray Data's documented variable for a logging configuration of the user's own (a YAML file): when it is
+#: set, the engine leaves Ray Data's logging and progress bars as they are (:func:`_quiet_ray_data`).
+RAY_DATA_LOGGING_VARIABLE = "RAY_DATA_LOGGING_CONFIG"
+
+
+@contextlib.contextmanager
+def _quiet_ray_data(context):
+    """Ray Data's own output kept to warnings while the engine runs (restored on exit): its logger
+    ``ray.data`` (execution plan, a progress report every few seconds and per-operator statistics at
+    INFO, on stderr and in ``ray-data.log``) at ``WARNING``, and its progress bars off
+    (``DataContext.enable_progress_bars``): the engine shows its own bar. Nothing is changed when the
+    user configured Ray Data's logging (``$RAY_DATA_LOGGING_CONFIG``, docs/cluster.md)."""
+    if os.environ.get(RAY_DATA_LOGGING_VARIABLE, "").strip():
+        yield
+        return
+    logger = logging.getLogger("ray.data")
+    saved = logger.level, context.enable_progress_bars
+    logger.setLevel(logging.WARNING)
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        context.enable_progress_bars = saved[1]
+
+
 def require_ray():
     """Import and return ``ray`` with Ray Data.
 
@@ -129,15 +257,19 @@ def preprocess_where(on_gpu: bool) -> str:
     return "tasks" if on_gpu else "actors"
 
 
-def _distort_batch(batch: dict, *, work, preprocess: bool = False) -> dict:
+def _distort_batch(batch: dict, *, work, preprocess: bool = False, identity: Callable | None = None) -> dict:
     """Ray task body: read and distort each item of ``batch`` (numpy columns ``image_index``,
     ``condition_index``, ``need<r>``) with ``work.distorted``. Returns the batch with ``image`` (object
     array of uint8 ``(H, W, 3)``; a 1x1 placeholder for an unreadable image) or, with ``preprocess``,
     ``tensor<p>`` for each of ``work.preprocessings`` (float32 ``(n, 3, crop, crop)``; zeros for an
     unreadable image), ``error`` (message or "") and ``missed`` (bool: JPEG 2000 missed its PSNR
-    tolerance); the ``need<r>`` columns pass through."""
+    tolerance); the ``need<r>`` columns pass through; with ``identity``, ``task_env`` (this worker's
+    :func:`_report` of ``identity()``, the same text on every row)."""
     try:
-        return _distorted_columns(batch, work, preprocess)
+        columns = _distorted_columns(batch, work, preprocess)
+        if identity is not None:
+            columns["task_env"] = np.array([_report(identity)] * len(columns["error"]), dtype=object)
+        return columns
     except Exception as error:  # noqa: BLE001 - handed to the driver, which raises it as itself
         return _failure(batch, error)
 
@@ -199,15 +331,28 @@ class _Infer:
     Constructed once per actor from the models in the object store (``model_refs``), each moved to its
     device (``cuda`` on a GPU actor is the GPU Ray assigned to it); ``group[r]`` is the index of model
     ``r``'s preprocessing (models with equal preprocessings share it); ``settings(device)`` is the
-    engine's inference-numerics context (deterministic cuDNN, TF32 off unless allowed)."""
+    engine's inference-numerics context (deterministic cuDNN, TF32 off unless allowed);
+    ``identity(device)``, when given, what this actor reports per device (read inside ``settings(device)``,
+    once, on the first batch), as ``actor_env`` on every output row."""
 
-    def __init__(self, model_refs, devices, group, score: Callable, settings: Callable):
+    def __init__(
+        self, model_refs, devices, group, score: Callable, settings: Callable, identity: Callable | None = None
+    ):
         import ray
         import torch
 
         models = ray.get(list(model_refs))
         self.torch, self.devices, self.group, self.score, self.settings = torch, devices, group, score, settings
         self.models = [m.to(d).eval() for m, d in zip(models, devices)]
+        self.identity, self.report = identity, None
+
+    def _environment(self) -> dict:
+        """Per distinct device, ``identity(device)`` read inside ``settings(device)``."""
+        fields = {}
+        for device in dict.fromkeys(self.devices):
+            with self.settings(device):
+                fields[device] = self.identity(device)
+        return fields
 
     def _inputs(self, batch: dict, p: int, rows: np.ndarray, model):
         torch = self.torch
@@ -225,6 +370,8 @@ class _Infer:
 
     def _top5(self, batch: dict) -> dict:
         torch = self.torch
+        if self.identity is not None and self.report is None:
+            self.report = _report(self._environment)
         errors = batch["error"]
         ok = np.array([not e for e in errors], dtype=bool)
         top5 = np.full((len(errors), len(self.models), 5), -1, dtype=np.int64)
@@ -250,6 +397,8 @@ class _Infer:
             "missed": batch["missed"],
             "error": errors,
             "failure": batch["failure"],
+            **({"task_env": batch["task_env"]} if "task_env" in batch else {}),
+            **({} if self.report is None else {"actor_env": np.array([self.report] * len(errors), dtype=object)}),
         }
 
 
@@ -339,10 +488,20 @@ class RayEngine:
             Ray already initialised in this process is used as is.
         actors: the most inference actors (default: the cluster's GPUs for GPU actors, else half its
             CPUs, at least 1).
+        task_identity: ``task_identity() -> dict`` (JSON-able), what a read-and-distort task's outputs
+            depend on (library and code versions); called in the driver and once in every task's worker
+            process, whose value must equal the driver's. ``None``: not checked.
+        actor_identity: ``actor_identity(device) -> dict`` (JSON-able), what an inference actor's
+            predictions depend on (the device's identity, the library versions of the model key); called
+            inside ``settings(device)`` in the driver and once in every actor, whose value must equal the
+            driver's (a device's ``index`` aside). ``None``: not checked.
 
     Raises:
         ImportError: Ray Data is not installed (:func:`require_ray`).
         ValueError: a CUDA device on a cluster without GPUs.
+
+    A node whose report differs makes :meth:`infer` raise :class:`RayEngineError` before any of its
+    predictions is handed on.
     """
 
     def __init__(
@@ -354,16 +513,21 @@ class RayEngine:
         settings: Callable,
         address: str | None = None,
         actors: int | None = None,
+        task_identity: Callable | None = None,
+        actor_identity: Callable | None = None,
     ):
         ray = require_ray()
         if not ray.is_initialized():
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+            # Ray's own start-up lines at warnings only (docs/cluster.md: a Ray started by the caller is used as is)
+            ray.init(
+                address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            )
         with warnings.catch_warnings():
             # Ray Data 2.60 warns about its own deprecated settings while it builds its DataContext
             # (use_push_based_shuffle, use_polars ...): nothing a caller can act on, and an error
             # under `python -W error`. Built once here, without them; later uses share it.
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.context")
-            ray.data.DataContext.get_current()
+            self.data_context = ray.data.DataContext.get_current()
         self.ray = ray
         resources = ray.cluster_resources()
         self.cpus = max(1, int(resources.get("CPU", 1)))
@@ -380,6 +544,16 @@ class RayEngine:
         self.devices = ["cuda" if d.startswith("cuda") else d for d in devices]  # the actor's own GPU
         self.model_refs = [_put_model(ray, m) for m in models]
         self.score, self.settings = score, settings
+        self.task_identity, self.actor_identity = task_identity, actor_identity
+        # the driver's own values, as JSON would give them back (tuples as lists)
+        expected_task = None if task_identity is None else json.loads(json.dumps(task_identity()))
+        expected_actors = None
+        if actor_identity is not None:
+            expected_actors = {}
+            for driver_device, actor_device in zip(devices, self.devices):
+                with settings(driver_device):
+                    expected_actors[actor_device] = json.loads(json.dumps(actor_identity(driver_device)))
+        self.environments = _Environments(expected_task, expected_actors)
 
     def infer(self, work, group, items: np.ndarray, needs: np.ndarray, batch_size: int, models=None) -> Iterator[tuple]:
         """Run ``items`` (int64 ``(n, 2)``: image index, condition index) through the pipeline.
@@ -400,7 +574,8 @@ class RayEngine:
         new items on its first yield and is 0 on the others.
 
         Raises:
-            RayEngineError: a pair came back twice with different predictions, or did not come back.
+            RayEngineError: a pair came back twice with different predictions, or did not come back; or
+                a task's or actor's environment differs from the driver's (nothing of that batch is yielded).
             Exception: what a model or a distortion raised in a worker (unwrapped from Ray's error, the
                 cause chained).
         """
@@ -431,7 +606,7 @@ class RayEngine:
         # task may hold) also keeps Ray Data from fusing this stage into the actors' (their remote
         # arguments differ): the distortions then use every CPU of the cluster, not only the actors'.
         dataset = dataset.map_batches(
-            functools.partial(_distort_batch, work=work, preprocess=in_tasks),
+            functools.partial(_distort_batch, work=work, preprocess=in_tasks, identity=self.task_identity),
             batch_size=None,
             batch_format="numpy",
             num_cpus=1,
@@ -446,6 +621,7 @@ class RayEngine:
                 list(group),
                 self.score,
                 self.settings,
+                self.actor_identity,
             ),
             batch_size=batch_size,
             batch_format="numpy",
@@ -454,30 +630,8 @@ class RayEngine:
         )
         receipts = _Receipts(items)
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                failure = next((f for f in batch["failure"] if len(f)), None)
-                if failure is not None:
-                    raise _Raised(ray.cloudpickle.loads(failure))
-                fresh = np.zeros(len(batch["error"]), dtype=bool)
-                fresh[receipts.take(batch)] = True
-                ok = np.array([not e for e in batch["error"]], dtype=bool)
-                count = int(fresh.sum())
-                for r in range(len(models)):
-                    need = fresh & batch[f"need{r}"].astype(bool)
-                    rows = need & ok
-                    failed = [
-                        (int(batch["image_index"][j]), str(batch["error"][j])) for j in np.flatnonzero(need & ~ok)
-                    ]
-                    yield (
-                        r,
-                        batch["condition_index"][rows].astype(np.int64),
-                        batch["image_index"][rows].astype(np.int64),
-                        batch["top5"][rows, r].astype(np.int64),
-                        batch["missed"][rows].astype(bool),
-                        failed,
-                        count,
-                    )
-                    count = 0
+            with _quiet_ray_data(self.data_context):
+                yield from self._received(dataset, receipts, models)
         except RayEngineError:
             raise
         except _Raised as raised:
@@ -488,3 +642,31 @@ class RayEngine:
                 raise
             raise original from error
         receipts.check_complete()
+
+    def _received(self, dataset, receipts: _Receipts, models: list) -> Iterator[tuple]:
+        """The body of :meth:`infer`: each output batch of ``dataset``, checked (a failure raised, the
+        environments compared, each pair once), yielded per model."""
+        ray = self.ray
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            failure = next((f for f in batch["failure"] if len(f)), None)
+            if failure is not None:
+                raise _Raised(ray.cloudpickle.loads(failure))
+            self.environments.check(batch)  # before any row of this batch reaches the store
+            fresh = np.zeros(len(batch["error"]), dtype=bool)
+            fresh[receipts.take(batch)] = True
+            ok = np.array([not e for e in batch["error"]], dtype=bool)
+            count = int(fresh.sum())
+            for r in range(len(models)):
+                need = fresh & batch[f"need{r}"].astype(bool)
+                rows = need & ok
+                failed = [(int(batch["image_index"][j]), str(batch["error"][j])) for j in np.flatnonzero(need & ~ok)]
+                yield (
+                    r,
+                    batch["condition_index"][rows].astype(np.int64),
+                    batch["image_index"][rows].astype(np.int64),
+                    batch["top5"][rows, r].astype(np.int64),
+                    batch["missed"][rows].astype(bool),
+                    failed,
+                    count,
+                )
+                count = 0

@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "boolean",
     "engine_name",
     "ENGINES",
+    "check_cache_dir",
     "check_device",
     "CUBLAS_WORKSPACE_VARIABLE",
     "CUBLAS_DETERMINISTIC_CONFIGS",
@@ -592,6 +594,28 @@ def set_cublas_workspace_config(environ: dict[str, str] | None = None) -> bool:
 _DEVICE = re.compile(r"^(?P<type>[a-z_]+)(?::(?P<index>\d+))?$")
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 _ALIASES = {"gpu": "cuda", "cude": "cuda", "nvidia": "cuda", "metal": "mps", "apple": "mps"}
+
+
+def check_cache_dir(path: str | os.PathLike, option: str = "--cache-dir") -> None:
+    """Check that the prediction cache folder ``path`` is, or can become, a folder: the path itself and
+    the nearest part of it that exists must be folders, not files (otherwise the first write fails
+    with a bare ``[Errno 20] Not a directory``, naming neither the setting nor the path). Used by the
+    CLI (exit 2) and the pytest plugin (one collection error).
+
+    Raises:
+        SettingError: ``path``, or a folder above it, is a file; the message names ``option`` (where the
+            value came from: flag, variable, ini) and the path.
+    """
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is a file" if part == path else f"lies inside {part}, which is a file"
+                raise SettingError(
+                    f"{option} {path} {what}, not a folder: give the prediction cache folder "
+                    "(created if missing), or turn the cache off"
+                )
+            return
 
 
 def check_device(device: str | None, option: str = "--device") -> str | None:

@@ -246,3 +246,23 @@ def test_data_help_names_both_folder_layouts(command, capsys):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--data DIR image folder (<wnid>/<file> or <class name>/<file>)" in text
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["file", "below-a-file"])
+def test_cache_dir_that_is_a_file_is_named(tmp_path, capsys, inside):
+    """``--cache-dir`` pointing at a file (or below one) gave a bare ``[Errno 20] Not a directory``
+    at the first write; now exit 2 before any work, naming the option and the path."""
+    file = tmp_path / "cache.txt"
+    file.write_text("not a folder")
+    cache_dir = file / "sub" if inside else file
+    from test_evaluation import make_dataset
+
+    images = make_dataset(tmp_path / "images", count=1)
+    status = main(
+        ["run", "--data", str(images.root), "--model", "resnet18", "--weights", "random", "--clean-only",
+         "--device", "cpu", "--cache-dir", str(cache_dir), "--output", str(tmp_path / "out"), "--no-report"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"--cache-dir {cache_dir} " in err and "not a folder" in err
+    assert "Errno" not in err

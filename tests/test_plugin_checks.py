@@ -422,3 +422,13 @@ def test_the_ini_baseline_folder_applies_when_the_file_names_none(gate):
     )
     gate.runpytest("-m", "clean or blur", "--robustness-update-thresholds").assert_outcomes(skipped=3, deselected=2)
     assert (gate.path / "in-file" / "toy" / "blur.npz").is_file()
+
+
+def test_cache_dir_that_is_a_file_fails_once(gate):
+    """``--robustness-cache-dir`` pointing at a file gave ``[Errno 20] Not a directory`` at the first
+    write; now one collection error naming the option and the path."""
+    (gate.path / "cache.txt").write_text("not a folder")
+    one_collection_error(
+        gate.runpytest("--robustness-cache-dir=cache.txt"),
+        "*--robustness-cache-dir cache.txt is a file, not a folder*",
+    )

@@ -312,3 +312,105 @@ def test_a_ray_address_without_the_ray_engine_is_refused(images, capsys):
          "--clean-only", "--no-cache", "--output", str(images.root.parent / "out"), "--device", "cpu"]
     )  # fmt: skip
     assert status == 2 and "--ray-address" in capsys.readouterr().err
+
+
+def _differs_on_workers(real, part: str):
+    """``real`` (an environment function of ``robustness.evaluation``), except that in any process but
+    this one (a Ray worker) it reports ``part`` (``"libraries.<name>"`` or ``"device.<name>"``) as
+    ``"0.0-node"``: a node with another version or device than the driver."""
+    driver = os.getpid()
+    group, name = part.split(".")
+
+    def reported(*args):
+        fields = real(*args)
+        if os.getpid() != driver:
+            fields[group][name] = "0.0-node"
+        return fields
+
+    return reported
+
+
+@pytest.mark.parametrize(
+    ("function", "part", "who"),
+    [
+        ("ray_task_environment", "libraries.openjpeg", "read-and-distort task"),
+        ("ray_actor_environment", "libraries.torch", "inference actor"),
+        ("ray_actor_environment", "device.capability", "inference actor"),
+    ],
+)
+def test_a_node_that_differs_from_the_driver_is_refused(
+    ray_instance, images, tmp_path, monkeypatch, function, part, who
+):
+    """Predictions computed on a node are cached under the driver's model key: a worker that reports
+    another library version or CPU instruction set than the driver is a RayEngineError naming the node,
+    the field and both values, and none of its predictions reaches the cache."""
+    import re
+
+    from robustness import evaluation
+    from robustness.ray_engine import RayEngineError
+
+    real = getattr(evaluation, function)
+    group, name = part.split(".")
+    driver = (real("cpu") if "actor" in function else real())[group][name]
+    monkeypatch.setattr(evaluation, function, _differs_on_workers(real, part))
+    cache = tmp_path / "cache"
+    with pytest.raises(RayEngineError) as raised:
+        evaluate(tiny_model(), images, CONDITIONS, engine="ray", device="cpu", cache=cache)
+    pattern = (
+        rf"node \S+ \(node id \w+\) differs from the driver: its {who} has \S*{re.escape(part)} = '0.0-node', "
+        rf"the driver {re.escape(repr(driver))}"
+    )
+    assert re.search(pattern, str(raised.value)), str(raised.value)
+    assert not list(cache.rglob("*.rpc")), "a prediction of the node that differs reached the cache"
+
+
+def test_nodes_like_the_driver_pass_the_check(ray_instance, images, tmp_path):
+    """The check compares what it should: unpatched local workers report exactly the driver's values
+    (every field, the device index aside), so the run writes its predictions."""
+    cache = tmp_path / "cache"
+    evaluate(tiny_model(), images, CONDITIONS[:1], engine="ray", device="cpu", cache=cache)
+    assert list(cache.rglob("*.rpc"))
+
+
+def test_ray_data_keeps_quiet_but_for_warnings(ray_instance, images, monkeypatch):
+    """Ray Data's own INFO lines (execution plan, a progress report every few seconds, per-operator
+    stats) flooded stderr beside the engine's own bar; the engine turns its progress bars off and its
+    logger to warnings for the run (both restored after), unless the user configured Ray Data's
+    logging ($RAY_DATA_LOGGING_CONFIG). Ray Data's handlers write to the stream they found at import
+    (not pytest's capfd), so a handler of our own on the ``ray.data`` logger sees what they would print."""
+    import logging
+    import warnings
+
+    import ray.data
+
+    logger = logging.getLogger("ray.data")
+    with warnings.catch_warnings():  # Ray Data warns about its own deprecated settings when it builds this
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
+    level, bars = logger.level, context.enable_progress_bars
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.levels = []
+
+        def emit(self, record):
+            self.levels.append(record.levelno)
+
+    def run() -> list[int]:
+        records = Records()
+        logger.addHandler(records)
+        try:
+            evaluate(tiny_model(), images, CONDITIONS[:1], engine="ray", device="cpu", progress=False)
+        finally:
+            logger.removeHandler(records)
+        return records.levels
+
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+    assert [n for n in run() if n < logging.WARNING] == []
+    assert (logger.level, context.enable_progress_bars) == (level, bars)
+    from robustness.ray_engine import _quiet_ray_data
+
+    monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", "user.yaml")  # the user asked for Ray Data's own logging
+    with _quiet_ray_data(context):
+        assert (logger.level, context.enable_progress_bars) == (level, bars)
