@@ -168,10 +168,13 @@ def _load_torchscript(data: bytes):
     """A TorchScript module from its ``torch.jit.save`` bytes (:func:`_put_model`), on the CPU (the
     actor then moves its model to its device)."""
     import io
+    import warnings
 
     import torch
 
-    return torch.jit.load(io.BytesIO(data), map_location="cpu")
+    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the driver loaded this model already
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning)
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
 
 def _reduce_torchscript(module):
