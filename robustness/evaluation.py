@@ -801,13 +801,16 @@ def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_siz
             keys[key] = len(preprocessings)
             preprocessings.append(entry)
         group.append(keys[key])
-    uses = np.zeros((len(items), len(preprocessings)), dtype=bool)
-    for r, p in enumerate(group):
-        uses[:, p] |= needs[:, r]
+    if bar is not None:
+        bar.total = (bar.total or 0) + len(items)
+        bar.refresh()
     first = runs[0]
     if first.engine is not None:  # the Ray engine: the same per-item work on a cluster
         yield from _infer_elsewhere(runs, items, needs, preprocessings, group, batch_size, bar)
         return
+    uses = np.zeros((len(items), len(preprocessings)), dtype=bool)
+    for r, p in enumerate(group):
+        uses[:, p] |= needs[:, r]
     batches = math.ceil(len(items) / batch_size)
     num_workers = min(num_workers, batches) if batches > 1 else 0
     work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items, uses, first.codecs)
@@ -815,9 +818,6 @@ def _infer(runs: Sequence[_Run], items: np.ndarray, needs: np.ndarray, batch_siz
     loader = DataLoader(
         work, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=on_cuda
     )
-    if bar is not None:
-        bar.total = (bar.total or 0) + len(items)
-        bar.refresh()
     with torch.inference_mode():
         for tensors, has, item_index, image_index, condition_index, missed, failed in loader:
             for k, i, message in failed:
@@ -849,9 +849,6 @@ def _infer_elsewhere(runs, items, needs, preprocessings, group, batch_size: int,
     calls :meth:`_WorkItems.distorted` in its tasks and :func:`top5_of` in its actors."""
     first = runs[0]
     work = _WorkItems(first.dataset, first.conditions, preprocessings, first.seed, items[:0], codecs=first.codecs)
-    if bar is not None:
-        bar.total = (bar.total or 0) + len(items)
-        bar.refresh()
     indices = [run.engine_index for run in runs]
     for r, ks, iis, top5, missed, failed, count in first.engine.infer(work, group, items, needs, batch_size, indices):
         for i, message in failed:
