@@ -307,10 +307,10 @@ def image_keys(dataset) -> np.ndarray:
 
 def _environment() -> dict:
     import numpy
-    import PIL
     import scipy
     import torch
-    from PIL import features
+
+    from .distortions import codec_versions
 
     try:
         import torchvision
@@ -323,9 +323,7 @@ def _environment() -> dict:
         "torchvision": torchvision_version,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
-        "pillow": PIL.__version__,
-        "libjpeg": features.version("jpg"),
-        "openjpeg": features.version("jpg_2000"),
+        **codec_versions(),  # pillow, libjpeg, openjpeg
     }
 
 

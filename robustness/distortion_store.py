@@ -22,7 +22,7 @@ Layout::
   image's pixels (its ``uint8 (H, W, 3)`` bytes and shape: the array the codec encodes, so the key
   follows the image file's bytes *and* the image-loading rules, and two files with the same pixels
   share entries), the distortion, its level, its code version
-  (:attr:`robustness.distortions.Distortion.cache_version`) and :func:`codec_versions` (Pillow,
+  (:attr:`robustness.distortions.Distortion.cache_version`) and :func:`robustness.distortions.codec_versions` (Pillow,
   libjpeg, OpenJPEG).
 * **entry**: ``MAGIC + sha256(payload) hex + "\\n" + payload``, payload = one line of JSON (key,
   distortion, level, source shape, info) + ``"\\n"`` + the encoded file. An entry whose magic,
@@ -39,7 +39,6 @@ The store holds only its folder (it is pickled into DataLoader worker processes)
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -52,14 +51,13 @@ import numpy as np
 
 from . import distortions as _distortions
 from ._io import atomic_write
-from .distortions import CODEC_DISTORTIONS, DistortionInfo
+from .distortions import CODEC_DISTORTIONS, DistortionInfo, codec_versions
 
 __all__ = [
     "DistortionStore",
     "DistortionStoreWarning",
     "StoreSize",
     "STORE_FOLDER",
-    "codec_versions",
 ]
 
 #: The store's folder inside a prediction cache folder (:meth:`DistortionStore.beside`).
@@ -92,25 +90,6 @@ class StoreSize:
             size /= 1000
         amount = f"{self.bytes} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
         return f"{self.entries} {'entry' if self.entries == 1 else 'entries'}, {amount}"
-
-
-def codec_versions() -> dict[str, str | None]:
-    """The codec libraries whose output the store keeps: ``{"pillow", "libjpeg", "openjpeg"}`` ->
-    version text (``PIL.__version__``, ``PIL.features.version("jpg")`` and ``("jpg_2000")``, as in
-    the prediction cache's key); a library Pillow was built without is ``None``."""
-    return dict(_codec_versions())
-
-
-@functools.lru_cache(maxsize=1)
-def _codec_versions() -> tuple[tuple[str, str | None], ...]:
-    import PIL
-    from PIL import features
-
-    return (
-        ("pillow", PIL.__version__),
-        ("libjpeg", features.version("jpg")),
-        ("openjpeg", features.version("jpg_2000")),
-    )
 
 
 def _pixels_sha256(image: np.ndarray) -> str:

@@ -16,6 +16,7 @@ in its docstring; :func:`robustness.testing.check_distortion` checks it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import io
 import keyword
@@ -43,6 +44,7 @@ __all__ = [
     "distort_with_info",
     "DistortionInfo",
     "CODEC_DISTORTIONS",
+    "codec_versions",
     "encode",
     "decode",
     "codec_round_trip",
@@ -1122,6 +1124,26 @@ def distort_with_info(
 #: The distortions whose output is a codec stream: :func:`encode` makes it, :func:`decode` turns it
 #: into the distorted image (what :mod:`robustness.distortion_store` keeps on disk).
 CODEC_DISTORTIONS = frozenset({"jpeg", "jpeg2000"})
+
+
+def codec_versions() -> dict[str, str | None]:
+    """The codec libraries whose output the codec distortions are: ``{"pillow", "libjpeg", "openjpeg"}``
+    -> version text (``PIL.__version__``, ``PIL.features.version("jpg")`` and ``("jpg_2000")``); a
+    library Pillow was built without is ``None``. Keyed by the distortion store
+    (:mod:`robustness.distortion_store`) and the prediction cache (:mod:`robustness.cache`)."""
+    return dict(_codec_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _codec_versions() -> tuple[tuple[str, str | None], ...]:
+    import PIL
+    from PIL import features
+
+    return (
+        ("pillow", PIL.__version__),
+        ("libjpeg", features.version("jpg")),
+        ("openjpeg", features.version("jpg_2000")),
+    )
 
 
 def encode(image: np.ndarray, distortion: str, level: float) -> tuple[bytes, DistortionInfo | None]:
